@@ -1,0 +1,24 @@
+# Every target runs scripts/setup first: on a fresh Debian 12 machine with
+# Rust, `make test` installs what it needs (as root, idempotent) and runs
+# every test tier.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: setup test test-unit test-core test-workspace fmt-check clippy bench
+
+setup:
+	bash scripts/setup
+
+# All tiers: (1) unit, (2) core and tools against a private gearmand,
+# (3) database faces inside private PostgreSQL 15 and MariaDB.
+test: setup
+	bash scripts/test
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: setup
+	bash scripts/bench

@@ -1,0 +1,284 @@
+//! The text admin protocol (protocol.md section 10), parsed into typed rows.
+
+use crate::conn::Connection;
+use crate::error::{Error, ErrorKind, Result};
+use crate::proto::{decode_list, encode_admin_command, DEFAULT_MAX_PACKET};
+use crate::servers::ServerAddr;
+use std::time::{Duration, Instant};
+
+/// One line of `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionStatus {
+    /// Function name.
+    pub function: String,
+    /// Jobs queued or running.
+    pub total: u64,
+    /// Jobs held by a worker now.
+    pub running: u64,
+    /// Registered workers (registrations, not idle workers).
+    pub workers: u64,
+}
+
+impl FunctionStatus {
+    /// Jobs waiting for a worker (`total - running`).
+    pub fn queued(&self) -> u64 {
+        self.total.saturating_sub(self.running)
+    }
+}
+
+/// One line of `prioritystatus`: queued (not running) jobs per priority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityStatus {
+    /// Function name.
+    pub function: String,
+    /// Queued high-priority jobs.
+    pub high: u64,
+    /// Queued normal-priority jobs.
+    pub normal: u64,
+    /// Queued low-priority jobs.
+    pub low: u64,
+    /// Registered workers.
+    pub workers: u64,
+}
+
+/// One line of `workers`: a connection (client, worker or admin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The server's file descriptor for the connection.
+    pub fd: i64,
+    /// Peer address.
+    pub ip: String,
+    /// Client id (`-` if none was set).
+    pub client_id: String,
+    /// Registered functions, most recent first.
+    pub functions: Vec<String>,
+}
+
+/// One line of `show jobs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobInfo {
+    /// Job handle.
+    pub handle: String,
+    /// Times the job was requeued.
+    pub retries: u64,
+    /// The job will be skipped (abandoned or cancelled).
+    pub ignore: bool,
+    /// The job is in a persistent queue.
+    pub persisted: bool,
+}
+
+/// A connection speaking the text admin protocol.
+#[derive(Debug)]
+pub struct Admin {
+    conn: Connection,
+    timeout: Duration,
+}
+
+fn num(field: &str, line: &str) -> Result<u64> {
+    field
+        .trim()
+        .parse()
+        .map_err(|_| Error::protocol(format!("bad number {field:?} in admin line {line:?}")))
+}
+
+fn admin_err(line: &str) -> Error {
+    Error::new(
+        ErrorKind::Server {
+            code: line
+                .strip_prefix("ERR ")
+                .unwrap_or(line)
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            text: line.to_string(),
+        },
+        line.to_string(),
+    )
+}
+
+/// Parses a `status` reply body.
+pub fn parse_status(lines: &[String]) -> Result<Vec<FunctionStatus>> {
+    lines
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() != 4 {
+                return Err(Error::protocol(format!("bad status line {l:?}")));
+            }
+            Ok(FunctionStatus {
+                function: f[0].to_string(),
+                total: num(f[1], l)?,
+                running: num(f[2], l)?,
+                workers: num(f[3], l)?,
+            })
+        })
+        .collect()
+}
+
+/// Parses a `workers` reply body.
+pub fn parse_workers(lines: &[String]) -> Result<Vec<WorkerInfo>> {
+    lines
+        .iter()
+        .map(|l| {
+            let (head, funcs) = l
+                .split_once(" :")
+                .or_else(|| l.strip_suffix(':').map(|h| (h.trim_end(), "")))
+                .ok_or_else(|| Error::protocol(format!("bad workers line {l:?}")))?;
+            let mut w = head.split_whitespace();
+            let (Some(fd), Some(ip), Some(id)) = (w.next(), w.next(), w.next()) else {
+                return Err(Error::protocol(format!("bad workers line {l:?}")));
+            };
+            Ok(WorkerInfo {
+                fd: fd
+                    .parse()
+                    .map_err(|_| Error::protocol(format!("bad fd in {l:?}")))?,
+                ip: ip.to_string(),
+                client_id: id.to_string(),
+                functions: funcs.split_whitespace().map(str::to_string).collect(),
+            })
+        })
+        .collect()
+}
+
+impl Admin {
+    /// Connects to `addr`; `timeout` bounds the connect and each command.
+    pub fn connect(addr: &ServerAddr, timeout: Duration) -> Result<Admin> {
+        Ok(Admin {
+            conn: Connection::connect(addr, timeout, DEFAULT_MAX_PACKET, None)?,
+            timeout,
+        })
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        Some(Instant::now() + self.timeout)
+    }
+
+    /// Sends a command and reads a one-line reply. `ERR ...` is an error.
+    pub fn command(&mut self, command: &str) -> Result<String> {
+        encode_admin_command(command, self.conn.queue())?;
+        let line = self.conn.recv_line(self.deadline(), None)?;
+        if line.starts_with("ERR") {
+            return Err(admin_err(&line).at(self.conn.addr()));
+        }
+        Ok(line)
+    }
+
+    /// Sends a command and reads a `.`-terminated list reply.
+    pub fn list(&mut self, command: &str) -> Result<Vec<String>> {
+        encode_admin_command(command, self.conn.queue())?;
+        let mut lines = Vec::new();
+        loop {
+            let line = self.conn.recv_line(self.deadline(), None)?;
+            if line == "." {
+                return Ok(lines);
+            }
+            if lines.is_empty() && line.starts_with("ERR") {
+                return Err(admin_err(&line).at(self.conn.addr()));
+            }
+            lines.push(line);
+        }
+    }
+
+    /// `status`: every known function with total, running and workers.
+    pub fn status(&mut self) -> Result<Vec<FunctionStatus>> {
+        let lines = self.list("status")?;
+        parse_status(&lines).map_err(|e| e.at(self.conn.addr()))
+    }
+
+    /// `prioritystatus`: queued jobs per priority.
+    pub fn priority_status(&mut self) -> Result<Vec<PriorityStatus>> {
+        let lines = self.list("prioritystatus")?;
+        lines
+            .iter()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                if f.len() != 5 {
+                    return Err(Error::protocol(format!("bad prioritystatus line {l:?}")));
+                }
+                Ok(PriorityStatus {
+                    function: f[0].to_string(),
+                    high: num(f[1], l)?,
+                    normal: num(f[2], l)?,
+                    low: num(f[3], l)?,
+                    workers: num(f[4], l)?,
+                })
+            })
+            .collect()
+    }
+
+    /// `workers`: every connection with its registered functions.
+    pub fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
+        let lines = self.list("workers")?;
+        parse_workers(&lines)
+    }
+
+    /// `show jobs`: every job the server holds.
+    pub fn show_jobs(&mut self) -> Result<Vec<JobInfo>> {
+        let lines = self.list("show jobs")?;
+        lines
+            .iter()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                if f.len() != 4 {
+                    return Err(Error::protocol(format!("bad show jobs line {l:?}")));
+                }
+                Ok(JobInfo {
+                    handle: f[0].to_string(),
+                    retries: num(f[1], l)?,
+                    ignore: f[2].trim() == "1",
+                    persisted: f[3].trim() == "1",
+                })
+            })
+            .collect()
+    }
+
+    /// `version`, e.g. `1.1.20`.
+    pub fn version(&mut self) -> Result<String> {
+        let l = self.command("version")?;
+        Ok(l.strip_prefix("OK ").unwrap_or(&l).to_string())
+    }
+
+    /// `getpid`: the server's process id.
+    pub fn getpid(&mut self) -> Result<u32> {
+        let l = self.command("getpid")?;
+        let v = l.strip_prefix("OK ").unwrap_or(&l);
+        v.trim()
+            .parse()
+            .map_err(|_| Error::protocol(format!("bad getpid reply {l:?}")))
+    }
+
+    /// `maxqueue FUNCTION [N]`: limits the function's queue (queued plus
+    /// running) to `size` jobs; `None` or 0 means unlimited.
+    pub fn maxqueue(&mut self, function: &str, size: Option<u32>) -> Result<()> {
+        if function.is_empty() || function.contains(char::is_whitespace) {
+            return Err(Error::invalid_argument(
+                "maxqueue needs a function name without spaces",
+            ));
+        }
+        let cmd = match size {
+            Some(n) => format!("maxqueue {function} {n}"),
+            None => format!("maxqueue {function}"),
+        };
+        self.command(&cmd).map(|_| ())
+    }
+
+    /// `cancel job HANDLE`: the job's clients get WORK_FAIL and a queued job
+    /// is skipped; a running worker is not stopped. Errors with
+    /// `UNKNOWN_JOB` if the server does not know the handle.
+    pub fn cancel_job(&mut self, handle: &str) -> Result<()> {
+        if handle.is_empty() || handle.contains(char::is_whitespace) {
+            return Err(Error::invalid_argument("job handle must be one word"));
+        }
+        self.command(&format!("cancel job {handle}")).map(|_| ())
+    }
+}
+
+/// Splits `.`-terminated list text into lines (for tools that already have
+/// the whole reply, e.g. from `gearadmin`).
+pub fn split_list(text: &[u8]) -> Result<Vec<String>> {
+    match decode_list(text)? {
+        Some((lines, _)) => Ok(lines),
+        None => Err(Error::protocol("admin list without its final '.' line")),
+    }
+}

@@ -1,0 +1,811 @@
+//! The blocking client: foreground and background jobs, status, and
+//! concurrent task sets over one or more servers.
+//!
+//! Every submission path goes through one engine ([`Client::submit_set`]):
+//! submissions are written to each server's connection in batches, replies
+//! without a handle (JOB_CREATED, ERROR) are matched in order (protocol.md 6),
+//! WORK_* packets by handle. A single `run` is a set of one; `run_all` and
+//! `submit_background_all` are sets of many, so N foreground jobs take about
+//! as long as the slowest one, and N background submissions cost about one
+//! round trip per window of jobs rather than one each.
+
+use crate::conn::{check_interrupt, slice_until, Connection, Interrupt};
+use crate::error::{Error, ErrorKind, Result};
+use crate::job::{Event, Job, JobHandle, JobStatus, UniqueStatus};
+use crate::proto::{Packet, PacketType, DEFAULT_MAX_PACKET};
+use crate::servers::{Router, ServerAddr, ServerList};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Client settings. All durations are wall-clock.
+#[derive(Clone)]
+pub struct Options {
+    /// Bound on one TCP connect. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Bound on one exchange: a submission until its JOB_CREATED, a status
+    /// query, an echo. Default 5 s.
+    pub io_timeout: Duration,
+    /// Bound on a whole foreground job, from submission to result. Default
+    /// `None` (no bound in the core; the database crates set one).
+    pub foreground_timeout: Option<Duration>,
+    /// Ask each connection for WORK_EXCEPTION packets (OPTION_REQ
+    /// `exceptions`). Default false: exceptions then arrive as WORK_FAIL.
+    pub exceptions: bool,
+    /// First back-off for a server that refused a connection; doubles per
+    /// consecutive failure up to 60 s. Default 5 s.
+    pub retry_backoff: Duration,
+    /// Largest packet accepted from a server. Default 64 MiB.
+    pub max_packet: usize,
+    /// Sent as SET_CLIENT_ID on each new connection (shown by admin `workers`).
+    pub client_id: Option<String>,
+    /// Most submissions awaiting JOB_CREATED per connection in a pipelined
+    /// set. Default 1024.
+    pub max_in_flight: usize,
+    /// Called between wait slices of at most 50 ms; an `Err` aborts the wait.
+    pub interrupt: Option<Interrupt>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            connect_timeout: Duration::from_secs(2),
+            io_timeout: Duration::from_secs(5),
+            foreground_timeout: None,
+            exceptions: false,
+            retry_backoff: Duration::from_secs(5),
+            max_packet: DEFAULT_MAX_PACKET,
+            client_id: None,
+            max_in_flight: 1024,
+            interrupt: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("foreground_timeout", &self.foreground_timeout)
+            .field("exceptions", &self.exceptions)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("max_packet", &self.max_packet)
+            .field("client_id", &self.client_id)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("interrupt", &self.interrupt.is_some())
+            .finish()
+    }
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A blocking Gearman client. Keeps one connection per server, reused across
+/// calls; not shared between threads (make one per thread, or pool them).
+#[derive(Debug)]
+pub struct Client {
+    servers: ServerList,
+    opts: Options,
+    conns: HashMap<ServerAddr, Connection>,
+    router: Router,
+}
+
+/// What a finished task produced.
+enum Outcome {
+    Handle(JobHandle),
+    Result(Vec<u8>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Created,
+    Done,
+}
+
+struct Task<'a> {
+    job: &'a Job,
+    background: bool,
+    phase: Phase,
+    data: Vec<u8>,
+    outcome: Option<Result<Outcome>>,
+}
+
+/// Per-connection state within one set.
+struct Lane {
+    addr: ServerAddr,
+    /// Tasks not yet written (window full).
+    backlog: VecDeque<usize>,
+    /// Tasks written, awaiting JOB_CREATED/ERROR, in order.
+    fifo: VecDeque<usize>,
+    /// Foreground tasks by handle; several when coalesced on this connection.
+    running: HashMap<Vec<u8>, VecDeque<usize>>,
+    open: usize,
+}
+
+impl Client {
+    /// A client for `servers`. Does no I/O: connections open on first use.
+    pub fn new(servers: ServerList, opts: Options) -> Client {
+        Client {
+            servers,
+            opts,
+            conns: HashMap::new(),
+            router: Router::default(),
+        }
+    }
+
+    /// Replaces the server list; connections to servers no longer listed are
+    /// closed. Takes effect for the next call.
+    pub fn set_servers(&mut self, servers: ServerList) {
+        self.conns.retain(|a, _| servers.iter().any(|s| s == a));
+        self.servers = servers;
+    }
+
+    /// The server list in force.
+    pub fn servers(&self) -> &ServerList {
+        &self.servers
+    }
+
+    /// The settings, for changing between calls.
+    pub fn options_mut(&mut self) -> &mut Options {
+        &mut self.opts
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Number of open connections (for tests and pools).
+    pub fn open_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Closes every connection.
+    pub fn disconnect(&mut self) {
+        self.conns.clear();
+    }
+
+    /// Submits a background job and returns its handle once the server has
+    /// queued it (JOB_CREATED). With `job.epoch` set it is a scheduled job
+    /// (SUBMIT_JOB_EPOCH). Errors: invalid job, no reachable server, server
+    /// ERROR (e.g. queue full), timeout.
+    pub fn submit_background(&mut self, job: &Job) -> Result<JobHandle> {
+        let mut r = self.submit_set(std::slice::from_ref(job), true, None);
+        match r.pop().expect("one result per job") {
+            Ok(Outcome::Handle(h)) => Ok(h),
+            Ok(Outcome::Result(_)) => unreachable!("background task yields a handle"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a foreground job and returns the worker's result: WORK_DATA
+    /// chunks and the WORK_COMPLETE data joined. Errors: [`ErrorKind::JobFailed`],
+    /// [`ErrorKind::JobException`], timeouts, lost connection.
+    pub fn run(&mut self, job: &Job) -> Result<Vec<u8>> {
+        self.run_with(job, &mut |_| {})
+    }
+
+    /// [`Client::run`], reporting WORK_DATA, WORK_WARNING and WORK_STATUS to
+    /// `events` as they arrive.
+    pub fn run_with(&mut self, job: &Job, events: &mut dyn FnMut(Event)) -> Result<Vec<u8>> {
+        let mut r = self.submit_set(std::slice::from_ref(job), false, Some(events));
+        match r.pop().expect("one result per job") {
+            Ok(Outcome::Result(d)) => Ok(d),
+            Ok(Outcome::Handle(_)) => unreachable!("foreground task yields a result"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs all jobs as foreground jobs at once (a task set): every job is
+    /// submitted before any result is awaited, so the whole set takes about
+    /// as long as its slowest job. Results come back in input order.
+    pub fn run_all(&mut self, jobs: &[Job]) -> Vec<Result<Vec<u8>>> {
+        self.submit_set(jobs, false, None)
+            .into_iter()
+            .map(|r| {
+                r.map(|o| match o {
+                    Outcome::Result(d) => d,
+                    Outcome::Handle(_) => unreachable!("foreground task yields a result"),
+                })
+            })
+            .collect()
+    }
+
+    /// Submits all jobs as background jobs, pipelined: written in batches of
+    /// up to `max_in_flight` per connection, confirmations matched in order.
+    /// One result per job, in input order; a job the server refused has its
+    /// own error, and a connection lost mid-batch fails every unconfirmed job
+    /// on it with [`ErrorKind::ConnectionLost`] (it may or may not have been
+    /// queued).
+    pub fn submit_background_all(&mut self, jobs: &[Job]) -> Vec<Result<JobHandle>> {
+        self.submit_set(jobs, true, None)
+            .into_iter()
+            .map(|r| {
+                r.map(|o| match o {
+                    Outcome::Handle(h) => h,
+                    Outcome::Result(_) => unreachable!("background task yields a handle"),
+                })
+            })
+            .collect()
+    }
+
+    /// Asks the server that issued `handle` for the job's status (GET_STATUS).
+    pub fn status(&mut self, handle: &JobHandle) -> Result<JobStatus> {
+        if handle.handle.len() >= 64 || handle.handle.contains('\0') {
+            return Err(Error::invalid_argument(
+                "job handle must be under 64 bytes without NUL",
+            ));
+        }
+        let p = Packet::req(
+            PacketType::GetStatus,
+            vec![handle.handle.as_bytes().to_vec()],
+        );
+        let reply = self.exchange(&handle.server.clone(), &p, PacketType::StatusRes)?;
+        Ok(JobStatus {
+            known: reply.arg(1) == b"1",
+            running: reply.arg(2) == b"1",
+            numerator: parse_num(reply.arg(3)),
+            denominator: parse_num(reply.arg(4)),
+        })
+    }
+
+    /// Asks the server that `unique` routes to for the status of the job with
+    /// that unique key (GET_STATUS_UNIQUE).
+    pub fn status_by_unique(&mut self, unique: &[u8]) -> Result<UniqueStatus> {
+        if unique.is_empty() || unique.len() > crate::job::MAX_UNIQUE || unique.contains(&0) {
+            return Err(Error::invalid_argument(
+                "unique key must be 1 to 63 bytes without NUL",
+            ));
+        }
+        let order = self.router.order(&self.servers, Some(unique));
+        let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
+        for i in order {
+            let addr = self.servers.get(i).expect("index in range").clone();
+            let p = Packet::req(PacketType::GetStatusUnique, vec![unique.to_vec()]);
+            match self.exchange(&addr, &p, PacketType::StatusResUnique) {
+                Ok(r) => {
+                    return Ok(UniqueStatus {
+                        known: r.arg(1) == b"1",
+                        running: r.arg(2) == b"1",
+                        numerator: parse_num(r.arg(3)),
+                        denominator: parse_num(r.arg(4)),
+                        waiting: parse_num(r.arg(5)),
+                    })
+                }
+                Err(e) if e.kind() == &ErrorKind::ConnectFailed => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Checks that some server answers (one ECHO round trip, to the first
+    /// healthy server in routing order) and returns which.
+    pub fn check_reachable(&mut self) -> Result<ServerAddr> {
+        let order = self.router.order(&self.servers, None);
+        let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
+        for i in order {
+            let addr = self.servers.get(i).expect("index in range").clone();
+            let p = Packet::req(PacketType::EchoReq, vec![b"ping".to_vec()]);
+            match self.exchange(&addr, &p, PacketType::EchoRes) {
+                Ok(_) => return Ok(addr),
+                Err(e) if e.is_retryable() || e.is_timeout() => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// One request, one expected reply, on the cached connection to `addr`.
+    fn exchange(&mut self, addr: &ServerAddr, p: &Packet, want: PacketType) -> Result<Packet> {
+        let deadline = Some(Instant::now() + self.opts.io_timeout);
+        let hook = self.opts.interrupt.clone();
+        let conn = self.connection(addr)?;
+        conn.busy = true;
+        let r = conn
+            .queue_packet(p)
+            .and_then(|_| conn.recv(deadline, hook.as_ref()));
+        match r {
+            Ok(reply) if reply.kind == want => {
+                conn.busy = false;
+                Ok(reply)
+            }
+            Ok(reply) if reply.kind == PacketType::Error => {
+                conn.busy = false;
+                Err(server_error(&reply).at(addr))
+            }
+            Ok(reply) => {
+                self.conns.remove(addr);
+                Err(Error::protocol(format!(
+                    "expected {} but the server sent {}",
+                    want.name(),
+                    reply.kind.name()
+                ))
+                .at(addr))
+            }
+            Err(e) => {
+                self.conns.remove(addr);
+                Err(e)
+            }
+        }
+    }
+
+    /// The cached connection to `addr`, or a new one. A cached connection
+    /// that the server closed meanwhile (restart) is replaced silently; a
+    /// failed connect puts the server into back-off.
+    fn connection(&mut self, addr: &ServerAddr) -> Result<&mut Connection> {
+        let usable = match self.conns.get_mut(addr) {
+            Some(c) => c.is_usable(),
+            None => false,
+        };
+        if !usable {
+            self.conns.remove(addr);
+            let c = match self.open(addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    if e.kind() == &ErrorKind::ConnectFailed {
+                        self.router
+                            .mark_dead(addr, self.opts.retry_backoff, MAX_BACKOFF);
+                    }
+                    return Err(e);
+                }
+            };
+            self.router.mark_alive(addr);
+            self.conns.insert(addr.clone(), c);
+        }
+        Ok(self.conns.get_mut(addr).expect("just inserted"))
+    }
+
+    fn open(&self, addr: &ServerAddr) -> Result<Connection> {
+        let hook = self.opts.interrupt.as_ref();
+        let mut c =
+            Connection::connect(addr, self.opts.connect_timeout, self.opts.max_packet, hook)?;
+        if let Some(id) = &self.opts.client_id {
+            c.queue_packet(&Packet::req(
+                PacketType::SetClientId,
+                vec![id.as_bytes().to_vec()],
+            ))?;
+        }
+        if self.opts.exceptions {
+            c.queue_packet(&Packet::req(
+                PacketType::OptionReq,
+                vec![b"exceptions".to_vec()],
+            ))?;
+            let deadline = Some(Instant::now() + self.opts.io_timeout);
+            let reply = c.recv(deadline, hook)?;
+            match reply.kind {
+                PacketType::OptionRes => {}
+                PacketType::Error => return Err(server_error(&reply).at(addr)),
+                k => {
+                    return Err(
+                        Error::protocol(format!("expected OPTION_RES, got {}", k.name())).at(addr),
+                    )
+                }
+            }
+        } else {
+            c.flush(Some(Instant::now() + self.opts.io_timeout), hook)?;
+        }
+        Ok(c)
+    }
+
+    /// The engine: submits `jobs` (all foreground or all background),
+    /// drives every connection involved until each job has its outcome or a
+    /// deadline passes, and returns one result per job in input order.
+    fn submit_set(
+        &mut self,
+        jobs: &[Job],
+        background: bool,
+        mut events: Option<&mut dyn FnMut(Event)>,
+    ) -> Vec<Result<Outcome>> {
+        let start = Instant::now();
+        let mut tasks: Vec<Task<'_>> = jobs
+            .iter()
+            .map(|job| Task {
+                job,
+                background,
+                phase: Phase::Waiting,
+                data: Vec::new(),
+                outcome: None,
+            })
+            .collect();
+        // Validate and route every task to a lane (connection).
+        let mut lanes: Vec<Lane> = Vec::new();
+        for (ti, task) in tasks.iter_mut().enumerate() {
+            let job = task.job;
+            if let Err(e) = job.validate().and_then(|_| {
+                if !background && job.epoch.is_some() {
+                    Err(Error::invalid_argument(
+                        "a scheduled (epoch) job must be a background job",
+                    ))
+                } else {
+                    Ok(())
+                }
+            }) {
+                finish(task, Err(e));
+                continue;
+            }
+            match self.pick_server(job, &lanes) {
+                Ok(addr) => {
+                    let li = match lanes.iter().position(|l| l.addr == addr) {
+                        Some(li) => li,
+                        None => {
+                            lanes.push(Lane {
+                                addr,
+                                backlog: VecDeque::new(),
+                                fifo: VecDeque::new(),
+                                running: HashMap::new(),
+                                open: 0,
+                            });
+                            lanes.len() - 1
+                        }
+                    };
+                    lanes[li].backlog.push_back(ti);
+                    lanes[li].open += 1;
+                }
+                Err(e) => finish(task, Err(e)),
+            }
+        }
+        for lane in &lanes {
+            if let Some(c) = self.conns.get_mut(&lane.addr) {
+                c.busy = true;
+            }
+        }
+        let submit_deadline = start + self.opts.io_timeout;
+        let fg_deadline = if background {
+            None
+        } else {
+            self.opts.foreground_timeout.map(|t| start + t)
+        };
+        let hook = self.opts.interrupt.clone();
+        let window = self.opts.max_in_flight.max(1);
+
+        loop {
+            // Feed each lane's window and note whether work remains.
+            let mut active: Vec<usize> = Vec::new();
+            for (li, lane) in lanes.iter_mut().enumerate() {
+                if lane.open == 0 {
+                    continue;
+                }
+                let Some(conn) = self.conns.get_mut(&lane.addr) else {
+                    continue;
+                };
+                while lane.fifo.len() < window {
+                    let Some(ti) = lane.backlog.pop_front() else {
+                        break;
+                    };
+                    match encode_submit(tasks[ti].job, background, conn.queue()) {
+                        Ok(()) => lane.fifo.push_back(ti),
+                        Err(e) => {
+                            finish(&mut tasks[ti], Err(e));
+                            lane.open -= 1;
+                        }
+                    }
+                }
+                if lane.open > 0 {
+                    active.push(li);
+                }
+            }
+            if active.is_empty() {
+                break;
+            }
+            // Deadlines and the interrupt hook.
+            let now = Instant::now();
+            let awaiting_created = active.iter().any(|&li| !lanes[li].fifo.is_empty());
+            let mut failure: Option<Error> = None;
+            if awaiting_created && now >= submit_deadline {
+                failure = Some(Error::timeout(format!(
+                    "no reply to the submission within {:?}",
+                    self.opts.io_timeout
+                )));
+            } else if fg_deadline.is_some_and(|d| now >= d) {
+                failure = Some(Error::timeout(format!(
+                    "foreground job did not finish within {:?}",
+                    self.opts.foreground_timeout.unwrap_or_default()
+                )));
+            } else if let Err(e) = check_interrupt(hook.as_ref()) {
+                failure = Some(e);
+            }
+            if let Some(e) = failure {
+                for &li in &active {
+                    let lane = &mut lanes[li];
+                    fail_lane(lane, &mut tasks, &e.clone().at(&lane.addr));
+                    self.conns.remove(&lane.addr);
+                }
+                break;
+            }
+            // Wait for any connection, then move bytes and decode.
+            let next_deadline = if awaiting_created {
+                Some(fg_deadline.map_or(submit_deadline, |d| d.min(submit_deadline)))
+            } else {
+                fg_deadline
+            };
+            let wait = slice_until(next_deadline);
+            let ready = {
+                let conns: Vec<&Connection> = active
+                    .iter()
+                    .map(|&li| &self.conns[&lanes[li].addr])
+                    .collect();
+                // Write first without waiting: most batches fit the socket.
+                Connection::wait_many(&conns, Duration::ZERO).and_then(|r| {
+                    if r.is_empty() {
+                        Connection::wait_many(&conns, wait)
+                    } else {
+                        Ok(r)
+                    }
+                })
+            };
+            let ready = match ready {
+                Ok(r) => r,
+                Err(e) => {
+                    for &li in &active {
+                        let lane = &mut lanes[li];
+                        fail_lane(lane, &mut tasks, &e.clone().at(&lane.addr));
+                        self.conns.remove(&lane.addr);
+                    }
+                    break;
+                }
+            };
+            for k in ready {
+                let li = active[k];
+                let lane = &mut lanes[li];
+                let conn = self
+                    .conns
+                    .get_mut(&lane.addr)
+                    .expect("active lane has a connection");
+                let r = conn
+                    .write_ready()
+                    .and_then(|_| conn.read_ready().map(|_| ()))
+                    .and_then(|_| {
+                        while let Some(p) = conn.next_packet()? {
+                            dispatch(lane, &mut tasks, p, &mut events)?;
+                        }
+                        if conn.is_closed() && lane.open > 0 {
+                            return Err(conn.closed_error());
+                        }
+                        Ok(())
+                    });
+                if let Err(e) = r {
+                    fail_lane(lane, &mut tasks, &e);
+                    self.conns.remove(&lane.addr);
+                }
+            }
+        }
+        for lane in &lanes {
+            if let Some(c) = self.conns.get_mut(&lane.addr) {
+                c.busy = false;
+                self.router.mark_alive(&lane.addr);
+            }
+        }
+        tasks
+            .into_iter()
+            .map(|t| {
+                t.outcome.unwrap_or_else(|| {
+                    Err(Error::new(
+                        ErrorKind::Protocol,
+                        "job left without an outcome",
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The server for `job`: the first in routing order whose connection is
+    /// (or can be) open. Connect failures put servers into back-off and move
+    /// on to the next.
+    fn pick_server(&mut self, job: &Job, lanes: &[Lane]) -> Result<ServerAddr> {
+        let order = self.router.order(&self.servers, job.unique.as_deref());
+        let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
+        for i in order {
+            let addr = self.servers.get(i).expect("index in range").clone();
+            if lanes.iter().any(|l| l.addr == addr) {
+                // Already connected and checked for this set.
+                return Ok(addr);
+            }
+            match self.connection(&addr) {
+                Ok(_) => return Ok(addr),
+                Err(e) if e.kind() == &ErrorKind::Interrupted => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+fn finish(task: &mut Task<'_>, outcome: Result<Outcome>) {
+    if task.phase != Phase::Done {
+        task.phase = Phase::Done;
+        task.outcome = Some(outcome);
+    }
+}
+
+/// Fails every unfinished task of a lane with `e`. Tasks still in the
+/// backlog were never written, so their error says they were not sent; the
+/// others may or may not have reached the server.
+fn fail_lane(lane: &mut Lane, tasks: &mut [Task<'_>], e: &Error) {
+    for ti in lane.backlog.drain(..) {
+        let not_sent = Error::new(e.kind().clone(), format!("not sent: {}", e.message()));
+        let not_sent = match e.server() {
+            Some(s) => not_sent.at(s),
+            None => not_sent,
+        };
+        finish(&mut tasks[ti], Err(not_sent));
+    }
+    let pending = lane
+        .fifo
+        .drain(..)
+        .chain(lane.running.drain().flat_map(|(_, v)| v));
+    for ti in pending {
+        finish(&mut tasks[ti], Err(e.clone()));
+    }
+    lane.open = 0;
+}
+
+/// Handles one packet received on a lane's connection.
+fn dispatch(
+    lane: &mut Lane,
+    tasks: &mut [Task<'_>],
+    p: Packet,
+    events: &mut Option<&mut dyn FnMut(Event)>,
+) -> Result<()> {
+    let addr = lane.addr.clone();
+    match p.kind {
+        PacketType::JobCreated | PacketType::Error => {
+            let Some(ti) = lane.fifo.pop_front() else {
+                return Err(Error::protocol(format!(
+                    "unexpected {} with no submission outstanding",
+                    p.kind.name()
+                ))
+                .at(&addr));
+            };
+            if p.kind == PacketType::Error {
+                finish(&mut tasks[ti], Err(server_error(&p).at(&addr)));
+                lane.open -= 1;
+                return Ok(());
+            }
+            let handle = p.args.into_iter().next().unwrap_or_default();
+            if tasks[ti].background {
+                let h = JobHandle {
+                    server: addr,
+                    handle: String::from_utf8_lossy(&handle).into_owned(),
+                };
+                finish(&mut tasks[ti], Ok(Outcome::Handle(h)));
+                lane.open -= 1;
+            } else {
+                tasks[ti].phase = Phase::Created;
+                lane.running.entry(handle).or_default().push_back(ti);
+            }
+        }
+        PacketType::WorkData
+        | PacketType::WorkWarning
+        | PacketType::WorkStatus
+        | PacketType::WorkComplete
+        | PacketType::WorkFail
+        | PacketType::WorkException => {
+            let handle = p.arg(0).to_vec();
+            let Some(queue) = lane.running.get_mut(&handle) else {
+                // A job we no longer wait for (e.g. its set timed out earlier
+                // on a connection we kept): nothing to deliver it to.
+                return Err(Error::protocol(format!(
+                    "{} for unknown job handle {:?}",
+                    p.kind.name(),
+                    String::from_utf8_lossy(&handle)
+                ))
+                .at(&addr));
+            };
+            // The same connection attached twice to one job gets every
+            // packet twice (protocol.md 4.1): deliver each copy to the next
+            // task in turn.
+            let ti = queue.pop_front().expect("queues are never left empty");
+            let terminal = matches!(
+                p.kind,
+                PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
+            );
+            match p.kind {
+                PacketType::WorkData => {
+                    tasks[ti].data.extend_from_slice(p.arg(1));
+                    if let Some(cb) = events.as_mut() {
+                        cb(Event::Data(p.arg(1).to_vec()));
+                    }
+                }
+                PacketType::WorkWarning => {
+                    if let Some(cb) = events.as_mut() {
+                        cb(Event::Warning(p.arg(1).to_vec()));
+                    }
+                }
+                PacketType::WorkStatus => {
+                    if let Some(cb) = events.as_mut() {
+                        cb(Event::Status {
+                            numerator: parse_num(p.arg(1)),
+                            denominator: parse_num(p.arg(2)),
+                        });
+                    }
+                }
+                PacketType::WorkComplete => {
+                    let mut data = std::mem::take(&mut tasks[ti].data);
+                    data.extend_from_slice(p.arg(1));
+                    finish(&mut tasks[ti], Ok(Outcome::Result(data)));
+                }
+                PacketType::WorkFail => {
+                    let e = Error::new(
+                        ErrorKind::JobFailed,
+                        format!("the worker failed job {}", String::from_utf8_lossy(&handle)),
+                    )
+                    .at(&addr);
+                    finish(&mut tasks[ti], Err(e));
+                }
+                _ => {
+                    let data = p.arg(1).to_vec();
+                    let e = Error::new(
+                        ErrorKind::JobException(data.clone()),
+                        format!(
+                            "the worker raised an exception for job {}: {}",
+                            String::from_utf8_lossy(&handle),
+                            String::from_utf8_lossy(&data)
+                        ),
+                    )
+                    .at(&addr);
+                    finish(&mut tasks[ti], Err(e));
+                }
+            }
+            if terminal {
+                lane.open -= 1;
+                if queue.is_empty() {
+                    lane.running.remove(&handle);
+                }
+            } else {
+                queue.push_back(ti);
+            }
+        }
+        PacketType::Noop => {}
+        other => {
+            return Err(Error::protocol(format!(
+                "unexpected {} packet on a client connection",
+                other.name()
+            ))
+            .at(&addr))
+        }
+    }
+    Ok(())
+}
+
+fn encode_submit(job: &Job, background: bool, out: &mut Vec<u8>) -> Result<()> {
+    use crate::proto::{encode, Magic};
+    let unique = job.unique_bytes();
+    match job.epoch {
+        Some(t) => {
+            let when = t.to_string();
+            encode(
+                Magic::Req,
+                PacketType::SubmitJobEpoch,
+                &[&job.function, unique, when.as_bytes(), &job.workload],
+                out,
+            )
+        }
+        None => encode(
+            Magic::Req,
+            job.priority.submit_type(background),
+            &[&job.function, unique, &job.workload],
+            out,
+        ),
+    }
+}
+
+/// An ERROR packet as an [`Error`].
+pub(crate) fn server_error(p: &Packet) -> Error {
+    let code = p.arg_str(0);
+    let text = p.arg_str(1);
+    Error::new(
+        ErrorKind::Server {
+            code: code.clone(),
+            text: text.clone(),
+        },
+        format!("{code}: {text}"),
+    )
+}
+
+fn parse_num(b: &[u8]) -> u64 {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}

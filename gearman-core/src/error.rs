@@ -1,0 +1,157 @@
+//! The one error type of the crate, with a kind and predicates.
+
+use std::fmt;
+
+/// What went wrong, in terms a caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A deadline passed: connect, one exchange, or the whole foreground wait.
+    Timeout,
+    /// The host's interrupt hook asked to stop (e.g. PostgreSQL query cancel).
+    Interrupted,
+    /// No TCP connection could be made to the server.
+    ConnectFailed,
+    /// The connection broke (closed or reset) during an exchange. For a
+    /// foreground job the job may still run on the server; its result is lost.
+    ConnectionLost,
+    /// The job server answered with an ERROR packet (protocol.md 4.7).
+    Server {
+        /// The code, e.g. `QUEUE_ERROR`.
+        code: String,
+        /// The server's text, e.g. `Job queue is full`.
+        text: String,
+    },
+    /// The worker reported WORK_FAIL (or the server failed the job).
+    JobFailed,
+    /// The worker reported WORK_EXCEPTION; the data is the worker's message.
+    /// Only seen by clients that set the `exceptions` option.
+    JobException(Vec<u8>),
+    /// The peer sent bytes that are not the Gearman protocol.
+    Protocol,
+    /// The caller passed something that cannot be sent (checked before any I/O).
+    InvalidArgument,
+    /// The server list is empty.
+    NoServers,
+}
+
+/// An error from the Gearman core: a [`ErrorKind`], a message and, where
+/// known, the server it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    server: Option<String>,
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind` with a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+            server: None,
+        }
+    }
+
+    /// The caller's interrupt hook asked to stop.
+    pub fn interrupted(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Interrupted, message)
+    }
+
+    /// An argument that cannot be sent.
+    pub fn invalid_argument(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::InvalidArgument, message)
+    }
+
+    pub(crate) fn protocol(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Protocol, message)
+    }
+
+    pub(crate) fn timeout(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Timeout, message)
+    }
+
+    pub(crate) fn lost(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::ConnectionLost, message)
+    }
+
+    /// Attaches the server (`host:port`) the error concerns, unless one is set.
+    pub fn at(mut self, server: impl fmt::Display) -> Error {
+        if self.server.is_none() {
+            self.server = Some(server.to_string());
+        }
+        self
+    }
+
+    /// The kind of error.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// The message, without the server.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The server (`host:port`) the error concerns, if known.
+    pub fn server(&self) -> Option<&str> {
+        self.server.as_deref()
+    }
+
+    /// A deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+
+    /// The host's interrupt hook stopped the wait.
+    pub fn is_interrupted(&self) -> bool {
+        self.kind == ErrorKind::Interrupted
+    }
+
+    /// The connection broke during an exchange.
+    pub fn is_connection_lost(&self) -> bool {
+        self.kind == ErrorKind::ConnectionLost
+    }
+
+    /// The server answered with an ERROR packet.
+    pub fn is_server_error(&self) -> bool {
+        matches!(self.kind, ErrorKind::Server { .. })
+    }
+
+    /// Whether trying the next server may succeed: the server could not be
+    /// reached or dropped the connection. Server ERROR replies, job failures,
+    /// bad arguments, timeouts and interrupts are not retryable.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::ConnectFailed | ErrorKind::ConnectionLost | ErrorKind::Protocol
+        )
+    }
+
+    /// The worker's exception data, for [`ErrorKind::JobException`].
+    pub fn exception_data(&self) -> Option<&[u8]> {
+        match &self.kind {
+            ErrorKind::JobException(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Server { code, text } => write!(f, "job server error {code}: {text}")?,
+            _ => f.write_str(&self.message)?,
+        }
+        if let Some(s) = &self.server {
+            write!(f, " (server {s})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}

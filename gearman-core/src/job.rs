@@ -1,0 +1,213 @@
+//! Jobs, priorities, handles, status and events: the client's vocabulary.
+
+use crate::error::{Error, Result};
+use crate::proto::PacketType;
+use crate::servers::ServerAddr;
+use std::fmt;
+
+/// Longest unique key we send. gearmand accepts 64 bytes but mishandles
+/// them (protocol.md 4.1): 63 is the real limit.
+pub const MAX_UNIQUE: usize = 63;
+
+/// Longest function name we send (libgearman's limit; protocol.md 9).
+pub const MAX_FUNCTION: usize = 512;
+
+/// Job priority. In gearmand 1.1.20 priority orders jobs within one
+/// function's queue only (protocol.md 4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Priority {
+    /// Served before normal and low jobs of the same function.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served after high and normal jobs of the same function.
+    Low,
+}
+
+impl Priority {
+    /// Parses `high`, `normal` or `low` (any case).
+    pub fn parse(s: &str) -> Result<Priority> {
+        match s.to_ascii_lowercase().as_str() {
+            "high" => Ok(Priority::High),
+            "normal" | "" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            _ => Err(Error::invalid_argument(format!(
+                "priority must be high, normal or low, not {s:?}"
+            ))),
+        }
+    }
+
+    /// `high`, `normal` or `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    pub(crate) fn submit_type(self, background: bool) -> PacketType {
+        match (self, background) {
+            (Priority::High, false) => PacketType::SubmitJobHigh,
+            (Priority::Normal, false) => PacketType::SubmitJob,
+            (Priority::Low, false) => PacketType::SubmitJobLow,
+            (Priority::High, true) => PacketType::SubmitJobHighBg,
+            (Priority::Normal, true) => PacketType::SubmitJobBg,
+            (Priority::Low, true) => PacketType::SubmitJobLowBg,
+        }
+    }
+}
+
+/// A job to submit: function name, workload, and optional unique key,
+/// priority and run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Function name: 1 to 512 bytes, no NUL.
+    pub function: Vec<u8>,
+    /// Workload: any bytes, any length the server accepts.
+    pub workload: Vec<u8>,
+    /// Unique key for coalescing: at most 63 bytes, no NUL. `None` or empty
+    /// means never coalesce; `-` means coalesce on the workload.
+    pub unique: Option<Vec<u8>>,
+    /// Priority (normal by default).
+    pub priority: Priority,
+    /// Run no earlier than this Unix time in seconds (SUBMIT_JOB_EPOCH;
+    /// background jobs only, always normal priority).
+    pub epoch: Option<i64>,
+}
+
+impl Job {
+    /// A normal-priority job without unique key.
+    pub fn new(function: impl Into<Vec<u8>>, workload: impl Into<Vec<u8>>) -> Job {
+        Job {
+            function: function.into(),
+            workload: workload.into(),
+            unique: None,
+            priority: Priority::Normal,
+            epoch: None,
+        }
+    }
+
+    /// Sets the unique key.
+    pub fn with_unique(mut self, unique: impl Into<Vec<u8>>) -> Job {
+        self.unique = Some(unique.into());
+        self
+    }
+
+    /// Sets the priority.
+    pub fn with_priority(mut self, priority: Priority) -> Job {
+        self.priority = priority;
+        self
+    }
+
+    /// Schedules the job for a Unix time (seconds).
+    pub fn with_epoch(mut self, epoch: i64) -> Job {
+        self.epoch = Some(epoch);
+        self
+    }
+
+    /// Checks what the server would mishandle, before anything is sent:
+    /// an empty or over-long function name, NUL bytes in the function name
+    /// or unique key, a unique key over 63 bytes.
+    pub fn validate(&self) -> Result<()> {
+        let name = String::from_utf8_lossy(&self.function);
+        if self.function.is_empty() {
+            return Err(Error::invalid_argument("function name is empty"));
+        }
+        if self.function.len() > MAX_FUNCTION {
+            return Err(Error::invalid_argument(format!(
+                "function name is {} bytes; at most {MAX_FUNCTION} are allowed",
+                self.function.len()
+            )));
+        }
+        if self.function.contains(&0) {
+            return Err(Error::invalid_argument(format!(
+                "function name {name:?} contains a NUL byte"
+            )));
+        }
+        if let Some(u) = &self.unique {
+            if u.len() > MAX_UNIQUE {
+                return Err(Error::invalid_argument(format!(
+                    "unique key is {} bytes; at most {MAX_UNIQUE} are allowed (gearmand mishandles longer keys)",
+                    u.len()
+                )));
+            }
+            if u.contains(&0) {
+                return Err(Error::invalid_argument("unique key contains a NUL byte"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The unique key, empty if none.
+    pub fn unique_bytes(&self) -> &[u8] {
+        self.unique.as_deref().unwrap_or(&[])
+    }
+
+    /// The function name as (lossy) text, for messages.
+    pub fn function_name(&self) -> String {
+        String::from_utf8_lossy(&self.function).into_owned()
+    }
+}
+
+/// A job handle and the server that issued it (handles mean nothing to
+/// other servers; protocol.md 4.2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobHandle {
+    /// The server that created the job.
+    pub server: ServerAddr,
+    /// The handle, e.g. `H:host:42` (at most 63 bytes).
+    pub handle: String,
+}
+
+impl fmt::Display for JobHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.handle)
+    }
+}
+
+/// Status of a job by handle (STATUS_RES). A finished job looks exactly
+/// like an unknown one: `known == false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JobStatus {
+    /// The server knows the job (queued or running).
+    pub known: bool,
+    /// A worker holds the job now.
+    pub running: bool,
+    /// Last WORK_STATUS numerator (0 if none).
+    pub numerator: u64,
+    /// Last WORK_STATUS denominator (0 if none).
+    pub denominator: u64,
+}
+
+/// Status of a job by unique key (STATUS_RES_UNIQUE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UniqueStatus {
+    /// The server knows a job with this unique key.
+    pub known: bool,
+    /// A worker holds it now.
+    pub running: bool,
+    /// Last WORK_STATUS numerator.
+    pub numerator: u64,
+    /// Last WORK_STATUS denominator.
+    pub denominator: u64,
+    /// Waiting clients as reported; gearmand 1.1.20 always reports 0.
+    pub waiting: u64,
+}
+
+/// What a foreground job reports before its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A WORK_DATA chunk (also appended to the result).
+    Data(Vec<u8>),
+    /// A WORK_WARNING message.
+    Warning(Vec<u8>),
+    /// A WORK_STATUS progress report.
+    Status {
+        /// Work done.
+        numerator: u64,
+        /// Work in all.
+        denominator: u64,
+    },
+}

@@ -1,0 +1,31 @@
+//! `gearman-core`: a blocking Gearman client, worker and admin library.
+//!
+//! It speaks the Gearman protocol as gearmand 1.1.20 implements it (see
+//! `protocol.md` in the design docs) and knows nothing of any database. The
+//! PostgreSQL extension, the MySQL UDF library and the companion worker are
+//! thin layers over it.
+//!
+//! - [`proto`]: sans-IO codec for packets 1 to 42 and admin lines.
+//! - [`Client`]: foreground/background jobs at three priorities, unique keys,
+//!   scheduled jobs, status, concurrent task sets and pipelined submission,
+//!   over several servers with health tracking and routing by unique key.
+//! - [`worker::Worker`]: register, grab, sleep/wake, report, reconnect, stop.
+//! - [`admin::Admin`]: `status`, `workers`, `show jobs`, `maxqueue`, ...
+//!
+//! Every wait is bounded: connect, exchange and foreground timeouts, and an
+//! optional interrupt hook called between waits of at most 50 ms.
+
+pub mod admin;
+mod client;
+mod conn;
+mod error;
+mod job;
+pub mod proto;
+mod servers;
+pub mod worker;
+
+pub use client::{Client, Options};
+pub use conn::{Connection, Interrupt};
+pub use error::{Error, ErrorKind, Result};
+pub use job::{Event, Job, JobHandle, JobStatus, Priority, UniqueStatus, MAX_FUNCTION, MAX_UNIQUE};
+pub use servers::{Router, ServerAddr, ServerList, DEFAULT_PORT};

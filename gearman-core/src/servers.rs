@@ -1,0 +1,327 @@
+//! Server lists, health tracking with back-off, and routing.
+//!
+//! A list is written `host[:port],host[:port]`; `host` alone means port 4730,
+//! IPv6 addresses go in brackets (`[::1]:4730`). A job with a unique key
+//! always goes to the same server while that server is healthy
+//! (rendezvous hashing of the unique key), so coalescing and
+//! GET_STATUS_UNIQUE keep working with several servers (protocol.md 4.1,
+//! rule 7 of section 14). Other jobs are spread round-robin over healthy
+//! servers. A server that refused a connection is skipped for a back-off
+//! period that doubles up to a maximum; when every server is in back-off, all
+//! are tried anyway, so a restarted server is found at the next call.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// The IANA port of the Gearman job server.
+pub const DEFAULT_PORT: u16 = 4730;
+
+/// One job server address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerAddr {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl ServerAddr {
+    /// Parses one `host[:port]` entry.
+    pub fn parse(s: &str) -> Result<ServerAddr> {
+        let s = s.trim();
+        let bad =
+            |why: &str| Error::invalid_argument(format!("invalid server address {s:?}: {why}"));
+        if s.is_empty() {
+            return Err(bad("empty"));
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let end = rest.find(']').ok_or_else(|| bad("missing ']'"))?;
+            let host = &rest[..end];
+            let after = &rest[end + 1..];
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(bad("unexpected text after ']'")),
+            };
+            (host, port)
+        } else if s.matches(':').count() > 1 {
+            // A bare IPv6 address without a port.
+            (s, None)
+        } else {
+            match s.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("empty host"));
+        }
+        if host.contains(|c: char| c.is_whitespace() || c == '/' || c == ',') {
+            return Err(bad("host contains a space, '/' or ','"));
+        }
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(bad("port must be 1 to 65535")),
+                Ok(p) => p,
+            },
+        };
+        Ok(ServerAddr {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An ordered, non-empty list of job servers without duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerList {
+    addrs: Vec<ServerAddr>,
+}
+
+impl ServerList {
+    /// Parses `host[:port],host[:port]`. Spaces around entries are ignored;
+    /// duplicates are dropped. Errors if the list is empty or an entry is bad.
+    pub fn parse(s: &str) -> Result<ServerList> {
+        let mut addrs: Vec<ServerAddr> = Vec::new();
+        for part in s.split(',') {
+            if part.trim().is_empty() {
+                continue;
+            }
+            let a = ServerAddr::parse(part)?;
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(Error::invalid_argument(format!(
+                "server list {s:?} names no server (expected host[:port],...)"
+            )));
+        }
+        Ok(ServerList { addrs })
+    }
+
+    /// A list of one server.
+    pub fn single(addr: ServerAddr) -> ServerList {
+        ServerList { addrs: vec![addr] }
+    }
+
+    /// The servers in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ServerAddr> {
+        self.addrs.iter()
+    }
+
+    /// Number of servers (at least one).
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Always false: a list holds at least one server.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    /// The server at index `i`.
+    pub fn get(&self, i: usize) -> Option<&ServerAddr> {
+        self.addrs.get(i)
+    }
+}
+
+impl Default for ServerList {
+    /// `127.0.0.1:4730`.
+    fn default() -> ServerList {
+        ServerList::single(ServerAddr {
+            host: "127.0.0.1".into(),
+            port: DEFAULT_PORT,
+        })
+    }
+}
+
+impl fmt::Display for ServerList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, a) in self.addrs.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for ServerList {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ServerList> {
+        ServerList::parse(s)
+    }
+}
+
+/// 64-bit FNV-1a: small, stable across versions and platforms.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    failures: u32,
+    dead_until: Instant,
+}
+
+/// Health of servers as seen by one client, and the routing decisions.
+#[derive(Debug, Default)]
+pub struct Router {
+    health: HashMap<ServerAddr, Health>,
+    next: usize,
+}
+
+impl Router {
+    /// Whether `addr` is in its back-off period now.
+    pub fn is_dead(&self, addr: &ServerAddr, now: Instant) -> bool {
+        self.health.get(addr).is_some_and(|h| h.dead_until > now)
+    }
+
+    /// Records a failed connect: back-off `base`, doubling per consecutive
+    /// failure, at most `max`.
+    pub fn mark_dead(&mut self, addr: &ServerAddr, base: Duration, max: Duration) {
+        let h = self.health.entry(addr.clone()).or_insert(Health {
+            failures: 0,
+            dead_until: Instant::now(),
+        });
+        h.failures = h.failures.saturating_add(1);
+        let factor = 1u32 << (h.failures - 1).min(16);
+        let wait = base.saturating_mul(factor).min(max);
+        h.dead_until = Instant::now() + wait;
+    }
+
+    /// Records a success: the server is healthy again.
+    pub fn mark_alive(&mut self, addr: &ServerAddr) {
+        self.health.remove(addr);
+    }
+
+    /// The order in which to try the servers of `list` for a job with the
+    /// given unique key: healthy servers first (by rendezvous hash of the
+    /// unique key, or round-robin without one), then those in back-off.
+    pub fn order(&mut self, list: &ServerList, unique: Option<&[u8]>) -> Vec<usize> {
+        let now = Instant::now();
+        let n = list.len();
+        let mut idx: Vec<usize> = (0..n).collect();
+        match unique {
+            Some(u) if !u.is_empty() && n > 1 => {
+                // Highest score first; ties broken by position.
+                let mut scored: Vec<(u64, usize)> = idx
+                    .iter()
+                    .map(|&i| {
+                        let a = &list.addrs[i];
+                        let port = a.port.to_be_bytes();
+                        (fnv1a(&[a.host.as_bytes(), &port, u]), i)
+                    })
+                    .collect();
+                scored.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+                idx = scored.into_iter().map(|(_, i)| i).collect();
+            }
+            _ if n > 1 => {
+                let start = self.next % n;
+                self.next = self.next.wrapping_add(1);
+                idx.rotate_left(start);
+            }
+            _ => {}
+        }
+        let (alive, dead): (Vec<usize>, Vec<usize>) = idx
+            .into_iter()
+            .partition(|&i| !self.is_dead(&list.addrs[i], now));
+        if alive.is_empty() {
+            dead
+        } else {
+            // Servers in back-off are left out while any other is healthy.
+            alive
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_ports_and_ipv6() {
+        let l = ServerList::parse("a, b:7003,[::1]:4731,[fe80::1],::1").unwrap();
+        let got: Vec<String> = l.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "a:4730",
+                "b:7003",
+                "[::1]:4731",
+                "[fe80::1]:4730",
+                "[::1]:4730"
+            ]
+        );
+        assert_eq!(
+            l.to_string(),
+            "a:4730,b:7003,[::1]:4731,[fe80::1]:4730,[::1]:4730"
+        );
+        assert_eq!(ServerList::parse("x,x:4730").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_lists() {
+        for bad in [
+            "", " , ", "a:0", "a:65536", "a:b", "[::1", "[::1]x", ":4730", "a b",
+        ] {
+            let e = ServerList::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), &crate::ErrorKind::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unique_routes_stably_and_spreads() {
+        let l = ServerList::parse("a,b,c,d").unwrap();
+        let mut r = Router::default();
+        let first = r.order(&l, Some(b"user-42"))[0];
+        for _ in 0..10 {
+            assert_eq!(r.order(&l, Some(b"user-42"))[0], first);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200 {
+            seen.insert(r.order(&l, Some(format!("k{i}").as_bytes()))[0]);
+        }
+        assert_eq!(seen.len(), 4, "200 keys should reach all 4 servers");
+    }
+
+    #[test]
+    fn dead_servers_are_skipped_until_all_are_dead() {
+        let l = ServerList::parse("a,b").unwrap();
+        let mut r = Router::default();
+        let a = l.get(0).unwrap().clone();
+        r.mark_dead(&a, Duration::from_secs(60), Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(r.order(&l, None), vec![1]);
+        }
+        let b = l.get(1).unwrap().clone();
+        r.mark_dead(&b, Duration::from_secs(60), Duration::from_secs(60));
+        assert_eq!(r.order(&l, None).len(), 2);
+        r.mark_alive(&a);
+        assert_eq!(r.order(&l, Some(b"x")), vec![0]);
+    }
+}

@@ -1,0 +1,449 @@
+//! The blocking worker: registers functions, grabs jobs, reports results,
+//! sleeps and wakes per protocol.md 4.4 and 7.3, reconnects with back-off,
+//! and stops gracefully.
+//!
+//! One connection per server, each served by its own thread. A connection
+//! runs one job at a time; for N jobs of a function at once run N workers.
+
+use crate::conn::{Connection, Want, SLICE};
+use crate::error::{Error, Result};
+use crate::proto::{Packet, PacketType, DEFAULT_MAX_PACKET};
+use crate::servers::{ServerAddr, ServerList};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a handler returns: the result bytes, or a failure.
+pub type WorkResult = std::result::Result<Vec<u8>, WorkError>;
+
+/// How a job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkError {
+    /// WORK_FAIL: the client gets a plain failure.
+    Fail,
+    /// WORK_EXCEPTION with a message. Clients that set the `exceptions`
+    /// option receive the message; gearmand 1.1.20 turns it into WORK_FAIL
+    /// for the others (protocol.md 4.5).
+    Exception(Vec<u8>),
+}
+
+type Handler = Arc<dyn Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync>;
+
+/// Worker settings.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Sent as SET_CLIENT_ID (shown by admin `workers`). Default none.
+    pub client_id: Option<String>,
+    /// Bound on one connect. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Bound on sending a result or waiting for a GRAB reply. Default 30 s.
+    pub io_timeout: Duration,
+    /// While asleep, send a GRAB this often even without a NOOP: gearmand
+    /// 1.1.20 wakes nobody for scheduled (epoch) jobs (protocol.md 7.4).
+    /// Default 5 s.
+    pub idle_regrab: Duration,
+    /// Longest wait between reconnect attempts (the back-off starts at
+    /// 100 ms and doubles). Default 10 s.
+    pub reconnect_max_backoff: Duration,
+    /// Largest packet accepted from the server. Default 64 MiB.
+    pub max_packet: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> WorkerOptions {
+        WorkerOptions {
+            client_id: None,
+            connect_timeout: Duration::from_secs(2),
+            io_timeout: Duration::from_secs(30),
+            idle_regrab: Duration::from_secs(5),
+            reconnect_max_backoff: Duration::from_secs(10),
+            max_packet: DEFAULT_MAX_PACKET,
+        }
+    }
+}
+
+/// Asks a running [`Worker`] to stop: it finishes the job in hand, sends its
+/// result, and returns from [`Worker::run`].
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// Requests a graceful stop.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The job a handler works on, and the way to report progress.
+pub struct JobContext<'a> {
+    conn: &'a mut Connection,
+    deadline_len: Duration,
+    handle: String,
+    function: String,
+    unique: Vec<u8>,
+    workload: Vec<u8>,
+}
+
+impl std::fmt::Debug for JobContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("handle", &self.handle)
+            .field("function", &self.function)
+            .field("workload_len", &self.workload.len())
+            .finish()
+    }
+}
+
+impl JobContext<'_> {
+    /// The job handle.
+    pub fn handle(&self) -> &str {
+        &self.handle
+    }
+
+    /// The function name.
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// The unique key (empty if none).
+    pub fn unique(&self) -> &[u8] {
+        &self.unique
+    }
+
+    /// The workload.
+    pub fn workload(&self) -> &[u8] {
+        &self.workload
+    }
+
+    /// Takes the workload out of the context (it is empty afterwards).
+    pub fn take_workload(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.workload)
+    }
+
+    fn send(&mut self, kind: PacketType, args: Vec<Vec<u8>>) -> Result<()> {
+        self.conn.queue_packet(&Packet::req(kind, args))?;
+        self.conn
+            .flush(Some(Instant::now() + self.deadline_len), None)
+    }
+
+    /// Sends a WORK_DATA chunk to the waiting clients.
+    pub fn send_data(&mut self, data: &[u8]) -> Result<()> {
+        let h = self.handle.as_bytes().to_vec();
+        self.send(PacketType::WorkData, vec![h, data.to_vec()])
+    }
+
+    /// Sends a WORK_WARNING to the waiting clients.
+    pub fn send_warning(&mut self, data: &[u8]) -> Result<()> {
+        let h = self.handle.as_bytes().to_vec();
+        self.send(PacketType::WorkWarning, vec![h, data.to_vec()])
+    }
+
+    /// Sends WORK_STATUS progress (stored by the server for GET_STATUS).
+    pub fn send_status(&mut self, numerator: u64, denominator: u64) -> Result<()> {
+        let h = self.handle.as_bytes().to_vec();
+        let (n, d) = (numerator.to_string(), denominator.to_string());
+        self.send(
+            PacketType::WorkStatus,
+            vec![h, n.into_bytes(), d.into_bytes()],
+        )
+    }
+}
+
+/// A worker for one or more functions on one or more servers.
+pub struct Worker {
+    servers: ServerList,
+    opts: WorkerOptions,
+    functions: Vec<(String, Handler)>,
+    stop: StopHandle,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("servers", &self.servers)
+            .field(
+                "functions",
+                &self.functions.iter().map(|f| &f.0).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Worker {
+    /// A worker for `servers`; register functions, then [`Worker::run`].
+    pub fn new(servers: ServerList, opts: WorkerOptions) -> Worker {
+        Worker {
+            servers,
+            opts,
+            functions: Vec::new(),
+            stop: StopHandle::default(),
+        }
+    }
+
+    /// Registers `name` (CAN_DO) with its handler. Registering a name again
+    /// replaces its handler.
+    pub fn register(
+        &mut self,
+        name: &str,
+        handler: impl Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync + 'static,
+    ) {
+        self.functions.retain(|(n, _)| n != name);
+        self.functions.push((name.to_string(), Arc::new(handler)));
+    }
+
+    /// A handle to stop [`Worker::run`] from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Serves jobs until stopped. Returns `Err` only for a setup error (no
+    /// function registered, a bad function name); connection failures are
+    /// retried with back-off for as long as the worker runs.
+    pub fn run(self) -> Result<()> {
+        if self.functions.is_empty() {
+            return Err(Error::invalid_argument("no function registered"));
+        }
+        for (name, _) in &self.functions {
+            if name.is_empty() || name.contains('\0') {
+                return Err(Error::invalid_argument(format!(
+                    "invalid function name {name:?}"
+                )));
+            }
+        }
+        let shared = Arc::new(self);
+        let mut threads = Vec::new();
+        for addr in shared.servers.iter().skip(1) {
+            let w = Arc::clone(&shared);
+            let addr = addr.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("gearman-worker {addr}"))
+                    .spawn(move || w.serve_server(&addr))
+                    .map_err(|e| Error::invalid_argument(format!("cannot start thread: {e}")))?,
+            );
+        }
+        let first = shared
+            .servers
+            .get(0)
+            .expect("a list is never empty")
+            .clone();
+        shared.serve_server(&first);
+        for t in threads {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    /// Connects, registers and serves one server until stopped.
+    fn serve_server(&self, addr: &ServerAddr) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.stop.is_stopped() {
+            match self.connect(addr) {
+                Ok(mut conn) => {
+                    backoff = Duration::from_millis(100);
+                    match self.serve(&mut conn) {
+                        Ok(()) => return,
+                        Err(e) => {
+                            log::warn!("worker connection to {addr} failed: {e}; reconnecting")
+                        }
+                    }
+                }
+                Err(e) => log::debug!("worker cannot connect to {addr}: {e}"),
+            }
+            self.sleep(backoff);
+            backoff = (backoff * 2).min(self.opts.reconnect_max_backoff);
+        }
+    }
+
+    /// Sleeps up to `d`, waking early on stop.
+    fn sleep(&self, d: Duration) {
+        let end = Instant::now() + d;
+        while !self.stop.is_stopped() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(SLICE));
+        }
+    }
+
+    fn connect(&self, addr: &ServerAddr) -> Result<Connection> {
+        let mut c =
+            Connection::connect(addr, self.opts.connect_timeout, self.opts.max_packet, None)?;
+        if let Some(id) = &self.opts.client_id {
+            c.queue_packet(&Packet::req(
+                PacketType::SetClientId,
+                vec![id.as_bytes().to_vec()],
+            ))?;
+        }
+        for (name, _) in &self.functions {
+            c.queue_packet(&Packet::req(
+                PacketType::CanDo,
+                vec![name.as_bytes().to_vec()],
+            ))?;
+        }
+        c.flush(Some(Instant::now() + self.opts.io_timeout), None)?;
+        Ok(c)
+    }
+
+    /// The GRAB / work / PRE_SLEEP loop on one connection. `Ok` on stop.
+    fn serve(&self, conn: &mut Connection) -> Result<()> {
+        loop {
+            if self.stop.is_stopped() {
+                return Ok(());
+            }
+            conn.queue_packet(&Packet::req(PacketType::GrabJobUniq, vec![]))?;
+            let reply = self.next_reply(conn)?;
+            match reply.kind {
+                PacketType::JobAssignUniq | PacketType::JobAssign | PacketType::JobAssignAll => {
+                    self.work(conn, reply)?;
+                }
+                PacketType::NoJob => {
+                    conn.queue_packet(&Packet::req(PacketType::PreSleep, vec![]))?;
+                    conn.flush(Some(Instant::now() + self.opts.io_timeout), None)?;
+                    self.doze(conn)?;
+                }
+                other => {
+                    return Err(Error::protocol(format!(
+                        "unexpected {} in reply to GRAB_JOB_UNIQ",
+                        other.name()
+                    ))
+                    .at(conn.addr()))
+                }
+            }
+        }
+    }
+
+    /// The reply to a GRAB: skips NOOPs and logs unsolicited ERRORs
+    /// (protocol.md 4.7: ERROR for a late WORK_* result arrives here).
+    fn next_reply(&self, conn: &mut Connection) -> Result<Packet> {
+        let deadline = Some(Instant::now() + self.opts.io_timeout);
+        loop {
+            let p = conn.recv(deadline, None)?;
+            match p.kind {
+                PacketType::Noop => continue,
+                PacketType::Error => {
+                    log::warn!(
+                        "job server {} reported {}: {}",
+                        conn.addr(),
+                        p.arg_str(0),
+                        p.arg_str(1)
+                    );
+                }
+                _ => return Ok(p),
+            }
+        }
+    }
+
+    /// Asleep after PRE_SLEEP: returns on NOOP, after `idle_regrab`, or on
+    /// stop (then the caller sees the flag and returns).
+    fn doze(&self, conn: &mut Connection) -> Result<()> {
+        let until = Instant::now() + self.opts.idle_regrab;
+        loop {
+            while let Some(p) = conn.next_packet()? {
+                match p.kind {
+                    PacketType::Noop => return Ok(()),
+                    PacketType::Error => log::warn!(
+                        "job server {} reported {}: {}",
+                        conn.addr(),
+                        p.arg_str(0),
+                        p.arg_str(1)
+                    ),
+                    other => {
+                        return Err(Error::protocol(format!(
+                            "unexpected {} while asleep",
+                            other.name()
+                        ))
+                        .at(conn.addr()))
+                    }
+                }
+            }
+            if conn.is_closed() {
+                return Err(conn.closed_error());
+            }
+            if self.stop.is_stopped() || Instant::now() >= until {
+                return Ok(());
+            }
+            if conn.wait(Want::Read, SLICE)? {
+                conn.read_ready()?;
+            }
+        }
+    }
+
+    /// Runs one assigned job and sends its terminal packet.
+    fn work(&self, conn: &mut Connection, assign: Packet) -> Result<()> {
+        let mut args = assign.args.into_iter();
+        let handle = args.next().unwrap_or_default();
+        let function = args.next().unwrap_or_default();
+        let (unique, workload) = match assign.kind {
+            PacketType::JobAssign => (Vec::new(), args.next().unwrap_or_default()),
+            PacketType::JobAssignUniq => {
+                let u = args.next().unwrap_or_default();
+                (u, args.next().unwrap_or_default())
+            }
+            _ => {
+                let u = args.next().unwrap_or_default();
+                let _reducer = args.next();
+                (u, args.next().unwrap_or_default())
+            }
+        };
+        let handle_s = String::from_utf8_lossy(&handle).into_owned();
+        let function_s = String::from_utf8_lossy(&function).into_owned();
+        let handler = self
+            .functions
+            .iter()
+            .find(|(n, _)| n.as_bytes() == function.as_slice())
+            .map(|(_, h)| Arc::clone(h));
+        let started = Instant::now();
+        let outcome = match handler {
+            None => {
+                log::warn!("job {handle_s} for unregistered function {function_s:?}");
+                Err(WorkError::Fail)
+            }
+            Some(h) => {
+                let mut ctx = JobContext {
+                    conn: &mut *conn,
+                    deadline_len: self.opts.io_timeout,
+                    handle: handle_s.clone(),
+                    function: function_s.clone(),
+                    unique,
+                    workload,
+                };
+                match catch_unwind(AssertUnwindSafe(|| h(&mut ctx))) {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        let msg = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic".into());
+                        log::warn!("handler for {function_s} panicked on job {handle_s}: {msg}");
+                        Err(WorkError::Exception(
+                            format!("handler panicked: {msg}").into_bytes(),
+                        ))
+                    }
+                }
+            }
+        };
+        let packet = match outcome {
+            Ok(data) => Packet::req(PacketType::WorkComplete, vec![handle, data]),
+            Err(WorkError::Fail) => Packet::req(PacketType::WorkFail, vec![handle]),
+            Err(WorkError::Exception(msg)) => {
+                Packet::req(PacketType::WorkException, vec![handle, msg])
+            }
+        };
+        log::debug!(
+            "job {handle_s} ({function_s}) done in {:?}: {}",
+            started.elapsed(),
+            packet.kind.name()
+        );
+        conn.queue_packet(&packet)?;
+        conn.flush(Some(Instant::now() + self.opts.io_timeout), None)
+    }
+}

@@ -1,0 +1,133 @@
+//! A private `gearmand` per test.
+
+use crate::process::{free_port, require_binary, wait_for_port};
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A private gearmand on a free loopback port, killed on drop.
+#[derive(Debug)]
+pub struct Gearmand {
+    port: u16,
+    extra_args: Vec<String>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Gearmand {
+    /// Starts gearmand with its defaults (memory queue, 4 I/O threads).
+    pub fn start() -> Gearmand {
+        Gearmand::start_with(&[])
+    }
+
+    /// Starts gearmand with extra command-line arguments (e.g. `["-j", "1"]`).
+    pub fn start_with(args: &[&str]) -> Gearmand {
+        let dir = tempfile::Builder::new()
+            .prefix("gearmand-")
+            .tempdir()
+            .expect("temp dir for gearmand");
+        let mut g = Gearmand {
+            port: free_port(),
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            dir,
+            child: None,
+        };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        for attempt in 0..5 {
+            if attempt > 0 {
+                // The port was taken between picking and binding; pick another.
+                self.port = free_port();
+            }
+            if self.launch(Duration::from_secs(10)) {
+                return;
+            }
+        }
+        panic!("gearmand did not start; its log:\n{}", self.log());
+    }
+
+    /// Runs gearmand on `self.port`; true once it accepts connections.
+    fn launch(&mut self, timeout: Duration) -> bool {
+        let bin = require_binary("gearmand", &["/usr/sbin"], "gearman-job-server");
+        let pid = self.dir.path().join("gearmand.pid");
+        let child = Command::new(&bin)
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--log-file={}", self.log_path().display()))
+            .arg(format!("--pid-file={}", pid.display()))
+            .arg("--verbose=INFO")
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        self.child = Some(child);
+        if wait_for_port(self.port, timeout) {
+            return true;
+        }
+        self.kill();
+        false
+    }
+
+    /// `127.0.0.1:PORT`, the form server lists take.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Path of gearmand's own log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("gearmand.log")
+    }
+
+    /// The log so far (empty if none yet).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Kills the server (SIGKILL) and reaps it. The port stays reserved for
+    /// [`Gearmand::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`Gearmand::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        // The old socket may linger briefly; retry for a few seconds.
+        for _ in 0..20 {
+            if self.launch(Duration::from_secs(5)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "gearmand did not restart on port {}; log:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+}
+
+impl Drop for Gearmand {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

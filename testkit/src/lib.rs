@@ -1,0 +1,13 @@
+//! Test harness for the project's integration tests.
+//!
+//! Each server type is started privately: its own temporary directory, a free
+//! loopback port, its own log, and it is killed when the handle is dropped.
+//! Tests never use a default port (4730, 5432, 3306) or a server they did not
+//! start. A missing server binary is a test failure that names the Debian
+//! package to install (run `scripts/setup`), never a silent skip.
+
+mod gearmand;
+mod process;
+
+pub use gearmand::Gearmand;
+pub use process::{free_port, wait_for_port};

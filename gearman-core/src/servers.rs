@@ -168,7 +168,7 @@ impl std::str::FromStr for ServerList {
     }
 }
 
-/// 64-bit FNV-1a: small, stable across versions and platforms.
+/// 64-bit FNV-1a with a final mix: small, stable across versions and platforms.
 fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
@@ -179,7 +179,13 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
         h ^= 0xff;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h
+    // FNV alone mixes the last bytes poorly; finish with MurmurHash3's
+    // fmix64 so rendezvous scores spread evenly.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 #[derive(Debug, Clone, Copy)]

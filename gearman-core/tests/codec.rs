@@ -11,13 +11,16 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 /// (name, magic, type, args, hex) from protocol.md section 13.
-fn vectors() -> Vec<(
+/// (name, magic, type, args, hex).
+type Vector = (
     &'static str,
     Magic,
     PacketType,
     Vec<&'static [u8]>,
     &'static str,
-)> {
+);
+
+fn vectors() -> Vec<Vector> {
     use Magic::{Req, Res};
     use PacketType as T;
     vec![

@@ -87,6 +87,16 @@ pub struct Client {
     opts: Options,
     conns: HashMap<ServerAddr, Connection>,
     router: Router,
+    stats: ClientStats,
+}
+
+/// Counters of a client's connection attempts, for tests and monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// TCP connections opened successfully.
+    pub connects: u64,
+    /// Connect attempts that failed.
+    pub connect_failures: u64,
 }
 
 /// What a finished task produced.
@@ -130,7 +140,13 @@ impl Client {
             opts,
             conns: HashMap::new(),
             router: Router::default(),
+            stats: ClientStats::default(),
         }
+    }
+
+    /// Connection counters since the client was made.
+    pub fn stats(&self) -> ClientStats {
+        self.stats
     }
 
     /// Replaces the server list; connections to servers no longer listed are
@@ -169,12 +185,22 @@ impl Client {
     /// queued it (JOB_CREATED). With `job.epoch` set it is a scheduled job
     /// (SUBMIT_JOB_EPOCH). Errors: invalid job, no reachable server, server
     /// ERROR (e.g. queue full), timeout.
+    ///
+    /// If the connection breaks during the exchange, the job is submitted
+    /// once more (reconnecting, or on the next server): a background job is
+    /// delivered at least once. Give it a unique key to make a repeat
+    /// coalesce with the first submission on the same server.
     pub fn submit_background(&mut self, job: &Job) -> Result<JobHandle> {
-        let mut r = self.submit_set(std::slice::from_ref(job), true, None);
-        match r.pop().expect("one result per job") {
-            Ok(Outcome::Handle(h)) => Ok(h),
-            Ok(Outcome::Result(_)) => unreachable!("background task yields a handle"),
-            Err(e) => Err(e),
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut r = self.submit_set(std::slice::from_ref(job), true, None);
+            match r.pop().expect("one result per job") {
+                Ok(Outcome::Handle(h)) => return Ok(h),
+                Ok(Outcome::Result(_)) => unreachable!("background task yields a handle"),
+                Err(e) if tries < 2 && e.is_connection_lost() => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -341,8 +367,12 @@ impl Client {
         if !usable {
             self.conns.remove(addr);
             let c = match self.open(addr) {
-                Ok(c) => c,
+                Ok(c) => {
+                    self.stats.connects += 1;
+                    c
+                }
                 Err(e) => {
+                    self.stats.connect_failures += 1;
                     if e.kind() == &ErrorKind::ConnectFailed {
                         self.router
                             .mark_dead(addr, self.opts.retry_backoff, MAX_BACKOFF);

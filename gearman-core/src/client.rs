@@ -550,19 +550,30 @@ impl Client {
                 fg_deadline
             };
             let wait = slice_until(next_deadline);
+            // Send what the sockets take now, without waiting.
+            for &li in &active {
+                let lane = &mut lanes[li];
+                let conn = self
+                    .conns
+                    .get_mut(&lane.addr)
+                    .expect("active lane has a connection");
+                if conn.wants_write() {
+                    if let Err(e) = conn.write_ready() {
+                        fail_lane(lane, &mut tasks, &e);
+                        self.conns.remove(&lane.addr);
+                    }
+                }
+            }
+            active.retain(|&li| lanes[li].open > 0);
+            if active.is_empty() {
+                continue;
+            }
             let ready = {
                 let conns: Vec<&Connection> = active
                     .iter()
                     .map(|&li| &self.conns[&lanes[li].addr])
                     .collect();
-                // Write first without waiting: most batches fit the socket.
-                Connection::wait_many(&conns, Duration::ZERO).and_then(|r| {
-                    if r.is_empty() {
-                        Connection::wait_many(&conns, wait)
-                    } else {
-                        Ok(r)
-                    }
-                })
+                Connection::wait_many(&conns, wait)
             };
             let ready = match ready {
                 Ok(r) => r,
@@ -575,25 +586,26 @@ impl Client {
                     break;
                 }
             };
-            for k in ready {
+            for (k, readable) in ready {
                 let li = active[k];
                 let lane = &mut lanes[li];
                 let conn = self
                     .conns
                     .get_mut(&lane.addr)
                     .expect("active lane has a connection");
-                let r = conn
-                    .write_ready()
-                    .and_then(|_| conn.read_ready().map(|_| ()))
-                    .and_then(|_| {
-                        while let Some(p) = conn.next_packet()? {
-                            dispatch(lane, &mut tasks, p, &mut events)?;
-                        }
-                        if conn.is_closed() && lane.open > 0 {
-                            return Err(conn.closed_error());
-                        }
-                        Ok(())
-                    });
+                let r = conn.write_ready().and_then(|_| {
+                    if !readable {
+                        return Ok(());
+                    }
+                    conn.read_ready()?;
+                    while let Some(p) = conn.next_packet()? {
+                        dispatch(lane, &mut tasks, p, &mut events)?;
+                    }
+                    if conn.is_closed() && lane.open > 0 {
+                        return Err(conn.closed_error());
+                    }
+                    Ok(())
+                });
                 if let Err(e) = r {
                     fail_lane(lane, &mut tasks, &e);
                     self.conns.remove(&lane.addr);

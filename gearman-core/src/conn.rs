@@ -33,6 +33,7 @@ pub struct Connection {
     stream: TcpStream,
     rbuf: Vec<u8>,
     rpos: usize,
+    rend: usize,
     wbuf: Vec<u8>,
     wpos: usize,
     max_packet: usize,
@@ -47,7 +48,7 @@ impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("addr", &self.addr)
-            .field("buffered_in", &(self.rbuf.len() - self.rpos))
+            .field("buffered_in", &(self.rend - self.rpos))
             .field("buffered_out", &(self.wbuf.len() - self.wpos))
             .finish()
     }
@@ -153,8 +154,9 @@ impl Connection {
                     return Ok(Connection {
                         addr: addr.clone(),
                         stream,
-                        rbuf: Vec::with_capacity(4096),
+                        rbuf: vec![0; 65536],
                         rpos: 0,
+                        rend: 0,
                         wbuf: Vec::with_capacity(4096),
                         wpos: 0,
                         max_packet,
@@ -226,43 +228,44 @@ impl Connection {
     /// Reads whatever the socket has now, without waiting. Returns the number
     /// of bytes read; end of stream marks the connection closed.
     pub(crate) fn read_ready(&mut self) -> Result<usize> {
-        if self.rpos > 0 && self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
+        // `rbuf[rpos..rend]` holds received bytes not yet decoded; the rest
+        // of `rbuf` is spare room, zeroed once when it is allocated.
+        if self.rpos == self.rend {
             self.rpos = 0;
-        } else if self.rpos > 1 << 20 {
-            self.rbuf.drain(..self.rpos);
-            self.rpos = 0;
+            self.rend = 0;
+            if self.rbuf.len() > 1 << 20 {
+                // Give back the room a large packet needed.
+                self.rbuf = vec![0; 65536];
+            }
         }
         let mut total = 0;
         loop {
-            let len = self.rbuf.len();
-            if self.rbuf.capacity() - len < 16384 {
-                self.rbuf.reserve(65536);
+            if self.rbuf.len() - self.rend < 16384 {
+                if self.rpos > 0 {
+                    self.rbuf.copy_within(self.rpos..self.rend, 0);
+                    self.rend -= self.rpos;
+                    self.rpos = 0;
+                }
+                if self.rbuf.len() - self.rend < 16384 {
+                    let grow = self.rbuf.len().max(65536);
+                    self.rbuf.resize(self.rbuf.len() + grow, 0);
+                }
             }
-            let cap = self.rbuf.capacity();
-            self.rbuf.resize(cap, 0);
-            match self.stream.read(&mut self.rbuf[len..]) {
+            match self.stream.read(&mut self.rbuf[self.rend..]) {
                 Ok(0) => {
-                    self.rbuf.truncate(len);
                     self.closed = true;
                     return Ok(total);
                 }
                 Ok(n) => {
-                    self.rbuf.truncate(len + n);
+                    self.rend += n;
                     total += n;
-                    if len + n < cap {
+                    if self.rend < self.rbuf.len() {
                         return Ok(total);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.rbuf.truncate(len);
-                    return Ok(total);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.rbuf.truncate(len);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.rbuf.truncate(len);
                     self.closed = true;
                     return Err(Error::lost(format!("receive failed: {e}")).at(&self.addr));
                 }
@@ -272,7 +275,7 @@ impl Connection {
 
     /// Decodes one buffered packet, if a whole one has arrived.
     pub(crate) fn next_packet(&mut self) -> Result<Option<Packet>> {
-        match proto::decode(&self.rbuf[self.rpos..], self.max_packet)
+        match proto::decode(&self.rbuf[self.rpos..self.rend], self.max_packet)
             .map_err(|e| e.at(&self.addr))?
         {
             Decoded::Packet(p, n) => {
@@ -285,7 +288,7 @@ impl Connection {
 
     /// Decodes one buffered admin line.
     pub(crate) fn next_line(&mut self) -> Result<Option<String>> {
-        match proto::decode_line(&self.rbuf[self.rpos..])? {
+        match proto::decode_line(&self.rbuf[self.rpos..self.rend])? {
             Some((line, n)) => {
                 self.rpos += n;
                 Ok(Some(line))
@@ -296,7 +299,7 @@ impl Connection {
 
     /// The error to report when the peer closed with nothing decodable left.
     pub(crate) fn closed_error(&self) -> Error {
-        let partial = self.rbuf.len() - self.rpos;
+        let partial = self.rend - self.rpos;
         let msg = if partial > 0 {
             format!("connection closed by the job server in the middle of a packet ({partial} bytes of it received)")
         } else {
@@ -401,7 +404,7 @@ impl Connection {
             return false;
         }
         match self.wait(Want::Read, Duration::ZERO) {
-            Ok(false) => self.rpos == self.rbuf.len(),
+            Ok(false) => self.rpos == self.rend,
             Ok(true) => {
                 // Readable while idle: either end-of-stream or stray bytes.
                 // Either way the stream is not in a known state.
@@ -412,9 +415,13 @@ impl Connection {
     }
 
     /// Waits on several connections at once for at most `timeout`; returns
-    /// the indices of those that are ready (readable, or writable where data
-    /// is queued).
-    pub(crate) fn wait_many(conns: &[&Connection], timeout: Duration) -> Result<Vec<usize>> {
+    /// the indices of those that are ready, each with whether it is readable
+    /// (data, end of stream or an error to collect) as opposed to only
+    /// writable.
+    pub(crate) fn wait_many(
+        conns: &[&Connection],
+        timeout: Duration,
+    ) -> Result<Vec<(usize, bool)>> {
         let mut fds: Vec<libc::pollfd> = conns
             .iter()
             .map(|c| libc::pollfd {
@@ -428,11 +435,12 @@ impl Connection {
             })
             .collect();
         poll_fds(&mut fds, timeout).map_err(|e| Error::lost(format!("poll failed: {e}")))?;
+        let readable = libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
         Ok(fds
             .iter()
             .enumerate()
             .filter(|(_, f)| f.revents != 0)
-            .map(|(i, _)| i)
+            .map(|(i, f)| (i, f.revents & readable != 0))
             .collect())
     }
 }

@@ -1,0 +1,187 @@
+//! Throughput of the client against a private gearmand, side by side with a
+//! raw-socket loop (the ceiling). Run: `cargo bench -p gearman-core --bench throughput`
+//! (or `scripts/bench`). Prints jobs per second; asserts nothing.
+
+use gearman_core::proto::{decode, encode, Decoded, Magic, PacketType, DEFAULT_MAX_PACKET};
+use gearman_core::worker::Worker;
+use gearman_core::{Client, Job, Options, ServerList};
+use gearman_testkit::Gearmand;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+/// Reads `n` packets, returning when all arrived.
+fn read_packets(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) {
+    let mut got = 0;
+    let mut chunk = vec![0u8; 1 << 16];
+    while got < n {
+        loop {
+            match decode(buf, DEFAULT_MAX_PACKET).unwrap() {
+                Decoded::Packet(p, used) => {
+                    assert_eq!(p.kind, PacketType::JobCreated);
+                    buf.drain(..used);
+                    got += 1;
+                    if got == n {
+                        return;
+                    }
+                }
+                Decoded::NeedMore(_) => break,
+            }
+        }
+        let r = s.read(&mut chunk).unwrap();
+        assert!(r > 0, "server closed");
+        buf.extend_from_slice(&chunk[..r]);
+    }
+}
+
+fn raw_serial(addr: &str, n: usize) -> Duration {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let packets: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut p = Vec::new();
+            let w = format!("p{i}");
+            encode(
+                Magic::Req,
+                PacketType::SubmitJobBg,
+                &[b"raw_serial", b"", w.as_bytes()],
+                &mut p,
+            )
+            .unwrap();
+            p
+        })
+        .collect();
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    for p in &packets {
+        s.write_all(p).unwrap();
+        read_packets(&mut s, &mut buf, 1);
+    }
+    t.elapsed()
+}
+
+fn raw_pipelined(addr: &str, n: usize, batch: usize) -> Duration {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let batches: Vec<Vec<u8>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(|c| {
+            let mut out = Vec::new();
+            for i in c {
+                let w = format!("p{i}");
+                encode(
+                    Magic::Req,
+                    PacketType::SubmitJobBg,
+                    &[b"raw_pipe", b"", w.as_bytes()],
+                    &mut out,
+                )
+                .unwrap();
+            }
+            out
+        })
+        .collect();
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    for (k, b) in batches.iter().enumerate() {
+        s.write_all(b).unwrap();
+        read_packets(&mut s, &mut buf, batch.min(n - k * batch));
+    }
+    t.elapsed()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument is ignored.
+    let n: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let g = Gearmand::start();
+    let addr = g.addr();
+    let list = ServerList::parse(&addr).unwrap();
+    println!(
+        "gearman-core throughput, {n} jobs each, private gearmand {} on {addr}",
+        version(&addr)
+    );
+
+    let jobs: Vec<Job> = (0..n)
+        .map(|i| Job::new("client_bg", format!("p{i}")))
+        .collect();
+    // Warm up the server's allocator and our connection.
+    let mut c = Client::new(list.clone(), Options::default());
+    for j in jobs.iter().take(1000) {
+        c.submit_background(j).unwrap();
+    }
+
+    let raw_s = raw_serial(&addr, n);
+    let t = Instant::now();
+    for j in &jobs {
+        c.submit_background(j).unwrap();
+    }
+    let ours_s = t.elapsed();
+    let raw_p = raw_pipelined(&addr, n, 1000);
+    let t = Instant::now();
+    let r = c.submit_background_all(&jobs);
+    let ours_p = t.elapsed();
+    assert!(r.iter().all(|x| x.is_ok()));
+
+    println!(
+        "{:<58} {:>12}",
+        "background submission (one connection)", "jobs/s"
+    );
+    println!(
+        "{:<58} {:>12.0}",
+        "raw socket, one round trip per job (ceiling)",
+        rate(n, raw_s)
+    );
+    println!(
+        "{:<58} {:>12.0}  ({:.0}% of raw)",
+        "Client::submit_background, one round trip per job",
+        rate(n, ours_s),
+        100.0 * raw_s.as_secs_f64() / ours_s.as_secs_f64()
+    );
+    println!(
+        "{:<58} {:>12.0}",
+        "raw socket, pipelined 1000 per write",
+        rate(n, raw_p)
+    );
+    println!(
+        "{:<58} {:>12.0}  ({:.0}% of raw pipelined)",
+        "Client::submit_background_all (window 1024)",
+        rate(n, ours_p),
+        100.0 * raw_p.as_secs_f64() / ours_p.as_secs_f64()
+    );
+
+    // Foreground round trips with our worker.
+    let mut w = Worker::new(list.clone(), Default::default());
+    w.register("echo", |j| Ok(j.workload().to_vec()));
+    let stop = w.stop_handle();
+    let wt = std::thread::spawn(move || w.run());
+    let fg = n / 4;
+    for _ in 0..100 {
+        c.run(&Job::new("echo", "warm")).unwrap();
+    }
+    let t = Instant::now();
+    for i in 0..fg {
+        c.run(&Job::new("echo", format!("{i}"))).unwrap();
+    }
+    let d = t.elapsed();
+    println!(
+        "{:<58} {:>12.0}",
+        "foreground round trips (Client::run, our worker)",
+        rate(fg, d)
+    );
+    stop.stop();
+    let _ = wt.join();
+}
+
+fn version(addr: &str) -> String {
+    let a = gearman_core::ServerAddr::parse(addr).unwrap();
+    gearman_core::admin::Admin::connect(&a, Duration::from_secs(2))
+        .and_then(|mut a| a.version())
+        .unwrap_or_default()
+}

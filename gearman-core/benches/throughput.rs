@@ -19,17 +19,12 @@ fn read_packets(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) {
     let mut got = 0;
     let mut chunk = vec![0u8; 1 << 16];
     while got < n {
-        loop {
-            match decode(buf, DEFAULT_MAX_PACKET).unwrap() {
-                Decoded::Packet(p, used) => {
-                    assert_eq!(p.kind, PacketType::JobCreated);
-                    buf.drain(..used);
-                    got += 1;
-                    if got == n {
-                        return;
-                    }
-                }
-                Decoded::NeedMore(_) => break,
+        while let Decoded::Packet(p, used) = decode(buf, DEFAULT_MAX_PACKET).unwrap() {
+            assert_eq!(p.kind, PacketType::JobCreated);
+            buf.drain(..used);
+            got += 1;
+            if got == n {
+                return;
             }
         }
         let r = s.read(&mut chunk).unwrap();

@@ -151,6 +151,18 @@ fn main() {
         100.0 * raw_p.as_secs_f64() / ours_p.as_secs_f64()
     );
 
+    let t = Instant::now();
+    c.submit_background_deferred(&jobs).unwrap();
+    let rep = c.collect_deferred(true);
+    let ours_d = t.elapsed();
+    assert_eq!(rep.confirmed as usize, n);
+    println!(
+        "{:<58} {:>12.0}  ({:.0}% of raw pipelined)",
+        "Client::submit_background_deferred + collect_deferred",
+        rate(n, ours_d),
+        100.0 * raw_p.as_secs_f64() / ours_d.as_secs_f64()
+    );
+
     // Foreground round trips with our worker.
     let mut w = Worker::new(list.clone(), Default::default());
     w.register("echo", |j| Ok(j.workload().to_vec()));

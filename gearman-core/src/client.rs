@@ -88,6 +88,39 @@ pub struct Client {
     conns: HashMap<ServerAddr, Connection>,
     router: Router,
     stats: ClientStats,
+    /// Deferred background submissions awaiting JOB_CREATED, per server.
+    deferred: HashMap<ServerAddr, VecDeque<Deferred>>,
+    report: DeferredReport,
+}
+
+#[derive(Debug)]
+struct Deferred {
+    function: Vec<u8>,
+    unique: Vec<u8>,
+}
+
+/// A deferred background submission that did not get a job handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredFailure {
+    /// The job's function.
+    pub function: String,
+    /// The job's unique key (empty if none).
+    pub unique: Vec<u8>,
+    /// Why: a server ERROR (the job was refused, e.g. `QUEUE_ERROR`), or a
+    /// lost connection or timeout (unknown whether the job was queued).
+    pub error: Error,
+}
+
+/// Outcome of deferred background submissions collected so far
+/// (see [`Client::submit_background_deferred`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeferredReport {
+    /// Jobs the server confirmed with JOB_CREATED.
+    pub confirmed: u64,
+    /// Jobs refused by the server or whose fate is unknown.
+    pub failed: Vec<DeferredFailure>,
+    /// Jobs still awaiting their confirmation.
+    pub pending: usize,
 }
 
 /// Counters of a client's connection attempts, for tests and monitoring.
@@ -141,6 +174,168 @@ impl Client {
             conns: HashMap::new(),
             router: Router::default(),
             stats: ClientStats::default(),
+            deferred: HashMap::new(),
+            report: DeferredReport::default(),
+        }
+    }
+
+    /// Writes background jobs to the job servers without waiting for their
+    /// confirmations: the JOB_CREATED (or ERROR) replies are read later, by
+    /// [`Client::collect_deferred`] or before the next use of the same
+    /// connection. This costs one write per batch instead of one round trip
+    /// per job. Nothing is sent if any job is invalid. Returns an error if a
+    /// job could not be written (no reachable server, connection lost while
+    /// writing); jobs already written stay deferred.
+    pub fn submit_background_deferred(&mut self, jobs: &[Job]) -> Result<()> {
+        for job in jobs {
+            job.validate()?;
+        }
+        let deadline = Some(Instant::now() + self.opts.io_timeout);
+        let hook = self.opts.interrupt.clone();
+        let mut touched: Vec<ServerAddr> = Vec::new();
+        let mut first_err: Option<Error> = None;
+        for job in jobs {
+            let open: Vec<&ServerAddr> = touched.iter().collect();
+            let addr = match self.pick_server(job, &open) {
+                Ok(a) => a,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            };
+            let conn = self
+                .conns
+                .get_mut(&addr)
+                .expect("picked server has a connection");
+            encode_submit(job, true, conn.queue())?;
+            self.deferred
+                .entry(addr.clone())
+                .or_default()
+                .push_back(Deferred {
+                    function: job.function.clone(),
+                    unique: job.unique_bytes().to_vec(),
+                });
+            if !touched.contains(&addr) {
+                touched.push(addr);
+            }
+            // Keep the in-flight window bounded: past it, collect first.
+            let n = self
+                .deferred
+                .get(touched.last().expect("pushed"))
+                .map_or(0, VecDeque::len);
+            if n >= self.opts.max_in_flight.max(1) {
+                let a = touched.last().expect("pushed").clone();
+                if let Err(e) = self.drain_deferred(&a, true) {
+                    // The connection is gone; the next job reconnects.
+                    touched.retain(|t| t != &a);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for addr in touched {
+            let Some(conn) = self.conns.get_mut(&addr) else {
+                continue;
+            };
+            if let Err(e) = conn.flush(deadline, hook.as_ref()) {
+                self.fail_deferred(&addr, &e);
+                self.conns.remove(&addr);
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the confirmations of deferred submissions. With `wait`, waits
+    /// (up to the exchange timeout per server) until every one has arrived;
+    /// without, takes only what has already arrived. Returns the report
+    /// accumulated since the last call and resets it.
+    pub fn collect_deferred(&mut self, wait: bool) -> DeferredReport {
+        let addrs: Vec<ServerAddr> = self.deferred.keys().cloned().collect();
+        for addr in addrs {
+            let _ = self.drain_deferred(&addr, wait);
+        }
+        let mut r = std::mem::take(&mut self.report);
+        r.pending = self.deferred.values().map(VecDeque::len).sum();
+        r
+    }
+
+    /// Matches buffered JOB_CREATED/ERROR replies to deferred submissions on
+    /// `addr`; with `block`, waits until none is pending.
+    fn drain_deferred(&mut self, addr: &ServerAddr, block: bool) -> Result<()> {
+        let deadline = Some(Instant::now() + self.opts.io_timeout);
+        let hook = self.opts.interrupt.clone();
+        loop {
+            let pending = self.deferred.get(addr).map_or(0, VecDeque::len);
+            if pending == 0 {
+                self.deferred.remove(addr);
+                return Ok(());
+            }
+            let Some(conn) = self.conns.get_mut(addr) else {
+                let e = Error::lost("connection closed before confirmations arrived").at(addr);
+                self.fail_deferred(addr, &e);
+                return Err(e);
+            };
+            let step = if block {
+                conn.recv(deadline, hook.as_ref()).map(Some)
+            } else {
+                conn.flush(Some(Instant::now()), None)
+                    .or_else(|e| if e.is_timeout() { Ok(()) } else { Err(e) })
+                    .and_then(|_| conn.read_ready())
+                    .and_then(|_| conn.next_packet())
+                    .and_then(|p| match p {
+                        None if conn.is_closed() => Err(conn.closed_error()),
+                        other => Ok(other),
+                    })
+            };
+            let p = match step {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.fail_deferred(addr, &e);
+                    self.conns.remove(addr);
+                    return Err(e);
+                }
+            };
+            let d = self
+                .deferred
+                .get_mut(addr)
+                .and_then(VecDeque::pop_front)
+                .expect("pending > 0");
+            match p.kind {
+                PacketType::JobCreated => self.report.confirmed += 1,
+                PacketType::Error => self.report.failed.push(DeferredFailure {
+                    function: String::from_utf8_lossy(&d.function).into_owned(),
+                    unique: d.unique,
+                    error: server_error(&p).at(addr),
+                }),
+                other => {
+                    let e = Error::protocol(format!(
+                        "expected JOB_CREATED for a deferred job, got {}",
+                        other.name()
+                    ))
+                    .at(addr);
+                    self.deferred.get_mut(addr).expect("present").push_front(d);
+                    self.fail_deferred(addr, &e);
+                    self.conns.remove(addr);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Every deferred job on `addr` becomes a failure of unknown outcome.
+    fn fail_deferred(&mut self, addr: &ServerAddr, e: &Error) {
+        if let Some(q) = self.deferred.remove(addr) {
+            for d in q {
+                self.report.failed.push(DeferredFailure {
+                    function: String::from_utf8_lossy(&d.function).into_owned(),
+                    unique: d.unique,
+                    error: e.clone(),
+                });
+            }
         }
     }
 
@@ -152,6 +347,15 @@ impl Client {
     /// Replaces the server list; connections to servers no longer listed are
     /// closed. Takes effect for the next call.
     pub fn set_servers(&mut self, servers: ServerList) {
+        let gone: Vec<ServerAddr> = self
+            .deferred
+            .keys()
+            .filter(|a| !servers.iter().any(|s| s == *a))
+            .cloned()
+            .collect();
+        for a in gone {
+            let _ = self.drain_deferred(&a, true);
+        }
         self.conns.retain(|a, _| servers.iter().any(|s| s == a));
         self.servers = servers;
     }
@@ -178,6 +382,7 @@ impl Client {
 
     /// Closes every connection.
     pub fn disconnect(&mut self) {
+        let _ = self.collect_deferred(true);
         self.conns.clear();
     }
 
@@ -360,6 +565,10 @@ impl Client {
     /// that the server closed meanwhile (restart) is replaced silently; a
     /// failed connect puts the server into back-off.
     fn connection(&mut self, addr: &ServerAddr) -> Result<&mut Connection> {
+        if self.deferred.contains_key(addr) {
+            // Replies to deferred submissions come first on this connection.
+            let _ = self.drain_deferred(addr, true);
+        }
         let usable = match self.conns.get_mut(addr) {
             Some(c) => c.is_usable(),
             None => false,
@@ -454,7 +663,8 @@ impl Client {
                 finish(task, Err(e));
                 continue;
             }
-            match self.pick_server(job, &lanes) {
+            let open: Vec<&ServerAddr> = lanes.iter().map(|l| &l.addr).collect();
+            match self.pick_server(job, &open) {
                 Ok(addr) => {
                     let li = match lanes.iter().position(|l| l.addr == addr) {
                         Some(li) => li,
@@ -634,13 +844,13 @@ impl Client {
     /// The server for `job`: the first in routing order whose connection is
     /// (or can be) open. Connect failures put servers into back-off and move
     /// on to the next.
-    fn pick_server(&mut self, job: &Job, lanes: &[Lane]) -> Result<ServerAddr> {
+    fn pick_server(&mut self, job: &Job, open: &[&ServerAddr]) -> Result<ServerAddr> {
         let order = self.router.order(&self.servers, job.unique.as_deref());
         let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
         for i in order {
             let addr = self.servers.get(i).expect("index in range").clone();
-            if lanes.iter().any(|l| l.addr == addr) {
-                // Already connected and checked for this set.
+            if open.contains(&&addr) {
+                // Already connected and checked for this batch.
                 return Ok(addr);
             }
             match self.connection(&addr) {

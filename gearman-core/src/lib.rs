@@ -24,7 +24,7 @@ pub mod proto;
 mod servers;
 pub mod worker;
 
-pub use client::{Client, ClientStats, Options};
+pub use client::{Client, ClientStats, DeferredFailure, DeferredReport, Options};
 pub use conn::{Connection, Interrupt};
 pub use error::{Error, ErrorKind, Result};
 pub use job::{Event, Job, JobHandle, JobStatus, Priority, UniqueStatus, MAX_FUNCTION, MAX_UNIQUE};

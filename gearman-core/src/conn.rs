@@ -85,16 +85,15 @@ pub(crate) fn slice_until(deadline: Option<Instant>) -> Duration {
     }
 }
 
+/// Connects to one socket address within `timeout`. Without a hook this is
+/// one bounded OS connect; with a hook the connect runs in attempts of at
+/// most 200 ms with the hook asked between them (a refused connect returns
+/// at once either way).
 fn connect_one(sa: &SocketAddr, timeout: Duration, hook: Option<&Interrupt>) -> Result<TcpStream> {
-    // std's connect_timeout is one uninterruptible wait; it is cut into slices
-    // here by retrying on the same deadline only when no hook is set, so use
-    // it per slice-sized attempt budget otherwise.
-    let deadline = Instant::now() + timeout;
     if hook.is_none() {
         return TcpStream::connect_timeout(sa, timeout).map_err(|e| map_connect_err(e, sa));
     }
-    // With a hook: the OS connect runs in slices of at most SLICE; between
-    // slices the hook is asked. A refused connect returns at once either way.
+    let deadline = Instant::now() + timeout;
     loop {
         check_interrupt(hook)?;
         let left = deadline.saturating_duration_since(Instant::now());

@@ -7,7 +7,11 @@
 //! package to install (run `scripts/setup`), never a silent skip.
 
 mod gearmand;
+mod mariadb;
+mod postgres;
 mod process;
 
 pub use gearmand::Gearmand;
+pub use mariadb::{install_file, MariaDb, MariaDbOptions};
+pub use postgres::Postgres;
 pub use process::{free_port, wait_for_port};

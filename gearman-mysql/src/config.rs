@@ -1,0 +1,180 @@
+//! The configuration file, read once when the library is first used in a
+//! server process.
+//!
+//! Path: `$GEARMAN_UDF_CONFIG` if set (non-empty), else
+//! `/etc/mysql/gearman-udf.toml`. A missing file at the default path means
+//! "all defaults"; a missing file named by `GEARMAN_UDF_CONFIG`, or a file that
+//! does not parse, is an error that every function then reports (the library
+//! never falls back to defaults silently, which could unlock `gman_servers_set`
+//! or send jobs to the wrong place).
+//!
+//! ```toml
+//! servers = "127.0.0.1:4730"      # default job servers ("host[:port],...")
+//! connect_timeout_ms = 2000       # TCP connect, per server
+//! io_timeout_ms = 5000            # one submit / status exchange
+//! foreground_timeout_ms = 30000   # gman_do*: whole wait for the result; 0 = unbounded
+//! allow_servers_set = true        # false: gman_servers_set() is refused
+//! max_idle_connections = 64       # pooled clients kept per server list
+//! max_sum_rows = 100000           # rows one gman_sum group may collect
+//!
+//! [function_servers]              # per-function server lists
+//! resize_image = "10.0.0.7:4730,10.0.0.8"
+//! ```
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default path of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/mysql/gearman-udf.toml";
+/// The environment variable that overrides [`DEFAULT_PATH`].
+pub const ENV_VAR: &str = "GEARMAN_UDF_CONFIG";
+
+/// Default connect timeout: 2 s.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Default I/O timeout of one exchange: 5 s.
+pub const DEFAULT_IO_TIMEOUT_MS: u64 = 5_000;
+/// Default bound of a foreground call (`gman_do*`, `gman_sum`): 30 s.
+pub const DEFAULT_FOREGROUND_TIMEOUT_MS: u64 = 30_000;
+/// Default number of idle pooled clients kept per server list.
+pub const DEFAULT_MAX_IDLE: usize = 64;
+/// Default cap on the rows one `gman_sum` group collects.
+pub const DEFAULT_MAX_SUM_ROWS: usize = 100_000;
+
+/// The parsed configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Default server list; `None` means `127.0.0.1:4730`.
+    #[serde(default)]
+    pub servers: Option<String>,
+    /// Per-function server lists.
+    #[serde(default)]
+    pub function_servers: BTreeMap<String, String>,
+    #[serde(default = "d_connect")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "d_io")]
+    pub io_timeout_ms: u64,
+    #[serde(default = "d_fg")]
+    pub foreground_timeout_ms: u64,
+    #[serde(default = "d_true")]
+    pub allow_servers_set: bool,
+    #[serde(default = "d_idle")]
+    pub max_idle_connections: usize,
+    #[serde(default = "d_sum_rows")]
+    pub max_sum_rows: usize,
+}
+
+fn d_connect() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn d_io() -> u64 {
+    DEFAULT_IO_TIMEOUT_MS
+}
+fn d_fg() -> u64 {
+    DEFAULT_FOREGROUND_TIMEOUT_MS
+}
+fn d_true() -> bool {
+    true
+}
+fn d_idle() -> usize {
+    DEFAULT_MAX_IDLE
+}
+fn d_sum_rows() -> usize {
+    DEFAULT_MAX_SUM_ROWS
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            servers: None,
+            function_servers: BTreeMap::new(),
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
+            foreground_timeout_ms: DEFAULT_FOREGROUND_TIMEOUT_MS,
+            allow_servers_set: true,
+            max_idle_connections: DEFAULT_MAX_IDLE,
+            max_sum_rows: DEFAULT_MAX_SUM_ROWS,
+        }
+    }
+}
+
+impl Config {
+    /// Parses the text of a configuration file.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if c.connect_timeout_ms == 0 || c.io_timeout_ms == 0 {
+            return Err("connect_timeout_ms and io_timeout_ms must be > 0".into());
+        }
+        Ok(c)
+    }
+
+    /// The foreground bound, `None` when configured as 0 (unbounded).
+    pub fn foreground_timeout(&self) -> Option<Duration> {
+        (self.foreground_timeout_ms > 0).then(|| Duration::from_millis(self.foreground_timeout_ms))
+    }
+
+    /// Where the file is looked for, and whether its absence is an error.
+    pub fn location() -> (PathBuf, bool) {
+        match std::env::var_os(ENV_VAR) {
+            Some(p) if !p.is_empty() => (PathBuf::from(p), true),
+            _ => (PathBuf::from(DEFAULT_PATH), false),
+        }
+    }
+
+    /// Reads the file at `path`. `required`: a missing file is an error.
+    /// Returns the config and whether a file was read.
+    pub fn load_from(path: &Path, required: bool) -> Result<(Config, bool), String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text)
+                .map(|c| (c, true))
+                .map_err(|e| format!("configuration file {}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok((Config::default(), false))
+            }
+            Err(e) => Err(format!("configuration file {}: {e}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        assert_eq!(
+            Config::default().foreground_timeout(),
+            Some(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::parse(
+            "servers = \"a:1,b\"\nallow_servers_set = false\nforeground_timeout_ms = 0\n\
+             [function_servers]\nf = \"c:3\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers.as_deref(), Some("a:1,b"));
+        assert!(!c.allow_servers_set);
+        assert_eq!(c.foreground_timeout(), None);
+        assert_eq!(c.function_servers["f"], "c:3");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Config::parse("allow_server_set = false").is_err());
+        assert!(Config::parse("connect_timeout_ms = 0").is_err());
+        assert!(Config::parse("servers = 5").is_err());
+    }
+
+    #[test]
+    fn missing_file_is_an_error_only_when_named() {
+        let p = Path::new("/nonexistent/gearman-udf.toml");
+        assert!(Config::load_from(p, true).is_err());
+        assert!(!Config::load_from(p, false).unwrap().1);
+    }
+}

@@ -1,0 +1,843 @@
+//! The UDFs inside a real MariaDB, against a real gearmand, with workers from
+//! gearman-core in this process.
+
+mod common;
+
+use common::*;
+use gearman_core::ServerList;
+use gearman_testkit::{free_port, Gearmand};
+use mysql::prelude::Queryable;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn gearmand_accepts(g: &Gearmand) -> usize {
+    g.log().matches("Accepted connection").count()
+}
+
+#[test]
+fn cookbook_trigger_delivers_every_payload_and_reuses_connections() {
+    let env = Env::start("");
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let _w = TestWorker::start(&env.servers(), vec![("send_tweet", recorder(&got))]);
+    env.wait_workers("send_tweet", 1);
+
+    let mut c = env.conn();
+    c.query_drop(
+        "CREATE TABLE blog_entries (id INT AUTO_INCREMENT PRIMARY KEY, \
+         title VARCHAR(200), url VARCHAR(200)) DEFAULT CHARSET=utf8mb4",
+    )
+    .unwrap();
+    // The cookbook trigger, verbatim.
+    c.query_drop(r#"CREATE TRIGGER tweet_blog BEFORE INSERT ON blog_entries FOR EACH ROW SET @ret=gman_do_background('send_tweet', CONCAT(NEW.title, " - ", NEW.url));"#)
+        .unwrap();
+
+    let rows: Vec<(&str, &str)> = vec![
+        ("Hello world", "http://example.com/1"),
+        ("It's \"quoted\"", "http://example.com/2?a=1&b=2"),
+        ("Ünïcödé ✓ 日本", "http://example.com/ü"),
+        ("tab\there\nnewline", "u"),
+        ("", ""),
+    ];
+    for (t, u) in &rows {
+        c.exec_drop(
+            "INSERT INTO blog_entries (title, url) VALUES (?, ?)",
+            (t, u),
+        )
+        .unwrap();
+        let ret = one_str(&mut c, "SELECT @ret").expect("@ret is the job handle");
+        assert!(ret.starts_with("H:"), "@ret = {ret}");
+    }
+    // A multi-row INSERT fires the trigger once per row.
+    c.query_drop(
+        "INSERT INTO blog_entries (title, url) VALUES ('m1','u1'),('m2','u2'),('m3','u3')",
+    )
+    .unwrap();
+    let mut expected: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|(t, u)| format!("{t} - {u}").into_bytes())
+        .collect();
+    for i in 1..=3 {
+        expected.push(format!("m{i} - u{i}").into_bytes());
+    }
+    wait_until(
+        "all trigger payloads at the worker",
+        Duration::from_secs(20),
+        || got.lock().unwrap().len() >= expected.len(),
+    );
+    let mut seen = got.lock().unwrap().clone();
+    seen.sort();
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "payloads must reach the worker byte for byte"
+    );
+
+    // Pooling: many single-row INSERTs (each its own statement and trigger
+    // call) do not open a TCP connection each.
+    let before = gearmand_accepts(&env.gearmand);
+    got.lock().unwrap().clear();
+    const N: usize = 300;
+    for i in 0..N {
+        c.exec_drop(
+            "INSERT INTO blog_entries (title, url) VALUES (?, 'x')",
+            (format!("t{i}"),),
+        )
+        .unwrap();
+    }
+    wait_until("the pooled inserts' jobs", Duration::from_secs(30), || {
+        got.lock().unwrap().len() >= N
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let opened = gearmand_accepts(&env.gearmand) - before;
+    assert!(
+        opened <= 2,
+        "{N} single-row INSERTs opened {opened} connections to gearmand"
+    );
+    let udf_conns = env
+        .admin()
+        .workers()
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.client_id == "gearman-mysql-udf")
+        .count();
+    assert!(
+        (1..=2).contains(&udf_conns),
+        "pooled connections seen by gearmand: {udf_conns}"
+    );
+    // From another session too (another mariadbd thread): the pool is shared.
+    let before = gearmand_accepts(&env.gearmand);
+    let mut c2 = env.conn();
+    for i in 0..20 {
+        c2.exec_drop(
+            "INSERT INTO blog_entries (title, url) VALUES (?, 'y')",
+            (format!("s{i}"),),
+        )
+        .unwrap();
+    }
+    assert_eq!(gearmand_accepts(&env.gearmand) - before, 0);
+}
+
+#[test]
+fn foreground_per_row_priorities_binary_and_status() {
+    let env = Env::start_with("", &["--max-allowed-packet=64M"]);
+    let reverse = handler(|ctx| {
+        let mut w = ctx.workload().to_vec();
+        w.reverse();
+        Ok(w)
+    });
+    let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
+    let _w = TestWorker::start(&env.servers(), vec![("reverse", reverse), ("echo", echo)]);
+    env.wait_workers("reverse", 1);
+    let mut c = env.conn();
+    assert_eq!(last_error(&mut c), None);
+
+    // Per-row foreground calls.
+    let rows: Vec<(String, Option<Vec<u8>>)> = c
+        .query("SELECT Host, gman_do('reverse', Host) FROM mysql.user")
+        .unwrap();
+    assert!(!rows.is_empty());
+    for (host, rev) in rows {
+        let mut want = host.clone().into_bytes();
+        want.reverse();
+        assert_eq!(rev, Some(want), "row {host}");
+    }
+    // All priorities, foreground.
+    for f in ["gman_do", "gman_do_high", "gman_do_low"] {
+        assert_eq!(
+            one(&mut c, &format!("SELECT {f}('reverse', 'abc')")),
+            Some(b"cba".to_vec()),
+            "{f}"
+        );
+        assert_eq!(
+            one(&mut c, &format!("SELECT {f}('reverse', 'abc', 'uniq-{f}')")),
+            Some(b"cba".to_vec())
+        );
+    }
+    // All priorities, background: job handles.
+    for f in [
+        "gman_do_background",
+        "gman_do_high_background",
+        "gman_do_low_background",
+    ] {
+        let h = one_str(&mut c, &format!("SELECT {f}('echo', 'bg')")).unwrap();
+        assert!(h.starts_with("H:"), "{f} returned {h}");
+    }
+
+    // Binary safety, both directions.
+    let bin: Vec<u8> = vec![0, 255, 0, 1, b'\n', 0, 0x80, b'\'', b'\\', 0];
+    let r: Option<Vec<u8>> = c
+        .exec_first("SELECT gman_do('echo', ?)", (bin.clone(),))
+        .unwrap();
+    assert_eq!(r, Some(bin));
+    assert_eq!(
+        one(&mut c, "SELECT gman_do('echo', x'00ff00')"),
+        Some(vec![0, 255, 0])
+    );
+    // Numbers and dates are sent as their text; NULL workload is empty.
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_do('echo', 42)").as_deref(),
+        Some("42")
+    );
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_do('echo', -1.50)").as_deref(),
+        Some("-1.50")
+    );
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_do('echo', DATE '2024-01-02')").as_deref(),
+        Some("2024-01-02")
+    );
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_do('echo', NULL)").as_deref(),
+        Some("")
+    );
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_do('echo', '')").as_deref(),
+        Some("")
+    );
+
+    // Results longer than 255 bytes, up to 16 MiB.
+    assert_eq!(
+        one_str(&mut c, "SELECT LENGTH(gman_do('echo', REPEAT('ab', 1000)))").as_deref(),
+        Some("2000")
+    );
+    assert_eq!(
+        one_str(
+            &mut c,
+            "SELECT CONCAT(LENGTH(gman_do('reverse', @big := REPEAT('xyz0', 4194304))), ':', \
+             MD5(gman_do('reverse', @big)) = MD5(REVERSE(@big)))"
+        )
+        .as_deref(),
+        Some("16777216:1")
+    );
+
+    // Scheduled job + job status.
+    let h = one_str(
+        &mut c,
+        "SELECT gman_do_epoch('echo', 'later', UNIX_TIMESTAMP() + 3600)",
+    )
+    .unwrap();
+    assert!(h.starts_with("H:"), "{h}");
+    let st: serde_json::Value =
+        serde_json::from_str(&one_str(&mut c, &format!("SELECT gman_job_status('{h}')")).unwrap())
+            .unwrap();
+    assert_eq!(st["known"], true, "{st}");
+    assert_eq!(st["running"], false, "{st}");
+    assert!(
+        st["numerator"].is_u64() && st["denominator"].is_u64(),
+        "{st}"
+    );
+    let st: serde_json::Value = serde_json::from_str(
+        &one_str(&mut c, "SELECT gman_job_status('H:nohost:999999')").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(st["known"], false);
+
+    // Server status from the admin protocol.
+    let s: serde_json::Value =
+        serde_json::from_str(&one_str(&mut c, "SELECT gman_server_status()").unwrap()).unwrap();
+    let rev = s
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["function"] == "reverse")
+        .unwrap_or_else(|| panic!("no 'reverse' in {s}"));
+    assert_eq!(rev["server"], env.gearmand.addr());
+    assert!(rev["workers"].as_u64().unwrap() >= 1, "{rev}");
+    assert!(rev["queued"].is_u64() && rev["running"].is_u64(), "{rev}");
+    assert_eq!(last_error(&mut c), None, "no call failed");
+}
+
+#[test]
+fn priorities_order_and_unique_coalescing() {
+    let env = Env::start("");
+    let mut c = env.conn();
+    // No worker yet: jobs queue up in gearmand.
+    let hs: (String, String, String) = c
+        .query_first(
+            "SELECT gman_do_low_background('prio', 'low'), gman_do_background('prio', 'normal'), \
+             gman_do_high_background('prio', 'high')",
+        )
+        .unwrap()
+        .unwrap();
+    assert!(hs.0.starts_with("H:") && hs.1.starts_with("H:") && hs.2.starts_with("H:"));
+    let ps = env.admin().priority_status().unwrap();
+    let p = ps
+        .iter()
+        .find(|p| p.function == "prio")
+        .expect("prio queued");
+    assert_eq!((p.high, p.normal, p.low), (1, 1, 1));
+
+    // Background coalescing: same unique key while queued -> same job.
+    let (a, b): (String, String) = c
+        .query_first(
+            "SELECT gman_do_background('co', 'first', 'key-1'), \
+             gman_do_background('co', 'second', 'key-1')",
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(a, b, "same unique key, one job");
+    let st: serde_json::Value =
+        serde_json::from_str(&one_str(&mut c, "SELECT gman_job_status('key-1')").unwrap()).unwrap();
+    assert_eq!(st["known"], true, "status by unique key: {st}");
+
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let co = Arc::new(Mutex::new(Vec::new()));
+    let w = TestWorker::start(
+        &env.servers(),
+        vec![("prio", recorder(&order)), ("co", recorder(&co))],
+    );
+    wait_until("3 prio jobs", Duration::from_secs(20), || {
+        order.lock().unwrap().len() >= 3
+    });
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec![b"high".to_vec(), b"normal".to_vec(), b"low".to_vec()]
+    );
+    wait_until("co job", Duration::from_secs(20), || {
+        !co.lock().unwrap().is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(*co.lock().unwrap(), vec![b"first".to_vec()]);
+    drop(w);
+
+    // Foreground coalescing: a second caller with the same unique key joins
+    // the running job and gets the same result; the worker runs it once.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r2 = runs.clone();
+    let _slow = TestWorker::start(
+        &env.servers(),
+        vec![(
+            "slowco",
+            handler(move |ctx| {
+                let n = r2.fetch_add(1, Ordering::SeqCst) + 1;
+                std::thread::sleep(Duration::from_millis(800));
+                Ok(format!("{}#{n}", String::from_utf8_lossy(ctx.workload())).into_bytes())
+            }),
+        )],
+    );
+    env.wait_workers("slowco", 1);
+    let url = env.db.url();
+    let call = move || {
+        let mut c = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+        one_str(&mut c, "SELECT gman_do('slowco', 'payload', 'same-key')")
+    };
+    let c1 = call.clone();
+    let t1 = std::thread::spawn(c1);
+    wait_until("first job running", Duration::from_secs(10), || {
+        runs.load(Ordering::SeqCst) == 1
+    });
+    let t2 = std::thread::spawn(call);
+    let (r1, r2) = (t1.join().unwrap(), t2.join().unwrap());
+    assert_eq!(r1.as_deref(), Some("payload#1"));
+    assert_eq!(r2, r1, "the second caller shares the first job's result");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn gman_sum_runs_the_rows_concurrently() {
+    let env = Env::start("");
+    let mut workers = Vec::new();
+    const N: i64 = 8;
+    for _ in 0..N {
+        workers.push(TestWorker::start(
+            &env.servers(),
+            vec![
+                (
+                    "slow_double",
+                    handler(|ctx| {
+                        std::thread::sleep(Duration::from_millis(200));
+                        let v: i64 = String::from_utf8_lossy(ctx.workload()).parse().unwrap();
+                        Ok((2 * v).to_string().into_bytes())
+                    }),
+                ),
+                ("not_a_number", handler(|_| Ok(b"abc".to_vec()))),
+            ],
+        ));
+    }
+    env.wait_workers("slow_double", N as u64);
+    let mut c = env.conn();
+    c.query_drop("CREATE TABLE nums (v INT, g INT)").unwrap();
+    for v in 1..=N {
+        c.exec_drop("INSERT INTO nums VALUES (?, ?)", (v, v % 2))
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    let sum = one_str(&mut c, "SELECT gman_sum('slow_double', v) FROM nums");
+    let took = t0.elapsed();
+    assert_eq!(sum.as_deref(), Some("72"));
+    assert!(
+        took < Duration::from_millis(200 * N as u64 * 3 / 4),
+        "{N} rows of a 200 ms job took {took:?}: not concurrent"
+    );
+    let groups: Vec<(i64, Option<i64>)> = c
+        .query("SELECT g, gman_sum('slow_double', v) FROM nums GROUP BY g ORDER BY g")
+        .unwrap();
+    assert_eq!(groups, vec![(0, Some(40)), (1, Some(32))]);
+    // No rows: NULL, like SUM().
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT gman_sum('slow_double', v) FROM nums WHERE v > 100"
+        ),
+        None
+    );
+    assert_eq!(last_error(&mut c), None);
+    // A non-integer result: NULL, error flag, message.
+    assert_eq!(
+        one(&mut c, "SELECT gman_sum('not_a_number', v) FROM nums"),
+        None
+    );
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("not an integer"), "{e}");
+}
+
+/// Statements that must fail at `_init` with a message naming the function.
+const INIT_ERRORS: &[(&str, &str)] = &[
+    ("SELECT gman_do()", "gman_do(function, workload [, unique])"),
+    (
+        "SELECT gman_do('a')",
+        "gman_do(function, workload [, unique])",
+    ),
+    (
+        "SELECT gman_do('a','b','c','d')",
+        "takes 2 or 3 arguments, got 4",
+    ),
+    ("SELECT gman_do_high('a')", "gman_do_high("),
+    ("SELECT gman_do_low()", "gman_do_low("),
+    ("SELECT gman_do_background('a')", "gman_do_background("),
+    (
+        "SELECT gman_do_high_background()",
+        "gman_do_high_background(",
+    ),
+    (
+        "SELECT gman_do_low_background('a','b','c','d','e')",
+        "gman_do_low_background(",
+    ),
+    (
+        "SELECT gman_do_epoch('a','b')",
+        "gman_do_epoch(function, workload, unix_seconds [, unique])",
+    ),
+    (
+        "SELECT gman_sum('a') FROM (SELECT 1) t",
+        "gman_sum(function, workload)",
+    ),
+    (
+        "SELECT gman_servers_set()",
+        "gman_servers_set(servers [, function])",
+    ),
+    ("SELECT gman_job_status()", "gman_job_status("),
+    ("SELECT gman_job_status('a', 'b')", "gman_job_status("),
+    ("SELECT gman_server_status(1)", "gman_server_status()"),
+    ("SELECT gman_last_error(1)", "gman_last_error()"),
+];
+
+/// Statements that return NULL with the error flag, and the error text.
+const ROW_ERRORS: &[(&str, &str)] = &[
+    ("SELECT gman_do(NULL, 'x')", "function name is NULL"),
+    ("SELECT gman_do('', 'x')", "function name is empty"),
+    ("SELECT gman_do_high(NULL, NULL)", "function name is NULL"),
+    (
+        "SELECT gman_do_low(NULL, NULL, NULL)",
+        "function name is NULL",
+    ),
+    (
+        "SELECT gman_do_background(NULL, NULL)",
+        "function name is NULL",
+    ),
+    (
+        "SELECT gman_do_high_background(NULL, 'x')",
+        "function name is NULL",
+    ),
+    (
+        "SELECT gman_do_low_background('', NULL)",
+        "function name is empty",
+    ),
+    (
+        "SELECT gman_do_epoch(NULL, 'w', 1)",
+        "function name is NULL",
+    ),
+    (
+        "SELECT gman_do_epoch('echo', 'w', NULL)",
+        "unix_seconds is NULL",
+    ),
+    (
+        "SELECT gman_do_epoch('echo', 'w', 'soon')",
+        "not an integer",
+    ),
+    ("SELECT gman_do_epoch('echo', 'w', -5)", "negative"),
+    (
+        "SELECT gman_sum(NULL, 1) FROM (SELECT 1) t",
+        "function name is NULL",
+    ),
+    ("SELECT gman_servers_set(NULL)", "servers is NULL"),
+    ("SELECT gman_servers_set('host:notaport')", "servers"),
+    ("SELECT gman_job_status(NULL)", "handle is NULL"),
+    ("SELECT gman_do(x'61006200', 'x')", "NUL"),
+    (
+        "SELECT gman_do('echo', 'x', REPEAT('u', 64))",
+        "unique key is 64 bytes, the limit is 63",
+    ),
+    (
+        "SELECT gman_do_background('echo', 'x', REPEAT('u', 64))",
+        "unique key is 64 bytes",
+    ),
+    (
+        "SELECT gman_do_epoch('echo', 'x', 1, REPEAT('u', 64))",
+        "unique key is 64 bytes",
+    ),
+];
+
+fn garbage_server(reply: &'static [u8]) -> (u16, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let t = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut held = Vec::new();
+        while Instant::now() < deadline {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(reply);
+                    held.push(s);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    (port, t)
+}
+
+#[test]
+fn bad_input_and_faults_never_take_the_server_down() {
+    let mut env = Env::start_with(
+        "connect_timeout_ms = 1000\nio_timeout_ms = 1000\nforeground_timeout_ms = 3000\n",
+        &["--max-allowed-packet=64M"],
+    );
+    let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
+    let w = TestWorker::start(&env.servers(), vec![("echo", echo.clone())]);
+    env.wait_workers("echo", 1);
+    let mut c = env.conn();
+
+    for (sql, want) in INIT_ERRORS {
+        let e = c
+            .query_drop(sql)
+            .expect_err(&format!("{sql} must fail"))
+            .to_string();
+        assert!(e.contains(want), "{sql}: {e}");
+        env.assert_alive(sql);
+    }
+    // A row value is not an argument (the server or _init refuses it).
+    assert!(c.query_drop("SELECT gman_do(ROW(1,2), 'x')").is_err());
+    env.assert_alive("row argument");
+
+    for (sql, want) in ROW_ERRORS {
+        assert_eq!(one(&mut c, sql), None, "{sql} must be NULL");
+        let e = last_error(&mut c).unwrap_or_else(|| panic!("{sql}: no gman_last_error()"));
+        assert!(e.contains(want), "{sql}: {e}");
+        env.assert_alive(sql);
+    }
+    assert!(env
+        .udf_log_lines()
+        .iter()
+        .any(|l| l.contains("unique key is 64 bytes")));
+    // NULL workload and unique are allowed: empty workload, no unique key.
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_do('echo', NULL, NULL)").as_deref(),
+        Some("")
+    );
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_do_low('echo', 'w', '')").as_deref(),
+        Some("w")
+    );
+    assert!(
+        one_str(&mut c, "SELECT gman_do_high_background('echo', NULL, NULL)")
+            .unwrap()
+            .starts_with("H:")
+    );
+
+    // Binary data and 16 MiB workloads still work after all that.
+    assert_eq!(
+        one(&mut c, "SELECT gman_do('echo', x'00010200ff')"),
+        Some(vec![0, 1, 2, 0, 255])
+    );
+    let h = one_str(
+        &mut c,
+        "SELECT gman_do_background('big', REPEAT('x', 16777216))",
+    )
+    .unwrap();
+    assert!(h.starts_with("H:"));
+    assert_eq!(
+        one_str(
+            &mut c,
+            "SELECT LENGTH(gman_do('echo', REPEAT(x'00', 16777216)))"
+        )
+        .as_deref(),
+        Some("16777216")
+    );
+    env.assert_alive("16 MiB workloads");
+
+    // gearmand stopped: NULL within the connect timeout, and the reason.
+    drop(w);
+    env.gearmand.kill();
+    let t0 = Instant::now();
+    assert_eq!(one(&mut c, "SELECT gman_do('echo', 'x')"), None);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let e = last_error(&mut c).unwrap();
+    assert!(
+        e.contains("gman_do") && e.contains(&env.gearmand.addr()),
+        "{e}"
+    );
+    assert_eq!(one(&mut c, "SELECT gman_do_background('echo', 'x')"), None);
+    env.assert_alive("gearmand stopped");
+
+    // One error-log line per failing statement, not one per row.
+    let before = env.udf_log_lines().len();
+    let n: Vec<Option<Vec<u8>>> = c
+        .query("SELECT gman_do('per_statement', seq) FROM seq_1_to_50")
+        .unwrap();
+    assert_eq!(n.len(), 50);
+    assert!(n.iter().all(Option::is_none));
+    let new: Vec<String> = env.udf_log_lines()[before..].to_vec();
+    assert_eq!(
+        new.len(),
+        1,
+        "log lines for one failing statement: {new:#?}"
+    );
+    assert!(
+        new[0].contains("[ERROR]") && new[0].contains("per_statement"),
+        "{}",
+        new[0]
+    );
+
+    // gearmand restarted between statements: the next call succeeds.
+    env.gearmand.restart();
+    let _w2 = TestWorker::start(&env.servers(), vec![("echo", echo)]);
+    env.wait_workers("echo", 1);
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_do('echo', 'back')").as_deref(),
+        Some("back")
+    );
+    assert!(one_str(&mut c, "SELECT gman_do_background('echo', 'bg')")
+        .unwrap()
+        .starts_with("H:"));
+
+    // A fake server that answers with garbage.
+    let (gport, _g) = garbage_server(b"HTTP/1.1 400 Bad Request\r\n\r\n\x00\x00garbage");
+    one_str(
+        &mut c,
+        &format!("SELECT gman_servers_set('127.0.0.1:{gport}', 'garbage')"),
+    )
+    .unwrap();
+    for sql in [
+        "SELECT gman_do('garbage', 'x')",
+        "SELECT gman_do_background('garbage', 'x')",
+        "SELECT gman_do_epoch('garbage', 'x', 2000000000)",
+    ] {
+        let t0 = Instant::now();
+        assert_eq!(one(&mut c, sql), None, "{sql}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{sql} took {:?}",
+            t0.elapsed()
+        );
+        let e = last_error(&mut c).unwrap();
+        assert!(
+            e.contains("'garbage'") && e.contains(&format!("127.0.0.1:{gport}")),
+            "{sql}: {e}"
+        );
+        env.assert_alive(sql);
+    }
+    // A server that accepts and never answers: bounded by the I/O timeout.
+    let (sport, _s) = garbage_server(b"");
+    one_str(
+        &mut c,
+        &format!("SELECT gman_servers_set('127.0.0.1:{sport}', 'silent')"),
+    )
+    .unwrap();
+    for sql in [
+        "SELECT gman_do('silent', 'x')",
+        "SELECT gman_do_background('silent', 'x')",
+    ] {
+        let t0 = Instant::now();
+        assert_eq!(one(&mut c, sql), None, "{sql}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{sql} took {:?}",
+            t0.elapsed()
+        );
+        env.assert_alive(sql);
+    }
+    // Still serving the healthy server.
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_do('echo', 'still')").as_deref(),
+        Some("still")
+    );
+    env.assert_alive("all faults");
+}
+
+#[test]
+fn servers_set_routes_per_function_and_per_row() {
+    let env = Env::start("");
+    let g2 = Gearmand::start();
+    let mut c = env.conn();
+    assert_eq!(
+        one_str(
+            &mut c,
+            &format!("SELECT gman_servers_set('{}', 'routed')", g2.addr())
+        )
+        .as_deref(),
+        Some(g2.addr().as_str())
+    );
+    // One statement, rows for both functions: each row is routed on its own.
+    let hs: Vec<Option<String>> = c
+        .query(
+            "SELECT gman_do_background(f, 'x') FROM \
+             (SELECT 'other' AS f UNION ALL SELECT 'routed' UNION ALL SELECT 'other') t",
+        )
+        .unwrap();
+    assert!(
+        hs.iter()
+            .all(|h| h.as_deref().is_some_and(|h| h.starts_with("H:"))),
+        "{hs:?}"
+    );
+    let count = |g: &Gearmand, f: &str| -> u64 {
+        let addr = gearman_core::ServerAddr {
+            host: "127.0.0.1".into(),
+            port: g.port(),
+        };
+        gearman_core::admin::Admin::connect(&addr, Duration::from_secs(5))
+            .unwrap()
+            .status()
+            .unwrap()
+            .iter()
+            .find(|s| s.function == f)
+            .map_or(0, |s| s.total)
+    };
+    assert_eq!(count(&env.gearmand, "other"), 2);
+    assert_eq!(count(&g2, "routed"), 1);
+    assert_eq!(count(&env.gearmand, "routed"), 0);
+    // Clearing the function's list returns it to the default list.
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_servers_set(NULL, 'routed')").as_deref(),
+        Some(env.gearmand.addr().as_str())
+    );
+    one_str(&mut c, "SELECT gman_do_background('routed', 'y')").unwrap();
+    assert_eq!(count(&env.gearmand, "routed"), 1);
+    // The default list, process-wide: another session sees it.
+    one_str(&mut c, &format!("SELECT gman_servers_set('{}')", g2.addr())).unwrap();
+    let mut c2 = env.conn();
+    one_str(&mut c2, "SELECT gman_do_background('dflt', 'z')").unwrap();
+    assert_eq!(count(&g2, "dflt"), 1);
+    // The server status covers every configured server.
+    let s = one_str(&mut c2, "SELECT gman_server_status()").unwrap();
+    assert!(s.contains(&g2.addr()), "{s}");
+}
+
+#[test]
+fn config_file_locks_servers_set_and_fails_over() {
+    let live = Gearmand::start();
+    let special = Gearmand::start();
+    let dead = free_port();
+    let config = write_config(&format!(
+        "servers = \"127.0.0.1:{dead},{}\"\nallow_servers_set = false\nconnect_timeout_ms = 500\n\
+         [function_servers]\nspecial = \"{}\"\n",
+        live.addr(),
+        special.addr()
+    ));
+    let mut db = start_db(&config, &[]);
+    let mut c = common::connect(&db);
+    let e = c
+        .query_drop("SELECT gman_servers_set('127.0.0.1:1')")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("allow_servers_set = false"), "{e}");
+    assert!(c
+        .query_drop("SELECT gman_servers_set('127.0.0.1:1', 'special')")
+        .is_err());
+
+    // With one of two servers down, every job goes to the other.
+    let hs: Vec<Option<String>> = c
+        .query("SELECT gman_do_background('fo', seq) FROM seq_1_to_20")
+        .unwrap();
+    assert!(hs.iter().all(Option::is_some), "{hs:?}");
+    let live_servers = ServerList::parse(&live.addr()).unwrap();
+    let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
+    let _w = TestWorker::start(&live_servers, vec![("echo", echo)]);
+    let addr = gearman_core::ServerAddr {
+        host: "127.0.0.1".into(),
+        port: live.port(),
+    };
+    wait_until("echo worker", Duration::from_secs(10), || {
+        gearman_core::admin::Admin::connect(&addr, Duration::from_secs(2))
+            .and_then(|mut a| a.status())
+            .map(|l| l.iter().any(|f| f.function == "echo" && f.workers > 0))
+            .unwrap_or(false)
+    });
+    for i in 0..5 {
+        assert_eq!(
+            one_str(&mut c, &format!("SELECT gman_do('echo', 'fo{i}')")),
+            Some(format!("fo{i}"))
+        );
+    }
+    let st = gearman_core::admin::Admin::connect(&addr, Duration::from_secs(2))
+        .unwrap()
+        .status()
+        .unwrap();
+    let fo = st
+        .iter()
+        .find(|f| f.function == "fo")
+        .expect("fo on the live server");
+    assert_eq!(fo.total, 20);
+    // Per-function servers from the file.
+    one_str(&mut c, "SELECT gman_do_background('special', 'x')").unwrap();
+    let saddr = gearman_core::ServerAddr {
+        host: "127.0.0.1".into(),
+        port: special.port(),
+    };
+    let st = gearman_core::admin::Admin::connect(&saddr, Duration::from_secs(2))
+        .unwrap()
+        .status()
+        .unwrap();
+    assert!(
+        st.iter().any(|f| f.function == "special" && f.total == 1),
+        "{st:?}"
+    );
+    assert!(db.is_alive());
+}
+
+#[test]
+fn broken_config_file_fails_every_call_visibly() {
+    let config = write_config("servers = \"127.0.0.1:1\"\nallow_server_set = false\n");
+    let mut db = start_db(&config, &[]);
+    // Read when the library is loaded (install.sql's CREATE FUNCTION), before any call.
+    assert!(
+        db.error_log().contains("gearman-mysql-udf: not usable"),
+        "{}",
+        db.error_log()
+    );
+    let mut c = common::connect(&db);
+    for sql in [
+        "SELECT gman_do_background('f', 'x')",
+        "SELECT gman_do('f', 'x')",
+        "SELECT gman_sum('f', 1)",
+    ] {
+        assert_eq!(one(&mut c, sql), None, "{sql}");
+        let e = last_error(&mut c).unwrap();
+        assert!(
+            e.contains("configuration file") && e.contains("allow_server_set"),
+            "{e}"
+        );
+    }
+    assert!(db.is_alive());
+}

@@ -1,0 +1,139 @@
+//! Status functions: `gman_job_status`, `gman_server_status`.
+
+use crate::backend;
+use crate::error::{or_report, GmError};
+use crate::gucs;
+use gearman_core::admin::Admin;
+use gearman_core::{JobHandle, JobStatus, ServerList};
+use pgrx::prelude::*;
+
+/// The status of a job, by job handle or by unique key.
+///
+/// A handle this backend received (immediate dispatch, or a job sent at
+/// commit) is asked of the server that issued it (GET_STATUS); another
+/// `H:...` handle is asked of each configured server until one knows it;
+/// anything else is taken as a unique key (GET_STATUS_UNIQUE to the server
+/// the key routes to), which is what `gman_do_background` returns in
+/// `commit` and `outbox` modes.
+///
+/// `(handle text) RETURNS TABLE(known bool, running bool, numerator bigint, denominator bigint)`:
+/// one row; `known = false` when no server knows the job (finished, never
+/// submitted, or not yet sent because its transaction is still open).
+/// VOLATILE, STRICT, PARALLEL RESTRICTED.
+#[pg_extern(volatile, strict, parallel_restricted)]
+pub fn gman_job_status(
+    handle: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(known, bool),
+        name!(running, bool),
+        name!(numerator, i64),
+        name!(denominator, i64),
+    ),
+> {
+    match or_report(job_status(handle)) {
+        Some(s) => TableIterator::once((
+            s.known,
+            s.running,
+            s.numerator.min(i64::MAX as u64) as i64,
+            s.denominator.min(i64::MAX as u64) as i64,
+        )),
+        None => TableIterator::empty(),
+    }
+}
+
+fn job_status(key: &str) -> Result<JobStatus, GmError> {
+    if key.is_empty() {
+        return Err(GmError::invalid("gearman: empty job handle or unique key"));
+    }
+    let servers = backend::default_servers()?;
+    let text = servers.to_string();
+    let map = |e: gearman_core::Error| GmError::from_core(&e, "(status)", &text);
+    if let Some(h) = backend::lookup_handle(key) {
+        let list = ServerList::single(h.server.clone());
+        return backend::with_client(&list, true, |c| c.status(&h)).map_err(map);
+    }
+    if key.starts_with("H:") {
+        let mut last = None;
+        for addr in servers.iter() {
+            let h = JobHandle {
+                server: addr.clone(),
+                handle: key.to_string(),
+            };
+            let list = ServerList::single(addr.clone());
+            match backend::with_client(&list, true, |c| c.status(&h)) {
+                Ok(s) if s.known => return Ok(s),
+                Ok(s) => last = Some(Ok(s)),
+                Err(e) => {
+                    if last.is_none() {
+                        last = Some(Err(e))
+                    }
+                }
+            }
+        }
+        return match last {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => Err(map(e)),
+            None => Ok(JobStatus {
+                known: false,
+                running: false,
+                numerator: 0,
+                denominator: 0,
+            }),
+        };
+    }
+    let s = backend::with_client(&servers, true, |c| c.status_by_unique(key.as_bytes()))
+        .map_err(map)?;
+    Ok(JobStatus {
+        known: s.known,
+        running: s.running,
+        numerator: s.numerator,
+        denominator: s.denominator,
+    })
+}
+
+/// Per server and function: jobs queued (including running), running, and
+/// workers registered; from the admin `status` command of every server in
+/// `gearman.servers` and in the session's per-function overrides. An
+/// unreachable server raises (`on_error = error`) or is skipped with a
+/// WARNING. Bounded by `gearman.connect_timeout` to connect and 5 s per
+/// reply.
+///
+/// `() RETURNS TABLE(server text, function text, queued bigint, running bigint, workers bigint)`.
+/// VOLATILE, STRICT (no arguments), PARALLEL RESTRICTED.
+#[pg_extern(volatile, strict, parallel_restricted)]
+pub fn gman_server_status() -> TableIterator<
+    'static,
+    (
+        name!(server, String),
+        name!(function, String),
+        name!(queued, i64),
+        name!(running, i64),
+        name!(workers, i64),
+    ),
+> {
+    let servers = match backend::all_servers() {
+        Ok(s) => s,
+        Err(e) => e.raise(),
+    };
+    let mut rows = Vec::new();
+    for addr in servers {
+        let r = Admin::connect(&addr, gucs::connect_timeout())
+            .and_then(|mut a| a.status())
+            .map_err(|e| GmError::from_core(&e, "(admin status)", &addr.to_string()));
+        if let Some(list) = or_report(r) {
+            for f in list {
+                rows.push((
+                    addr.to_string(),
+                    f.function,
+                    f.total.min(i64::MAX as u64) as i64,
+                    f.running.min(i64::MAX as u64) as i64,
+                    f.workers.min(i64::MAX as u64) as i64,
+                ));
+            }
+        }
+        pg_sys::check_for_interrupts!();
+    }
+    TableIterator::new(rows)
+}

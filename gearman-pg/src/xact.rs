@@ -1,0 +1,320 @@
+//! Background jobs held until COMMIT (`gearman.dispatch = commit`), and the
+//! outbox rows of `gearman.dispatch = outbox`.
+//!
+//! Jobs are kept in backend memory with the subtransaction that queued them
+//! and the server list in force when they were queued:
+//! - a subtransaction that commits hands its jobs to its parent; one that
+//!   aborts (`ROLLBACK TO SAVEPOINT`, an exception block) drops its jobs;
+//! - `PRE_COMMIT`: each server list with held jobs must answer an ECHO, so
+//!   an unreachable gearmand fails the transaction (`on_error = error`)
+//!   instead of losing its jobs;
+//! - `COMMIT` (the commit is durable and visible): the jobs are sent,
+//!   pipelined, with `submit_background_all`. Errors here can only be
+//!   WARNINGs: the transaction is already committed;
+//! - `ABORT`: the jobs are dropped;
+//! - `PREPARE TRANSACTION` with held jobs is an error that points to outbox.
+
+use crate::backend;
+use crate::error::GmError;
+use crate::gucs::{self, OnError};
+use gearman_core::{Job, ServerList};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+
+/// Jobs per pipelined batch at commit.
+const COMMIT_BATCH: usize = 4096;
+
+struct Held {
+    subxact: pg_sys::SubTransactionId,
+    servers: Rc<ServerList>,
+    job: Job,
+}
+
+#[derive(Default)]
+struct XactState {
+    held: Vec<Held>,
+    /// Functions written to the outbox in this transaction (NOTIFY at commit).
+    notified: HashSet<String>,
+}
+
+thread_local! {
+    static XACT: RefCell<XactState> = RefCell::new(XactState::default());
+}
+
+/// Registers the transaction callbacks. Call once, from `_PG_init`.
+pub fn init() {
+    // SAFETY: registering permanent callbacks with static function
+    // pointers and a null argument.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
+}
+
+/// Holds `job` until the current transaction commits.
+pub fn hold(job: Job, servers: Rc<ServerList>) {
+    // SAFETY: plain read of the current subtransaction id.
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    XACT.with(|x| {
+        x.borrow_mut().held.push(Held {
+            subxact,
+            servers,
+            job,
+        })
+    });
+}
+
+/// Number of jobs held for the current transaction.
+pub fn held_count() -> usize {
+    XACT.with(|x| x.borrow().held.len())
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        match event {
+            pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
+                for h in x.held.iter_mut() {
+                    if h.subxact >= my_subid {
+                        h.subxact = parent_subid;
+                    }
+                }
+            }
+            pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
+                // Subtransaction ids grow; anything at or above this one
+                // belongs to it or to its (already ended) children.
+                x.held.retain(|h| h.subxact < my_subid);
+            }
+            _ => {}
+        }
+    });
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            notify_outbox();
+            pre_commit();
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            let held = XACT.with(|x| {
+                let mut x = x.borrow_mut();
+                x.notified.clear();
+                std::mem::take(&mut x.held)
+            });
+            if !held.is_empty() {
+                send_after_commit(held);
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            XACT.with(|x| {
+                let mut x = x.borrow_mut();
+                x.held.clear();
+                x.notified.clear();
+            });
+        }
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            let n = held_count();
+            if n > 0 {
+                GmError::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "gearman: cannot PREPARE a transaction that holds {n} background job(s) \
+                         for commit"
+                    ),
+                )
+                .detail(
+                    "gearman.dispatch = commit sends jobs from this backend after COMMIT, \
+                     which a prepared transaction never reaches.",
+                )
+                .hint(
+                    "Use SET gearman.dispatch = 'outbox' for two-phase commit: outbox jobs are \
+                     rows written inside the transaction.",
+                )
+                .raise();
+            }
+            // A prepared transaction may not NOTIFY; the relay's polling
+            // finds its outbox rows after COMMIT PREPARED.
+            XACT.with(|x| x.borrow_mut().notified.clear());
+        }
+        _ => {}
+    }
+}
+
+/// Distinct server lists among the held jobs, in first-use order.
+fn distinct_servers(held: &[Held]) -> Vec<Rc<ServerList>> {
+    let mut out: Vec<Rc<ServerList>> = Vec::new();
+    for h in held {
+        if !out
+            .iter()
+            .any(|s| Rc::ptr_eq(s, &h.servers) || **s == *h.servers)
+        {
+            out.push(h.servers.clone());
+        }
+    }
+    out
+}
+
+/// Checks that every server list with held jobs answers, while the
+/// transaction can still fail.
+fn pre_commit() {
+    let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
+    for list in lists {
+        let text = list.to_string();
+        if let Err(e) = backend::with_client(&list, true, |c| c.check_reachable()) {
+            let n = XACT.with(|x| {
+                x.borrow()
+                    .held
+                    .iter()
+                    .filter(|h| *h.servers == *list)
+                    .count()
+            });
+            let err = GmError::from_core(&e, "(background jobs held for commit)", &text);
+            match gucs::on_error() {
+                OnError::Error => GmError {
+                    message: format!(
+                        "gearman: no job server reachable for {n} background job(s) held for \
+                         commit; the transaction is rolled back: {}",
+                        e
+                    ),
+                    hint: Some(
+                        "Start gearmand or fix gearman.servers and run the transaction again, \
+                         or use gearman.dispatch = 'outbox' to keep jobs while gearmand is down."
+                            .to_string(),
+                    ),
+                    ..err
+                }
+                .raise(),
+                OnError::Warning => {
+                    GmError {
+                        message: format!(
+                            "gearman: no job server reachable; {n} background job(s) held for \
+                             commit are dropped: {e}"
+                        ),
+                        ..err
+                    }
+                    .warn();
+                    XACT.with(|x| x.borrow_mut().held.retain(|h| *h.servers != *list));
+                }
+            }
+        }
+    }
+}
+
+/// Sends the committed transaction's jobs. Never raises: failures become
+/// one WARNING per server list.
+fn send_after_commit(held: Vec<Held>) {
+    // Group by server list, keeping call order within each group.
+    let mut groups: Vec<(Rc<ServerList>, Vec<Job>)> = Vec::new();
+    for h in held {
+        match groups
+            .iter_mut()
+            .find(|(s, _)| Rc::ptr_eq(s, &h.servers) || **s == *h.servers)
+        {
+            Some((_, jobs)) => jobs.push(h.job),
+            None => groups.push((h.servers, vec![h.job])),
+        }
+    }
+    for (list, jobs) in groups {
+        let mut failed = 0usize;
+        let mut first_err = None;
+        for chunk in jobs.chunks(COMMIT_BATCH) {
+            let results =
+                backend::with_client(&list, false, |c| Ok(c.submit_background_all(chunk)))
+                    .unwrap_or_default();
+            for r in results {
+                match r {
+                    Ok(h) => backend::remember_handle(&h),
+                    Err(e) => {
+                        failed += 1;
+                        if first_err.is_none() {
+                            first_err = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            let text = list.to_string();
+            GmError {
+                message: format!(
+                    "gearman: {failed} of {} background job(s) could not be sent after commit: {e}",
+                    jobs.len()
+                ),
+                ..GmError::from_core(&e, "(background jobs held for commit)", &text)
+            }
+            .warn();
+        }
+    }
+}
+
+/// Writes one job into `gearman.outbox` in the current transaction; the
+/// transaction announces it at commit with `NOTIFY gearman_outbox,
+/// '<function>'` (once per function).
+pub fn outbox_insert(
+    function: &str,
+    workload: &[u8],
+    unique: &str,
+    priority: &str,
+    run_at: Option<TimestampWithTimeZone>,
+) -> Result<(), GmError> {
+    let spi_err = |e: pgrx::spi::Error| {
+        GmError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("gearman: writing to gearman.outbox failed: {e}"),
+        )
+        .hint("Is the extension installed in this database (CREATE EXTENSION gearman)?")
+    };
+    Spi::run_with_args(
+        "INSERT INTO gearman.outbox (function, workload, unique_key, priority, run_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            function.into(),
+            workload.into(),
+            unique.into(),
+            priority.into(),
+            run_at.into(),
+        ],
+    )
+    .map_err(spi_err)?;
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        if !x.notified.contains(function) {
+            x.notified.insert(function.to_string());
+        }
+    });
+    Ok(())
+}
+
+/// Queues `NOTIFY gearman_outbox, '<function>'` for each function written to
+/// the outbox in this transaction. Called at PRE_COMMIT (before PostgreSQL
+/// collects the transaction's notifications), not at insert time, because a
+/// transaction that executed NOTIFY cannot be PREPAREd and outbox is the
+/// dispatch mode meant for two-phase commit.
+fn notify_outbox() {
+    let functions: Vec<String> = XACT.with(|x| x.borrow_mut().notified.drain().collect());
+    for f in functions {
+        let payload = f;
+        // SAFETY: pg_notify(text, text) called through fmgr inside the
+        // committing transaction (PRE_COMMIT), where NOTIFY is allowed.
+        unsafe {
+            pgrx::direct_function_call_as_datum(
+                pg_sys::pg_notify,
+                &["gearman_outbox".into_datum(), payload.as_str().into_datum()],
+            );
+        }
+    }
+}

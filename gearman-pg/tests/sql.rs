@@ -1,0 +1,892 @@
+//! SQL-level tests of the installed extension over real connections: a
+//! private PostgreSQL 15 (testkit), a private gearmand, and a worker built
+//! from `gearman_core::worker` on a thread. These cover what `#[pg_test]`
+//! cannot: COMMIT (a `#[pg_test]` always rolls back), several sessions,
+//! cancel from another connection.
+//!
+//! Needs the extension installed first:
+//! `cargo pgrx install -p gearman-pg --pg-config /usr/lib/postgresql/15/bin/pg_config`.
+
+mod support;
+
+use postgres::fallible_iterator::FallibleIterator;
+use std::time::{Duration, Instant};
+use support::{Env, Session, TestWorker};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Sends `marker` for `function` from another session with immediate
+/// dispatch and waits until the worker has it. Jobs of one function reach
+/// a single worker in queue order, so anything queued before the marker
+/// has arrived by then: a job that is still missing was never sent.
+fn barrier(env: &Env, worker: &TestWorker, function: &str, marker: &str) {
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    let h = s.one(&format!(
+        "SELECT gman_do_background('{function}', '{marker}')"
+    ));
+    assert!(h.unwrap_or_default().starts_with("H:"));
+    worker.wait_for_workload(marker);
+}
+
+#[test]
+fn commit_sends_after_commit_and_worker_reads_the_row() {
+    let env = Env::start();
+    let url = env.pg.url();
+    // The worker looks the row up in PostgreSQL when the job arrives.
+    let worker = TestWorker::start(&env.addr(), &["row_check", "f"], move |job| {
+        if job.function() != "row_check" {
+            return Ok(job.workload().to_vec());
+        }
+        let id: i32 = String::from_utf8_lossy(job.workload())
+            .parse()
+            .unwrap_or(-1);
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)
+            .map_err(|_| gearman_core::worker::WorkError::Fail)?;
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM items WHERE id = $1", &[&id])
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        Ok(n.to_string().into_bytes())
+    });
+    let mut s = env.connect();
+    s.exec("CREATE TABLE items (id int PRIMARY KEY, name text)");
+    s.exec("BEGIN");
+    s.exec("INSERT INTO items VALUES (1, 'one')");
+    let key = s
+        .one("SELECT gman_do_background('row_check', '1')")
+        .expect("a unique key");
+    assert_eq!(key.len(), 36, "commit mode returns a generated UUID: {key}");
+    let key2 = s
+        .one("SELECT gman_do_background('f', 'held', 'my-key-1')")
+        .unwrap();
+    assert_eq!(
+        key2, "my-key-1",
+        "commit mode returns the caller's unique key"
+    );
+    barrier(&env, &worker, "f", "barrier-before-commit");
+    assert!(
+        !worker.workloads().iter().any(|w| w == "held" || w == "1"),
+        "a job was sent before COMMIT: {:?}",
+        worker.workloads()
+    );
+    s.exec("COMMIT");
+    let seen = worker.wait_for(3, WAIT);
+    let row_job = seen
+        .iter()
+        .find(|j| j.function == "row_check")
+        .expect("row_check job after COMMIT");
+    assert_eq!(
+        row_job.unique,
+        key.as_bytes(),
+        "the job carries the returned unique key"
+    );
+    let held = seen
+        .iter()
+        .find(|j| j.workload == b"held")
+        .expect("held job after COMMIT");
+    assert_eq!(held.unique, b"my-key-1");
+    // The worker saw the committed row: run a foreground check job, whose
+    // handler is the same; its answer for id 1 must be 1.
+    assert_eq!(
+        s.one("SELECT gman_do('row_check', '1')").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        s.one("SELECT gman_do('row_check', '2')").as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
+fn worker_sees_row_inserted_in_the_committing_transaction() {
+    let env = Env::start();
+    let url = env.pg.url();
+    let (tx, rx) = std::sync::mpsc::channel::<i64>();
+    let tx = std::sync::Mutex::new(tx);
+    let _worker = TestWorker::start(&env.addr(), &["lookup"], move |job| {
+        let id: i32 = String::from_utf8_lossy(job.workload())
+            .parse()
+            .unwrap_or(-1);
+        let n: i64 = postgres::Client::connect(&url, postgres::NoTls)
+            .and_then(|mut c| c.query_one("SELECT count(*) FROM docs WHERE id = $1", &[&id]))
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        let _ = tx.lock().unwrap().send(n);
+        Ok(Vec::new())
+    });
+    let mut s = env.connect();
+    s.exec("CREATE TABLE docs (id int PRIMARY KEY)");
+    s.exec(
+        "BEGIN; INSERT INTO docs VALUES (42); SELECT gman_do_background('lookup', '42'); COMMIT",
+    );
+    let n = rx.recv_timeout(WAIT).expect("the job arrives after COMMIT");
+    assert_eq!(
+        n, 1,
+        "when the job arrives the worker can read the committed row"
+    );
+}
+
+#[test]
+fn rollback_sends_nothing() {
+    let env = Env::start();
+    let worker = env.worker(&["f"]);
+    let mut s = env.connect();
+    s.exec("BEGIN");
+    s.exec("SELECT gman_do_background('f', 'rolled-back-1')");
+    s.exec("SELECT gman_do_high_background('f', 'rolled-back-2')");
+    s.exec("SELECT gman_do_low_background('f', convert_to('rolled-back-3', 'UTF8'))");
+    s.exec("ROLLBACK");
+    // A failing statement aborts the transaction too.
+    s.exec("BEGIN");
+    s.exec("SELECT gman_do_background('f', 'aborted-by-error')");
+    let e = s.exec_err("SELECT 1/0");
+    assert_eq!(e.code, "22012");
+    s.exec("ROLLBACK");
+    barrier(&env, &worker, "f", "barrier");
+    assert_eq!(worker.workloads(), vec!["barrier".to_string()]);
+}
+
+#[test]
+fn rollback_to_savepoint_sends_only_jobs_outside_it() {
+    let env = Env::start();
+    let worker = env.worker(&["f"]);
+    let mut s = env.connect();
+    s.exec("BEGIN");
+    s.exec("SELECT gman_do_background('f', 'a')");
+    s.exec("SAVEPOINT s1");
+    s.exec("SELECT gman_do_background('f', 'b')");
+    s.exec("SAVEPOINT s2");
+    s.exec("SELECT gman_do_background('f', 'c')");
+    s.exec("ROLLBACK TO SAVEPOINT s1");
+    s.exec("SELECT gman_do_background('f', 'd')");
+    s.exec("SAVEPOINT s3");
+    s.exec("SELECT gman_do_background('f', 'e')");
+    s.exec("RELEASE SAVEPOINT s3");
+    // A PL/pgSQL exception block is a subtransaction as well.
+    s.exec(
+        "DO $$ BEGIN
+            BEGIN
+              PERFORM gman_do_background('f', 'in-failed-block');
+              RAISE EXCEPTION 'boom';
+            EXCEPTION WHEN others THEN
+              PERFORM gman_do_background('f', 'in-handler');
+            END;
+          END $$",
+    );
+    s.exec("COMMIT");
+    worker.wait_for(4, WAIT);
+    barrier(&env, &worker, "f", "barrier");
+    let mut got = worker.workloads();
+    got.retain(|w| w != "barrier");
+    assert_eq!(got, vec!["a", "d", "e", "in-handler"]);
+}
+
+#[test]
+fn held_jobs_go_to_the_servers_configured_at_call_time() {
+    let env = Env::start();
+    let other = gearman_testkit::Gearmand::start();
+    let w1 = env.worker(&["f"]);
+    let w2 = TestWorker::start(&other.addr(), &["f"], support::handlers::echo);
+    let mut s = env.connect();
+    s.exec("BEGIN");
+    s.exec("SELECT gman_do_background('f', 'to-first')");
+    s.exec(&format!("SELECT gman_servers_set('{}')", other.addr()));
+    s.exec("SELECT gman_do_background('f', 'to-second')");
+    s.exec("COMMIT");
+    w1.wait_for_workload("to-first");
+    w2.wait_for_workload("to-second");
+    assert_eq!(w1.workloads(), vec!["to-first"]);
+    assert_eq!(w2.workloads(), vec!["to-second"]);
+}
+
+#[test]
+fn commit_with_gearmand_down_fails_or_warns() {
+    let mut env = Env::start();
+    let mut s = env.connect();
+    s.exec("CREATE TABLE t (x int)");
+    env.gearmand.kill();
+    s.exec("BEGIN");
+    s.exec("INSERT INTO t VALUES (1)");
+    s.exec("SELECT gman_do_background('f', 'x')");
+    let started = Instant::now();
+    let e = s.exec_err("COMMIT");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "COMMIT took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.code, "08001", "{e:?}");
+    assert!(e.message.contains("rolled back"), "{e:?}");
+    assert!(e.hint.as_deref().unwrap_or("").contains("outbox"), "{e:?}");
+    assert_eq!(
+        s.one("SELECT count(*) FROM t").as_deref(),
+        Some("0"),
+        "the transaction failed"
+    );
+
+    // on_error = warning: the transaction commits, the jobs are reported lost.
+    s.exec("SET gearman.on_error = 'warning'");
+    s.exec("BEGIN; INSERT INTO t VALUES (2); SELECT gman_do_background('f', 'y'); COMMIT");
+    assert_eq!(s.one("SELECT count(*) FROM t").as_deref(), Some("1"));
+    let notices = s.take_notices();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.starts_with("WARNING") && n.contains("dropped")),
+        "{notices:?}"
+    );
+
+    // gearmand back: the next transaction's jobs arrive.
+    env.gearmand.restart();
+    let worker = env.worker(&["f"]);
+    s.exec("RESET gearman.on_error");
+    s.exec("BEGIN; SELECT gman_do_background('f', 'after-restart'); COMMIT");
+    worker.wait_for_workload("after-restart");
+}
+
+#[test]
+fn prepare_transaction_with_held_jobs_is_an_error_naming_outbox() {
+    let env = Env::start_with(&["max_prepared_transactions=4"]);
+    let worker = env.worker(&["f"]);
+    let mut s = env.connect();
+    s.exec("BEGIN; SELECT gman_do_background('f', 'prepared')");
+    let e = s.exec_err("PREPARE TRANSACTION 'p1'");
+    assert!(e.message.contains("PREPARE"), "{e:?}");
+    assert!(e.hint.as_deref().unwrap_or("").contains("outbox"), "{e:?}");
+    s.exec("ROLLBACK");
+    // With outbox dispatch two-phase commit works.
+    s.exec("SET gearman.dispatch = 'outbox'");
+    s.exec("BEGIN; SELECT gman_do_background('f', 'via-outbox'); PREPARE TRANSACTION 'p2'");
+    s.exec("COMMIT PREPARED 'p2'");
+    assert_eq!(
+        s.one("SELECT convert_from(workload, 'UTF8') FROM gearman.outbox")
+            .as_deref(),
+        Some("via-outbox")
+    );
+    barrier(&env, &worker, "f", "barrier");
+    assert_eq!(worker.workloads(), vec!["barrier"]);
+}
+
+#[test]
+fn outbox_rows_are_written_in_the_transaction_with_notify() {
+    let env = Env::start();
+    let mut listener = env.connect();
+    listener.exec("LISTEN gearman_outbox");
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'outbox'");
+    s.exec("BEGIN; SELECT gman_do_background('f', 'rolled-back'); ROLLBACK");
+    s.exec("BEGIN");
+    let key = s
+        .one("SELECT gman_do_high_background('mail', 'hello')")
+        .unwrap();
+    assert_eq!(key.len(), 36);
+    let key2 = s
+        .one("SELECT gman_do_background_at('mail', '\\x00ff'::bytea, '2030-01-01 00:00:00+00', 'k2')")
+        .unwrap();
+    assert_eq!(key2, "k2");
+    s.exec("COMMIT");
+    let rows = s.rows(
+        "SELECT function, encode(workload, 'hex'), unique_key, priority, \
+         extract(epoch from run_at)::bigint FROM gearman.outbox ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                Some("mail".into()),
+                Some(hex("hello")),
+                Some(key),
+                Some("high".into()),
+                None
+            ],
+            vec![
+                Some("mail".into()),
+                Some("00ff".into()),
+                Some("k2".into()),
+                Some("normal".into()),
+                Some("1893456000".into())
+            ],
+        ]
+    );
+    // The NOTIFY is delivered to the listener after COMMIT.
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < deadline {
+        listener.exec("SELECT 1");
+        let mut n = listener.client.notifications();
+        let mut it = n.timeout_iter(Duration::from_millis(200));
+        while let Ok(Some(x)) = it.next() {
+            got.push((x.channel().to_string(), x.payload().to_string()));
+        }
+    }
+    assert_eq!(
+        got,
+        vec![("gearman_outbox".to_string(), "mail".to_string())]
+    );
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn immediate_dispatch_returns_handles_and_status() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    // No worker yet: the job stays queued and its status is known.
+    let h = s
+        .one("SELECT gman_do_background('later', 'x', 'u-1')")
+        .unwrap();
+    assert!(h.starts_with("H:"), "{h}");
+    let row = s.rows(&format!("SELECT * FROM gman_job_status('{h}')"));
+    assert_eq!(
+        row,
+        vec![vec![
+            Some("t".into()),
+            Some("f".into()),
+            Some("0".into()),
+            Some("0".into())
+        ]]
+    );
+    // By unique key (GET_STATUS_UNIQUE).
+    let row = s.rows("SELECT known, running FROM gman_job_status('u-1')");
+    assert_eq!(row, vec![vec![Some("t".into()), Some("f".into())]]);
+    // Unknown handle and unknown key.
+    let row = s.rows("SELECT known FROM gman_job_status('H:nowhere:1')");
+    assert_eq!(row, vec![vec![Some("f".into())]]);
+    let row = s.rows("SELECT known FROM gman_job_status('no-such-key')");
+    assert_eq!(row, vec![vec![Some("f".into())]]);
+    // The server status lists the queued job.
+    let rows = s.rows("SELECT server, function, queued, running, workers FROM gman_server_status() WHERE function = 'later'");
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some(env.addr()),
+            Some("later".into()),
+            Some("1".into()),
+            Some("0".into()),
+            Some("0".into())
+        ]]
+    );
+    // Once served, the job is no longer known.
+    let worker = env.worker(&["later"]);
+    worker.wait_for_workload("x");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let known = s.one(&format!("SELECT known FROM gman_job_status('{h}')"));
+        if known.as_deref() == Some("f") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job still known after it was served"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn statement_timeout_ends_a_waiting_gman_do_and_the_session_still_works() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("SET statement_timeout = '300ms'");
+    let started = Instant::now();
+    let e = s.exec_err("SELECT gman_do('nobody_serves_this', 'x')");
+    let took = started.elapsed();
+    assert_eq!(e.code, "57014", "{e:?}");
+    assert!(e.message.contains("statement timeout"), "{e:?}");
+    assert!(took < Duration::from_millis(1300), "took {took:?}");
+    s.exec("RESET statement_timeout");
+    assert_eq!(s.one("SELECT 1").as_deref(), Some("1"));
+    let _w = env.worker(&["echo"]);
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'still works')").as_deref(),
+        Some("still works")
+    );
+}
+
+#[test]
+fn gearman_timeout_ends_a_waiting_gman_do() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("SET gearman.timeout = '400ms'");
+    assert_eq!(s.one("SHOW gearman.timeout").as_deref(), Some("400ms"));
+    let started = Instant::now();
+    let e = s.exec_err("SELECT gman_do('nobody_serves_this', 'x')");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(e.code, "57014", "{e:?}");
+    assert!(
+        e.hint.as_deref().unwrap_or("").contains("gearman.timeout"),
+        "{e:?}"
+    );
+    assert!(
+        e.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("nobody_serves_this"),
+        "{e:?}"
+    );
+    s.exec("SET gearman.on_error = 'warning'");
+    assert_eq!(s.one("SELECT gman_do('nobody_serves_this', 'x')"), None);
+    assert!(s.take_notices().iter().any(|n| n.starts_with("WARNING")));
+}
+
+#[test]
+fn pg_cancel_backend_ends_a_waiting_gman_do() {
+    let env = Env::start();
+    let mut s = env.connect();
+    let pid = s.one("SELECT pg_backend_pid()").unwrap();
+    let url = env.pg.url();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut c = Session::connect(&url);
+        let at = Instant::now();
+        c.exec(&format!("SELECT pg_cancel_backend({pid})"));
+        at
+    });
+    let e = s.exec_err("SELECT gman_do('nobody_serves_this', 'x')");
+    let ended = Instant::now();
+    let cancelled_at = canceller.join().unwrap();
+    assert_eq!(e.code, "57014", "{e:?}");
+    assert!(e.message.contains("cancel"), "{e:?}");
+    assert!(
+        ended.duration_since(cancelled_at) < Duration::from_secs(1),
+        "returned {:?} after the cancel",
+        ended.duration_since(cancelled_at)
+    );
+    assert_eq!(s.one("SELECT 1").as_deref(), Some("1"));
+    let _w = env.worker(&["echo"]);
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'after cancel')").as_deref(),
+        Some("after cancel")
+    );
+}
+
+#[test]
+fn gearmand_stopped_gives_clear_error_or_warning_and_restart_recovers() {
+    let mut env = Env::start();
+    let _w = env.worker(&["echo"]);
+    let mut s = env.connect();
+    assert_eq!(s.one("SELECT gman_do('echo', 'up')").as_deref(), Some("up"));
+    env.gearmand.kill();
+    let started = Instant::now();
+    let e = s.exec_err("SELECT gman_do('echo', 'down')");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(e.code.starts_with("08"), "{e:?}");
+    assert!(e.message.starts_with("gearman:"), "{e:?}");
+    let detail = e.detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains(&env.addr()) && detail.contains("echo"),
+        "{e:?}"
+    );
+    assert!(
+        e.hint.as_deref().unwrap_or("").contains("gearmand"),
+        "{e:?}"
+    );
+    s.exec("SET gearman.dispatch = 'immediate'");
+    let e = s.exec_err("SELECT gman_do_background('echo', 'down')");
+    assert!(e.code.starts_with("08"), "{e:?}");
+
+    s.exec("SET gearman.on_error = 'warning'");
+    assert_eq!(s.one("SELECT gman_do('echo', 'down')"), None);
+    assert_eq!(s.one("SELECT gman_do_background('echo', 'down')"), None);
+    let notices = s.take_notices();
+    assert_eq!(
+        notices.iter().filter(|n| n.starts_with("WARNING")).count(),
+        2,
+        "{notices:?}"
+    );
+
+    env.gearmand.restart();
+    let _w2 = env.worker(&["echo"]);
+    s.exec("RESET gearman.on_error");
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'back')").as_deref(),
+        Some("back")
+    );
+}
+
+#[test]
+fn big_bytea_round_trip_and_binary_results() {
+    let env = Env::start();
+    let _w = env.worker(&["echo"]);
+    let mut s = env.connect();
+    // 16 MiB of all byte values.
+    let ok = s.one(
+        "WITH w AS (SELECT decode(repeat('000102030405060708090a0b0c0d0e0f', 1048576), 'hex') AS b)
+         SELECT gman_do('echo', b) = b AND length(gman_do('echo', b)) = 16777216 FROM w",
+    );
+    assert_eq!(ok.as_deref(), Some("t"));
+    // A result with a NUL byte cannot be text; bytea returns it as is.
+    let e = s.exec_err("SELECT gman_do('echo', convert_from('\\x610062'::bytea, 'SQL_ASCII'))");
+    assert!(!e.message.is_empty());
+    assert_eq!(
+        s.one("SELECT encode(gman_do('echo', '\\x610062'::bytea), 'hex')")
+            .as_deref(),
+        Some("610062")
+    );
+}
+
+#[test]
+fn unique_over_63_bytes_is_rejected() {
+    let env = Env::start();
+    let mut s = env.connect();
+    let e = s.exec_err("SELECT gman_do_background('f', 'x', repeat('u', 64))");
+    assert_eq!(e.code, "22023");
+    assert!(
+        e.message.contains("64 bytes") && e.message.contains("63"),
+        "{e:?}"
+    );
+    let e = s.exec_err("SELECT gman_do('f', 'x', repeat('u', 64))");
+    assert_eq!(e.code, "22023");
+    // 63 is fine.
+    s.exec("SET gearman.dispatch = 'immediate'");
+    let h = s
+        .one("SELECT gman_do_background('f', 'x', repeat('u', 63))")
+        .unwrap();
+    assert!(h.starts_with("H:"));
+}
+
+#[test]
+fn trigger_and_cookbook_trigger_deliver_exact_payloads() {
+    let env = Env::start();
+    let worker = env.worker(&["send_tweet", "row_events"]);
+    let mut s = env.connect();
+    // The cookbook's tweet_blog trigger, ported to PostgreSQL.
+    s.exec(
+        "CREATE TABLE blog_entries (id serial PRIMARY KEY, title text, url text);
+         CREATE FUNCTION tweet_blog() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           PERFORM gman_do_background('send_tweet', NEW.title || ' - ' || NEW.url);
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER tweet_blog BEFORE INSERT ON blog_entries
+           FOR EACH ROW EXECUTE FUNCTION tweet_blog();
+         CREATE TRIGGER row_events AFTER INSERT OR UPDATE OR DELETE ON blog_entries
+           FOR EACH ROW EXECUTE FUNCTION gman_trigger('row_events', 'high');",
+    );
+    s.exec("INSERT INTO blog_entries (title, url) VALUES ('Hello', 'http://a.example/1')");
+    s.exec(
+        "INSERT INTO blog_entries (title, url) VALUES ('Quote \"q\" and ü', 'http://a.example/2')",
+    );
+    s.exec("UPDATE blog_entries SET title = 'Hi' WHERE id = 1");
+    s.exec("DELETE FROM blog_entries WHERE id = 2");
+    s.exec("BEGIN; INSERT INTO blog_entries (title, url) VALUES ('never', 'x'); ROLLBACK");
+    assert_eq!(
+        s.one("SELECT count(*) FROM blog_entries").as_deref(),
+        Some("1")
+    );
+    let seen = worker.wait_for(6, WAIT);
+    barrier(&env, &worker, "send_tweet", "barrier");
+    let tweets: Vec<String> = worker
+        .seen()
+        .iter()
+        .filter(|j| j.function == "send_tweet")
+        .map(|j| String::from_utf8_lossy(&j.workload).into_owned())
+        .collect();
+    assert_eq!(
+        tweets,
+        vec![
+            "Hello - http://a.example/1",
+            "Quote \"q\" and ü - http://a.example/2",
+            "barrier"
+        ]
+    );
+    let events: Vec<serde_json::Value> = worker
+        .seen()
+        .iter()
+        .filter(|j| j.function == "row_events")
+        .map(|j| serde_json::from_slice(&j.workload).expect("valid JSON"))
+        .collect();
+    let expected: Vec<serde_json::Value> = vec![
+        serde_json::json!({"schema":"public","table":"blog_entries","op":"INSERT",
+            "new":{"id":1,"title":"Hello","url":"http://a.example/1"},"old":null}),
+        serde_json::json!({"schema":"public","table":"blog_entries","op":"INSERT",
+            "new":{"id":2,"title":"Quote \"q\" and ü","url":"http://a.example/2"},"old":null}),
+        serde_json::json!({"schema":"public","table":"blog_entries","op":"UPDATE",
+            "new":{"id":1,"title":"Hi","url":"http://a.example/1"},
+            "old":{"id":1,"title":"Hello","url":"http://a.example/1"}}),
+        serde_json::json!({"schema":"public","table":"blog_entries","op":"DELETE",
+            "new":null,"old":{"id":2,"title":"Quote \"q\" and ü","url":"http://a.example/2"}}),
+    ];
+    assert_eq!(events, expected);
+    let _ = seen;
+    // A BEFORE row trigger passes the row through unchanged.
+    s.exec(
+        "CREATE TABLE b (x int);
+         CREATE TRIGGER b_ev BEFORE INSERT OR DELETE ON b FOR EACH ROW EXECUTE FUNCTION gman_trigger('row_events');
+         INSERT INTO b VALUES (7); DELETE FROM b;",
+    );
+    assert_eq!(s.one("SELECT count(*) FROM b").as_deref(), Some("0"));
+    // Missing or bad trigger arguments are clear errors.
+    s.exec("CREATE TABLE c (x int); CREATE TRIGGER c_ev AFTER INSERT ON c FOR EACH ROW EXECUTE FUNCTION gman_trigger()");
+    let e = s.exec_err("INSERT INTO c VALUES (1)");
+    assert!(e.message.contains("function name"), "{e:?}");
+    s.exec("DROP TRIGGER c_ev ON c; CREATE TRIGGER c_ev AFTER INSERT ON c FOR EACH ROW EXECUTE FUNCTION gman_trigger('f', 'urgent')");
+    let e = s.exec_err("INSERT INTO c VALUES (1)");
+    assert!(e.message.contains("priority"), "{e:?}");
+}
+
+#[test]
+fn foreground_functions_many_sum_and_overloads() {
+    let env = Env::start();
+    let _w = env.worker(&["echo"]);
+    let mut s = env.connect();
+    assert_eq!(s.one("SELECT gman_do('echo', 'a')").as_deref(), Some("a"));
+    assert_eq!(
+        s.one("SELECT gman_do_high('echo', 'b')").as_deref(),
+        Some("b")
+    );
+    assert_eq!(
+        s.one("SELECT gman_do_low('echo', 'c', 'uniq')").as_deref(),
+        Some("c")
+    );
+    assert_eq!(s.one("SELECT gman_do('echo', NULL)").as_deref(), Some(""));
+    assert_eq!(s.one("SELECT gman_do(NULL, 'x')"), None);
+    assert_eq!(
+        s.one("SELECT gman_do('echo', '{\"a\": [1, 2]}'::jsonb)")
+            .as_deref(),
+        Some("{\"a\": [1, 2]}")
+    );
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 42::text)").as_deref(),
+        Some("42")
+    );
+    let rows = s.rows("SELECT ordinality, result FROM gman_do_many('echo', ARRAY['x', NULL, 'z'])");
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("1".into()), Some("x".into())],
+            vec![Some("2".into()), Some("".into())],
+            vec![Some("3".into()), Some("z".into())],
+        ]
+    );
+    assert_eq!(
+        s.one("SELECT gman_sum('echo', i::text) FROM generate_series(1, 100) i")
+            .as_deref(),
+        Some("5050")
+    );
+    assert_eq!(
+        s.one("SELECT gman_sum('echo', i::text) FROM generate_series(1, 0) i"),
+        None
+    );
+    let e = s.exec_err("SELECT gman_sum('echo', 'not a number')");
+    assert_eq!(e.code, "22P02", "{e:?}");
+}
+
+#[test]
+fn gman_sum_and_gman_do_many_run_concurrently() {
+    let env = Env::start();
+    let n = 8;
+    let workers: Vec<TestWorker> = (0..n)
+        .map(|_| {
+            TestWorker::start(&env.addr(), &["slow"], |job| {
+                std::thread::sleep(Duration::from_millis(200));
+                Ok(job.workload().to_vec())
+            })
+        })
+        .collect();
+    let mut s = env.connect();
+    let started = Instant::now();
+    assert_eq!(
+        s.one("SELECT gman_sum('slow', i::text) FROM generate_series(1, 8) i")
+            .as_deref(),
+        Some("36")
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(8 * 200 / 2),
+        "gman_sum of 8 x 200 ms took {took:?}"
+    );
+    let started = Instant::now();
+    let rows =
+        s.rows("SELECT result FROM gman_do_many('slow', ARRAY['1','2','3','4','5','6','7','8'])");
+    let took = started.elapsed();
+    assert_eq!(rows.len(), 8);
+    assert!(
+        took < Duration::from_millis(8 * 200 / 2),
+        "gman_do_many of 8 x 200 ms took {took:?}"
+    );
+    // Several functions in one call: element i goes to functions[i], rows
+    // come back in input order.
+    let _upper = TestWorker::start(&env.addr(), &["upper"], |job| {
+        Ok(job.workload().to_ascii_uppercase())
+    });
+    let rows = s.rows(
+        "SELECT ordinality, result FROM gman_do_many(ARRAY['slow', 'upper', 'slow', 'upper'], \
+         ARRAY['a', 'b', 'c', NULL])",
+    );
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("1".into()), Some("a".into())],
+            vec![Some("2".into()), Some("B".into())],
+            vec![Some("3".into()), Some("c".into())],
+            vec![Some("4".into()), Some("".into())],
+        ]
+    );
+    let e = s.exec_err("SELECT * FROM gman_do_many(ARRAY['slow', 'upper'], ARRAY['a'])");
+    assert_eq!(e.code, "22023", "{e:?}");
+    assert!(e.message.contains("same length"), "{e:?}");
+    let e = s.exec_err("SELECT * FROM gman_do_many(ARRAY['slow', NULL], ARRAY['a', 'b'])");
+    assert!(e.message.contains("function 2 of 2 is NULL"), "{e:?}");
+    drop(workers);
+}
+
+#[test]
+fn settings_servers_set_and_privileges() {
+    let env = Env::start();
+    let other = gearman_testkit::Gearmand::start();
+    let _w1 = env.worker(&["echo"]);
+    let _w2 = TestWorker::start(&other.addr(), &["echo"], |_job| Ok(b"other".to_vec()));
+    let mut s = env.connect();
+    // The settings are defined when the library loads (first gman_* call,
+    // LOAD, or *_preload_libraries).
+    s.exec("LOAD 'gearman'");
+    assert_eq!(s.one("SHOW gearman.servers"), Some(env.addr()));
+    assert_eq!(s.one("SHOW gearman.dispatch").as_deref(), Some("commit"));
+    assert_eq!(s.one("SHOW gearman.on_error").as_deref(), Some("error"));
+    s.exec("SET gearman.connect_timeout = '1s'");
+    assert_eq!(s.one("SHOW gearman.connect_timeout").as_deref(), Some("1s"));
+    let e = s.exec_err("SET gearman.servers = 'host:notaport'");
+    assert_eq!(e.code, "22023", "{e:?}");
+    let e = s.exec_err("SET gearman.dispatch = 'later'");
+    assert_eq!(e.code, "22023", "{e:?}");
+    // Per function override.
+    assert_eq!(
+        s.one(&format!(
+            "SELECT gman_servers_set('{}', 'echo')",
+            other.addr()
+        )),
+        Some(other.addr())
+    );
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'x')").as_deref(),
+        Some("other")
+    );
+    assert_eq!(
+        s.one("SELECT gman_servers_set('', 'echo')"),
+        Some(env.addr())
+    );
+    assert_eq!(s.one("SELECT gman_do('echo', 'x')").as_deref(), Some("x"));
+    // Session list.
+    assert_eq!(
+        s.one(&format!("SELECT gman_servers_set('{}')", other.addr())),
+        Some(other.addr())
+    );
+    assert_eq!(s.one("SHOW gearman.servers"), Some(other.addr()));
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'x')").as_deref(),
+        Some("other")
+    );
+    let e = s.exec_err("SELECT gman_servers_set('host:notaport')");
+    assert_eq!(e.code, "22023", "{e:?}");
+    // A plain role may not change the server list (neither way).
+    s.exec("CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA public TO app");
+    s.exec("SET ROLE app");
+    let e = s.exec_err("SET gearman.servers = '127.0.0.1:1'");
+    assert_eq!(e.code, "42501", "{e:?}");
+    let e = s.exec_err("SELECT gman_servers_set('127.0.0.1:1')");
+    assert_eq!(e.code, "42501", "{e:?}");
+    let e = s.exec_err("SELECT gman_servers_set('127.0.0.1:1', 'echo')");
+    assert_eq!(e.code, "42501", "{e:?}");
+    s.exec("RESET ROLE");
+    s.exec("GRANT SET ON PARAMETER gearman.servers TO app");
+    s.exec("SET ROLE app");
+    s.exec(&format!("SET gearman.servers = '{}'", env.addr()));
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'granted')").as_deref(),
+        Some("granted")
+    );
+    s.exec("RESET ROLE");
+}
+
+#[test]
+fn pggearman_default_servers_is_a_fallback() {
+    // session_preload_libraries loads the library at connection start, so
+    // the settings exist before the first gman_* call (SHOW works).
+    let env = Env::start_raw(&["session_preload_libraries=gearman"]);
+    let _w = env.worker(&["echo"]);
+    let mut s = env.connect();
+    assert_eq!(
+        s.one("SHOW gearman.servers").as_deref(),
+        Some("127.0.0.1:4730")
+    );
+    s.exec(&format!("SET pggearman.default_servers = '{}'", env.addr()));
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'legacy')").as_deref(),
+        Some("legacy")
+    );
+    // gearman.servers, once set, wins.
+    s.exec("SET gearman.servers = '127.0.0.1:1'");
+    s.exec("SET gearman.on_error = 'warning'");
+    assert_eq!(s.one("SELECT gman_do('echo', 'x')"), None);
+}
+
+#[test]
+fn every_function_states_volatility_strictness_and_parallel_safety() {
+    let env = Env::start();
+    let mut s = env.connect();
+    let rows = s.rows(
+        "SELECT p.proname, pg_get_function_identity_arguments(p.oid), p.provolatile, \
+                p.proisstrict, p.proparallel, p.prokind
+         FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+         JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'gearman'
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+         -- not the #[pg_test] functions (schema tests) of a `cargo pgrx test` build
+         WHERE p.proname LIKE 'gman\\_%' AND n.nspname <> 'tests'
+         ORDER BY 1, 2",
+    );
+    assert!(rows.len() >= 30, "{rows:?}");
+    for r in &rows {
+        let name = r[0].clone().unwrap();
+        let vol = r[2].clone().unwrap();
+        let strict = r[3].clone().unwrap();
+        let par = r[4].clone().unwrap();
+        // An aggregate's own volatility is not declarable (PostgreSQL stores
+        // 'i'); its state and final functions are checked as functions.
+        if r[5].as_deref() != Some("a") {
+            assert_eq!(vol, "v", "{name} must be VOLATILE");
+        }
+        let expect_par = if name == "gman_job_status" || name == "gman_server_status" {
+            "r"
+        } else {
+            "u"
+        };
+        assert_eq!(par, expect_par, "{name}: parallel");
+        // Strict where declared so; functions without arguments
+        // (gman_server_status) are STRICT trivially; the trigger function is not.
+        let expect_strict = matches!(
+            name.as_str(),
+            "gman_servers_set" | "gman_job_status" | "gman_server_status"
+        );
+        if name != "gman_sum_final" {
+            assert_eq!(strict == "t", expect_strict, "{name}: strict = {strict}");
+        }
+    }
+    let names: std::collections::BTreeSet<String> =
+        rows.iter().map(|r| r[0].clone().unwrap()).collect();
+    for f in [
+        "gman_do",
+        "gman_do_high",
+        "gman_do_low",
+        "gman_do_background",
+        "gman_do_high_background",
+        "gman_do_low_background",
+        "gman_do_background_at",
+        "gman_do_many",
+        "gman_servers_set",
+        "gman_sum",
+        "gman_job_status",
+        "gman_server_status",
+        "gman_trigger",
+    ] {
+        assert!(names.contains(f), "{f} missing from {names:?}");
+    }
+}

@@ -1,0 +1,297 @@
+//! Command-line flags (the raw, low-level form), turned into a run plan.
+//!
+//! ```text
+//! gearman-worker -s HOST[:PORT] [-s ...] -f NAME [-f ...] [-n N] -- COMMAND [ARGS...]   quick mode
+//! gearman-worker --config worker.toml [--check-config]                                  daemon mode
+//! gearman-worker relay [--postgres URL] [--mysql URL] [-s HOST[:PORT]]                  outbox relay
+//! ```
+
+use crate::config::{
+    self, Backend, Config, ConfigError, ExecSpec, FunctionSpec, DEFAULT_EXEC_TIMEOUT_MS,
+    DEFAULT_MAX_RESULT_BYTES, DEFAULT_SHUTDOWN_GRACE_MS, MAX_CONCURRENCY, SERVERS_ENV,
+};
+use crate::logging::Level;
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Companion Gearman worker: serves functions by running commands, SQL
+/// statements or built-ins, and relays database outbox tables to gearmand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gearman-worker",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit status: 0 success (also after a graceful SIGTERM), 1 runtime failure or \
+                  forced stop, 2 usage or configuration error.\n\
+                  Servers: -s flags, else the config file's `servers`, else GEARMAN_SERVERS, \
+                  else 127.0.0.1:4730."
+)]
+pub struct Cli {
+    /// Job server `host[:port]` (port 4730 by default); repeat or comma-separate for several.
+    #[arg(
+        short = 's',
+        long = "server",
+        value_name = "HOST[:PORT]",
+        global = true
+    )]
+    pub servers: Vec<String>,
+
+    /// Quick mode: function name to serve with COMMAND (repeatable).
+    #[arg(short = 'f', long = "function", value_name = "NAME")]
+    pub functions: Vec<String>,
+
+    /// Daemon mode: TOML configuration file (see worker.example.toml).
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        conflicts_with = "functions"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration file, print a summary and exit (0 valid, 2 invalid).
+    #[arg(long, requires = "config")]
+    pub check_config: bool,
+
+    /// Quick mode: jobs run at once per function.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 1)]
+    pub concurrency: u32,
+
+    /// Quick mode: per-job timeout in milliseconds (0 = none).
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_EXEC_TIMEOUT_MS)]
+    pub timeout_ms: u64,
+
+    /// Client id sent to the job servers (overrides the file's `client_id`).
+    #[arg(short = 'i', long, value_name = "ID", global = true)]
+    pub client_id: Option<String>,
+
+    /// Log level: error, warn, info, debug, trace (overrides the file's `log_level`).
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log_level: Option<Level>,
+
+    /// Shorthand for --log-level debug.
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
+
+    /// Quick mode: grace period for running jobs after SIGTERM, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
+    pub shutdown_grace_ms: u64,
+
+    /// Quick mode: the command run per job (workload on stdin, stdout is the result).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+
+    /// Subcommand.
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Drain outbox tables (PostgreSQL `gearman.outbox`, MySQL `gearman_outbox`) into gearmand.
+    Relay(RelayArgs),
+}
+
+/// Flags of `gearman-worker relay`.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// PostgreSQL URL whose `gearman.outbox` table is drained (LISTEN gearman_outbox + polling).
+    #[arg(long, value_name = "URL")]
+    pub postgres: Vec<String>,
+
+    /// MySQL/MariaDB URL whose `gearman_outbox` table is drained (polling).
+    #[arg(long, value_name = "URL")]
+    pub mysql: Vec<String>,
+
+    /// Polling interval in milliseconds (MySQL always; PostgreSQL between notifications).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+
+    /// Rows fetched, submitted (pipelined) and deleted per transaction.
+    #[arg(long, value_name = "ROWS", default_value_t = 100)]
+    pub batch_size: u32,
+}
+
+impl Cli {
+    /// The effective log level: `--log-level`, else `-v` (debug), else `file`.
+    pub fn effective_level(&self, file: Level) -> Level {
+        match (self.log_level, self.verbose) {
+            (Some(l), _) => l,
+            (None, true) => Level::Debug,
+            (None, false) => file,
+        }
+    }
+
+    /// The quick-mode configuration built from flags.
+    ///
+    /// # Errors
+    /// No function, no command, a bad server or out-of-range number; the
+    /// message names the flag.
+    pub fn quick_config(&self) -> Result<Config, ConfigError> {
+        if self.functions.is_empty() {
+            return Err(ConfigError::new(
+                "nothing to do: give -f NAME -- COMMAND (quick mode), --config FILE (daemon mode) \
+                 or `relay` (see --help)",
+            ));
+        }
+        if self.command.is_empty() {
+            return Err(ConfigError::key(
+                "COMMAND",
+                "quick mode needs a command after `--`, e.g. `-f reverse -- rev`",
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            return Err(ConfigError::key(
+                "-n/--concurrency",
+                format!("must be between 1 and {MAX_CONCURRENCY}"),
+            ));
+        }
+        if self.timeout_ms > config::MAX_TIMEOUT_MS {
+            return Err(ConfigError::key("--timeout-ms", "more than one day"));
+        }
+        let servers = config::resolve_servers(
+            &self.servers,
+            None,
+            std::env::var(SERVERS_ENV).ok().as_deref(),
+        )?;
+        let mut functions = Vec::new();
+        for name in &self.functions {
+            config::check_function_name(name).map_err(|e| ConfigError::key("-f/--function", e))?;
+            functions.push(FunctionSpec {
+                name: name.clone(),
+                concurrency: self.concurrency,
+                backend: Backend::Exec(ExecSpec {
+                    argv: self.command.clone(),
+                    env: BTreeMap::new(),
+                    clear_env: false,
+                    cwd: None,
+                    timeout: (self.timeout_ms > 0).then(|| Duration::from_millis(self.timeout_ms)),
+                    max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+                }),
+            });
+        }
+        Ok(Config {
+            servers,
+            client_id: self.client_id.clone(),
+            log_level: self.effective_level(Level::Info),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            functions,
+        })
+    }
+
+    /// Applies flag overrides (`--client-id`, `--log-level`, `-v`) to a file configuration.
+    pub fn apply_overrides(&self, mut cfg: Config) -> Config {
+        if self.client_id.is_some() {
+            cfg.client_id = self.client_id.clone();
+        }
+        cfg.log_level = self.effective_level(cfg.log_level);
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("gearman-worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn quick_mode_flags_and_command() {
+        let cli = parse(&[
+            "-s",
+            "127.0.0.1:4731",
+            "-s",
+            "h2",
+            "-f",
+            "reverse",
+            "--",
+            "rev",
+            "-x",
+        ])
+        .unwrap();
+        let cfg = cli.quick_config().unwrap();
+        assert_eq!(cfg.servers.to_string(), "127.0.0.1:4731,h2:4730");
+        assert_eq!(cfg.functions.len(), 1);
+        let Backend::Exec(e) = &cfg.functions[0].backend else {
+            panic!()
+        };
+        assert_eq!(e.argv, ["rev", "-x"]);
+        assert_eq!(
+            e.timeout,
+            Some(Duration::from_millis(DEFAULT_EXEC_TIMEOUT_MS))
+        );
+    }
+
+    #[test]
+    fn quick_mode_without_command_is_an_error() {
+        let cli = parse(&["-f", "reverse"]).unwrap();
+        let e = cli.quick_config().unwrap_err();
+        assert!(e.to_string().starts_with("COMMAND:"), "{e}");
+    }
+
+    #[test]
+    fn no_mode_at_all_is_an_error() {
+        let e = parse(&[]).unwrap().quick_config().unwrap_err();
+        assert!(e.to_string().contains("nothing to do"), "{e}");
+    }
+
+    #[test]
+    fn config_and_function_conflict() {
+        assert!(parse(&["--config", "x.toml", "-f", "a", "--", "cat"]).is_err());
+    }
+
+    #[test]
+    fn check_config_requires_config() {
+        assert!(parse(&["--check-config"]).is_err());
+        let cli = parse(&["--config", "w.toml", "--check-config"]).unwrap();
+        assert!(cli.check_config);
+    }
+
+    #[test]
+    fn relay_subcommand() {
+        let cli = parse(&[
+            "relay",
+            "--postgres",
+            "postgres://u@h/db",
+            "--mysql",
+            "mysql://u@h/db",
+            "-s",
+            "127.0.0.1:4999",
+            "--poll-interval-ms",
+            "250",
+        ])
+        .unwrap();
+        let Some(Sub::Relay(r)) = &cli.sub else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(r.postgres, ["postgres://u@h/db"]);
+        assert_eq!(r.mysql, ["mysql://u@h/db"]);
+        assert_eq!(r.poll_interval_ms, 250);
+        assert_eq!(r.batch_size, 100);
+        assert_eq!(cli.servers, ["127.0.0.1:4999"]);
+    }
+
+    #[test]
+    fn log_level_flags() {
+        let cli = parse(&["-v", "-f", "x", "--", "cat"]).unwrap();
+        assert_eq!(cli.effective_level(Level::Warn), Level::Debug);
+        let cli = parse(&["--log-level", "warn", "-v", "-f", "x", "--", "cat"]).unwrap();
+        assert_eq!(cli.effective_level(Level::Info), Level::Warn);
+        assert!(parse(&["--log-level", "loud"]).is_err());
+    }
+
+    #[test]
+    fn zero_concurrency_is_rejected() {
+        let cli = parse(&["-n", "0", "-f", "x", "--", "cat"]).unwrap();
+        assert!(cli
+            .quick_config()
+            .unwrap_err()
+            .to_string()
+            .starts_with("-n/--concurrency"));
+    }
+}

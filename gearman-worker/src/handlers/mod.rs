@@ -1,0 +1,201 @@
+//! The functions this worker serves: built-ins, commands, SQL statements.
+//!
+//! Each backend implements [`Handler`]: workload bytes in, result bytes or a
+//! [`JobError`] out. [`wrap`] turns a handler into the closure the core
+//! worker runs, adding the per-job log line, statistics and panic capture.
+
+pub mod builtin;
+pub mod exec;
+pub mod sql;
+
+use crate::config::{Backend, FunctionSpec};
+use crate::logging::{fmt_duration, Stats};
+use gearman_core::worker::{JobContext, WorkError, WorkResult};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// Plain failure (WORK_FAIL); the text is for the log only.
+    Fail(String),
+    /// Failure with data for the client (WORK_EXCEPTION; gearmand sends
+    /// WORK_FAIL to clients that did not ask for exceptions). `reason` is for
+    /// the log, `data` goes to the client.
+    Exception {
+        /// Log text.
+        reason: String,
+        /// Bytes sent to the client.
+        data: Vec<u8>,
+    },
+}
+
+impl JobError {
+    /// An exception whose client data is the same text as the log reason.
+    pub fn exception(msg: impl Into<String>) -> JobError {
+        let reason = msg.into();
+        JobError::Exception {
+            data: reason.clone().into_bytes(),
+            reason,
+        }
+    }
+
+    /// The log text.
+    pub fn reason(&self) -> &str {
+        match self {
+            JobError::Fail(r) | JobError::Exception { reason: r, .. } => r,
+        }
+    }
+
+    /// The core's failure value.
+    pub fn into_work_error(self) -> WorkError {
+        match self {
+            JobError::Fail(_) => WorkError::Fail,
+            JobError::Exception { data, .. } => WorkError::Exception(data),
+        }
+    }
+}
+
+/// Runs one job. Implementations are shared by every worker thread of a
+/// function, so they are `Send + Sync`; a call blocks until the job is done
+/// (bounded by the function's timeout where it has one).
+pub trait Handler: Send + Sync + std::fmt::Debug {
+    /// Runs one job with `workload`; returns the result bytes.
+    ///
+    /// # Errors
+    /// A [`JobError`] fails the job (never the worker).
+    fn call(&self, workload: &[u8]) -> Result<Vec<u8>, JobError>;
+}
+
+/// Builds the handler of one configured function. SQL connection pools are
+/// shared through `pools` (one per database URL, kept across reloads).
+pub fn build(spec: &FunctionSpec, pools: &sql::Pools) -> Arc<dyn Handler> {
+    match &spec.backend {
+        Backend::Builtin(b) => Arc::new(builtin::BuiltinHandler::new(*b)),
+        Backend::Exec(e) => Arc::new(exec::ExecHandler::new(e.clone())),
+        Backend::Sql(s) => Arc::new(sql::SqlHandler::new(s.clone(), pools)),
+    }
+}
+
+/// Text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs `handler` on one job: times it, logs one debug line on success and a
+/// warn line on failure (function, handle, duration, reason), records it in
+/// `stats`, and turns a panic into a failed job.
+pub fn run_job(
+    handler: &dyn Handler,
+    stats: &Stats,
+    function: &str,
+    handle: &str,
+    workload: &[u8],
+) -> WorkResult {
+    let start = Instant::now();
+    let outcome = catch_unwind(AssertUnwindSafe(|| handler.call(workload)));
+    let took = start.elapsed();
+    match outcome {
+        Ok(Ok(result)) => {
+            stats.record(function, true, took);
+            crate::debug!(
+                "job done function={function} handle={handle} in={}B out={}B took={}",
+                workload.len(),
+                result.len(),
+                fmt_duration(took)
+            );
+            Ok(result)
+        }
+        Ok(Err(e)) => {
+            stats.record(function, false, took);
+            crate::warn!(
+                "job failed function={function} handle={handle} took={}: {}",
+                fmt_duration(took),
+                e.reason()
+            );
+            Err(e.into_work_error())
+        }
+        Err(panic) => {
+            stats.record(function, false, took);
+            crate::warn!(
+                "job failed function={function} handle={handle} took={}: handler panicked: {}",
+                fmt_duration(took),
+                panic_message(panic.as_ref())
+            );
+            Err(WorkError::Fail)
+        }
+    }
+}
+
+/// The closure registered with the core worker for `handler`.
+pub fn wrap(
+    handler: Arc<dyn Handler>,
+    stats: Arc<Stats>,
+) -> impl Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync + 'static {
+    move |ctx: &mut JobContext<'_>| {
+        run_job(
+            handler.as_ref(),
+            &stats,
+            ctx.function(),
+            ctx.handle(),
+            ctx.workload(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Panics;
+    impl Handler for Panics {
+        fn call(&self, _: &[u8]) -> Result<Vec<u8>, JobError> {
+            panic!("boom")
+        }
+    }
+
+    #[derive(Debug)]
+    struct Fails;
+    impl Handler for Fails {
+        fn call(&self, _: &[u8]) -> Result<Vec<u8>, JobError> {
+            Err(JobError::Exception {
+                reason: "exit 3".into(),
+                data: b"stderr text".to_vec(),
+            })
+        }
+    }
+
+    #[test]
+    fn panic_becomes_fail_and_is_counted() {
+        let stats = Stats::default();
+        let r = run_job(&Panics, &stats, "f", "H:1", b"x");
+        assert!(matches!(r, Err(WorkError::Fail)));
+        assert_eq!(stats.snapshot()["f"].failed, 1);
+    }
+
+    #[test]
+    fn exception_carries_data() {
+        let stats = Stats::default();
+        let r = run_job(&Fails, &stats, "f", "H:1", b"x");
+        match r {
+            Err(WorkError::Exception(d)) => assert_eq!(d, b"stderr text"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn success_is_counted() {
+        let stats = Stats::default();
+        let h = builtin::BuiltinHandler::new(crate::config::Builtin::Echo);
+        assert_eq!(run_job(&h, &stats, "e", "H:2", b"abc").unwrap(), b"abc");
+        assert_eq!(stats.snapshot()["e"].ok, 1);
+    }
+}

@@ -1,0 +1,106 @@
+#![warn(missing_docs)]
+//! `gearman-worker`: the companion worker daemon and CLI of Gearman for SQL.
+//!
+//! Three uses of one binary:
+//! - quick mode: `gearman-worker -s HOST[:PORT] -f NAME -- COMMAND ARGS...`
+//!   runs COMMAND once per job (workload on stdin, stdout is the result);
+//! - daemon mode: `gearman-worker --config worker.toml` serves many functions,
+//!   each backed by a command ([`handlers::exec`]), a SQL statement
+//!   ([`handlers::sql`]) or a built-in ([`handlers::builtin`]), with
+//!   per-function concurrency; signals per [`daemon`];
+//! - relay mode: `gearman-worker relay --postgres URL --mysql URL` drains the
+//!   outbox tables into gearmand ([`relay`]).
+//!
+//! The library exists so the integration tests can use the internals; the
+//! binary (`src/main.rs`) is a thin `main → run → exit code` wrapper.
+
+pub mod logging;
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod handlers;
+pub mod relay;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Exit status: success (also after a graceful stop).
+pub const EXIT_OK: u8 = 0;
+/// Exit status: runtime failure, or stopped before running jobs finished.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Parses the process arguments and runs; returns the exit status.
+pub fn main_entry() -> ExitCode {
+    logging::init();
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    ExitCode::from(run(cli))
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("gearman-worker: error: {msg}");
+    EXIT_USAGE
+}
+
+/// Runs the mode the flags select; returns the exit status.
+pub fn run(cli: cli::Cli) -> u8 {
+    if let Some(cli::Sub::Relay(args)) = &cli.sub {
+        logging::set_level(cli.effective_level(logging::Level::Info));
+        let servers = match config::resolve_servers(
+            &cli.servers,
+            None,
+            std::env::var(config::SERVERS_ENV).ok().as_deref(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return usage_error(e),
+        };
+        let settings = relay::RelaySettings::from_args(args, servers, cli.client_id.clone());
+        return match relay::run(args, settings) {
+            Ok(_) => EXIT_OK,
+            Err(e) => usage_error(e),
+        };
+    }
+    let (cfg, reload_from) = if let Some(path) = &cli.config {
+        match config::load(path, &cli.servers) {
+            Ok(c) => (
+                cli.apply_overrides(c),
+                Some((path.clone(), cli.servers.clone())),
+            ),
+            Err(e) => return usage_error(e),
+        }
+    } else {
+        match cli.quick_config() {
+            Ok(c) => (c, None),
+            Err(e) => return usage_error(e),
+        }
+    };
+    if cli.check_config {
+        println!(
+            "configuration ok: {} function(s), servers {}",
+            cfg.functions.len(),
+            cfg.servers
+        );
+        for f in &cfg.functions {
+            println!("  {} (concurrency {})", f.name, f.concurrency);
+        }
+        return EXIT_OK;
+    }
+    let overrides = |c: config::Config| cli.apply_overrides(c);
+    match daemon::run(cfg, reload_from, &overrides) {
+        Ok(daemon::Outcome::Drained) => EXIT_OK,
+        Ok(daemon::Outcome::Forced) => EXIT_FAILURE,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            EXIT_FAILURE
+        }
+    }
+}

@@ -1,0 +1,25 @@
+-- Installs the Gearman UDFs of libgearman_mysql_udf.so (gearman-mysql).
+--
+-- First copy the library into the server's plugin_dir as a NEW file
+-- (SELECT @@plugin_dir;  then  install -m 0644 libgearman_mysql_udf.so <plugin_dir>/),
+-- never `cp` over a library the server has loaded. Then, as a user with
+-- INSERT privilege on the mysql schema:
+--   mariadb < sql/mysql/install.sql
+-- To replace the library later: run uninstall.sql, install the new file, run
+-- this file again.
+--
+-- The first eight lines are those of the original gearman-mysql-udf, so that
+-- existing triggers and install scripts keep working.
+CREATE FUNCTION gman_do RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_do_high RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_do_low RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_do_background RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_do_high_background RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_do_low_background RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE AGGREGATE FUNCTION gman_sum RETURNS INTEGER SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_servers_set RETURNS STRING SONAME "libgearman_mysql_udf.so";
+-- New in gearman-mysql.
+CREATE FUNCTION gman_do_epoch RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_job_status RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_server_status RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_last_error RETURNS STRING SONAME "libgearman_mysql_udf.so";

@@ -4,10 +4,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup test test-unit test-core test-workspace fmt-check clippy bench
+.PHONY: setup demo test fmt-check clippy bench
 
 setup:
 	bash scripts/setup
+
+# The main job: the cookbook recipes end to end from SQL (release build).
+demo: setup
+	bash scripts/demo
 
 # All tiers: (1) unit, (2) core and tools against a private gearmand,
 # (3) database faces inside private PostgreSQL 15 and MariaDB.

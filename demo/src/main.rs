@@ -1,0 +1,78 @@
+//! `gearman-demo`: runs the cookbook recipes end to end on private servers
+//! and exits 0 only if every recipe produced the expected results.
+//! Run it through `make demo`, which builds and installs everything first.
+
+use gearman_demo::env::{terminate_children, Env};
+use gearman_demo::recipes::{run_all, Scale};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn main() {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => {
+            let flag = Arc::clone(&interrupted);
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    flag.store(true, Ordering::SeqCst);
+                    eprintln!("\ninterrupted: stopping the demo's servers");
+                    terminate_children();
+                }
+            });
+        }
+        Err(e) => eprintln!("warning: cannot catch Ctrl-C ({e}); servers stop at exit only"),
+    }
+    let code = run(&interrupted);
+    std::process::exit(code);
+}
+
+fn run(interrupted: &AtomicBool) -> i32 {
+    let t = Instant::now();
+    println!("gearman-sql demo: the Gearman cookbook's recipes from SQL, on private servers");
+    let mut env = match Env::start() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("setting up failed: {e}");
+            return 1;
+        }
+    };
+    println!(
+        "gearmand {} | PostgreSQL 15 on port {} (extension gearman) | MariaDB on port {} \
+         (libgearman_mysql_udf.so) | gearman-worker running; ready in {:.1} s\n",
+        env.gearmand.addr(),
+        env.pg.port(),
+        env.maria.port(),
+        t.elapsed().as_secs_f64()
+    );
+    let results = run_all(&mut env, Scale::default());
+    let mut failed = 0;
+    for (name, r) in &results {
+        match r {
+            Ok(rep) => {
+                println!("{}  [ok]", rep.title);
+                for l in &rep.lines {
+                    println!("   {l}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAILED ({name}): {e}");
+            }
+        }
+        println!();
+    }
+    drop(env);
+    if interrupted.load(Ordering::SeqCst) {
+        eprintln!("interrupted; servers stopped");
+        return 130;
+    }
+    println!(
+        "{} of {} recipes produced the expected results in {:.1} s; servers stopped.",
+        results.len() - failed,
+        results.len(),
+        t.elapsed().as_secs_f64()
+    );
+    i32::from(failed > 0)
+}

@@ -80,11 +80,40 @@ fn main() {
         .collect();
     let rows: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let batch: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let g = Gearmand::start();
-    let addr = g.addr();
-    println!("relay drain, {rows} rows, batch {batch}, private gearmand on {addr}");
+    let pg = Postgres::start();
+    pg.psql(PG_OUTBOX_DDL);
+    let my = MariaDb::start();
+    let ddl = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sql/mysql/outbox.sql"),
+    )
+    .expect("sql/mysql/outbox.sql");
+    my.sql(&ddl).expect("outbox.sql");
+    // Every relayed job carries a unique key (so that a row sent twice
+    // coalesces); gearmand keeps keyed jobs in a hash table of
+    // --hashtable-buckets buckets (default 991), which slows it down once
+    // many keyed jobs are queued. Both settings, side by side.
+    for buckets in [None, Some("1000003")] {
+        let g = match buckets {
+            None => Gearmand::start(),
+            Some(b) => Gearmand::start_with(&["--hashtable-buckets", b]),
+        };
+        run(
+            &g,
+            &pg,
+            &my,
+            rows,
+            batch,
+            buckets.unwrap_or("991 (default)"),
+        );
+    }
+}
 
-    // Reference: the core submitting the same number of jobs, pipelined.
+fn run(g: &Gearmand, pg: &Postgres, my: &MariaDb, rows: u64, batch: u64, buckets: &str) {
+    let addr = g.addr();
+    println!("\nrelay drain, {rows} rows, batch {batch}, gearmand --hashtable-buckets {buckets}");
+    println!("| what | jobs | rate |\n|---|---:|---:|");
+
+    // Reference: the core submitting as many keyed jobs, pipelined.
     let jobs: Vec<Job> = (0..rows)
         .map(|i| Job::new("ref_bg", format!("p{i}")).with_unique(format!("ref-{i}")))
         .collect();
@@ -97,13 +126,11 @@ fn main() {
     }
     let d = t.elapsed();
     println!(
-        "| core submit_background_all, batches of {batch} | {rows} | {:.0} jobs/s |",
+        "| core submit_background_all, keyed, batches of {batch} | {rows} | {:.0} jobs/s |",
         rows as f64 / d.as_secs_f64()
     );
 
     // PostgreSQL outbox.
-    let pg = Postgres::start();
-    pg.psql(PG_OUTBOX_DDL);
     pg.psql(&format!(
         "INSERT INTO gearman.outbox (function, workload) \
          SELECT 'pg_bg', convert_to('p' || i, 'UTF8') FROM generate_series(1, {rows}) i"
@@ -126,18 +153,12 @@ fn main() {
     stop(r);
     let left = pg.psql("SELECT count(*) FROM gearman.outbox");
     println!(
-        "| relay, PostgreSQL gearman.outbox | {rows} | {:.0} rows/s | (outbox left: {}) |",
-        rows as f64 / d.as_secs_f64(),
-        left.trim()
+        "| relay, PostgreSQL gearman.outbox (left: {}) | {rows} | {:.0} rows/s |",
+        left.trim(),
+        rows as f64 / d.as_secs_f64()
     );
 
     // MariaDB outbox.
-    let my = MariaDb::start();
-    let ddl = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sql/mysql/outbox.sql"),
-    )
-    .expect("sql/mysql/outbox.sql");
-    my.sql(&ddl).expect("outbox.sql");
     my.sql(&format!(
         "INSERT INTO gearman_outbox (`function`, workload) \
          SELECT 'my_bg', CONCAT('p', seq) FROM seq_1_to_{rows}"
@@ -162,8 +183,8 @@ fn main() {
         .sql("SELECT COUNT(*) FROM gearman_outbox")
         .unwrap_or_default();
     println!(
-        "| relay, MariaDB gearman_outbox | {rows} | {:.0} rows/s | (outbox left: {}) |",
-        rows as f64 / d.as_secs_f64(),
-        left.trim()
+        "| relay, MariaDB gearman_outbox (left: {}) | {rows} | {:.0} rows/s |",
+        left.trim(),
+        rows as f64 / d.as_secs_f64()
     );
 }

@@ -91,6 +91,9 @@ pub struct Client {
     /// Deferred background submissions awaiting JOB_CREATED, per server.
     deferred: HashMap<ServerAddr, VecDeque<Deferred>>,
     report: DeferredReport,
+    /// Jobs written by [`Client::submit_background_deferred`] since the
+    /// client was made.
+    deferred_written: u64,
 }
 
 #[derive(Debug)]
@@ -176,6 +179,7 @@ impl Client {
             stats: ClientStats::default(),
             deferred: HashMap::new(),
             report: DeferredReport::default(),
+            deferred_written: 0,
         }
     }
 
@@ -186,6 +190,13 @@ impl Client {
     /// per job. Nothing is sent if any job is invalid. Returns an error if a
     /// job could not be written (no reachable server, connection lost while
     /// writing); jobs already written stay deferred.
+    ///
+    /// A connection that still awaits confirmations of earlier deferred jobs
+    /// is reused without waiting for them (their replies come first, in
+    /// order); only past `max_in_flight` unconfirmed jobs on one connection
+    /// does this wait, until half of them are confirmed. Every job counted
+    /// by [`Client::deferred_written`] ends up in a later report as
+    /// confirmed or failed (or is still pending).
     pub fn submit_background_deferred(&mut self, jobs: &[Job]) -> Result<()> {
         for job in jobs {
             job.validate()?;
@@ -196,7 +207,7 @@ impl Client {
         let mut first_err: Option<Error> = None;
         for job in jobs {
             let open: Vec<&ServerAddr> = touched.iter().collect();
-            let addr = match self.pick_server(job, &open) {
+            let addr = match self.pick_server_with(job, &open, true) {
                 Ok(a) => a,
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -208,6 +219,7 @@ impl Client {
                 .get_mut(&addr)
                 .expect("picked server has a connection");
             encode_submit(job, true, conn.queue())?;
+            self.deferred_written += 1;
             self.deferred
                 .entry(addr.clone())
                 .or_default()
@@ -223,9 +235,10 @@ impl Client {
                 .deferred
                 .get(touched.last().expect("pushed"))
                 .map_or(0, VecDeque::len);
-            if n >= self.opts.max_in_flight.max(1) {
+            let window = self.opts.max_in_flight.max(1);
+            if n >= window {
                 let a = touched.last().expect("pushed").clone();
-                if let Err(e) = self.drain_deferred(&a, true) {
+                if let Err(e) = self.drain_deferred(&a, true, window / 2) {
                     // The connection is gone; the next job reconnects.
                     touched.retain(|t| t != &a);
                     first_err.get_or_insert(e);
@@ -255,22 +268,47 @@ impl Client {
     pub fn collect_deferred(&mut self, wait: bool) -> DeferredReport {
         let addrs: Vec<ServerAddr> = self.deferred.keys().cloned().collect();
         for addr in addrs {
-            let _ = self.drain_deferred(&addr, wait);
+            let _ = self.drain_deferred(&addr, wait, 0);
         }
+        self.take_deferred_report()
+    }
+
+    /// The report accumulated since the last call (of this or
+    /// [`Client::collect_deferred`]), without any I/O: confirmations and
+    /// failures that other calls read on the way (every call that reuses a
+    /// connection first reads the replies still owed on it) are kept here
+    /// until taken. `pending` is the number still awaited.
+    pub fn take_deferred_report(&mut self) -> DeferredReport {
         let mut r = std::mem::take(&mut self.report);
-        r.pending = self.deferred.values().map(VecDeque::len).sum();
+        r.pending = self.deferred_pending();
         r
     }
 
+    /// Deferred jobs still awaiting their confirmation, over all servers.
+    pub fn deferred_pending(&self) -> usize {
+        self.deferred.values().map(VecDeque::len).sum()
+    }
+
+    /// Jobs written by [`Client::submit_background_deferred`] since the
+    /// client was made (a job that could not be written, e.g. because no
+    /// server was reachable, is not counted). Each of them is eventually
+    /// reported once, as confirmed or failed.
+    pub fn deferred_written(&self) -> u64 {
+        self.deferred_written
+    }
+
     /// Matches buffered JOB_CREATED/ERROR replies to deferred submissions on
-    /// `addr`; with `block`, waits until none is pending.
-    fn drain_deferred(&mut self, addr: &ServerAddr, block: bool) -> Result<()> {
+    /// `addr`; with `block`, waits until at most `keep` are pending.
+    fn drain_deferred(&mut self, addr: &ServerAddr, block: bool, keep: usize) -> Result<()> {
         let deadline = Some(Instant::now() + self.opts.io_timeout);
         let hook = self.opts.interrupt.clone();
         loop {
             let pending = self.deferred.get(addr).map_or(0, VecDeque::len);
             if pending == 0 {
                 self.deferred.remove(addr);
+                return Ok(());
+            }
+            if block && pending <= keep {
                 return Ok(());
             }
             let Some(conn) = self.conns.get_mut(addr) else {
@@ -281,14 +319,20 @@ impl Client {
             let step = if block {
                 conn.recv(deadline, hook.as_ref()).map(Some)
             } else {
-                conn.flush(Some(Instant::now()), None)
-                    .or_else(|e| if e.is_timeout() { Ok(()) } else { Err(e) })
-                    .and_then(|_| conn.read_ready())
-                    .and_then(|_| conn.next_packet())
-                    .and_then(|p| match p {
-                        None if conn.is_closed() => Err(conn.closed_error()),
-                        other => Ok(other),
-                    })
+                // What is already buffered first; read the socket (one
+                // non-blocking read) only when that runs out.
+                match conn.next_packet() {
+                    Ok(Some(p)) => Ok(Some(p)),
+                    Ok(None) => conn
+                        .write_ready()
+                        .and_then(|_| conn.read_ready())
+                        .and_then(|_| conn.next_packet())
+                        .and_then(|p| match p {
+                            None if conn.is_closed() => Err(conn.closed_error()),
+                            other => Ok(other),
+                        }),
+                    Err(e) => Err(e),
+                }
             };
             let p = match step {
                 Ok(Some(p)) => p,
@@ -345,18 +389,14 @@ impl Client {
     }
 
     /// Replaces the server list; connections to servers no longer listed are
-    /// closed. Takes effect for the next call.
+    /// closed, except those still owing confirmations of deferred jobs: they
+    /// stay open (without waiting) until [`Client::collect_deferred`] or a
+    /// later `set_servers` finds them settled. Takes effect for the next call.
     pub fn set_servers(&mut self, servers: ServerList) {
-        let gone: Vec<ServerAddr> = self
-            .deferred
-            .keys()
-            .filter(|a| !servers.iter().any(|s| s == *a))
-            .cloned()
-            .collect();
-        for a in gone {
-            let _ = self.drain_deferred(&a, true);
-        }
-        self.conns.retain(|a, _| servers.iter().any(|s| s == a));
+        let deferred = &self.deferred;
+        self.conns.retain(|a, _| {
+            servers.iter().any(|s| s == a) || deferred.get(a).is_some_and(|q| !q.is_empty())
+        });
         self.servers = servers;
     }
 
@@ -527,6 +567,68 @@ impl Client {
         Err(last)
     }
 
+    /// Makes sure some server can take a job, without a round trip, and
+    /// returns which: the first server in routing order (as for a job
+    /// without unique key; servers in connect back-off come last) whose
+    /// cached connection is usable, or that accepts a new TCP connection.
+    ///
+    /// A cached connection is usable if the peer has not closed it (found
+    /// with one non-blocking poll/read, no packet exchanged). If it still
+    /// owes confirmations of deferred jobs, the replies that already arrived
+    /// are taken (into the deferred report) and the rest is not waited for.
+    /// A closed connection is dropped (its unconfirmed deferred jobs become
+    /// failures of unknown outcome) and reopened.
+    ///
+    /// What this proves: at this moment the kernel of some server host
+    /// accepts (or has not reset) a TCP connection on the Gearman port.
+    /// What it does not prove: that gearmand behind it answers (a stopped or
+    /// hung process still has its connections accepted by the kernel), or
+    /// that it will take the jobs (queue full under `maxqueue`, persistent
+    /// queue failure). Such problems surface later, as failures in the
+    /// report of [`Client::collect_deferred`] for deferred jobs, or as the
+    /// error of the call that next waits for a reply. Use
+    /// [`Client::check_reachable`] (one ECHO round trip) to prove a server
+    /// answers.
+    ///
+    /// Errors: no server configured, every server refused the connection or
+    /// timed out ([`ErrorKind::ConnectFailed`]), or the interrupt hook
+    /// stopped a connect.
+    pub fn ensure_connected(&mut self) -> Result<ServerAddr> {
+        let order = self.router.order(&self.servers, None);
+        let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
+        for i in order {
+            let addr = self.servers.get(i).expect("index in range").clone();
+            match self.connection_nowait(&addr) {
+                Ok(_) => return Ok(addr),
+                Err(e) if e.kind() == &ErrorKind::Interrupted => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// As [`Client::connection`], but a connection still owing replies to
+    /// deferred submissions is not drained first: the replies already
+    /// received are taken, and if some are still due and the peer has not
+    /// closed, the connection is returned as it is (for more deferred
+    /// submissions, whose replies queue up behind). Never waits for a reply.
+    fn connection_nowait(&mut self, addr: &ServerAddr) -> Result<&mut Connection> {
+        if self.deferred.contains_key(addr) {
+            // An error here failed the deferred jobs and dropped the
+            // connection; `connection` below then reconnects.
+            let _ = self.drain_deferred(addr, false, 0);
+            let owing = self.deferred.get(addr).is_some_and(|q| !q.is_empty());
+            let open = self
+                .conns
+                .get(addr)
+                .is_some_and(|c| !c.is_closed() && !c.busy);
+            if owing && open {
+                return Ok(self.conns.get_mut(addr).expect("checked above"));
+            }
+        }
+        self.connection(addr)
+    }
+
     /// One request, one expected reply, on the cached connection to `addr`.
     fn exchange(&mut self, addr: &ServerAddr, p: &Packet, want: PacketType) -> Result<Packet> {
         let deadline = Some(Instant::now() + self.opts.io_timeout);
@@ -567,7 +669,7 @@ impl Client {
     fn connection(&mut self, addr: &ServerAddr) -> Result<&mut Connection> {
         if self.deferred.contains_key(addr) {
             // Replies to deferred submissions come first on this connection.
-            let _ = self.drain_deferred(addr, true);
+            let _ = self.drain_deferred(addr, true, 0);
         }
         let usable = match self.conns.get_mut(addr) {
             Some(c) => c.is_usable(),
@@ -845,6 +947,17 @@ impl Client {
     /// (or can be) open. Connect failures put servers into back-off and move
     /// on to the next.
     fn pick_server(&mut self, job: &Job, open: &[&ServerAddr]) -> Result<ServerAddr> {
+        self.pick_server_with(job, open, false)
+    }
+
+    /// [`Client::pick_server`]; with `nowait`, a connection owing deferred
+    /// replies is taken as it is (see [`Client::connection_nowait`]).
+    fn pick_server_with(
+        &mut self,
+        job: &Job,
+        open: &[&ServerAddr],
+        nowait: bool,
+    ) -> Result<ServerAddr> {
         let order = self.router.order(&self.servers, job.unique.as_deref());
         let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
         for i in order {
@@ -853,8 +966,13 @@ impl Client {
                 // Already connected and checked for this batch.
                 return Ok(addr);
             }
-            match self.connection(&addr) {
-                Ok(_) => return Ok(addr),
+            let r = if nowait {
+                self.connection_nowait(&addr).map(|_| ())
+            } else {
+                self.connection(&addr).map(|_| ())
+            };
+            match r {
+                Ok(()) => return Ok(addr),
                 Err(e) if e.kind() == &ErrorKind::Interrupted => return Err(e),
                 Err(e) => last = e,
             }

@@ -18,7 +18,13 @@
 //!    to the core client's `run`;
 //! 3. `gman_do_many` over 1,000 workloads vs 1,000 sequential `gman_do`;
 //! 4. backend memory (VmRSS of the backend process) before and after
-//!    1,000,000 calls.
+//!    1,000,000 calls;
+//! 5. single-row INSERTs in autocommit (`--inserts`, default 10,000 per
+//!    round, 3 rounds, variants interleaved): without trigger, with a no-op
+//!    plpgsql trigger (the trigger's own cost), with an AFTER INSERT trigger
+//!    calling `gman_do_background` in `commit` mode, and in `immediate` mode; µs per INSERT (median of the rounds) and the
+//!    difference to the plain INSERT, next to the core client's round trip
+//!    (`submit_background`, serial).
 
 use gearman_core::worker::{Worker, WorkerOptions};
 use gearman_core::{Client, Job, Options, ServerList};
@@ -74,6 +80,7 @@ fn start_workers(addr: &str, function: &str, n: usize) -> Vec<gearman_core::work
 fn main() {
     let jobs = arg("--jobs", 100_000);
     let calls = arg("--calls", 1_000_000);
+    let inserts = arg("--inserts", 10_000);
     let g = Gearmand::start();
     let pg = Postgres::start_with(&[&format!("gearman.servers={}", g.addr())]);
     if let Err(e) = pg.try_psql("CREATE EXTENSION gearman") {
@@ -90,8 +97,7 @@ fn main() {
         pg.port()
     );
 
-    // 1. Background dispatch.
-    println!("\n1. background jobs, {jobs} per run (no worker; jobs stay queued)");
+    // The core's serial round trip, for items 5 and 1.
     let mut core = Client::new(servers.clone(), Options::default());
     let (_, d) = timed(|| {
         for i in 0..jobs {
@@ -100,6 +106,14 @@ fn main() {
         }
     });
     let core_seq = jobs as f64 / d.as_secs_f64();
+
+    // 5 first, while gearmand's queue is small: gearmand's own cost per job
+    // with a unique key grows with the number of queued jobs, and it shares
+    // the CPUs with the backend.
+    insert_bench(&mut db, inserts, core_seq);
+
+    // 1. Background dispatch.
+    println!("\n1. background jobs, {jobs} per run (no worker; jobs stay queued)");
     println!(
         "   core submit_background (1 round trip/job) {}",
         rate(jobs, d)
@@ -138,6 +152,19 @@ fn main() {
     let com = jobs as f64 / d.as_secs_f64();
     println!(
         "   SQL commit (statement + COMMIT send)      {}",
+        rate(jobs, d)
+    );
+    // What commit mode sends: deferred, each job with a (UUID-like) unique key.
+    let keyed: Vec<Job> = (0..jobs)
+        .map(|i| Job::new("core_keyed", format!("p{i}")).with_unique(format!("k-{i:032}")))
+        .collect();
+    let (_, d) = timed(|| {
+        core.submit_background_deferred(&keyed).expect("submit");
+        let r = core.collect_deferred(true);
+        assert!(r.failed.is_empty() && r.pending == 0, "{r:?}");
+    });
+    println!(
+        "   core deferred, unique keys (as commit)    {}",
         rate(jobs, d)
     );
     println!(
@@ -214,4 +241,87 @@ fn main() {
             rate(done, t.elapsed())
         );
     }
+}
+
+/// Item 5: single-row INSERTs in autocommit, one prepared statement each.
+fn insert_bench(db: &mut postgres::Client, n: usize, core_seq: f64) {
+    const ROUNDS: usize = 3;
+    println!(
+        "\n5. single-row INSERTs in autocommit, {n} per variant and round, {ROUNDS} rounds \
+         (median), no worker"
+    );
+    db.batch_execute(
+        "CREATE TABLE bench_plain (id int);
+         CREATE TABLE bench_noop (id int);
+         CREATE FUNCTION bench_noop() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM length(NEW.id::text); RETURN NEW; END $$;
+         CREATE TRIGGER bench_noop AFTER INSERT ON bench_noop
+             FOR EACH ROW EXECUTE FUNCTION bench_noop();
+         CREATE TABLE bench_trig (id int);
+         CREATE FUNCTION bench_job() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM gman_do_background('ins', NEW.id::text); RETURN NEW; END $$;
+         CREATE TRIGGER bench_job AFTER INSERT ON bench_trig
+             FOR EACH ROW EXECUTE FUNCTION bench_job();",
+    )
+    .expect("bench tables");
+    let plain = db.prepare("INSERT INTO bench_plain VALUES ($1)").unwrap();
+    let noop = db.prepare("INSERT INTO bench_noop VALUES ($1)").unwrap();
+    let trig = db.prepare("INSERT INTO bench_trig VALUES ($1)").unwrap();
+    let variants: [(&str, &postgres::Statement, &str); 4] = [
+        ("no trigger", &plain, "commit"),
+        ("no-op plpgsql trigger", &noop, "commit"),
+        ("trigger, commit mode", &trig, "commit"),
+        ("trigger, immediate mode", &trig, "immediate"),
+    ];
+    let mut us: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..=ROUNDS {
+        for (k, (_, stmt, mode)) in variants.iter().enumerate() {
+            db.batch_execute(&format!("SET gearman.dispatch = '{mode}'"))
+                .unwrap();
+            // Round 0 warms up (1,000 each) and is not counted.
+            let count = if round == 0 { n.min(1000) } else { n };
+            let t = Instant::now();
+            for i in 0..count {
+                db.execute(*stmt, &[&(i as i32)]).unwrap();
+            }
+            if round > 0 {
+                us[k].push(t.elapsed().as_secs_f64() * 1e6 / count as f64);
+            }
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let base = median(&us[0]);
+    let noop_base = median(&us[1]);
+    for (k, (name, _, _)) in variants.iter().enumerate() {
+        let m = median(&us[k]);
+        let rounds: Vec<String> = us[k].iter().map(|x| format!("{x:.1}")).collect();
+        println!(
+            "   {name:<24} {m:>7.1} µs/INSERT  ({:+.1} µs vs no trigger, {:+.1} µs vs no-op \
+             trigger; rounds: {})",
+            m - base,
+            m - noop_base,
+            rounds.join(", ")
+        );
+    }
+    println!(
+        "   core submit_background, serial: {:.1} µs/job (one gearmand round trip)",
+        1e6 / core_seq
+    );
+    db.batch_execute("SET gearman.dispatch = 'commit'").unwrap();
+    let r = db
+        .query_one(
+            "SELECT sent, confirmed, failed, pending FROM gman_dispatch_status()",
+            &[],
+        )
+        .unwrap();
+    let (sent, confirmed, failed, pending): (i64, i64, i64, i64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    println!(
+        "   gman_dispatch_status() of this session: sent {sent}, confirmed {confirmed}, \
+         failed {failed}, pending {pending}"
+    );
 }

@@ -6,18 +6,47 @@
 //! connection per job server, reused across statements and transactions;
 //! the core drops a connection that broke or whose exchange was abandoned,
 //! and reopens it on the next call.
+//!
+//! It also keeps the counters of background jobs sent after COMMIT
+//! (`gearman.dispatch = commit`, see [`crate::xact`]): those are written
+//! without waiting for gearmand's confirmations, which are read later.
+//! Every [`with_client`] first takes the confirmations that have arrived
+//! (without waiting) and, after its work, whatever the core read on the way
+//! (reusing a connection first reads the replies still owed on it); jobs
+//! gearmand refused or whose connection was lost before confirmation are
+//! reported as one WARNING per batch and counted, see
+//! [`dispatch_status`].
 
 use crate::error::{process_pending_interrupts, GmError};
 use crate::gucs;
-use gearman_core::{Client, Error, Interrupt, JobHandle, Options, ServerAddr, ServerList};
-use pgrx::pg_sys;
+use gearman_core::{
+    Client, DeferredReport, Error, ErrorKind, Interrupt, JobHandle, Options, ServerAddr, ServerList,
+};
+use pgrx::{pg_sys, PgSqlErrorCode};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Most job handles remembered for `gman_job_status` (oldest forgotten first).
 const MAX_HANDLES: usize = 4096;
+
+/// Unique keys (and functions) named in a WARNING about failed jobs.
+const WARN_FIRST: usize = 5;
+
+/// This backend's counters of background jobs sent after COMMIT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatchCounters {
+    /// Jobs of committed transactions that the backend set out to send.
+    pub sent: u64,
+    /// Jobs gearmand confirmed (JOB_CREATED).
+    pub confirmed: u64,
+    /// Jobs not queued or of unknown fate: refused by gearmand (ERROR, e.g.
+    /// `QUEUE_ERROR` under `maxqueue`), connection lost before the
+    /// confirmation, or not written at all (no server reachable at COMMIT).
+    pub failed: u64,
+}
 
 #[derive(Default)]
 struct State {
@@ -29,6 +58,7 @@ struct State {
     /// Handle text -> the server that issued it, for GET_STATUS routing.
     handles: HashMap<String, JobHandle>,
     handle_order: VecDeque<String>,
+    dispatch: DispatchCounters,
 }
 
 thread_local! {
@@ -66,12 +96,16 @@ fn options(interruptible: bool) -> Options {
         connect_timeout: gucs::connect_timeout(),
         foreground_timeout: Some(gucs::timeout()),
         client_id: Some(format!("postgres-{}", std::process::id())),
-        interrupt: if interruptible {
-            Some(Arc::new(pg_interrupt) as Interrupt)
-        } else {
-            None
-        },
+        interrupt: interrupt_hook(interruptible),
         ..Options::default()
+    }
+}
+
+fn interrupt_hook(interruptible: bool) -> Option<Interrupt> {
+    if interruptible {
+        Some(Arc::new(pg_interrupt) as Interrupt)
+    } else {
+        None
     }
 }
 
@@ -146,33 +180,202 @@ pub fn set_function_servers(function: &str, list: Option<ServerList>) {
 ///
 /// A core error of kind `Interrupted` makes PostgreSQL raise its pending
 /// cancel error once `f` has returned.
+///
+/// Before `f`, the confirmations of jobs sent after earlier commits that
+/// have arrived are taken (without waiting); after `f`, those the core read
+/// on the way. Failures among them are counted and reported as one WARNING
+/// (see [`dispatch_status`]).
 pub fn with_client<R>(
     servers: &ServerList,
     interruptible: bool,
     f: impl FnOnce(&mut Client) -> gearman_core::Result<R>,
 ) -> gearman_core::Result<R> {
-    let result = STATE.with(|s| {
+    let (result, report) = STATE.with(|s| {
         let mut s = s.borrow_mut();
-        let client = s
-            .client
-            .get_or_insert_with(|| Client::new(servers.clone(), options(true)));
-        if client.servers() != servers {
-            client.set_servers(servers.clone());
-        }
+        let client = s.client.get_or_insert_with(|| {
+            register_exit_callback();
+            Client::new(servers.clone(), options(true))
+        });
         let o = client.options_mut();
         o.connect_timeout = gucs::connect_timeout();
         o.foreground_timeout = Some(gucs::timeout());
         if o.interrupt.is_some() != interruptible {
-            o.interrupt = options(interruptible).interrupt;
+            o.interrupt = interrupt_hook(interruptible);
         }
-        f(client)
+        // Owed confirmations first (cheap when none is owed: no I/O).
+        let mut report = client.collect_deferred(false);
+        if client.servers() != servers {
+            client.set_servers(servers.clone());
+        }
+        let result = f(client);
+        let after = client.take_deferred_report();
+        report.confirmed += after.confirmed;
+        report.failed.extend(after.failed);
+        report.pending = after.pending;
+        (result, report)
     });
+    settle(report);
     if let Err(e) = &result {
         if interruptible {
             process_pending_interrupts(e);
         }
     }
     result
+}
+
+/// Counts a report of deferred jobs and emits one WARNING for its failures.
+fn settle(report: DeferredReport) {
+    if report.confirmed == 0 && report.failed.is_empty() {
+        return;
+    }
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.dispatch.confirmed += report.confirmed;
+        s.dispatch.failed += report.failed.len() as u64;
+    });
+    if let Some(w) = failure_warning(&report) {
+        w.warn();
+    }
+}
+
+/// The WARNING for the failures of one report: count, functions and the
+/// first unique keys, the first reasons in the detail.
+fn failure_warning(report: &DeferredReport) -> Option<GmError> {
+    let failed = &report.failed;
+    let first = failed.first()?;
+    let mut functions: Vec<&str> = Vec::new();
+    for f in failed {
+        if !functions.contains(&f.function.as_str()) {
+            functions.push(&f.function);
+        }
+    }
+    let more = |n: usize| {
+        if n > WARN_FIRST {
+            format!(", ... ({} more)", n - WARN_FIRST)
+        } else {
+            String::new()
+        }
+    };
+    let keys: Vec<String> = failed
+        .iter()
+        .take(WARN_FIRST)
+        .map(|f| String::from_utf8_lossy(&f.unique).into_owned())
+        .collect();
+    let refused = failed
+        .iter()
+        .filter(|f| matches!(f.error.kind(), ErrorKind::Server { .. }))
+        .count();
+    let unknown = failed.len() - refused;
+    let reasons: Vec<String> = failed
+        .iter()
+        .take(WARN_FIRST)
+        .map(|f| {
+            format!(
+                "{} ({}): {}",
+                String::from_utf8_lossy(&f.unique),
+                f.function,
+                f.error
+            )
+        })
+        .collect();
+    let code = match first.error.kind() {
+        ErrorKind::Server { .. } => PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+        _ => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+    };
+    Some(
+        GmError::new(
+            code,
+            format!(
+                "gearman: {} background job(s) sent after commit were not confirmed                  ({refused} refused by the job server, {unknown} of unknown fate);                  function(s): {}{}; unique key(s): {}{}",
+                failed.len(),
+                functions
+                    .iter()
+                    .take(WARN_FIRST)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                more(functions.len()),
+                keys.join(", "),
+                more(failed.len()),
+            ),
+        )
+        .detail(reasons.join("; "))
+        .hint(
+            "A refused job (e.g. QUEUE_ERROR: the function's maxqueue is reached) was not              queued; for a lost connection it is unknown whether gearmand queued the job              (check with gman_job_status(unique_key)). The transactions that made these jobs              are committed. Counters: SELECT * FROM gman_dispatch_status(). Use              gearman.dispatch = 'outbox' for jobs that must not be lost.",
+        ),
+    )
+}
+
+/// Counts jobs of a committed transaction that the backend sets out to
+/// send, of which `not_written` could not even be written (they count as
+/// failed; the caller warns about them).
+pub fn count_sent(sent: usize, not_written: usize) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.dispatch.sent += sent as u64;
+        s.dispatch.failed += not_written as u64;
+    });
+}
+
+/// This backend's counters of jobs sent after COMMIT, and the number still
+/// awaiting confirmation. First takes the confirmations that have arrived,
+/// without waiting (failures among them raise the usual WARNING). Does not
+/// change the client's server list.
+pub fn dispatch_status() -> (DispatchCounters, usize) {
+    let report = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.client.as_mut().map(|c| c.collect_deferred(false))
+    });
+    let pending = report.as_ref().map_or(0, |r| r.pending);
+    if let Some(r) = report {
+        settle(r);
+    }
+    (STATE.with(|s| s.borrow().dispatch), pending)
+}
+
+/// Registers [`at_exit`] for this process, when its client is made (not in
+/// `_PG_init`: exit callbacks registered in the postmaster, with
+/// `shared_preload_libraries`, are reset in each forked backend).
+fn register_exit_callback() {
+    // SAFETY: registering a callback with a static function pointer and a
+    // zero argument; called once per process (the client is made once).
+    unsafe {
+        pg_sys::before_shmem_exit(Some(exit_callback), pg_sys::Datum::from(0usize));
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn exit_callback(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    at_exit();
+}
+
+/// Longest wait for owed confirmations when the backend exits.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// At backend exit (`before_shmem_exit`): if confirmations of jobs sent
+/// after COMMIT are still owed, waits for them (at most 2 s per server), so
+/// that the connections close after gearmand has answered (a socket closed
+/// with unread replies is reset, which can discard bytes not yet
+/// transmitted), and logs failures as a WARNING (to the server log: the
+/// client may be gone).
+pub fn at_exit() {
+    let report = STATE
+        .try_with(|s| {
+            let mut s = s.try_borrow_mut().ok()?;
+            let c = s.client.as_mut()?;
+            if c.deferred_pending() == 0 {
+                return None;
+            }
+            let o = c.options_mut();
+            o.io_timeout = o.io_timeout.min(EXIT_WAIT);
+            o.interrupt = None;
+            Some(c.collect_deferred(true))
+        })
+        .ok()
+        .flatten();
+    if let Some(w) = report.as_ref().and_then(failure_warning) {
+        w.warn();
+    }
 }
 
 /// Remembers which server issued `handle`.

@@ -7,6 +7,16 @@
 //! means none. PostgreSQL cannot express "strict in one argument", so they
 //! are declared non-STRICT and check it themselves. All are VOLATILE and
 //! PARALLEL UNSAFE (they talk to the network and use per-backend state).
+//!
+//! Background jobs in `gearman.dispatch = commit` (the default) are held
+//! until COMMIT and then written to gearmand without waiting for its
+//! confirmation (see [`crate::xact`]): `gman_do_background*` returns the
+//! job's unique key (the given one or a new UUID), which
+//! `gman_job_status(key)` accepts. The confirmations are collected on the
+//! next use of the connection by this backend; a job gearmand refused (e.g.
+//! queue full under `maxqueue`) or whose connection was lost before its
+//! confirmation surfaces as a WARNING on a later statement and in
+//! `gman_dispatch_status()`, not as an error of the committed transaction.
 
 use crate::backend;
 use crate::error::{or_report, GmError};
@@ -216,8 +226,14 @@ macro_rules! background_fns {
         /// `(function text, workload text, unique text DEFAULT NULL) RETURNS text`.
         /// Per `gearman.dispatch`: `immediate` sends it now and returns the job
         /// handle; `commit` (default) holds it until COMMIT and returns its
-        /// unique key (the given one, or a new UUID); `outbox` writes a row to
-        /// `gearman.outbox` and returns the unique key.
+        /// unique key (the given one, or a new UUID; `gman_job_status` takes
+        /// it); `outbox` writes a row to `gearman.outbox` and returns the
+        /// unique key. In `commit` mode COMMIT fails if no server is
+        /// reachable (`on_error = error`), then writes the jobs without
+        /// waiting for gearmand's confirmations: those are collected on the
+        /// next use of the connection, and a job gearmand refused (e.g. queue
+        /// full) or whose connection was lost before confirmation is reported
+        /// as a WARNING on a later statement and in `gman_dispatch_status()`.
         /// VOLATILE, not STRICT (NULL function gives NULL), PARALLEL UNSAFE.
         #[pg_extern(name = $sql, volatile, parallel_unsafe)]
         pub fn $text_fn(

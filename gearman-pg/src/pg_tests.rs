@@ -362,4 +362,31 @@ mod tests {
         Spi::run("SET gearman.timeout = 1500").unwrap();
         assert_eq!(one("SHOW gearman.timeout").as_deref(), Some("1500ms"));
     }
+
+    #[pg_test]
+    fn gman_dispatch_status_is_one_row_of_consistent_counters() {
+        let rows = Spi::get_one::<i64>("SELECT count(*) FROM gman_dispatch_status()")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows, 1);
+        let consistent = Spi::get_one::<bool>(
+            "SELECT sent = confirmed + failed + pending \
+                    AND least(sent, confirmed, failed, pending) >= 0 \
+             FROM gman_dispatch_status()",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(consistent);
+        let sent = Spi::get_one::<i64>("SELECT sent FROM gman_dispatch_status()")
+            .unwrap()
+            .unwrap();
+        // Jobs held for a commit that never comes (the test rolls back) are
+        // not counted.
+        let before = sent;
+        Spi::run("SELECT gman_do_background('held', 'x')").unwrap();
+        let after = Spi::get_one::<i64>("SELECT sent FROM gman_dispatch_status()")
+            .unwrap()
+            .unwrap();
+        assert_eq!(after, before);
+    }
 }

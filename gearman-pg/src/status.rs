@@ -1,4 +1,5 @@
-//! Status functions: `gman_job_status`, `gman_server_status`.
+//! Status functions: `gman_job_status`, `gman_server_status`,
+//! `gman_dispatch_status`.
 
 use crate::backend;
 use crate::error::{or_report, GmError};
@@ -136,4 +137,46 @@ pub fn gman_server_status() -> TableIterator<
         pg_sys::check_for_interrupts!();
     }
     TableIterator::new(rows)
+}
+
+/// This backend's counters of background jobs sent after COMMIT
+/// (`gearman.dispatch = commit`). Calling it first takes the gearmand
+/// confirmations that have already arrived, without waiting (failures among
+/// them raise the usual WARNING).
+///
+/// `() RETURNS TABLE(sent bigint, confirmed bigint, failed bigint, pending bigint)`:
+/// one row; counts of jobs (not batches or transactions) since the backend
+/// started:
+/// - `sent`: jobs of committed transactions this backend set out to send
+///   (held jobs dropped at PRE_COMMIT under `on_error = warning` are not
+///   counted);
+/// - `confirmed`: jobs gearmand acknowledged (JOB_CREATED: queued);
+/// - `failed`: jobs refused by gearmand (an ERROR reply, e.g. `QUEUE_ERROR`
+///   when the function's `maxqueue` is reached: not queued), jobs whose
+///   connection was lost before their confirmation (fate unknown: gearmand
+///   may or may not have queued them), and jobs that could not be written
+///   at all after COMMIT;
+/// - `pending`: jobs written whose confirmation has not been read yet.
+///
+/// `sent = confirmed + failed + pending`. Per backend; jobs of `immediate`
+/// and `outbox` dispatch are not counted. VOLATILE, STRICT (no arguments),
+/// PARALLEL RESTRICTED.
+#[pg_extern(volatile, strict, parallel_restricted)]
+pub fn gman_dispatch_status() -> TableIterator<
+    'static,
+    (
+        name!(sent, i64),
+        name!(confirmed, i64),
+        name!(failed, i64),
+        name!(pending, i64),
+    ),
+> {
+    let (c, pending) = backend::dispatch_status();
+    let big = |n: u64| n.min(i64::MAX as u64) as i64;
+    TableIterator::once((
+        big(c.sent),
+        big(c.confirmed),
+        big(c.failed),
+        big(pending as u64),
+    ))
 }

@@ -5,14 +5,31 @@
 //! and the server list in force when they were queued:
 //! - a subtransaction that commits hands its jobs to its parent; one that
 //!   aborts (`ROLLBACK TO SAVEPOINT`, an exception block) drops its jobs;
-//! - `PRE_COMMIT`: each server list with held jobs must answer an ECHO, so
-//!   an unreachable gearmand fails the transaction (`on_error = error`)
-//!   instead of losing its jobs;
-//! - `COMMIT` (the commit is durable and visible): the jobs are sent,
-//!   pipelined, with `submit_background_all`. Errors here can only be
+//! - `PRE_COMMIT`: each server list with held jobs must have a reachable
+//!   server ([`gearman_core::Client::ensure_connected`]: a usable cached
+//!   connection, or a new TCP connection; no round trip), so a gearmand
+//!   that is down fails the transaction (`on_error = error`) instead of
+//!   losing its jobs;
+//! - `COMMIT` (the commit is durable and visible): the jobs are written,
+//!   pipelined, with `submit_background_deferred`, which does not wait for
+//!   gearmand's JOB_CREATED confirmations. Errors here can only be
 //!   WARNINGs: the transaction is already committed;
 //! - `ABORT`: the jobs are dropped;
 //! - `PREPARE TRANSACTION` with held jobs is an error that points to outbox.
+//!
+//! So a commit-mode transaction costs no round trip to gearmand. The
+//! confirmations are read on the next use of the connection by this backend
+//! (any `gman_*` call, the next commit that sends jobs, or
+//! `gman_dispatch_status()`), without waiting for those not yet arrived. A
+//! job gearmand refused (e.g. `QUEUE_ERROR` when the function's `maxqueue`
+//! is reached) or whose connection was lost before its confirmation (fate
+//! unknown) is reported then, as a WARNING on that later statement, and
+//! counted in `gman_dispatch_status()`. The reachability check cannot catch
+//! a gearmand that accepts connections but does not answer or refuses jobs:
+//! those show up as such deferred failures. Jobs that must not be lost
+//! belong in `gearman.dispatch = outbox`. When the backend exits with
+//! confirmations still owed, it waits for them (at most 2 s per server) and
+//! logs failures to the server log.
 
 use crate::backend;
 use crate::error::GmError;
@@ -168,13 +185,13 @@ fn distinct_servers(held: &[Held]) -> Vec<Rc<ServerList>> {
     out
 }
 
-/// Checks that every server list with held jobs answers, while the
-/// transaction can still fail.
+/// Checks that every server list with held jobs has a reachable server
+/// (without a round trip), while the transaction can still fail.
 fn pre_commit() {
     let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
     for list in lists {
-        let text = list.to_string();
-        if let Err(e) = backend::with_client(&list, true, |c| c.check_reachable()) {
+        if let Err(e) = backend::with_client(&list, true, |c| c.ensure_connected()) {
+            let text = list.to_string();
             let n = XACT.with(|x| {
                 x.borrow()
                     .held
@@ -214,8 +231,10 @@ fn pre_commit() {
     }
 }
 
-/// Sends the committed transaction's jobs. Never raises: failures become
-/// one WARNING per server list.
+/// Sends the committed transaction's jobs without waiting for their
+/// confirmations. Never raises: jobs that could not be written become one
+/// WARNING per server list; refusals and lost confirmations are reported
+/// later (see the module docs).
 fn send_after_commit(held: Vec<Held>) {
     // Group by server list, keeping call order within each group.
     let mut groups: Vec<(Rc<ServerList>, Vec<Job>)> = Vec::new();
@@ -229,32 +248,45 @@ fn send_after_commit(held: Vec<Held>) {
         }
     }
     for (list, jobs) in groups {
-        let mut failed = 0usize;
+        let mut not_written = 0usize;
         let mut first_err = None;
         for chunk in jobs.chunks(COMMIT_BATCH) {
-            let results =
-                backend::with_client(&list, false, |c| Ok(c.submit_background_all(chunk)))
-                    .unwrap_or_default();
-            for r in results {
-                match r {
-                    Ok(h) => backend::remember_handle(&h),
-                    Err(e) => {
-                        failed += 1;
-                        if first_err.is_none() {
-                            first_err = Some(e);
-                        }
-                    }
+            let r = backend::with_client(&list, false, |c| {
+                let before = c.deferred_written();
+                let r = c.submit_background_deferred(chunk);
+                Ok((r, c.deferred_written() - before))
+            });
+            let (r, written) = match r {
+                Ok((r, w)) => (
+                    r,
+                    usize::try_from(w).unwrap_or(chunk.len()).min(chunk.len()),
+                ),
+                Err(e) => (Err(e), 0),
+            };
+            let missing = chunk.len() - written;
+            backend::count_sent(chunk.len(), missing);
+            not_written += missing;
+            if missing > 0 {
+                if let Err(e) = r {
+                    first_err.get_or_insert(e);
                 }
             }
         }
-        if let Some(e) = first_err {
+        if not_written > 0 {
             let text = list.to_string();
+            let err = first_err.unwrap_or_else(|| {
+                gearman_core::Error::new(
+                    gearman_core::ErrorKind::NoServers,
+                    "no job server took the jobs",
+                )
+            });
             GmError {
                 message: format!(
-                    "gearman: {failed} of {} background job(s) could not be sent after commit: {e}",
+                    "gearman: {not_written} of {} background job(s) could not be sent after \
+                     commit: {err}",
                     jobs.len()
                 ),
-                ..GmError::from_core(&e, "(background jobs held for commit)", &text)
+                ..GmError::from_core(&err, "(background jobs held for commit)", &text)
             }
             .warn();
         }

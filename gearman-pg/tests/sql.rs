@@ -854,17 +854,21 @@ fn every_function_states_volatility_strictness_and_parallel_safety() {
         if r[5].as_deref() != Some("a") {
             assert_eq!(vol, "v", "{name} must be VOLATILE");
         }
-        let expect_par = if name == "gman_job_status" || name == "gman_server_status" {
+        let expect_par = if matches!(
+            name.as_str(),
+            "gman_job_status" | "gman_server_status" | "gman_dispatch_status"
+        ) {
             "r"
         } else {
             "u"
         };
         assert_eq!(par, expect_par, "{name}: parallel");
         // Strict where declared so; functions without arguments
-        // (gman_server_status) are STRICT trivially; the trigger function is not.
+        // (gman_server_status, gman_dispatch_status) are STRICT trivially;
+        // the trigger function is not.
         let expect_strict = matches!(
             name.as_str(),
-            "gman_servers_set" | "gman_job_status" | "gman_server_status"
+            "gman_servers_set" | "gman_job_status" | "gman_server_status" | "gman_dispatch_status"
         );
         if name != "gman_sum_final" {
             assert_eq!(strict == "t", expect_strict, "{name}: strict = {strict}");
@@ -885,8 +889,200 @@ fn every_function_states_volatility_strictness_and_parallel_safety() {
         "gman_sum",
         "gman_job_status",
         "gman_server_status",
+        "gman_dispatch_status",
         "gman_trigger",
     ] {
         assert!(names.contains(f), "{f} missing from {names:?}");
     }
+}
+
+/// `gman_dispatch_status()` as (sent, confirmed, failed, pending).
+fn dispatch_status(s: &mut Session) -> (i64, i64, i64, i64) {
+    let r = s.rows("SELECT sent, confirmed, failed, pending FROM gman_dispatch_status()");
+    assert_eq!(r.len(), 1, "{r:?}");
+    let n = |i: usize| r[0][i].as_deref().unwrap().parse::<i64>().unwrap();
+    (n(0), n(1), n(2), n(3))
+}
+
+fn admin(env: &Env) -> gearman_core::admin::Admin {
+    gearman_core::admin::Admin::connect(
+        &gearman_core::ServerAddr::parse(&env.addr()).unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+fn signal_gearmand(env: &Env, sig: &str) {
+    let pid = env.gearmand.pid().expect("gearmand is running");
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(st.success(), "kill {sig} {pid} failed");
+}
+
+#[test]
+fn commit_jobs_refused_by_gearmand_are_counted_and_warned_on_a_later_statement() {
+    let env = Env::start();
+    let mut s = env.connect();
+    assert_eq!(dispatch_status(&mut s), (0, 0, 0, 0));
+    // gearmand ignores maxqueue for a function it does not know yet: queue
+    // one job (no worker) to create it, then cap it at 3 (queued + running),
+    // so two more are taken and the rest refused with QUEUE_ERROR.
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('capped', 'first')");
+    admin(&env).maxqueue("capped", Some(3)).unwrap();
+    s.exec("RESET gearman.dispatch");
+    assert_eq!(s.one("SHOW gearman.dispatch").as_deref(), Some("commit"));
+
+    s.exec("BEGIN");
+    for i in 0..5 {
+        let key = s.one(&format!(
+            "SELECT gman_do_background('capped', 'j{i}', 'k{i}')"
+        ));
+        assert_eq!(key.as_deref(), Some(format!("k{i}").as_str()));
+    }
+    s.exec("COMMIT");
+    let notices = s.take_notices();
+    assert!(
+        notices.is_empty(),
+        "COMMIT itself does not wait: {notices:?}"
+    );
+
+    // A later statement that uses the connection reads the confirmations
+    // (waiting for those still owed before its own exchange) and reports
+    // the refusals as one WARNING.
+    let st = s.rows("SELECT known FROM gman_job_status('k0')");
+    assert_eq!(st, vec![vec![Some("t".to_string())]]);
+    let notices = s.take_notices();
+    let warnings: Vec<&String> = notices
+        .iter()
+        .filter(|n| n.starts_with("WARNING"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{notices:?}");
+    let w = warnings[0];
+    assert!(w.contains("3 background job(s)"), "{w}");
+    assert!(w.contains("3 refused"), "{w}");
+    assert!(w.contains("capped"), "{w}");
+    assert!(w.contains("k2, k3, k4"), "{w}");
+    assert!(!w.contains("k0") && !w.contains("k1"), "{w}");
+
+    assert_eq!(dispatch_status(&mut s), (5, 2, 3, 0));
+    assert!(s.take_notices().is_empty(), "reported once");
+    // gearmand holds exactly the first job and the two it took.
+    let st = admin(&env).status().unwrap();
+    let capped = st.iter().find(|f| f.function == "capped").unwrap();
+    assert_eq!(capped.total, 3, "{st:?}");
+    for k in ["k2", "k3", "k4"] {
+        let known = s.one(&format!("SELECT known FROM gman_job_status('{k}')"));
+        assert_eq!(known.as_deref(), Some("f"), "{k} was refused");
+    }
+}
+
+#[test]
+fn commit_jobs_lost_with_gearmand_before_confirmation_are_failed_not_confirmed() {
+    let mut env = Env::start();
+    let mut s = env.connect();
+    // Open the backend's connection to gearmand.
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('lost', 'warm')");
+    s.exec("RESET gearman.dispatch");
+
+    // A stopped gearmand still has its connections held by the kernel: the
+    // commit passes its reachability check and writes the jobs, which
+    // nobody reads.
+    signal_gearmand(&env, "-STOP");
+    s.exec("BEGIN");
+    for i in 0..3 {
+        s.one(&format!(
+            "SELECT gman_do_background('lost', 'j{i}', 'c{i}')"
+        ));
+    }
+    s.exec("COMMIT");
+    assert!(s.take_notices().is_empty());
+    // Killed before it read them.
+    env.gearmand.kill();
+
+    // The next use of the connection finds it reset: the three jobs are
+    // failures of unknown fate (and this statement itself fails, gearmand
+    // being down).
+    let e = s.exec_err("SELECT * FROM gman_job_status('c0')");
+    assert!(e.code.starts_with("08"), "{e:?}");
+    let notices = s.take_notices();
+    let warnings: Vec<&String> = notices
+        .iter()
+        .filter(|n| n.starts_with("WARNING"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{notices:?}");
+    let w = warnings[0];
+    assert!(w.contains("3 background job(s)"), "{w}");
+    assert!(w.contains("3 of unknown fate"), "{w}");
+    assert!(w.contains("c0, c1, c2"), "{w}");
+    assert_eq!(dispatch_status(&mut s), (3, 0, 3, 0));
+}
+
+#[test]
+fn commit_mode_insert_trigger_jobs_are_confirmed_later_without_warnings() {
+    let env = Env::start();
+    let worker = env.worker(&["trig"]);
+    let mut s = env.connect();
+    s.exec(
+        "CREATE TABLE ev (id int);
+         CREATE FUNCTION ev_job() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM gman_do_background('trig', NEW.id::text, 'ev-' || NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER ev_job AFTER INSERT ON ev FOR EACH ROW EXECUTE FUNCTION ev_job()",
+    );
+    for i in 0..20 {
+        s.exec(&format!("INSERT INTO ev VALUES ({i})"));
+    }
+    s.exec("BEGIN; INSERT INTO ev VALUES (100); ROLLBACK");
+    let seen = worker.wait_for(20, WAIT);
+    assert_eq!(seen.len(), 20);
+    barrier(&env, &worker, "trig", "marker");
+    assert!(!worker.workloads().contains(&"100".to_string()));
+    // Confirmations: read by later statements or here; wait until none is
+    // owed (gearmand has answered: the worker saw every job).
+    let deadline = Instant::now() + WAIT;
+    let mut st = dispatch_status(&mut s);
+    while st.3 > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        st = dispatch_status(&mut s);
+    }
+    assert_eq!(st, (20, 20, 0, 0));
+    assert!(s.take_notices().is_empty());
+}
+
+#[test]
+fn a_backend_exiting_with_owed_confirmations_waits_boundedly_and_logs_them() {
+    let env = Env::start();
+    let worker = env.worker(&["exiting"]);
+    {
+        // Confirmed before the session ends: nothing to log.
+        let mut s = env.connect();
+        s.exec("BEGIN; SELECT gman_do_background('exiting', 'ok', 'e-ok'); COMMIT");
+    }
+    worker.wait_for_workload("ok");
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('exiting', 'warm')");
+    s.exec("RESET gearman.dispatch");
+    // gearmand stopped: the jobs are written but never confirmed.
+    signal_gearmand(&env, "-STOP");
+    s.exec("BEGIN; SELECT gman_do_background('exiting', 'x', 'e-owed'); COMMIT");
+    drop(s);
+    // The backend waits at most 2 s for the confirmation, then logs it.
+    let deadline = Instant::now() + WAIT;
+    let mut log = env.pg.log();
+    while !log.contains("e-owed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        log = env.pg.log();
+    }
+    signal_gearmand(&env, "-CONT");
+    let line = log
+        .lines()
+        .find(|l| l.contains("e-owed"))
+        .unwrap_or_else(|| panic!("no WARNING about e-owed in the log:\n{log}"));
+    assert!(line.contains("WARNING"), "{line}");
+    assert!(line.contains("1 background job(s)"), "{line}");
+    assert!(!log.contains("e-ok"), "{log}");
 }

@@ -16,10 +16,46 @@
 //! allow_servers_set = true        # false: gman_servers_set() is refused
 //! max_idle_connections = 64       # pooled clients kept per server list
 //! max_sum_rows = 100000           # rows one gman_sum group may collect
+//! background_dispatch = "round_trip"  # or "pipelined", see below
 //!
 //! [function_servers]              # per-function server lists
 //! resize_image = "10.0.0.7:4730,10.0.0.8"
 //! ```
+//!
+//! ## `background_dispatch`
+//!
+//! How `gman_do_background`, `gman_do_high_background`,
+//! `gman_do_low_background` and `gman_do_epoch` hand their job to gearmand.
+//! Read once when the library loads, like every setting here (restart
+//! mariadbd to change it).
+//!
+//! - `"round_trip"` (the default): each call sends SUBMIT_JOB_BG and waits for
+//!   gearmand's JOB_CREATED (one network round trip per row). The call
+//!   returns the job handle (`H:host:n`); a refusal (e.g. `QUEUE_ERROR` from
+//!   `maxqueue`) is that row's error: NULL with the error flag.
+//! - `"pipelined"`: each call writes SUBMIT_JOB_BG and returns at once,
+//!   without waiting for JOB_CREATED; the confirmations are read later on the
+//!   same pooled connection. No job handle exists yet, so the call returns
+//!   the job's unique key: the caller's, or a generated one (36 characters,
+//!   UUID-shaped) when none was given; `gman_job_status()` accepts it. A call
+//!   still fails (NULL + error flag) when the job cannot be written (no server
+//!   reachable). A job that gearmand refuses, or whose connection is lost
+//!   before its confirmation arrives (fate unknown), is noticed only when the
+//!   confirmations are collected: at the start and end of later calls that use
+//!   the same pooled connection (from any session) and at the end of
+//!   statements that submitted pipelined jobs (without waiting). It is then
+//!   reported by the thread that collected it: one error-log line per
+//!   statement with the counts (`pipelined background dispatch: N jobs not
+//!   queued ...`) and that session's `gman_last_error()`; the row that
+//!   submitted it has already returned its key. Confirmations still unread
+//!   when mariadbd shuts down are not reported. Use it where throughput
+//!   matters more than a per-row answer (bulk `SELECT`s, busy triggers), or
+//!   use the outbox (`sql/mysql/outbox.sql`) where no job may be lost.
+//!   Every pipelined job carries a unique key, and gearmand 1.1 looks unique
+//!   keys up in hash tables of `--hashtable-buckets` buckets (991 by
+//!   default): with hundreds of thousands of jobs queued, each submission
+//!   costs gearmand noticeably more than one without a key; start gearmand
+//!   with a larger `--hashtable-buckets` for such deep queues.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -41,6 +77,18 @@ pub const DEFAULT_FOREGROUND_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_IDLE: usize = 64;
 /// Default cap on the rows one `gman_sum` group collects.
 pub const DEFAULT_MAX_SUM_ROWS: usize = 100_000;
+
+/// How background jobs are handed to gearmand (see the module docs).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackgroundDispatch {
+    /// Wait for JOB_CREATED per call; return the job handle (default).
+    #[default]
+    RoundTrip,
+    /// Write the submission and return the unique key; confirmations are
+    /// collected later.
+    Pipelined,
+}
 
 /// The parsed configuration file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -64,6 +112,9 @@ pub struct Config {
     pub max_idle_connections: usize,
     #[serde(default = "d_sum_rows")]
     pub max_sum_rows: usize,
+    /// `"round_trip"` (default) or `"pipelined"`.
+    #[serde(default)]
+    pub background_dispatch: BackgroundDispatch,
 }
 
 fn d_connect() -> u64 {
@@ -96,6 +147,7 @@ impl Default for Config {
             allow_servers_set: true,
             max_idle_connections: DEFAULT_MAX_IDLE,
             max_sum_rows: DEFAULT_MAX_SUM_ROWS,
+            background_dispatch: BackgroundDispatch::RoundTrip,
         }
     }
 }
@@ -169,6 +221,27 @@ mod tests {
         assert!(Config::parse("allow_server_set = false").is_err());
         assert!(Config::parse("connect_timeout_ms = 0").is_err());
         assert!(Config::parse("servers = 5").is_err());
+        assert!(Config::parse("background_dispatch = \"later\"").is_err());
+    }
+
+    #[test]
+    fn background_dispatch_defaults_to_round_trip() {
+        assert_eq!(
+            Config::default().background_dispatch,
+            BackgroundDispatch::RoundTrip
+        );
+        assert_eq!(
+            Config::parse("background_dispatch = \"round_trip\"")
+                .unwrap()
+                .background_dispatch,
+            BackgroundDispatch::RoundTrip
+        );
+        assert_eq!(
+            Config::parse("background_dispatch = \"pipelined\"")
+                .unwrap()
+                .background_dispatch,
+            BackgroundDispatch::Pipelined
+        );
     }
 
     #[test]

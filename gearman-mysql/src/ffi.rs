@@ -4,7 +4,7 @@
 
 use crate::abi::{self, UdfArgs, UdfInit};
 use crate::funcs::{check_args, servers_set_locked, Call, Kind};
-use crate::runtime::{log_error, runtime, set_last_error};
+use crate::runtime::{flush_deferred_failures, log_error, runtime, set_last_error};
 use std::os::raw::{c_char, c_ulong};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -80,7 +80,9 @@ pub unsafe fn init(
     1
 }
 
-/// `xxx_deinit`: writes the statement's one error-log line, frees the state.
+/// `xxx_deinit`: writes the statement's one error-log line (and one for the
+/// pipelined background jobs this thread found refused or lost), frees the
+/// state.
 ///
 /// # Safety
 /// `initid` as passed by the server to `xxx_deinit`.
@@ -100,6 +102,15 @@ pub unsafe fn deinit(initid: *mut UdfInit) {
         if let Some(line) = call.summary() {
             log_error(&line);
         }
+        // Pipelined background jobs: read the confirmations that have
+        // arrived meanwhile (without waiting), then write one line for the
+        // failures this thread collected during the statement.
+        if call.pipelined > 0 {
+            if let Ok(rt) = runtime() {
+                rt.collect_idle();
+            }
+        }
+        flush_deferred_failures();
     }));
 }
 

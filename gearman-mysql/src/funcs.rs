@@ -4,7 +4,9 @@
 use crate::abi::{
     Arg, ItemResult, DECIMAL_RESULT, INT_RESULT, REAL_RESULT, ROW_RESULT, STRING_RESULT,
 };
-use crate::runtime::{last_error, runtime, set_last_error, Runtime};
+use crate::runtime::{
+    generate_unique, last_error, note_deferred, runtime, set_last_error, Runtime,
+};
 use gearman_core::admin::Admin;
 use gearman_core::{Job, Priority, ServerList};
 
@@ -118,6 +120,9 @@ pub struct Call {
     pub sum_jobs: Vec<Job>,
     /// gman_sum: first error of the current group.
     pub sum_error: Option<String>,
+    /// Pipelined background jobs written by this call-site (their
+    /// confirmations are collected later).
+    pub pipelined: u64,
 }
 
 impl Call {
@@ -132,6 +137,7 @@ impl Call {
             result: Vec::new(),
             sum_jobs: Vec::new(),
             sum_error: None,
+            pipelined: 0,
         }
     }
 
@@ -229,6 +235,16 @@ impl Call {
             job = job.with_epoch(t);
         }
         let servers = rt.servers_for(&job.function);
+        if rt.pipelined() {
+            if job.unique.as_deref().is_none_or(<[u8]>::is_empty) {
+                job = job.with_unique(generate_unique());
+            }
+            let key = job.unique_bytes().to_vec();
+            rt.with_client(&servers, |c| submit_pipelined(c, &job))
+                .map_err(|e| describe(&job, &e))?;
+            self.pipelined += 1;
+            return Ok(key);
+        }
         rt.with_client(&servers, |c| c.submit_background(&job))
             .map(|h| h.handle.into_bytes())
             .map_err(|e| describe(&job, &e))
@@ -447,6 +463,35 @@ impl Call {
             }
         }
         Ok(Some(total))
+    }
+}
+
+/// Writes one background job without waiting for its JOB_CREATED. A
+/// connection found broken while writing (e.g. a pooled connection that
+/// gearmand closed) is reopened and the job written once more, as
+/// `submit_background` does in round-trip mode (at least once). The error of
+/// a job that could not be written is this call's error only: it is removed
+/// from the client's report of failed deferred jobs, which otherwise holds
+/// the earlier jobs that the broken connection still owed a confirmation.
+fn submit_pipelined(c: &mut gearman_core::Client, job: &Job) -> gearman_core::Result<()> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let Err(e) = c.submit_background_deferred(std::slice::from_ref(job)) else {
+            return Ok(());
+        };
+        let mut report = c.collect_deferred(false);
+        if let Some(i) = report
+            .failed
+            .iter()
+            .rposition(|f| f.unique == job.unique_bytes() && f.function.as_bytes() == job.function)
+        {
+            report.failed.remove(i);
+        }
+        note_deferred(report);
+        if tries >= 2 || e.kind() != &gearman_core::ErrorKind::ConnectionLost {
+            return Err(e);
+        }
     }
 }
 

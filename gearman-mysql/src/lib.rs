@@ -9,11 +9,11 @@
 //! | SQL function | returns |
 //! |---|---|
 //! | `gman_do(function, workload [, unique])`, `gman_do_high`, `gman_do_low` | the worker's result (binary string) |
-//! | `gman_do_background(...)`, `gman_do_high_background`, `gman_do_low_background` | the job handle |
-//! | `gman_do_epoch(function, workload, unix_seconds [, unique])` | the job handle of a scheduled job |
+//! | `gman_do_background(...)`, `gman_do_high_background`, `gman_do_low_background` | the job handle; with `background_dispatch = "pipelined"`: the job's unique key (the caller's, or a generated 36-character one) |
+//! | `gman_do_epoch(function, workload, unix_seconds [, unique])` | the job handle of a scheduled job (pipelined: its unique key) |
 //! | `gman_sum(function, workload)` (AGGREGATE) | sum of the integer results, jobs run concurrently; NULL for no rows |
 //! | `gman_servers_set(servers [, function])` | the server list now in force (default or for `function`) |
-//! | `gman_job_status(handle_or_unique)` | JSON `{"known","running","numerator","denominator"}` (+ `"waiting"` for a unique key) |
+//! | `gman_job_status(handle_or_unique)` | JSON `{"known","running","numerator","denominator"}` (+ `"waiting"` for a unique key, e.g. the value a pipelined background call returned; a unique key is looked up on the default server list) |
 //! | `gman_server_status()` | JSON array, one object per server and function: `server, function, total, queued, running, workers` |
 //! | `gman_last_error()` | the last error message of this thread (connection), or NULL |
 //!
@@ -24,8 +24,15 @@
 //! line to the server's error log per failing call-site and statement
 //! (identical lines within one second are folded into a count).
 //!
+//! Pipelined background dispatch (opt-in, see [`config`]): a job that
+//! gearmand refuses after its call returned its key, or whose confirmation
+//! never arrives, is reported by the server thread that collects the
+//! confirmation: one `pipelined background dispatch: N jobs not queued ...`
+//! error-log line per statement, and that session's `gman_last_error()`.
+//!
 //! Configuration: see [`config`]; defaults: servers `127.0.0.1:4730`, connect
-//! timeout 2 s, I/O timeout 5 s, foreground timeout 30 s.
+//! timeout 2 s, I/O timeout 5 s, foreground timeout 30 s, background
+//! dispatch `round_trip`.
 
 pub mod abi;
 pub mod config;

@@ -1,12 +1,13 @@
 //! Process-wide state inside mariadbd: configuration, routing table, the
 //! client pool, the per-thread last error and the error-log writer.
 
-use crate::config::Config;
-use gearman_core::{Client, ErrorKind, Options, ServerAddr, ServerList};
+use crate::config::{BackgroundDispatch, Config};
+use gearman_core::{Client, DeferredReport, ErrorKind, Options, ServerAddr, ServerList};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -133,9 +134,20 @@ impl Runtime {
         &self.opts
     }
 
+    /// Whether background calls are pipelined (`background_dispatch`).
+    pub fn pipelined(&self) -> bool {
+        self.config.background_dispatch == BackgroundDispatch::Pipelined
+    }
+
     /// Runs `f` with a pooled client for `servers`: an idle one if there is
     /// one, else a new one. The client goes back to the pool afterwards
     /// unless the error left its connection in an unknown state.
+    ///
+    /// Confirmations of pipelined background jobs that the client still owes
+    /// (possibly submitted by another thread) are collected without waiting
+    /// before and after `f`, and with waiting (bounded by the I/O timeout)
+    /// before the client is dropped; failures among them are reported by
+    /// this thread (see [`note_deferred`]).
     pub fn with_client<T>(
         &self,
         servers: &ServerList,
@@ -144,6 +156,7 @@ impl Runtime {
         let key = servers.to_string();
         let taken = lock(&self.pool).get_mut(&key).and_then(|v| v.pop());
         let mut client = taken.unwrap_or_else(|| Client::new(servers.clone(), self.opts.clone()));
+        note_deferred(client.collect_deferred(false));
         let r = f(&mut client);
         let reusable = match &r {
             Ok(_) => true,
@@ -152,14 +165,36 @@ impl Runtime {
                 ErrorKind::Timeout | ErrorKind::Protocol | ErrorKind::Interrupted
             ),
         };
+        note_deferred(client.collect_deferred(false));
         if reusable {
             let mut pool = lock(&self.pool);
             let idle = pool.entry(key).or_default();
             if idle.len() < self.config.max_idle_connections {
                 idle.push(client);
+                return r;
             }
         }
+        // Dropped: whatever it still owes is read now or never.
+        note_deferred(client.collect_deferred(true));
         r
+    }
+
+    /// Collects, without waiting, the confirmations that idle pooled clients
+    /// have received meanwhile (end of a statement with pipelined calls).
+    pub fn collect_idle(&self) {
+        let mut reports = Vec::new();
+        {
+            let mut pool = lock(&self.pool);
+            for c in pool.values_mut().flatten() {
+                let r = c.collect_deferred(false);
+                if !r.failed.is_empty() {
+                    reports.push(r);
+                }
+            }
+        }
+        for r in reports {
+            note_deferred(r);
+        }
     }
 
     /// Number of idle pooled clients (all server lists).
@@ -180,6 +215,176 @@ pub fn set_last_error(msg: &str) {
 /// This thread's last error, if any.
 pub fn last_error() -> Option<String> {
     LAST_ERROR.try_with(|e| e.borrow().clone()).ok().flatten()
+}
+
+/// Pipelined background jobs that failed after their call returned, as
+/// collected by this thread since its last error-log line about them.
+#[derive(Debug, Default)]
+struct DeferredTally {
+    refused: u64,
+    unknown: u64,
+    first_refused: Option<String>,
+    first_unknown: Option<String>,
+    since: Option<Instant>,
+}
+
+thread_local! {
+    static DEFERRED: RefCell<DeferredTally> = RefCell::new(DeferredTally::default());
+}
+
+/// Pipelined background jobs not queued since the library was loaded.
+static DEFERRED_FAILED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Collection reports held back per thread for at most this long before
+/// their error-log line is written even mid-statement.
+const DEFERRED_FLUSH_AFTER: Duration = Duration::from_secs(1);
+
+impl DeferredTally {
+    fn message(&self, total: u64) -> String {
+        let mut m = format!(
+            "pipelined background dispatch: {} job{} not queued",
+            self.refused + self.unknown,
+            if self.refused + self.unknown == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+        if self.refused > 0 {
+            m.push_str(&format!(
+                "; {} refused by the job server (first: {})",
+                self.refused,
+                self.first_refused.as_deref().unwrap_or("?")
+            ));
+        }
+        if self.unknown > 0 {
+            m.push_str(&format!(
+                "; {} of unknown fate, no confirmation (first: {})",
+                self.unknown,
+                self.first_unknown.as_deref().unwrap_or("?")
+            ));
+        }
+        m.push_str(&format!("; {total} since the library was loaded"));
+        m
+    }
+}
+
+fn describe_failure(f: &gearman_core::DeferredFailure) -> String {
+    format!(
+        "function '{}' unique '{}': {}",
+        f.function,
+        String::from_utf8_lossy(&f.unique),
+        f.error
+    )
+}
+
+/// Takes note of a collection report of pipelined background jobs: its
+/// failures are added to this thread's tally, which becomes this thread's
+/// `gman_last_error()` and, at the end of the statement (or after a second),
+/// one error-log line.
+pub fn note_deferred(report: DeferredReport) {
+    if report.failed.is_empty() {
+        return;
+    }
+    let n = report.failed.len() as u64;
+    let total = DEFERRED_FAILED_TOTAL.fetch_add(n, Ordering::Relaxed) + n;
+    let r = DEFERRED.try_with(|t| {
+        let mut t = t.borrow_mut();
+        for f in &report.failed {
+            if matches!(f.error.kind(), ErrorKind::Server { .. }) {
+                t.refused += 1;
+                if t.first_refused.is_none() {
+                    t.first_refused = Some(describe_failure(f));
+                }
+            } else {
+                t.unknown += 1;
+                if t.first_unknown.is_none() {
+                    t.first_unknown = Some(describe_failure(f));
+                }
+            }
+        }
+        let since = *t.since.get_or_insert_with(Instant::now);
+        (t.message(total), since.elapsed() >= DEFERRED_FLUSH_AFTER)
+    });
+    match r {
+        Ok((msg, flush_now)) => {
+            set_last_error(&msg);
+            if flush_now {
+                flush_deferred_failures();
+            }
+        }
+        // Thread-local storage is gone (thread exit): log directly.
+        Err(_) => log_error(&format!(
+            "pipelined background dispatch: {n} jobs not queued; {}; {total} since the library was loaded",
+            report.failed.first().map(describe_failure).unwrap_or_default()
+        )),
+    }
+}
+
+/// Writes this thread's tally of failed pipelined jobs, if any, as one
+/// error-log line and resets it (end of statement).
+pub fn flush_deferred_failures() {
+    let msg = DEFERRED
+        .try_with(|t| {
+            let mut t = t.borrow_mut();
+            if t.refused + t.unknown == 0 {
+                return None;
+            }
+            let m = t.message(DEFERRED_FAILED_TOTAL.load(Ordering::Relaxed));
+            *t = DeferredTally::default();
+            Some(m)
+        })
+        .ok()
+        .flatten();
+    if let Some(m) = msg {
+        log_error(&m);
+    }
+}
+
+/// A new unique key for a pipelined job given none: 36 characters in the
+/// shape of a version-4 UUID. 74 bits are random per process, the last 48
+/// bits are a bijective scramble of a per-process counter, so keys never
+/// repeat within one process (gearmand would coalesce two jobs with the
+/// same key) and practically never across processes.
+pub fn generate_unique() -> String {
+    static SEED: OnceLock<(u64, u64)> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (a, b) = *SEED.get_or_init(random_seed);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    const MASK48: u64 = (1 << 48) - 1;
+    // Odd multiplier and xor: a bijection on 48 bits.
+    let node = (n.wrapping_mul(0x9E37_79B9_7F4B) ^ b) & MASK48;
+    let time_low = (a >> 32) as u32;
+    let time_mid = (a >> 16) as u16;
+    let version = 0x4000 | ((a as u16) & 0x0FFF);
+    let variant = 0x8000 | (((b >> 48) as u16) & 0x3FFF);
+    format!("{time_low:08x}-{time_mid:04x}-{version:04x}-{variant:04x}-{node:012x}")
+}
+
+fn random_seed() -> (u64, u64) {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    let from_os = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if from_os {
+        let a = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+        let b = u64::from_le_bytes(buf[8..].try_into().expect("8 bytes"));
+        return (a, b);
+    }
+    // Fallback: std's per-process random hash keys, time and pid.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    let a = h.finish();
+    h.write_u64(a);
+    (a, h.finish())
 }
 
 /// Identical error-log lines within this window are folded into one.
@@ -279,6 +484,52 @@ mod tests {
         assert_eq!(rt.all_servers().len(), 2);
         rt.set_servers(Some(b"f"), None);
         assert_eq!(rt.servers_for(b"f").to_string(), "127.0.0.1:4730");
+    }
+
+    #[test]
+    fn generated_unique_keys_are_uuid_shaped_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let k = generate_unique();
+            assert_eq!(k.len(), 36, "{k}");
+            assert_eq!(k.as_bytes()[14], b'4', "{k}");
+            assert_eq!(k.matches('-').count(), 4, "{k}");
+            assert!(seen.insert(k));
+        }
+    }
+
+    #[test]
+    fn deferred_failures_become_last_error_and_one_line() {
+        let e = gearman_core::Error::new(
+            ErrorKind::Server {
+                code: "QUEUE_ERROR".into(),
+                text: "Job queue is full".into(),
+            },
+            "refused",
+        );
+        let failed = (0..3)
+            .map(|i| gearman_core::DeferredFailure {
+                function: "f".into(),
+                unique: format!("u{i}").into_bytes(),
+                error: e.clone(),
+            })
+            .collect();
+        std::thread::spawn(move || {
+            note_deferred(DeferredReport {
+                confirmed: 5,
+                failed,
+                pending: 0,
+            });
+            let m = last_error().unwrap();
+            assert!(m.contains("3 jobs not queued"), "{m}");
+            assert!(m.contains("3 refused by the job server"), "{m}");
+            assert!(m.contains("QUEUE_ERROR"), "{m}");
+            assert!(m.contains("unique 'u0'"), "{m}");
+            flush_deferred_failures();
+            assert_eq!(DEFERRED.with(|t| t.borrow().refused), 0);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -841,3 +841,246 @@ fn broken_config_file_fails_every_call_visibly() {
     }
     assert!(db.is_alive());
 }
+
+// ---------------------------------------------------------------------------
+// background_dispatch = "pipelined"
+
+const PIPELINED: &str = "background_dispatch = \"pipelined\"\n";
+
+/// Ends a test: the server answers `SELECT 1` and did not crash.
+fn assert_select_1(env: &mut Env, c: &mut mysql::Conn, after: &str) {
+    assert_eq!(
+        one_str(c, "SELECT 1").as_deref(),
+        Some("1"),
+        "after {after}"
+    );
+    env.assert_alive(after);
+}
+
+/// The error-log lines about pipelined jobs that were not queued.
+fn not_queued_lines(env: &Env) -> Vec<String> {
+    env.udf_log_lines()
+        .into_iter()
+        .filter(|l| l.contains("pipelined background dispatch:"))
+        .collect()
+}
+
+/// `N` of "... N jobs not queued" / "N job not queued".
+fn not_queued_count(line: &str) -> u64 {
+    let head = line
+        .split("pipelined background dispatch: ")
+        .nth(1)
+        .expect("marker");
+    head.split(' ').next().unwrap().parse().expect("count")
+}
+
+#[test]
+fn pipelined_background_delivers_every_row_once_and_returns_unique_keys() {
+    let mut env = Env::start(PIPELINED);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let _w = TestWorker::start(&env.servers(), vec![("f", recorder(&got))]);
+    env.wait_workers("f", 1);
+    let mut c = env.conn();
+
+    let n: Option<u64> = c
+        .query_first("SELECT COUNT(gman_do_background('f', CONCAT('p', seq))) FROM seq_1_to_1000")
+        .unwrap();
+    assert_eq!(n, Some(1000), "every row returns a value");
+    wait_until("1,000 jobs at the worker", Duration::from_secs(30), || {
+        got.lock().unwrap().len() >= 1000
+    });
+    // Returned values: distinct generated unique keys, not job handles.
+    let keys: Vec<Option<String>> = c
+        .query("SELECT gman_do_background('f', CONCAT('k', seq)) FROM seq_1_to_200")
+        .unwrap();
+    let keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| k.expect("a key, not NULL"))
+        .collect();
+    for k in &keys {
+        assert!(!k.starts_with("H:"), "a unique key, not a handle: {k}");
+        assert_eq!(k.len(), 36, "{k}");
+    }
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "generated keys are unique");
+    wait_until("1,200 jobs at the worker", Duration::from_secs(30), || {
+        got.lock().unwrap().len() >= 1200
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = got.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1200, "no job twice");
+    let mut p: Vec<&Vec<u8>> = seen.iter().filter(|w| w.starts_with(b"p")).collect();
+    p.sort();
+    let mut want: Vec<Vec<u8>> = (1..=1000).map(|i| format!("p{i}").into_bytes()).collect();
+    want.sort();
+    assert_eq!(p, want.iter().collect::<Vec<_>>(), "each row exactly once");
+
+    // The caller's key is returned as given; gman_job_status() finds both
+    // kinds of key (no worker for 'nobody': the jobs stay queued).
+    assert_eq!(
+        one_str(
+            &mut c,
+            "SELECT gman_do_background('nobody', 'x', 'my-key-1')"
+        )
+        .as_deref(),
+        Some("my-key-1")
+    );
+    let generated = one_str(&mut c, "SELECT gman_do_low_background('nobody', 'y')").unwrap();
+    assert_eq!(generated.len(), 36);
+    for key in ["my-key-1", generated.as_str()] {
+        let mut st = String::new();
+        wait_until(
+            "status by the returned key",
+            Duration::from_secs(10),
+            || {
+                st = one_str(&mut c, &format!("SELECT gman_job_status('{key}')")).unwrap();
+                st.contains("\"known\":true")
+            },
+        );
+        assert!(st.contains("\"waiting\":0"), "{st}");
+    }
+    let st = one_str(&mut c, "SELECT gman_job_status('never-submitted')").unwrap();
+    assert!(st.contains("\"known\":false"), "{st}");
+
+    // Epoch and high priority go the same way.
+    let e = one_str(
+        &mut c,
+        "SELECT gman_do_epoch('nobody', 'z', UNIX_TIMESTAMP() + 3600)",
+    )
+    .unwrap();
+    assert_eq!(e.len(), 36);
+    let h = one_str(
+        &mut c,
+        "SELECT gman_do_high_background('nobody', 'h', 'hk')",
+    )
+    .unwrap();
+    assert_eq!(h, "hk");
+    wait_until("4 queued for nobody", Duration::from_secs(10), || {
+        env.admin()
+            .status()
+            .unwrap()
+            .iter()
+            .any(|f| f.function == "nobody" && f.total == 4)
+    });
+
+    // A job that cannot be written at call time fails that row, as in
+    // round-trip mode.
+    let dead = free_port();
+    one_str(
+        &mut c,
+        &format!("SELECT gman_servers_set('127.0.0.1:{dead}', 'dead')"),
+    )
+    .unwrap();
+    assert_eq!(one(&mut c, "SELECT gman_do_background('dead', 'x')"), None);
+    let e = last_error(&mut c).unwrap();
+    assert!(
+        e.contains("gman_do_background") && e.contains("'dead'"),
+        "{e}"
+    );
+    assert!(
+        not_queued_lines(&env).is_empty(),
+        "nothing refused: {:?}",
+        not_queued_lines(&env)
+    );
+    assert_select_1(&mut env, &mut c, "pipelined background calls");
+}
+
+#[test]
+fn pipelined_refusals_are_counted_in_the_log_and_last_error() {
+    let mut env = Env::start(PIPELINED);
+    // maxqueue only holds for a function gearmand already knows.
+    let mut core = gearman_core::Client::new(env.servers(), Default::default());
+    core.submit_background(&gearman_core::Job::new("capped", "creates the function"))
+        .unwrap();
+    env.admin().maxqueue("capped", Some(10)).unwrap();
+    let mut c = env.conn();
+    let n: Option<u64> = c
+        .query_first(
+            "SELECT COUNT(gman_do_background('capped', CONCAT('p', seq))) FROM seq_1_to_100",
+        )
+        .unwrap();
+    assert_eq!(n, Some(100), "written rows all return their key");
+    // 1 + 9 fit the queue of 10: 91 refused. Confirmations that had not
+    // arrived when the statement ended are collected by the next call that
+    // uses the pooled connection (here: status queries).
+    wait_until("91 refusals reported", Duration::from_secs(20), || {
+        let _ = one_str(&mut c, "SELECT gman_job_status('probe')");
+        not_queued_lines(&env)
+            .iter()
+            .any(|l| l.contains("; 91 since the library was loaded"))
+    });
+    let lines = not_queued_lines(&env);
+    let total: u64 = lines.iter().map(|l| not_queued_count(l)).sum();
+    assert_eq!(total, 91, "{lines:#?}");
+    assert!(
+        lines.len() <= 3,
+        "one line per statement, not per row: {lines:#?}"
+    );
+    for l in &lines {
+        assert!(l.contains("refused by the job server"), "{l}");
+        assert!(l.contains("QUEUE_ERROR"), "{l}");
+        assert!(l.contains("function 'capped'"), "{l}");
+    }
+    let e = last_error(&mut c).unwrap();
+    assert!(
+        e.contains("not queued")
+            && e.contains("refused by the job server")
+            && e.contains("QUEUE_ERROR"),
+        "{e}"
+    );
+    let st = env.admin().status().unwrap();
+    assert_eq!(
+        st.iter().find(|f| f.function == "capped").map(|f| f.total),
+        Some(10),
+        "{st:?}"
+    );
+    assert_select_1(&mut env, &mut c, "refused pipelined jobs");
+}
+
+#[test]
+fn pipelined_cookbook_trigger_delivers_every_payload_once() {
+    let mut env = Env::start(PIPELINED);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let _w = TestWorker::start(&env.servers(), vec![("send_tweet", recorder(&got))]);
+    env.wait_workers("send_tweet", 1);
+    let mut c = env.conn();
+    c.query_drop(
+        "CREATE TABLE blog_entries (id INT AUTO_INCREMENT PRIMARY KEY, \
+         title VARCHAR(200), url VARCHAR(200)) DEFAULT CHARSET=utf8mb4",
+    )
+    .unwrap();
+    c.query_drop(r#"CREATE TRIGGER tweet_blog BEFORE INSERT ON blog_entries FOR EACH ROW SET @ret=gman_do_background('send_tweet', CONCAT(NEW.title, " - ", NEW.url));"#)
+        .unwrap();
+    const N: usize = 200;
+    let mut rets = std::collections::HashSet::new();
+    for i in 0..N {
+        c.exec_drop(
+            "INSERT INTO blog_entries (title, url) VALUES (?, ?)",
+            (format!("t{i}"), "http://example.com/"),
+        )
+        .unwrap();
+        let ret = one_str(&mut c, "SELECT @ret").expect("@ret is the unique key");
+        assert!(!ret.starts_with("H:") && ret.len() == 36, "@ret = {ret}");
+        assert!(rets.insert(ret));
+    }
+    c.query_drop(
+        "INSERT INTO blog_entries (title, url) VALUES ('m1','u1'),('m2','u2'),('m3','u3')",
+    )
+    .unwrap();
+    let mut expected: Vec<Vec<u8>> = (0..N)
+        .map(|i| format!("t{i} - http://example.com/").into_bytes())
+        .collect();
+    for i in 1..=3 {
+        expected.push(format!("m{i} - u{i}").into_bytes());
+    }
+    wait_until("all trigger payloads", Duration::from_secs(30), || {
+        got.lock().unwrap().len() >= expected.len()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut seen = got.lock().unwrap().clone();
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected, "every payload exactly once");
+    assert!(not_queued_lines(&env).is_empty());
+    assert_select_1(&mut env, &mut c, "pipelined trigger");
+}

@@ -10,6 +10,14 @@
 --
 -- The first eight lines are those of the original gearman-mysql-udf, so that
 -- existing triggers and install scripts keep working.
+--
+-- gman_do_background / _high_ / _low_ / gman_do_epoch return the job handle
+-- (H:host:n). With background_dispatch = "pipelined" in the configuration
+-- file (gearman-udf.toml) they return without waiting for gearmand's
+-- confirmation and give the job's unique key instead (the caller's, or a
+-- generated 36-character one); gman_job_status() accepts either. Jobs that
+-- gearmand refuses later are reported in the error log and by
+-- gman_last_error() of the session that collects the confirmation.
 CREATE FUNCTION gman_do RETURNS STRING SONAME "libgearman_mysql_udf.so";
 CREATE FUNCTION gman_do_high RETURNS STRING SONAME "libgearman_mysql_udf.so";
 CREATE FUNCTION gman_do_low RETURNS STRING SONAME "libgearman_mysql_udf.so";

@@ -7,7 +7,7 @@
 //! ```text
 //! cd gearman-pg
 //! cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config
-//! cargo run --release --example bench [-- --jobs 100000 --calls 1000000]
+//! cargo run --release --example bench [-- --jobs 100000 --calls 1000000 --many 1000 --hashtable-buckets 0]
 //! ```
 //!
 //! Items:
@@ -16,7 +16,8 @@
 //!    the core client's own rate (one round trip per job, and pipelined);
 //! 2. `gman_do` round trips per second (one statement, one job per row), next
 //!    to the core client's `run`;
-//! 3. `gman_do_many` over 1,000 workloads vs 1,000 sequential `gman_do`;
+//! 3. `gman_do_many` over `--many` workloads (default 1,000) vs as many
+//!    sequential `gman_do`;
 //! 4. backend memory (VmRSS of the backend process) before and after
 //!    1,000,000 calls;
 //! 5. single-row INSERTs in autocommit (`--inserts`, default 10,000 per
@@ -81,7 +82,15 @@ fn main() {
     let jobs = arg("--jobs", 100_000);
     let calls = arg("--calls", 1_000_000);
     let inserts = arg("--inserts", 10_000);
-    let g = Gearmand::start();
+    // gearmand keeps jobs with unique keys (commit mode sends only those)
+    // in a hash table of --hashtable-buckets buckets, 991 by default.
+    let buckets = arg("--hashtable-buckets", 0);
+    let many = arg("--many", 1_000);
+    let g = if buckets > 0 {
+        Gearmand::start_with(&["--hashtable-buckets", &buckets.to_string()])
+    } else {
+        Gearmand::start()
+    };
     let pg = Postgres::start_with(&[&format!("gearman.servers={}", g.addr())]);
     if let Err(e) = pg.try_psql("CREATE EXTENSION gearman") {
         panic!(
@@ -92,8 +101,13 @@ fn main() {
     let mut db = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
     let servers = ServerList::parse(&g.addr()).unwrap();
     println!(
-        "gearmand {} / PostgreSQL 15 on port {}",
+        "gearmand {} (--hashtable-buckets {}) / PostgreSQL 15 on port {}",
         g.addr(),
+        if buckets > 0 {
+            buckets.to_string()
+        } else {
+            "991, the default".into()
+        },
         pg.port()
     );
 
@@ -196,18 +210,24 @@ fn main() {
     );
 
     // 3. Scatter/gather.
-    println!("\n3. 1,000 workloads: gman_do_many vs sequential gman_do (4 echo workers)");
-    let q = "SELECT count(*) FROM gman_do_many('echo', ARRAY(SELECT 'p'||i FROM generate_series(1, 1000) i))";
+    println!("\n3. {many} workloads: gman_do_many vs sequential gman_do (4 echo workers)");
+    let q = format!(
+        "SELECT count(*) FROM gman_do_many('echo', ARRAY(SELECT 'p'||i FROM generate_series(1, {many}) i))"
+    );
+    let q = q.as_str();
     let (_, d) = timed(|| db.query_one(q, &[]).unwrap());
     println!(
         "   gman_do_many                              {}",
-        rate(1000, d)
+        rate(many, d)
     );
-    let q = "SELECT count(gman_do('echo', 'p'||i)) FROM generate_series(1, 1000) i";
+    let q = format!("SELECT count(gman_do('echo', 'p'||i)) FROM generate_series(1, {many}) i");
+    let q = q.as_str();
     let (_, d) = timed(|| db.query_one(q, &[]).unwrap());
     println!(
-        "   1,000 x gman_do                           {}",
-        rate(1000, d)
+        "   {many} x gman_do{:pad$}{}",
+        "",
+        rate(many, d),
+        pad = 28usize.saturating_sub(many.to_string().len())
     );
     for s in &stops {
         s.stop();

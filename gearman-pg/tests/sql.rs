@@ -1086,3 +1086,42 @@ fn a_backend_exiting_with_owed_confirmations_waits_boundedly_and_logs_them() {
     assert!(line.contains("1 background job(s)"), "{line}");
     assert!(!log.contains("e-ok"), "{log}");
 }
+
+#[test]
+fn settings_from_alter_database_and_alter_role_reach_new_sessions() {
+    // No gearman.servers in the server's configuration: only the catalog
+    // settings below point sessions at a job server.
+    let env = Env::start_raw(&[]);
+    let other = gearman_testkit::Gearmand::start();
+    let _w1 = TestWorker::start(&env.addr(), &["who"], |_job| Ok(b"database".to_vec()));
+    let _w2 = TestWorker::start(&other.addr(), &["who"], |_job| Ok(b"role".to_vec()));
+    let mut admin = env.connect();
+    admin.exec(&format!(
+        "ALTER DATABASE postgres SET gearman.servers = '{}';
+         ALTER DATABASE postgres SET gearman.timeout = '5s';
+         ALTER DATABASE postgres SET gearman.dispatch = 'immediate'",
+        env.addr()
+    ));
+    let mut s = env.connect();
+    assert_eq!(s.one("SHOW gearman.timeout").as_deref(), Some("5s"));
+    assert_eq!(s.one("SHOW gearman.dispatch").as_deref(), Some("immediate"));
+    assert_eq!(
+        s.one("SELECT gman_do('who', '')").as_deref(),
+        Some("database")
+    );
+    // A role's setting wins over the database's (PostgreSQL's order).
+    admin.exec(&format!(
+        "ALTER ROLE postgres SET gearman.servers = '{}'",
+        other.addr()
+    ));
+    let mut s = env.connect();
+    assert_eq!(s.one("SHOW gearman.servers"), Some(other.addr()));
+    assert_eq!(s.one("SELECT gman_do('who', '')").as_deref(), Some("role"));
+    // And SET wins over both, for this session only.
+    s.exec(&format!("SET gearman.servers = '{}'", env.addr()));
+    assert_eq!(
+        s.one("SELECT gman_do('who', '')").as_deref(),
+        Some("database")
+    );
+    admin.exec("ALTER ROLE postgres RESET gearman.servers");
+}

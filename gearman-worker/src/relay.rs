@@ -485,17 +485,124 @@ fn nap(d: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Drains a PostgreSQL outbox until `stop` is set; counts rows sent in `sent`.
-pub fn run_pg(url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
-    let mut src = PgSource::new(url);
+/// What the drain loop needs of an outbox source.
+trait Source {
+    type Conn;
+    /// `postgres` or `mysql`, for log lines.
+    const KIND: &'static str;
+    /// The outbox table's name, for log lines.
+    const TABLE: &'static str;
+    fn connect(&mut self) -> Result<Self::Conn, String>;
+    fn tag(&self) -> &str;
+    fn batch(
+        &mut self,
+        db: &mut Self::Conn,
+        client: &mut Client,
+        batch_size: u32,
+    ) -> Result<BatchResult, String>;
+    /// Waits up to `d` for new rows (or `stop`) once the table is drained.
+    fn idle(&mut self, db: &mut Self::Conn, d: Duration, stop: &AtomicBool) -> Result<(), String>;
+}
+
+impl Source for PgSource {
+    type Conn = postgres::Client;
+    const KIND: &'static str = "postgres";
+    const TABLE: &'static str = "gearman.outbox";
+
+    fn connect(&mut self) -> Result<postgres::Client, String> {
+        PgSource::connect(self)
+    }
+
+    fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    fn batch(
+        &mut self,
+        db: &mut postgres::Client,
+        client: &mut Client,
+        batch_size: u32,
+    ) -> Result<BatchResult, String> {
+        PgSource::batch(self, db, client, batch_size)
+            .map_err(|e| crate::handlers::sql::pg_error(&e))
+    }
+
+    /// Waits for a notification on [`PG_CHANNEL`] or the poll interval,
+    /// then swallows the rest of the burst.
+    fn idle(
+        &mut self,
+        db: &mut postgres::Client,
+        d: Duration,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
+        let until = Instant::now() + d;
+        while !stop.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut n = db.notifications();
+            let mut it = n.timeout_iter(left.min(SLICE));
+            match it.next() {
+                Ok(Some(_)) => break,
+                Ok(None) => {}
+                Err(e) => return Err(crate::handlers::sql::pg_error(&e)),
+            }
+        }
+        let mut n = db.notifications();
+        let mut it = n.iter();
+        while let Ok(Some(_)) = it.next() {}
+        Ok(())
+    }
+}
+
+impl Source for MySource {
+    type Conn = mysql::Conn;
+    const KIND: &'static str = "mysql";
+    const TABLE: &'static str = "gearman_outbox";
+
+    fn connect(&mut self) -> Result<mysql::Conn, String> {
+        MySource::connect(self)
+    }
+
+    fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    fn batch(
+        &mut self,
+        db: &mut mysql::Conn,
+        client: &mut Client,
+        batch_size: u32,
+    ) -> Result<BatchResult, String> {
+        MySource::batch(self, db, client, batch_size)
+    }
+
+    /// MySQL has no notifications: poll.
+    fn idle(
+        &mut self,
+        _db: &mut mysql::Conn,
+        d: Duration,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
+        nap(d, stop);
+        Ok(())
+    }
+}
+
+/// Drains one source until `stop` is set; counts rows sent in `sent`.
+/// Database errors reconnect after the poll interval; a batch with failed
+/// submits makes a fresh client (forgetting server back-off) and waits.
+fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
     let redacted = crate::config::redact_url(url);
+    let kind = S::KIND;
     let mut client = s.client();
     'connect: while !stop.load(Ordering::SeqCst) {
         let mut db = match src.connect() {
             Ok(db) => db,
             Err(e) => {
                 crate::warn!(
-                    "postgres {redacted}: {e}; retrying in {} ms",
+                    "{kind} {redacted}: {e}; retrying in {} ms",
                     s.poll_interval.as_millis()
                 );
                 nap(s.poll_interval, stop);
@@ -503,107 +610,41 @@ pub fn run_pg(url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64)
             }
         };
         crate::info!(
-            "relaying {redacted} (gearman.outbox, source tag {})",
-            src.tag
+            "relaying {redacted} ({}, source tag {})",
+            S::TABLE,
+            src.tag()
         );
         while !stop.load(Ordering::SeqCst) {
-            match src.batch(&mut db, &mut client, s.batch_size) {
-                Err(e) => {
-                    crate::warn!(
-                        "postgres {redacted}: {}; reconnecting",
-                        crate::handlers::sql::pg_error(&e)
-                    );
+            let step = src.batch(&mut db, &mut client, s.batch_size).and_then(|r| {
+                sent.fetch_add(r.sent as u64, Ordering::Relaxed);
+                if r.sent > 0 {
+                    crate::debug!("{kind}: relayed {} row(s)", r.sent);
+                }
+                if r.failed > 0 {
+                    client = s.client();
                     nap(s.poll_interval, stop);
-                    continue 'connect;
+                } else if r.fetched < s.batch_size as usize {
+                    src.idle(&mut db, s.poll_interval, stop)?;
                 }
-                Ok(r) => {
-                    sent.fetch_add(r.sent as u64, Ordering::Relaxed);
-                    if r.sent > 0 {
-                        crate::debug!("postgres: relayed {} row(s)", r.sent);
-                    }
-                    if r.failed > 0 {
-                        // A fresh client forgets server back-off, so the
-                        // next round tries every server again.
-                        client = s.client();
-                        nap(s.poll_interval, stop);
-                    } else if r.fetched < s.batch_size as usize {
-                        // Caught up: wait for a notification or the poll interval.
-                        let until = Instant::now() + s.poll_interval;
-                        let mut woke = false;
-                        while !woke && !stop.load(Ordering::SeqCst) {
-                            let left = until.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                break;
-                            }
-                            let mut n = db.notifications();
-                            let mut it = n.timeout_iter(left.min(SLICE));
-                            match it.next() {
-                                Ok(Some(_)) => woke = true,
-                                Ok(None) => {}
-                                Err(e) => {
-                                    crate::warn!(
-                                        "postgres {redacted}: {}; reconnecting",
-                                        crate::handlers::sql::pg_error(&e)
-                                    );
-                                    nap(s.poll_interval, stop);
-                                    continue 'connect;
-                                }
-                            }
-                        }
-                        // Swallow the other notifications of the same burst.
-                        let mut n = db.notifications();
-                        let mut it = n.iter();
-                        while let Ok(Some(_)) = it.next() {}
-                    }
-                }
+                Ok(())
+            });
+            if let Err(e) = step {
+                crate::warn!("{kind} {redacted}: {e}; reconnecting");
+                nap(s.poll_interval, stop);
+                continue 'connect;
             }
         }
     }
 }
 
-/// Drains a MySQL outbox until `stop` is set; counts rows sent in `sent`.
+/// Drains a PostgreSQL outbox until `stop` is set; counts rows sent in `sent`.
+pub fn run_pg(url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
+    drain(PgSource::new(url), url, s, stop, sent);
+}
+
+/// Drains a MySQL/MariaDB outbox until `stop` is set; counts rows sent in `sent`.
 pub fn run_my(url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
-    let mut src = MySource::new(url);
-    let redacted = crate::config::redact_url(url);
-    let mut client = s.client();
-    'connect: while !stop.load(Ordering::SeqCst) {
-        let mut db = match src.connect() {
-            Ok(db) => db,
-            Err(e) => {
-                crate::warn!(
-                    "mysql {redacted}: {e}; retrying in {} ms",
-                    s.poll_interval.as_millis()
-                );
-                nap(s.poll_interval, stop);
-                continue;
-            }
-        };
-        crate::info!(
-            "relaying {redacted} (gearman_outbox, source tag {})",
-            src.tag
-        );
-        while !stop.load(Ordering::SeqCst) {
-            match src.batch(&mut db, &mut client, s.batch_size) {
-                Err(e) => {
-                    crate::warn!("mysql {redacted}: {e}; reconnecting");
-                    nap(s.poll_interval, stop);
-                    continue 'connect;
-                }
-                Ok(r) => {
-                    sent.fetch_add(r.sent as u64, Ordering::Relaxed);
-                    if r.sent > 0 {
-                        crate::debug!("mysql: relayed {} row(s)", r.sent);
-                    }
-                    if r.failed > 0 {
-                        client = s.client();
-                        nap(s.poll_interval, stop);
-                    } else if r.fetched < s.batch_size as usize {
-                        nap(s.poll_interval, stop);
-                    }
-                }
-            }
-        }
-    }
+    drain(MySource::new(url), url, s, stop, sent);
 }
 
 /// Runs the relay for every source until SIGTERM/SIGINT; returns rows sent per source.

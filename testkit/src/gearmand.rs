@@ -66,8 +66,13 @@ impl Gearmand {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let our_pid = child.id();
         self.child = Some(child);
-        if wait_for_port(self.port, timeout) {
+        // Something accepting on the port is not enough: between picking a
+        // free port and gearmand binding it, another process may take it
+        // (gearmand then exits), and the tests would talk to a stranger.
+        // Ask the listener for its pid.
+        if wait_for_port(self.port, timeout) && listener_pid(self.port) == Some(our_pid) {
             return true;
         }
         self.kill();
@@ -124,6 +129,20 @@ impl Gearmand {
             self.log()
         );
     }
+}
+
+/// The pid of the gearmand listening on `127.0.0.1:port`, from its admin
+/// `getpid` command (`OK <pid>`); `None` if the listener does not answer
+/// like gearmand within two seconds.
+fn listener_pid(port: u16) -> Option<u32> {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"getpid\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    line.trim().strip_prefix("OK ")?.trim().parse().ok()
 }
 
 impl Drop for Gearmand {

@@ -46,9 +46,12 @@ fn run(interrupted: &AtomicBool) -> i32 {
         env.maria.port(),
         t.elapsed().as_secs_f64()
     );
-    let results = run_all(&mut env, Scale::default());
     let mut failed = 0;
-    for (name, r) in &results {
+    let results = run_all(&mut env, Scale::default(), interrupted, |name, r| {
+        if interrupted.load(Ordering::SeqCst) {
+            // The servers are going down: this recipe's outcome means nothing.
+            return;
+        }
         match r {
             Ok(rep) => {
                 println!("{}  [ok]", rep.title);
@@ -62,7 +65,7 @@ fn run(interrupted: &AtomicBool) -> i32 {
             }
         }
         println!();
-    }
+    });
     drop(env);
     if interrupted.load(Ordering::SeqCst) {
         eprintln!("interrupted; servers stopped");

@@ -8,6 +8,7 @@ use crate::{ensure, RecipeResult, Report};
 use mysql::prelude::Queryable;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -591,19 +592,33 @@ pub fn durable_outbox(env: &mut Env, rows: usize) -> RecipeResult {
     Ok(r)
 }
 
-/// Runs every recipe in order, returning each one's report or error.
-pub fn run_all(env: &mut Env, scale: Scale) -> Vec<(String, RecipeResult)> {
-    vec![
-        ("queue".to_string(), queue_from_trigger(env, scale.rows)),
-        (
-            "scatter".to_string(),
-            scatter_gather(env, scale.scatter_docs),
-        ),
-        ("mapreduce".to_string(), map_reduce(env, scale.docs)),
-        ("log".to_string(), log_service(env)),
-        ("pipeline".to_string(), pipeline(env, scale.pipeline_docs)),
-        ("outbox".to_string(), durable_outbox(env, scale.outbox_rows)),
-    ]
+/// Runs every recipe in order, handing each result to `report` as soon as
+/// it is known; stops before the next recipe once `stop` is set (Ctrl-C).
+/// Returns the results of the recipes that ran.
+pub fn run_all(
+    env: &mut Env,
+    scale: Scale,
+    stop: &AtomicBool,
+    mut report: impl FnMut(&str, &RecipeResult),
+) -> Vec<(String, RecipeResult)> {
+    let mut out = Vec::new();
+    macro_rules! step {
+        ($name:expr, $run:expr) => {
+            if stop.load(Ordering::SeqCst) {
+                return out;
+            }
+            let r = $run;
+            report($name, &r);
+            out.push(($name.to_string(), r));
+        };
+    }
+    step!("queue", queue_from_trigger(env, scale.rows));
+    step!("scatter", scatter_gather(env, scale.scatter_docs));
+    step!("mapreduce", map_reduce(env, scale.docs));
+    step!("log", log_service(env));
+    step!("pipeline", pipeline(env, scale.pipeline_docs));
+    step!("outbox", durable_outbox(env, scale.outbox_rows));
+    out
 }
 
 /// How much data each recipe uses.

@@ -1,1 +1,0 @@
-//! Cross-component tests live in `tests/`; this library is empty.

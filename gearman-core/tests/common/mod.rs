@@ -1,6 +1,7 @@
 //! Shared pieces of the core's integration tests.
 #![allow(dead_code)]
 
+use gearman_core::admin::Admin;
 use gearman_core::worker::{JobContext, StopHandle, WorkError, WorkResult, Worker, WorkerOptions};
 use gearman_core::{Client, Options, ServerList};
 use std::thread::JoinHandle;
@@ -69,7 +70,56 @@ pub fn test_worker(servers: &str) -> RunningWorker {
         j.send_status(3, 3).unwrap();
         Ok(b"ef".to_vec())
     });
-    spawn(w)
+    // Return only once every server lists this worker for every function, so
+    // that a test reading admin status right away sees it (CI once caught
+    // `gearadmin --status` and our parse taken half-way through CAN_DO).
+    let before = worker_counts(servers);
+    let running = spawn(w);
+    let t = std::time::Instant::now();
+    loop {
+        let now = worker_counts(servers);
+        let done = now.iter().zip(&before).all(|(n, b)| {
+            TEST_FUNCTIONS
+                .iter()
+                .all(|f| n.get(*f).copied().unwrap_or(0) > b.get(*f).copied().unwrap_or(0))
+        });
+        if done {
+            return running;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "test worker did not register on {servers} within 10 s: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const TEST_FUNCTIONS: [&str; 7] = [
+    "reverse",
+    "echo",
+    "fail",
+    "exception",
+    "panic",
+    "sleep_ms",
+    "chunks",
+];
+
+/// Per server in `servers`, the number of workers gearmand lists per
+/// function (admin `status`).
+fn worker_counts(servers: &str) -> Vec<std::collections::HashMap<String, u64>> {
+    ServerList::parse(servers)
+        .unwrap()
+        .iter()
+        .map(|a| {
+            Admin::connect(a, Duration::from_secs(2))
+                .unwrap()
+                .status()
+                .unwrap()
+                .into_iter()
+                .map(|s| (s.function, s.workers))
+                .collect()
+        })
+        .collect()
 }
 
 pub fn client(servers: &str) -> Client {

@@ -153,6 +153,10 @@ struct Task<'a> {
     background: bool,
     phase: Phase,
     data: Vec<u8>,
+    /// The last WORK_WARNING's data: added to a WORK_FAIL's message, since a
+    /// worker may send its failure reason that way (see
+    /// [`WorkerOptions::exceptions`](crate::worker::WorkerOptions::exceptions)).
+    warning: Option<Vec<u8>>,
     outcome: Option<Result<Outcome>>,
 }
 
@@ -746,6 +750,7 @@ impl Client {
                 background,
                 phase: Phase::Waiting,
                 data: Vec::new(),
+                warning: None,
                 outcome: None,
             })
             .collect();
@@ -1078,6 +1083,7 @@ fn dispatch(
                     }
                 }
                 PacketType::WorkWarning => {
+                    tasks[ti].warning = Some(p.arg(1).to_vec());
                     if let Some(cb) = events.as_mut() {
                         cb(Event::Warning(p.arg(1).to_vec()));
                     }
@@ -1096,11 +1102,13 @@ fn dispatch(
                     finish(&mut tasks[ti], Ok(Outcome::Result(data)));
                 }
                 PacketType::WorkFail => {
-                    let e = Error::new(
-                        ErrorKind::JobFailed,
-                        format!("the worker failed job {}", String::from_utf8_lossy(&handle)),
-                    )
-                    .at(&addr);
+                    let mut msg =
+                        format!("the worker failed job {}", String::from_utf8_lossy(&handle));
+                    if let Some(w) = tasks[ti].warning.take() {
+                        msg.push_str(": ");
+                        msg.push_str(&String::from_utf8_lossy(&w));
+                    }
+                    let e = Error::new(ErrorKind::JobFailed, msg).at(&addr);
                     finish(&mut tasks[ti], Err(e));
                 }
                 _ => {

@@ -22,9 +22,9 @@ pub type WorkResult = std::result::Result<Vec<u8>, WorkError>;
 pub enum WorkError {
     /// WORK_FAIL: the client gets a plain failure.
     Fail,
-    /// WORK_EXCEPTION with a message. Clients that set the `exceptions`
-    /// option receive the message; gearmand 1.1.20 turns it into WORK_FAIL
-    /// for the others (protocol.md 4.5).
+    /// A failure with a message. Sent as WORK_WARNING(message) then
+    /// WORK_FAIL, or as WORK_EXCEPTION(message) when
+    /// [`WorkerOptions::exceptions`] is set.
     Exception(Vec<u8>),
 }
 
@@ -48,6 +48,18 @@ pub struct WorkerOptions {
     pub reconnect_max_backoff: Duration,
     /// Largest packet accepted from the server. Default 64 MiB.
     pub max_packet: usize,
+    /// How a [`WorkError::Exception`] is reported. Default false: as
+    /// WORK_WARNING with the message, then WORK_FAIL; every client gets a
+    /// plain failure and a foreground client also gets the message as a
+    /// warning (this crate's [`Client`](crate::Client) puts it in the
+    /// error). True: as WORK_EXCEPTION, which gearmand 1.1.20 forwards to
+    /// clients that set the `exceptions` option and converts into a
+    /// WORK_FAIL for the others, with a NUL byte left after the job handle
+    /// (protocol.md 4.5, 4.6); libgearman 1.1 clients (Debian's `gearman`,
+    /// PHP's and Python's bindings on it) do not match that packet to their
+    /// job and keep waiting. Set it only where every client asks for
+    /// exceptions or strips the NUL.
+    pub exceptions: bool,
 }
 
 impl Default for WorkerOptions {
@@ -59,6 +71,7 @@ impl Default for WorkerOptions {
             idle_regrab: Duration::from_secs(5),
             reconnect_max_backoff: Duration::from_secs(10),
             max_packet: DEFAULT_MAX_PACKET,
+            exceptions: false,
         }
     }
 }
@@ -434,8 +447,15 @@ impl Worker {
         let packet = match outcome {
             Ok(data) => Packet::req(PacketType::WorkComplete, vec![handle, data]),
             Err(WorkError::Fail) => Packet::req(PacketType::WorkFail, vec![handle]),
-            Err(WorkError::Exception(msg)) => {
+            Err(WorkError::Exception(msg)) if self.opts.exceptions => {
                 Packet::req(PacketType::WorkException, vec![handle, msg])
+            }
+            Err(WorkError::Exception(msg)) => {
+                conn.queue_packet(&Packet::req(
+                    PacketType::WorkWarning,
+                    vec![handle.clone(), msg],
+                ))?;
+                Packet::req(PacketType::WorkFail, vec![handle])
             }
         };
         log::debug!(

@@ -4,6 +4,7 @@ mod common;
 
 use common::{client, test_worker};
 use gearman_core::admin::Admin;
+use gearman_core::worker::{JobContext, WorkError, Worker, WorkerOptions};
 use gearman_core::{ErrorKind, Event, Job, Options, Priority, ServerList};
 use gearman_testkit::Gearmand;
 use std::time::{Duration, Instant};
@@ -127,13 +128,52 @@ fn failures_and_exceptions() {
     let mut c = client(&g.addr());
     let e = c.run(&Job::new("fail", "x")).unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::JobFailed);
-    // Without the exceptions option an exception arrives as WORK_FAIL
-    // (with a trailing NUL on the handle, protocol.md 4.6).
+    // By default the worker reports an exception as WORK_WARNING(message)
+    // then WORK_FAIL: a plain failure for every client, the message in ours.
     let e = c.run(&Job::new("exception", "x")).unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::JobFailed, "{e}");
+    assert!(e.to_string().contains(": boom"), "{e}");
     // A panicking handler fails its job; the worker keeps serving.
-    assert!(c.run(&Job::new("panic", "x")).is_err());
+    let e = c.run(&Job::new("panic", "x")).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::JobFailed, "{e}");
+    assert!(
+        e.to_string().contains("handler panicked: handler bug"),
+        "{e}"
+    );
     assert_eq!(c.run(&Job::new("reverse", "ab")).unwrap(), b"ba");
+    let exceptions_client = || {
+        gearman_core::Client::new(
+            ServerList::parse(&g.addr()).unwrap(),
+            Options {
+                exceptions: true,
+                foreground_timeout: Some(Duration::from_secs(10)),
+                ..Options::default()
+            },
+        )
+    };
+    // A client that asks for exceptions gets the same failure from it.
+    let e = exceptions_client()
+        .run(&Job::new("exception", "x"))
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::JobFailed, "{e}");
+    assert!(e.to_string().contains(": boom"), "{e}");
+}
+
+#[test]
+fn a_worker_with_exceptions_on_sends_work_exception() {
+    let g = Gearmand::start();
+    let mut w = Worker::new(
+        ServerList::parse(&g.addr()).unwrap(),
+        WorkerOptions {
+            exceptions: true,
+            ..common::quick_worker_options()
+        },
+    );
+    w.register("exception", |_j: &mut JobContext<'_>| {
+        Err(WorkError::Exception(b"boom".to_vec()))
+    });
+    let _w = common::spawn(w);
+    // A client with the option gets WORK_EXCEPTION and its data.
     let mut cx = gearman_core::Client::new(
         ServerList::parse(&g.addr()).unwrap(),
         Options {
@@ -144,6 +184,12 @@ fn failures_and_exceptions() {
     );
     let e = cx.run(&Job::new("exception", "x")).unwrap_err();
     assert_eq!(e.exception_data(), Some(&b"boom"[..]), "{e}");
+    // One without it gets gearmand's converted WORK_FAIL (handle with a
+    // trailing NUL, protocol.md 4.6), which we match all the same.
+    let e = client(&g.addr())
+        .run(&Job::new("exception", "x"))
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::JobFailed, "{e}");
 }
 
 #[test]

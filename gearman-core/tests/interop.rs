@@ -112,6 +112,49 @@ fn the_c_client_with_our_worker() {
     assert!(out.status.success());
 }
 
+/// Debian's `gearman` client (libgearman 1.1, which does not ask for
+/// exceptions) gets a prompt failure from our worker for a handler that
+/// reports an exception or panics. Sent as WORK_EXCEPTION, gearmand would
+/// forward a WORK_FAIL with a NUL after the handle that libgearman does not
+/// match, and the client would wait for ever (seen in a trial on 2026-12-02).
+#[test]
+fn the_c_client_gets_a_prompt_failure_for_exceptions_and_panics() {
+    let g = Gearmand::start();
+    let _w = common::test_worker(&g.addr());
+    for function in ["exception", "panic", "fail"] {
+        let child = tool("gearman")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &g.port().to_string(),
+                "-f",
+                function,
+                "x",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "`gearman -f {function}` still waits after 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{function}: {status:?} {err}");
+        assert!(err.contains("failed"), "{function}: {err}");
+    }
+}
+
 #[test]
 fn gearadmin_status_agrees_with_our_admin_parse() {
     let g = Gearmand::start();

@@ -79,6 +79,13 @@ pub struct Cli {
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
 
+    /// Report a failing job's message (a command's stderr, an SQL error) as
+    /// WORK_EXCEPTION instead of WORK_WARNING + WORK_FAIL. Only for clients
+    /// that all ask for exceptions: gearmand's conversion for the others
+    /// leaves libgearman 1.1 clients (Debian's `gearman`) waiting.
+    #[arg(long, global = true)]
+    pub exceptions: bool,
+
     /// Quick mode: the command run per job (workload on stdin, stdout is the result).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -178,16 +185,19 @@ impl Cli {
             client_id: self.client_id.clone(),
             log_level: self.effective_level(Level::Info),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            exceptions: self.exceptions,
             functions,
         })
     }
 
-    /// Applies flag overrides (`--client-id`, `--log-level`, `-v`) to a file configuration.
+    /// Applies flag overrides (`--client-id`, `--log-level`, `-v`,
+    /// `--exceptions`) to a file configuration.
     pub fn apply_overrides(&self, mut cfg: Config) -> Config {
         if self.client_id.is_some() {
             cfg.client_id = self.client_id.clone();
         }
         cfg.log_level = self.effective_level(cfg.log_level);
+        cfg.exceptions |= self.exceptions;
         cfg
     }
 }
@@ -225,6 +235,21 @@ mod tests {
             e.timeout,
             Some(Duration::from_millis(DEFAULT_EXEC_TIMEOUT_MS))
         );
+    }
+
+    #[test]
+    fn exceptions_flag_reaches_both_modes() {
+        let quick = parse(&["--exceptions", "-f", "a", "--", "cat"]).unwrap();
+        assert!(quick.quick_config().unwrap().exceptions);
+        let plain = parse(&["-f", "a", "--", "cat"]).unwrap();
+        assert!(!plain.quick_config().unwrap().exceptions);
+        // The flag turns a file's `exceptions = false` on; without it the
+        // file's value stays.
+        let file = plain.quick_config().unwrap();
+        let daemon = parse(&["--config", "w.toml", "--exceptions"]).unwrap();
+        assert!(daemon.apply_overrides(file.clone()).exceptions);
+        let daemon = parse(&["--config", "w.toml"]).unwrap();
+        assert!(!daemon.apply_overrides(file).exceptions);
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     /// Milliseconds running jobs get to finish after SIGTERM (default 30000).
     pub shutdown_grace_ms: Option<u64>,
+    /// Report failures that carry a message as WORK_EXCEPTION (default
+    /// false: WORK_WARNING with the message, then WORK_FAIL).
+    pub exceptions: Option<bool>,
     /// The functions served, by name.
     #[serde(default)]
     pub function: BTreeMap<String, RawFunction>,
@@ -135,6 +138,9 @@ pub struct Config {
     pub log_level: Level,
     /// Time running jobs get after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Failures with a message go out as WORK_EXCEPTION instead of
+    /// WORK_WARNING + WORK_FAIL (see `WorkerOptions::exceptions`).
+    pub exceptions: bool,
     /// Functions, sorted by name.
     pub functions: Vec<FunctionSpec>,
 }
@@ -409,6 +415,7 @@ impl RawConfig {
             client_id: self.client_id.clone(),
             log_level,
             shutdown_grace: Duration::from_millis(grace_ms),
+            exceptions: self.exceptions.unwrap_or(false),
             functions,
         })
     }
@@ -599,9 +606,19 @@ mod tests {
         assert_eq!(c.log_level, Level::Info);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.client_id, None);
+        assert!(!c.exceptions);
         assert_eq!(c.functions.len(), 1);
         assert_eq!(c.functions[0].concurrency, 1);
         assert_eq!(c.functions[0].backend, Backend::Builtin(Builtin::Echo));
+    }
+
+    #[test]
+    fn exceptions_key_is_read_and_typed() {
+        let c = validate("exceptions = true\n[function.echo]\nbuiltin = \"echo\"\n").unwrap();
+        assert!(c.exceptions);
+        let e =
+            validate("exceptions = \"yes\"\n[function.echo]\nbuiltin = \"echo\"\n").unwrap_err();
+        assert!(e.to_string().contains("exceptions"), "{e}");
     }
 
     #[test]

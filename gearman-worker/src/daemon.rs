@@ -84,6 +84,7 @@ impl Generation {
                 let servers = cfg.servers.clone();
                 let opts = WorkerOptions {
                     client_id: cfg.client_id.clone(),
+                    exceptions: cfg.exceptions,
                     ..WorkerOptions::default()
                 };
                 let name = f.name.clone();

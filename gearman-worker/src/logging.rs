@@ -229,7 +229,7 @@ pub fn init() {
 pub struct FunctionStats {
     /// Jobs completed (WORK_COMPLETE).
     pub ok: u64,
-    /// Jobs failed (WORK_FAIL or WORK_EXCEPTION).
+    /// Jobs failed (WORK_FAIL, with or without a WORK_WARNING first, or WORK_EXCEPTION).
     pub failed: u64,
     /// Total time spent in handlers.
     pub busy: Duration,

@@ -35,17 +35,21 @@ fn quick_mode_nonzero_exit_fails_the_job() {
         &[],
     );
     wait_workers(&g.addr(), "bad", 1, &|| w.log());
-    // A client without the exceptions option gets a plain failure.
+    // Every client gets a failure (WORK_WARNING with stderr, then
+    // WORK_FAIL), whether or not it asked for exceptions; ours shows stderr.
     let e = client(&g.addr()).run(&Job::new("bad", "x")).unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::JobFailed), "{e:?}");
-    // A client that asked for exceptions gets stderr.
+    assert!(failure_text(&e).contains(": broken"), "{e}");
     let e = client_with_exceptions(&g.addr())
         .run(&Job::new("bad", "x"))
         .unwrap_err();
-    match e.kind() {
-        ErrorKind::JobException(data) => assert_eq!(data, b"broken\n"),
-        other => panic!("expected an exception, got {other:?}"),
-    }
+    assert!(failure_text(&e).contains(": broken"), "{e}");
+    // Debian's `gearman` client (libgearman) gets it at once too.
+    let out = run_gearman_tool(g.port(), "bad");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed"),
+        "{out:?}"
+    );
     // Failures are logged at warn with function and handle.
     assert!(
         wait_until(Duration::from_secs(5), || w
@@ -54,6 +58,37 @@ fn quick_mode_nonzero_exit_fails_the_job() {
         "{}",
         w.log()
     );
+}
+
+#[test]
+fn with_exceptions_stderr_goes_out_as_work_exception() {
+    let g = Gearmand::start();
+    let w = WorkerProc::spawn(
+        &[
+            "-s",
+            &g.addr(),
+            "--exceptions",
+            "-f",
+            "bad",
+            "--",
+            "sh",
+            "-c",
+            "cat >/dev/null; echo broken >&2; exit 4",
+        ],
+        &[],
+    );
+    wait_workers(&g.addr(), "bad", 1, &|| w.log());
+    // A client that asked for exceptions gets stderr as the exception data.
+    let e = client_with_exceptions(&g.addr())
+        .run(&Job::new("bad", "x"))
+        .unwrap_err();
+    match e.kind() {
+        ErrorKind::JobException(data) => assert_eq!(data, b"broken\n"),
+        other => panic!("expected an exception, got {other:?}"),
+    }
+    // One that did not gets gearmand's converted WORK_FAIL.
+    let e = client(&g.addr()).run(&Job::new("bad", "x")).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::JobFailed), "{e:?}");
 }
 
 #[test]

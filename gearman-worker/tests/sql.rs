@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use gearman_core::{ErrorKind, Job};
+use gearman_core::Job;
 use gearman_testkit::{Gearmand, MariaDb, Postgres};
 
 fn start_daemon(g: &Gearmand, body: &str) -> (WorkerProc, tempfile::TempDir) {
@@ -18,13 +18,6 @@ fn start_daemon(g: &Gearmand, body: &str) -> (WorkerProc, tempfile::TempDir) {
     assert!(st.success(), "{err}");
     let w = WorkerProc::spawn(&["--config", cfg.to_str().unwrap()], &[]);
     (w, dir)
-}
-
-fn exception_text(e: &gearman_core::Error) -> String {
-    match e.kind() {
-        ErrorKind::JobException(m) => String::from_utf8_lossy(m).into_owned(),
-        other => panic!("expected an exception, got {other:?}"),
-    }
 }
 
 #[test]
@@ -75,10 +68,10 @@ timeout_ms = 300
     // No row and NULL both give an empty result.
     assert_eq!(c.run(&Job::new("user_name", "99")).unwrap(), b"");
     // The workload is a bound parameter, never SQL text.
-    let e = client_with_exceptions(&g.addr())
+    let e = client(&g.addr())
         .run(&Job::new("user_name", "1; DROP TABLE users"))
         .unwrap_err();
-    assert!(exception_text(&e).contains("22P02"), "{e:?}");
+    assert!(failure_text(&e).contains("22P02"), "{e:?}");
     assert_eq!(pg.psql("SELECT count(*) FROM users"), "2");
     assert_eq!(c.run(&Job::new("score", "1")).unwrap(), b"12.50");
     assert_eq!(
@@ -101,10 +94,8 @@ timeout_ms = 300
         serde_json::json!({"id": 2, "name": "bob", "score": null, "born": null, "pic": null})
     );
     // Statement timeout fails the job with the server's message.
-    let e = client_with_exceptions(&g.addr())
-        .run(&Job::new("slow", "x"))
-        .unwrap_err();
-    assert!(exception_text(&e).contains("57014"), "{e:?}");
+    let e = client(&g.addr()).run(&Job::new("slow", "x")).unwrap_err();
+    assert!(failure_text(&e).contains("57014"), "{e:?}");
 
     // The pool: 9 concurrent jobs on a function with concurrency 3 use at most 3 connections.
     let jobs: Vec<Job> = (0..9)
@@ -203,10 +194,8 @@ database = "{url}"
         ],
         "{lines}"
     );
-    let e = client_with_exceptions(&g.addr())
-        .run(&Job::new("bad", "1"))
-        .unwrap_err();
-    let m = exception_text(&e);
+    let e = client(&g.addr()).run(&Job::new("bad", "1")).unwrap_err();
+    let m = failure_text(&e);
     assert!(m.contains("1146") && m.contains("no_such_table"), "{m}");
     // The daemon still serves after a failed statement.
     assert_eq!(c.run(&Job::new("user_name", "2")).unwrap(), b"bob");

@@ -20,9 +20,9 @@ use std::time::Instant;
 pub enum JobError {
     /// Plain failure (WORK_FAIL); the text is for the log only.
     Fail(String),
-    /// Failure with data for the client (WORK_EXCEPTION; gearmand sends
-    /// WORK_FAIL to clients that did not ask for exceptions). `reason` is for
-    /// the log, `data` goes to the client.
+    /// Failure with data for the client: WORK_WARNING(data) then WORK_FAIL,
+    /// or WORK_EXCEPTION(data) with the `exceptions` setting. `reason` is
+    /// for the log, `data` goes to the client.
     Exception {
         /// Log text.
         reason: String,

@@ -24,6 +24,15 @@ fn main() {
         }
         Err(e) => eprintln!("warning: cannot catch Ctrl-C ({e}); servers stop at exit only"),
     }
+    // A server start cut short by Ctrl-C panics in the test harness (its
+    // process died); after an interrupt that is expected, so say nothing.
+    let default_hook = std::panic::take_hook();
+    let quiet = Arc::clone(&interrupted);
+    std::panic::set_hook(Box::new(move |info| {
+        if !quiet.load(Ordering::SeqCst) {
+            default_hook(info);
+        }
+    }));
     let code = run(&interrupted);
     std::process::exit(code);
 }
@@ -31,10 +40,20 @@ fn main() {
 fn run(interrupted: &AtomicBool) -> i32 {
     let t = Instant::now();
     println!("gearman-sql demo: the Gearman cookbook's recipes from SQL, on private servers");
-    let mut env = match Env::start() {
-        Ok(e) => e,
-        Err(e) => {
+    // The harness panics when a server fails to start; unwinding stops the
+    // ones already started (their handles kill them on drop).
+    let mut env = match std::panic::catch_unwind(Env::start) {
+        _ if interrupted.load(Ordering::SeqCst) => {
+            eprintln!("interrupted while starting the servers; servers stopped");
+            return 130;
+        }
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
             eprintln!("setting up failed: {e}");
+            return 1;
+        }
+        Err(_) => {
+            eprintln!("setting up failed: a server did not start (see the message above)");
             return 1;
         }
     };
@@ -60,6 +79,13 @@ fn run(interrupted: &AtomicBool) -> i32 {
                 }
             }
             Err(e) => {
+                // Ctrl-C reaches the recipe's child processes (the whole
+                // process group) as fast as it reaches us: give the signal
+                // thread a moment before calling this a failure.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                if interrupted.load(Ordering::SeqCst) {
+                    return;
+                }
                 failed += 1;
                 println!("FAILED ({name}): {e}");
             }

@@ -307,7 +307,12 @@ fn p08_a_due_epoch_job_wakes_nobody() {
         // once in 1.1.20 (the check ignores the epoch), not at the due time.
         assert_eq!(p.kind, T::Noop);
     }
-    // Only a GRAB after the due time gets the job.
+    // Only a GRAB after the due time gets the job: wait until the clock has
+    // passed it (the wait above may have ended early with that NOOP).
+    let due_at = std::time::UNIX_EPOCH + Duration::from_secs(now + 3);
+    while std::time::SystemTime::now() < due_at {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     w.send(T::GrabJobUniq, &[]);
     let mut p = w.recv();
     while p.kind == T::Noop {
@@ -326,8 +331,21 @@ fn p09_client_disconnect_after_coalescing_onto_a_background_job_cancels_it() {
         let mut fg = Raw::new(&g);
         fg.send(T::SubmitJob, &[b"co", b"shared", b"y"]);
         assert_eq!(handle_of(&fg.recv()), h);
-    } // the foreground client leaves
-    std::thread::sleep(Duration::from_millis(300));
+        // The foreground client leaves.
+    }
+    // Give gearmand up to 5 s to handle the disconnect (admin `status`
+    // shows the job gone); the GRAB below checks the outcome either way.
+    let t = std::time::Instant::now();
+    let addr = gearman_core::ServerAddr::parse(&g.addr()).unwrap();
+    let queued = || {
+        gearman_core::admin::Admin::connect(&addr, Duration::from_secs(2))
+            .and_then(|mut a| a.status())
+            .map(|st| st.iter().any(|f| f.function == "co" && f.total > 0))
+            .unwrap_or(true)
+    };
+    while t.elapsed() < Duration::from_secs(5) && queued() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut w = Raw::new(&g);
     w.send(T::CanDo, &[b"co"]);
     w.send(T::GrabJobUniq, &[]);
@@ -388,15 +406,30 @@ fn p12_job_retries() {
     let mut c = Raw::new(&g);
     c.send(T::SubmitJob, &[b"rt", b"", b"x"]);
     handle_of(&c.recv());
-    for _ in 0..3 {
+    for i in 0..3 {
         let mut w = Raw::new(&g);
         w.send(T::CanDo, &[b"rt"]);
-        w.send(T::GrabJobUniq, &[]);
-        let mut p = w.recv();
-        while p.kind == T::Noop {
-            p = w.recv();
+        // gearmand requeues the job when it has handled the previous
+        // worker's disconnect, which may come after this GRAB: then NO_JOB,
+        // and the requeue wakes this worker (PRE_SLEEP, NOOP).
+        let t = std::time::Instant::now();
+        loop {
+            w.send(T::GrabJobUniq, &[]);
+            let mut p = w.recv();
+            while p.kind == T::Noop {
+                p = w.recv();
+            }
+            if p.kind == T::JobAssignUniq {
+                break;
+            }
+            assert_eq!(p.kind, T::NoJob);
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "worker {i}: the job was not requeued within 10 s"
+            );
+            w.send(T::PreSleep, &[]);
+            let _ = w.recv_within(Duration::from_millis(500));
         }
-        assert_eq!(p.kind, T::JobAssignUniq);
     }
     assert!(
         c.recv_within(Duration::from_millis(300)).is_none(),

@@ -16,7 +16,9 @@ fn graceful_stop_finishes_the_running_job() {
         ServerList::parse(&g.addr()).unwrap(),
         quick_worker_options(),
     );
-    w.register("slow", |j| {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    w.register("slow", move |j| {
+        let _ = started_tx.send(());
         std::thread::sleep(Duration::from_millis(800));
         Ok(j.workload().to_vec())
     });
@@ -24,7 +26,10 @@ fn graceful_stop_finishes_the_running_job() {
     let wt = std::thread::spawn(move || w.run());
     let mut c = client(&g.addr());
     let ct = std::thread::spawn(move || c.run(&Job::new("slow", "done")));
-    std::thread::sleep(Duration::from_millis(300));
+    // Stop once the handler runs the job.
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the worker did not start the job within 10 s");
     stop.stop();
     assert_eq!(
         ct.join().unwrap().unwrap(),

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use gearman_core::ServerList;
-use gearman_testkit::{free_port, Gearmand};
+use gearman_testkit::{DeadPort, Gearmand, Overlap};
 use mysql::prelude::Queryable;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -302,16 +302,21 @@ fn priorities_order_and_unique_coalescing() {
     drop(w);
 
     // Foreground coalescing: a second caller with the same unique key joins
-    // the running job and gets the same result; the worker runs it once.
+    // the running job and gets the same result; the worker runs it once. The
+    // job is held until gearmand counts both callers waiting on the key.
     let runs = Arc::new(AtomicUsize::new(0));
-    let r2 = runs.clone();
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r2, rel) = (runs.clone(), release.clone());
     let _slow = TestWorker::start(
         &env.servers(),
         vec![(
             "slowco",
             handler(move |ctx| {
                 let n = r2.fetch_add(1, Ordering::SeqCst) + 1;
-                std::thread::sleep(Duration::from_millis(800));
+                let t = Instant::now();
+                while !rel.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(20) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 Ok(format!("{}#{n}", String::from_utf8_lossy(ctx.workload())).into_bytes())
             }),
         )],
@@ -328,6 +333,11 @@ fn priorities_order_and_unique_coalescing() {
         runs.load(Ordering::SeqCst) == 1
     });
     let t2 = std::thread::spawn(call);
+    let mut gc = gearman_core::Client::new(env.servers(), gearman_core::Options::default());
+    wait_until("two callers on same-key", Duration::from_secs(10), || {
+        gc.status_by_unique(b"same-key").unwrap().waiting >= 2
+    });
+    release.store(true, Ordering::SeqCst);
     let (r1, r2) = (t1.join().unwrap(), t2.join().unwrap());
     assert_eq!(r1.as_deref(), Some("payload#1"));
     assert_eq!(r2, r1, "the second caller shares the first job's result");
@@ -339,14 +349,17 @@ fn gman_sum_runs_the_rows_concurrently() {
     let env = Env::start("");
     let mut workers = Vec::new();
     const N: i64 = 8;
+    // Each job waits until all eight run at once (gearman_testkit::Overlap).
+    let overlap = Overlap::new(N as usize);
     for _ in 0..N {
+        let o = overlap.clone();
         workers.push(TestWorker::start(
             &env.servers(),
             vec![
                 (
                     "slow_double",
-                    handler(|ctx| {
-                        std::thread::sleep(Duration::from_millis(200));
+                    handler(move |ctx| {
+                        o.run(|| std::thread::sleep(Duration::from_millis(20)));
                         let v: i64 = String::from_utf8_lossy(ctx.workload()).parse().unwrap();
                         Ok((2 * v).to_string().into_bytes())
                     }),
@@ -362,13 +375,12 @@ fn gman_sum_runs_the_rows_concurrently() {
         c.exec_drop("INSERT INTO nums VALUES (?, ?)", (v, v % 2))
             .unwrap();
     }
-    let t0 = Instant::now();
     let sum = one_str(&mut c, "SELECT gman_sum('slow_double', v) FROM nums");
-    let took = t0.elapsed();
     assert_eq!(sum.as_deref(), Some("72"));
-    assert!(
-        took < Duration::from_millis(200 * N as u64 * 3 / 4),
-        "{N} rows of a 200 ms job took {took:?}: not concurrent"
+    assert_eq!(
+        overlap.peak(),
+        N as usize,
+        "the {N} rows' jobs did not run at once"
     );
     let groups: Vec<(i64, Option<i64>)> = c
         .query("SELECT g, gman_sum('slow_double', v) FROM nums GROUP BY g ORDER BY g")
@@ -748,7 +760,8 @@ fn servers_set_routes_per_function_and_per_row() {
 fn config_file_locks_servers_set_and_fails_over() {
     let live = Gearmand::start();
     let special = Gearmand::start();
-    let dead = free_port();
+    let dead_port = DeadPort::new();
+    let dead = dead_port.port();
     let config = write_config(&format!(
         "servers = \"127.0.0.1:{dead},{}\"\nallow_servers_set = false\nconnect_timeout_ms = 500\n\
          [function_servers]\nspecial = \"{}\"\n",
@@ -965,7 +978,8 @@ fn pipelined_background_delivers_every_row_once_and_returns_unique_keys() {
 
     // A job that cannot be written at call time fails that row, as in
     // round-trip mode.
-    let dead = free_port();
+    let dead_port = DeadPort::new();
+    let dead = dead_port.port();
     one_str(
         &mut c,
         &format!("SELECT gman_servers_set('127.0.0.1:{dead}', 'dead')"),
@@ -1012,9 +1026,11 @@ fn pipelined_refusals_are_counted_in_the_log_and_last_error() {
     let lines = not_queued_lines(&env);
     let total: u64 = lines.iter().map(|l| not_queued_count(l)).sum();
     assert_eq!(total, 91, "{lines:#?}");
+    // One line per flush (end of statement, deferred flush, later call),
+    // not one per refused row; how many flushes depends on timing.
     assert!(
-        lines.len() <= 3,
-        "one line per statement, not per row: {lines:#?}"
+        lines.len() <= 10,
+        "one line per flush, not per row: {lines:#?}"
     );
     for l in &lines {
         assert!(l.contains("refused by the job server"), "{l}");

@@ -20,6 +20,8 @@ CREATE TABLE gearman.outbox (id bigserial primary key, function text not null, w
 /// A worker that records every workload of `function` it gets.
 struct Counter {
     seen: Arc<Mutex<Vec<String>>>,
+    /// When each workload in `seen` arrived, in the same order.
+    arrived: Arc<Mutex<Vec<std::time::SystemTime>>>,
     stop: StopHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -28,16 +30,22 @@ impl Counter {
     fn start(addr: &str, function: &str) -> Counter {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut w = Worker::new(ServerList::parse(addr).unwrap(), WorkerOptions::default());
-        let s = seen.clone();
+        let arrived = Arc::new(Mutex::new(Vec::new()));
+        let (s, a) = (seen.clone(), arrived.clone());
         w.register(function, move |ctx| {
-            s.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(ctx.workload()).into_owned());
+            let mut s = s.lock().unwrap();
+            s.push(String::from_utf8_lossy(ctx.workload()).into_owned());
+            a.lock().unwrap().push(std::time::SystemTime::now());
             Ok(Vec::new())
         });
         let stop = w.stop_handle();
         let thread = Some(std::thread::spawn(move || w.run().unwrap()));
-        Counter { seen, stop, thread }
+        Counter {
+            seen,
+            arrived,
+            stop,
+            thread,
+        }
     }
 
     fn count(&self) -> usize {
@@ -208,8 +216,15 @@ fn postgres_outbox_run_at_in_the_future_becomes_a_scheduled_job() {
          VALUES ('count_later', 'later1', 'later-key', now() + interval '3 seconds'),
                 ('count_later', 'now1', NULL, now() - interval '1 hour');",
     );
+    let run_at: f64 = pg
+        .psql(
+            "SELECT extract(epoch FROM run_at) FROM gearman.outbox WHERE unique_key = 'later-key'",
+        )
+        .parse()
+        .unwrap();
+    let run_at = std::time::UNIX_EPOCH + Duration::from_secs_f64(run_at);
     let r = relay(&["--postgres", &pg.url(), "-s", &g.addr()]);
-    // Both rows leave the outbox at once; only the past-due one runs now.
+    // Both rows leave the outbox at once; the past-due one runs now.
     assert!(
         wait_until(Duration::from_secs(10), || pg
             .psql("SELECT count(*) FROM gearman.outbox")
@@ -217,13 +232,29 @@ fn postgres_outbox_run_at_in_the_future_becomes_a_scheduled_job() {
         "{}",
         r.log()
     );
-    assert!(wait_until(Duration::from_secs(5), || counter.count() >= 1));
-    assert_eq!(*counter.seen.lock().unwrap(), vec!["now1".to_string()]);
-    // The scheduled one arrives after its time (the core worker re-grabs
-    // every 5 s while idle, as gearmand 1.1.20 announces no epoch job).
+    assert!(wait_until(Duration::from_secs(5), || counter
+        .seen
+        .lock()
+        .unwrap()
+        .contains(&"now1".to_string())));
+    // The scheduled one arrives, not before its time (gearmand schedules
+    // by whole seconds; the core worker re-grabs every 5 s while idle, as
+    // gearmand 1.1.20 announces no epoch job).
     assert!(
         wait_until(Duration::from_secs(20), || counter.count() >= 2),
         "scheduled job never arrived"
+    );
+    let i = counter
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .position(|w| w == "later1");
+    let at = counter.arrived.lock().unwrap()[i.expect("later1 arrived")];
+    assert!(
+        at + Duration::from_secs(1) >= run_at,
+        "later1 ran {:?} before its run_at",
+        run_at.duration_since(at).unwrap_or_default()
     );
     counter.assert_exactly_set(&["now1", "later1"]);
     stop_relay(r);

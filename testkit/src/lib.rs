@@ -8,10 +8,12 @@
 
 mod gearmand;
 mod mariadb;
+mod overlap;
 mod postgres;
 mod process;
 
 pub use gearmand::Gearmand;
 pub use mariadb::{install_file, MariaDb, MariaDbOptions};
+pub use overlap::Overlap;
 pub use postgres::Postgres;
-pub use process::{free_port, wait_for_port};
+pub use process::{free_port, wait_for_port, DeadPort};

@@ -50,3 +50,83 @@ pub fn require_binary(name: &str, extra_dirs: &[&str], package: &str) -> PathBuf
          (run `sudo scripts/setup`, which installs every test dependency)"
     );
 }
+
+/// A loopback port where nothing listens, held for the life of the value:
+/// a TCP socket bound to it without `listen`, so connects get
+/// ECONNREFUSED and no other test can take the port meanwhile (a port from
+/// [`free_port`] can be bound by a parallel test and then accept).
+#[derive(Debug)]
+pub struct DeadPort {
+    fd: libc::c_int,
+    port: u16,
+}
+
+impl DeadPort {
+    /// Binds a fresh ephemeral port on 127.0.0.1 without listening.
+    pub fn new() -> DeadPort {
+        // SAFETY: plain socket calls on a descriptor we own; `addr` is a
+        // valid sockaddr_in of the size passed.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+            addr.sin_port = 0;
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len);
+            assert!(rc == 0, "bind: {}", std::io::Error::last_os_error());
+            let mut got: libc::sockaddr_in = std::mem::zeroed();
+            let mut got_len = len;
+            let rc = libc::getsockname(
+                fd,
+                (&mut got as *mut libc::sockaddr_in).cast(),
+                &mut got_len,
+            );
+            assert!(rc == 0, "getsockname: {}", std::io::Error::last_os_error());
+            DeadPort {
+                fd,
+                port: u16::from_be(got.sin_port),
+            }
+        }
+    }
+
+    /// The port number.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> DeadPort {
+        DeadPort::new()
+    }
+}
+
+impl Drop for DeadPort {
+    fn drop(&mut self) {
+        // SAFETY: `fd` is ours and closed once.
+        unsafe {
+            libc::close(self.fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_port_refuses_connections() {
+        let d = DeadPort::new();
+        let e = TcpStream::connect(d.addr()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+        // And nobody else can bind it meanwhile.
+        assert!(TcpListener::bind(d.addr()).is_err());
+    }
+}

@@ -200,6 +200,29 @@ pub mod handlers {
     }
 }
 
+/// Workers gearmand at `addr` lists for each of `functions` (0 when the
+/// server cannot be asked).
+fn worker_counts(addr: &str, functions: &[&str]) -> Vec<u64> {
+    let server = ServerList::parse(addr)
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap()
+        .clone();
+    let status = gearman_core::admin::Admin::connect(&server, Duration::from_secs(2))
+        .and_then(|mut a| a.status())
+        .unwrap_or_default();
+    functions
+        .iter()
+        .map(|f| {
+            status
+                .iter()
+                .find(|s| s.function == *f)
+                .map_or(0, |s| s.workers)
+        })
+        .collect()
+}
+
 /// One job as the worker saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
@@ -242,6 +265,7 @@ impl TestWorker {
                 handler(job)
             });
         }
+        let before = worker_counts(addr, functions);
         let stop = w.stop_handle();
         let thread = std::thread::spawn(move || {
             w.run().expect("worker run");
@@ -251,30 +275,25 @@ impl TestWorker {
             stop,
             thread: Some(thread),
         };
-        tw.wait_registered(addr, functions);
+        tw.wait_registered(addr, functions, &before);
         tw
     }
 
-    /// Waits until gearmand lists a worker for every function.
-    fn wait_registered(&self, addr: &str, functions: &[&str]) {
-        let server = ServerList::parse(addr).unwrap();
-        let server = server.iter().next().unwrap().clone();
+    /// Waits until gearmand lists one more worker for every function than
+    /// `before` (this one, not only one started earlier).
+    fn wait_registered(&self, addr: &str, functions: &[&str], before: &[u64]) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(mut a) = gearman_core::admin::Admin::connect(&server, Duration::from_secs(2))
-            {
-                if let Ok(st) = a.status() {
-                    if functions
-                        .iter()
-                        .all(|f| st.iter().any(|s| s.function == *f && s.workers > 0))
-                    {
-                        return;
-                    }
-                }
+        loop {
+            let now = worker_counts(addr, functions);
+            if now.iter().zip(before).all(|(n, b)| n > b) {
+                return;
             }
+            assert!(
+                Instant::now() < deadline,
+                "worker for {functions:?} did not register with {addr}: {before:?} -> {now:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("worker for {functions:?} did not register with {addr}");
     }
 
     /// Jobs seen so far.

@@ -192,8 +192,60 @@ pub struct UniqueStatus {
     pub numerator: u64,
     /// Last WORK_STATUS denominator.
     pub denominator: u64,
-    /// Waiting clients as reported; gearmand 1.1.20 always reports 0.
+    /// Foreground clients waiting on the job, as gearmand counts them
+    /// (1.1.20 counts them, although protocol.md says it always reports 0;
+    /// pinned in tests/server_behaviour.rs).
     pub waiting: u64,
+}
+
+/// A status answer that says whether the server knows the job.
+pub trait Known {
+    /// The server knows the job (queued or running).
+    fn known(&self) -> bool;
+}
+
+impl Known for JobStatus {
+    fn known(&self) -> bool {
+        self.known
+    }
+}
+
+impl Known for UniqueStatus {
+    fn known(&self) -> bool {
+        self.known
+    }
+}
+
+/// Asks `ask` of each place in turn (servers, or server lists) and returns
+/// the first answer that knows the job; else the first answer; else the
+/// first error; with no place at all, an unknown status. For a handle that
+/// did not come from this client, or a unique key whose function's server
+/// list is not known, where any of several servers may hold the job.
+///
+/// # Errors
+/// Every place failed; the first error.
+pub fn first_known<P, T: Known + Default>(
+    places: impl IntoIterator<Item = P>,
+    mut ask: impl FnMut(P) -> crate::Result<T>,
+) -> crate::Result<T> {
+    let mut first = None;
+    let mut first_err = None;
+    for p in places {
+        match ask(p) {
+            Ok(t) if t.known() => return Ok(t),
+            Ok(t) => {
+                first.get_or_insert(t);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match (first, first_err) {
+        (Some(t), _) => Ok(t),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(T::default()),
+    }
 }
 
 /// What a foreground job reports before its result.
@@ -210,4 +262,57 @@ pub enum Event {
         /// Work in all.
         denominator: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Error, ErrorKind};
+
+    fn st(known: bool, numerator: u64) -> JobStatus {
+        JobStatus {
+            known,
+            numerator,
+            ..JobStatus::default()
+        }
+    }
+
+    #[test]
+    fn first_known_prefers_a_known_answer_then_any_answer_then_an_error() {
+        let down = || Error::new(ErrorKind::ConnectFailed, "down");
+        let mut asked = Vec::new();
+        let r = first_known([1, 2, 3], |i| {
+            asked.push(i);
+            match i {
+                1 => Err(down()),
+                2 => Ok(st(false, 2)),
+                _ => Ok(st(true, 3)),
+            }
+        });
+        assert_eq!((r.unwrap(), asked), (st(true, 3), vec![1, 2, 3]));
+        // Stops at the first known answer.
+        let mut asked = 0;
+        let r = first_known([1, 2], |i| {
+            asked += 1;
+            Ok(st(true, i))
+        });
+        assert_eq!((r.unwrap(), asked), (st(true, 1), 1));
+        // No known answer: the first answer, even after an error.
+        let r = first_known([1, 2, 3], |i| {
+            if i == 1 {
+                Err(down())
+            } else {
+                Ok(st(false, i))
+            }
+        });
+        assert_eq!(r.unwrap(), st(false, 2));
+        // Only errors: the first one.
+        let r: crate::Result<JobStatus> = first_known([1, 2], |i| {
+            Err(Error::new(ErrorKind::ConnectFailed, format!("down {i}")))
+        });
+        assert!(r.unwrap_err().to_string().contains("down 1"));
+        // Nowhere to ask: unknown.
+        let r = first_known(Vec::<u8>::new(), |_| Ok(st(true, 9)));
+        assert_eq!(r.unwrap(), JobStatus::default());
+    }
 }

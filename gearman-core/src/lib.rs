@@ -27,5 +27,8 @@ pub mod worker;
 pub use client::{Client, ClientStats, DeferredFailure, DeferredReport, Options};
 pub use conn::{Connection, Interrupt};
 pub use error::{Error, ErrorKind, Result};
-pub use job::{Event, Job, JobHandle, JobStatus, Priority, UniqueStatus, MAX_FUNCTION, MAX_UNIQUE};
+pub use job::{
+    first_known, Event, Job, JobHandle, JobStatus, Known, Priority, UniqueStatus, MAX_FUNCTION,
+    MAX_UNIQUE,
+};
 pub use servers::{Router, ServerAddr, ServerList, DEFAULT_PORT};

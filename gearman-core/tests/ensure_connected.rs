@@ -10,15 +10,6 @@ fn addr(g: &Gearmand) -> ServerAddr {
     ServerAddr::parse(&g.addr()).unwrap()
 }
 
-fn signal(g: &Gearmand, sig: &str) {
-    let pid = g.pid().expect("gearmand is running");
-    let st = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("running kill");
-    assert!(st.success(), "kill {sig} {pid} failed");
-}
-
 #[test]
 fn a_running_server_is_reachable_and_its_connection_is_reused() {
     let g = Gearmand::start();
@@ -90,7 +81,7 @@ fn ensure_connected_does_not_wait_for_deferred_confirmations_and_proves_no_answe
     c.ensure_connected().unwrap();
     // A stopped gearmand: the kernel still holds the connection open, so
     // the check passes although nothing will answer.
-    signal(&g, "-STOP");
+    g.pause();
     let jobs: Vec<Job> = (0..3)
         .map(|i| Job::new("ec_stopped", format!("j{i}")).with_unique(format!("u{i}")))
         .collect();

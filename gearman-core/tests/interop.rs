@@ -122,35 +122,9 @@ fn the_c_client_gets_a_prompt_failure_for_exceptions_and_panics() {
     let g = Gearmand::start();
     let _w = common::test_worker(&g.addr());
     for function in ["exception", "panic", "fail"] {
-        let child = tool("gearman")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &g.port().to_string(),
-                "-f",
-                function,
-                "x",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut child = KillOnDrop(child);
-        let t = Instant::now();
-        let status = loop {
-            if let Some(s) = child.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "`gearman -f {function}` still waits after 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-        assert!(!status.success(), "{function}: {status:?} {err}");
+        let out = g.run_gearman_cli(function, "x");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{function}: {out:?}");
         assert!(err.contains("failed"), "{function}: {err}");
     }
 }

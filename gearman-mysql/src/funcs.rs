@@ -303,33 +303,19 @@ impl Call {
         let json = if key.starts_with(b"H:") {
             let handle =
                 String::from_utf8(key).map_err(|_| "handle is not valid UTF-8".to_string())?;
-            let mut last_err = None;
-            let mut found = None;
-            for addr in rt.all_servers() {
-                let list = ServerList::parse(&addr.to_string()).map_err(|e| e.to_string())?;
+            let s = gearman_core::first_known(rt.all_servers(), |addr| {
+                let list = ServerList::single(addr.clone());
                 let jh = gearman_core::JobHandle {
-                    server: addr.clone(),
+                    server: addr,
                     handle: handle.clone(),
                 };
-                match rt.with_client(&list, |c| c.status(&jh)) {
-                    Ok(s) if s.known => {
-                        found = Some(s);
-                        break;
-                    }
-                    Ok(s) => {
-                        found.get_or_insert(s);
-                    }
-                    Err(e) => last_err = Some(e.to_string()),
-                }
-            }
-            match (found, last_err) {
-                (Some(s), _) => serde_json::json!({
-                    "known": s.known, "running": s.running,
-                    "numerator": s.numerator, "denominator": s.denominator,
-                }),
-                (None, Some(e)) => return Err(e),
-                (None, None) => return Err("no servers configured".into()),
-            }
+                rt.with_client(&list, |c| c.status(&jh))
+            })
+            .map_err(|e| e.to_string())?;
+            serde_json::json!({
+                "known": s.known, "running": s.running,
+                "numerator": s.numerator, "denominator": s.denominator,
+            })
         } else {
             if key.len() > MAX_UNIQUE {
                 return Err(format!(
@@ -337,10 +323,13 @@ impl Call {
                     key.len()
                 ));
             }
-            let servers = rt.servers_for(b"");
-            let s = rt
-                .with_client(&servers, |c| c.status_by_unique(&key))
-                .map_err(|e| e.to_string())?;
+            // The key routes within the list of the function it was sent
+            // for, which the key does not tell: ask each distinct list,
+            // default first, until one knows it.
+            let s = gearman_core::first_known(rt.all_lists(), |list| {
+                rt.with_client(&list, |c| c.status_by_unique(&key))
+            })
+            .map_err(|e| e.to_string())?;
             serde_json::json!({
                 "known": s.known, "running": s.running,
                 "numerator": s.numerator, "denominator": s.denominator,

@@ -13,7 +13,7 @@
 //! | `gman_do_epoch(function, workload, unix_seconds [, unique])` | the job handle of a scheduled job (pipelined: its unique key) |
 //! | `gman_sum(function, workload)` (AGGREGATE) | sum of the integer results, jobs run concurrently; NULL for no rows |
 //! | `gman_servers_set(servers [, function])` | the server list now in force (default or for `function`) |
-//! | `gman_job_status(handle_or_unique)` | JSON `{"known","running","numerator","denominator"}` (+ `"waiting"` for a unique key, e.g. the value a pipelined background call returned; a unique key is looked up on the default server list) |
+//! | `gman_job_status(handle_or_unique)` | JSON `{"known","running","numerator","denominator"}` (+ `"waiting"` for a unique key, e.g. the value a pipelined background call returned; a unique key is looked up on the default server list, then on each function's own list) |
 //! | `gman_server_status()` | JSON array, one object per server and function: `server, function, total, queued, running, workers` |
 //! | `gman_last_error()` | the last error message of this thread (connection), or NULL |
 //!

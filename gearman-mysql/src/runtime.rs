@@ -111,6 +111,21 @@ impl Runtime {
         }
     }
 
+    /// Every distinct server list of the routing table: the default list
+    /// first, then the functions' own lists in function-name order.
+    pub fn all_lists(&self) -> Vec<ServerList> {
+        let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
+        let mut fl: Vec<(&Vec<u8>, &ServerList)> = r.per_function.iter().collect();
+        fl.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = vec![r.default.clone()];
+        for (_, l) in fl {
+            if !out.contains(l) {
+                out.push(l.clone());
+            }
+        }
+        out
+    }
+
     /// Every distinct server of the routing table, default list first.
     pub fn all_servers(&self) -> Vec<ServerAddr> {
         let r = self.routing.read().unwrap_or_else(|e| e.into_inner());

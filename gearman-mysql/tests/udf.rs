@@ -739,6 +739,28 @@ fn servers_set_routes_per_function_and_per_row() {
     assert_eq!(count(&env.gearmand, "other"), 2);
     assert_eq!(count(&g2, "routed"), 1);
     assert_eq!(count(&env.gearmand, "routed"), 0);
+    // A unique key is found on the function's own list as well as the
+    // default one (the key alone does not say which list it went to).
+    one_str(
+        &mut c,
+        "SELECT gman_do_background('routed', 'k', 'routed-key')",
+    )
+    .unwrap();
+    one_str(
+        &mut c,
+        "SELECT gman_do_background('other', 'k', 'default-key')",
+    )
+    .unwrap();
+    for key in ["routed-key", "default-key"] {
+        let st: serde_json::Value = serde_json::from_str(
+            &one_str(&mut c, &format!("SELECT gman_job_status('{key}')")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(st["known"], true, "{key}: {st}");
+    }
+    let st = one_str(&mut c, "SELECT gman_job_status('nowhere-key')").unwrap();
+    assert!(st.contains("\"known\":false"), "{st}");
+    assert_eq!(count(&g2, "routed"), 2);
     // Clearing the function's list returns it to the default list.
     assert_eq!(
         one_str(&mut c, "SELECT gman_servers_set(NULL, 'routed')").as_deref(),

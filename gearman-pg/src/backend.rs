@@ -144,6 +144,23 @@ pub fn default_servers() -> Result<Rc<ServerList>, GmError> {
     servers_for("\0")
 }
 
+/// Every distinct server list: the default list, then the per-function
+/// overrides in function-name order.
+pub fn all_lists() -> Result<Vec<Rc<ServerList>>, GmError> {
+    let mut out = vec![default_servers()?];
+    STATE.with(|s| {
+        let s = s.borrow();
+        let mut fl: Vec<_> = s.function_servers.iter().collect();
+        fl.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, l) in fl {
+            if !out.iter().any(|o| **o == **l) {
+                out.push(l.clone());
+            }
+        }
+    });
+    Ok(out)
+}
+
 /// Every distinct server: the default list, then the per-function overrides.
 pub fn all_servers() -> Result<Vec<ServerAddr>, GmError> {
     let mut out: Vec<ServerAddr> = default_servers()?.iter().cloned().collect();

@@ -5,17 +5,19 @@ use crate::backend;
 use crate::error::{or_report, GmError};
 use crate::gucs;
 use gearman_core::admin::Admin;
-use gearman_core::{JobHandle, JobStatus, ServerList};
+use gearman_core::{first_known, JobHandle, JobStatus, ServerList};
 use pgrx::prelude::*;
 
 /// The status of a job, by job handle or by unique key.
 ///
 /// A handle this backend received (immediate dispatch, or a job sent at
 /// commit) is asked of the server that issued it (GET_STATUS); another
-/// `H:...` handle is asked of each configured server until one knows it;
-/// anything else is taken as a unique key (GET_STATUS_UNIQUE to the server
-/// the key routes to), which is what `gman_do_background` returns in
-/// `commit` and `outbox` modes.
+/// `H:...` handle is asked of each configured server (`gearman.servers`,
+/// then this session's `gman_servers_set` lists) until one knows it;
+/// anything else is taken as a unique key, which is what
+/// `gman_do_background` returns in `commit` and `outbox` modes: asked
+/// (GET_STATUS_UNIQUE) of the server the key routes to in the default list,
+/// then in each per-function list, until one knows it.
 ///
 /// `(handle text) RETURNS TABLE(known bool, running bool, numerator bigint, denominator bigint)`:
 /// one row; `known = false` when no server knows the job (finished, never
@@ -56,36 +58,24 @@ fn job_status(key: &str) -> Result<JobStatus, GmError> {
         return backend::with_client(&list, true, |c| c.status(&h)).map_err(map);
     }
     if key.starts_with("H:") {
-        let mut last = None;
-        for addr in servers.iter() {
+        let servers = backend::all_servers()?;
+        return first_known(servers, |addr| {
             let h = JobHandle {
                 server: addr.clone(),
                 handle: key.to_string(),
             };
-            let list = ServerList::single(addr.clone());
-            match backend::with_client(&list, true, |c| c.status(&h)) {
-                Ok(s) if s.known => return Ok(s),
-                Ok(s) => last = Some(Ok(s)),
-                Err(e) => {
-                    if last.is_none() {
-                        last = Some(Err(e))
-                    }
-                }
-            }
-        }
-        return match last {
-            Some(Ok(s)) => Ok(s),
-            Some(Err(e)) => Err(map(e)),
-            None => Ok(JobStatus {
-                known: false,
-                running: false,
-                numerator: 0,
-                denominator: 0,
-            }),
-        };
+            let list = ServerList::single(addr);
+            backend::with_client(&list, true, |c| c.status(&h))
+        })
+        .map_err(map);
     }
-    let s = backend::with_client(&servers, true, |c| c.status_by_unique(key.as_bytes()))
-        .map_err(map)?;
+    // The key routes within the list of the function it was sent for,
+    // which the key does not tell: ask each distinct list, default first.
+    let lists = backend::all_lists()?;
+    let s = first_known(lists, |list| {
+        backend::with_client(&list, true, |c| c.status_by_unique(key.as_bytes()))
+    })
+    .map_err(map)?;
     Ok(JobStatus {
         known: s.known,
         running: s.running,

@@ -389,6 +389,35 @@ fn immediate_dispatch_returns_handles_and_status() {
 }
 
 #[test]
+fn job_status_looks_on_per_function_server_lists() {
+    // A job sent to a function's own server list (gman_servers_set) is found
+    // there by unique key, and by handle from another session with the same
+    // list. (gearmand numbers handles per server, H:host:1, 2, ...: the
+    // default server here holds no job, so no handle is known there.)
+    let env = Env::start();
+    let other = gearman_testkit::Gearmand::start();
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    let set = format!("SELECT gman_servers_set('{}', 'routed')", other.addr());
+    s.exec(&set);
+    let h = s
+        .one("SELECT gman_do_background('routed', 'x', 'routed-key')")
+        .unwrap();
+    let row = s.rows("SELECT known FROM gman_job_status('routed-key')");
+    assert_eq!(row, vec![vec![Some("t".into())]]);
+    let mut s2 = env.connect();
+    let row = s2.rows("SELECT known FROM gman_job_status('routed-key')");
+    assert_eq!(row, vec![vec![Some("f".into())]], "not on the default list");
+    let row = s2.rows(&format!("SELECT known FROM gman_job_status('{h}')"));
+    assert_eq!(row, vec![vec![Some("f".into())]], "not on the default list");
+    s2.exec(&set);
+    let row = s2.rows("SELECT known FROM gman_job_status('routed-key')");
+    assert_eq!(row, vec![vec![Some("t".into())]]);
+    let row = s2.rows(&format!("SELECT known FROM gman_job_status('{h}')"));
+    assert_eq!(row, vec![vec![Some("t".into())]]);
+}
+
+#[test]
 fn statement_timeout_ends_a_waiting_gman_do_and_the_session_still_works() {
     let env = Env::start();
     let mut s = env.connect();
@@ -933,15 +962,6 @@ fn admin(env: &Env) -> gearman_core::admin::Admin {
     .unwrap()
 }
 
-fn signal_gearmand(env: &Env, sig: &str) {
-    let pid = env.gearmand.pid().expect("gearmand is running");
-    let st = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("running kill");
-    assert!(st.success(), "kill {sig} {pid} failed");
-}
-
 #[test]
 fn commit_jobs_refused_by_gearmand_are_counted_and_warned_on_a_later_statement() {
     let env = Env::start();
@@ -1012,7 +1032,7 @@ fn commit_jobs_lost_with_gearmand_before_confirmation_are_failed_not_confirmed()
     // A stopped gearmand still has its connections held by the kernel: the
     // commit passes its reachability check and writes the jobs, which
     // nobody reads.
-    signal_gearmand(&env, "-STOP");
+    env.gearmand.pause();
     s.exec("BEGIN");
     for i in 0..3 {
         s.one(&format!(
@@ -1088,7 +1108,7 @@ fn a_backend_exiting_with_owed_confirmations_waits_boundedly_and_logs_them() {
     s.one("SELECT gman_do_background('exiting', 'warm')");
     s.exec("RESET gearman.dispatch");
     // gearmand stopped: the jobs are written but never confirmed.
-    signal_gearmand(&env, "-STOP");
+    env.gearmand.pause();
     s.exec("BEGIN; SELECT gman_do_background('exiting', 'x', 'e-owed'); COMMIT");
     drop(s);
     // The backend waits at most 2 s for the confirmation, then logs it.
@@ -1098,7 +1118,7 @@ fn a_backend_exiting_with_owed_confirmations_waits_boundedly_and_logs_them() {
         std::thread::sleep(Duration::from_millis(50));
         log = env.pg.log();
     }
-    signal_gearmand(&env, "-CONT");
+    env.gearmand.resume();
     let line = log
         .lines()
         .find(|l| l.contains("e-owed"))

@@ -18,23 +18,29 @@ fn quick_mode_serves_a_real_command() {
     assert_eq!(c.run(&Job::new("reverse", "abc")).unwrap(), b"cba");
 }
 
+/// A quick-mode worker for `bad`: a command that writes `broken` to stderr
+/// and exits 4; registered when this returns.
+fn failing_worker(g: &Gearmand, flags: &[&str]) -> WorkerProc {
+    let addr = g.addr();
+    let mut args = vec!["-s", addr.as_str()];
+    args.extend_from_slice(flags);
+    args.extend([
+        "-f",
+        "bad",
+        "--",
+        "sh",
+        "-c",
+        "cat >/dev/null; echo broken >&2; exit 4",
+    ]);
+    let w = WorkerProc::spawn(&args, &[]);
+    wait_workers(&addr, "bad", 1, &|| w.log());
+    w
+}
+
 #[test]
 fn quick_mode_nonzero_exit_fails_the_job() {
     let g = Gearmand::start();
-    let w = WorkerProc::spawn(
-        &[
-            "-s",
-            &g.addr(),
-            "-f",
-            "bad",
-            "--",
-            "sh",
-            "-c",
-            "cat >/dev/null; echo broken >&2; exit 4",
-        ],
-        &[],
-    );
-    wait_workers(&g.addr(), "bad", 1, &|| w.log());
+    let w = failing_worker(&g, &[]);
     // Every client gets a failure (WORK_WARNING with stderr, then
     // WORK_FAIL), whether or not it asked for exceptions; ours shows stderr.
     let e = client(&g.addr()).run(&Job::new("bad", "x")).unwrap_err();
@@ -44,7 +50,7 @@ fn quick_mode_nonzero_exit_fails_the_job() {
         .unwrap_err();
     assert!(failure_text(&e).contains(": broken"), "{e}");
     // Debian's `gearman` client (libgearman) gets it at once too.
-    let out = run_gearman_tool(g.port(), "bad");
+    let out = g.run_gearman_cli("bad", "x");
     assert!(!out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("failed"),
@@ -63,21 +69,7 @@ fn quick_mode_nonzero_exit_fails_the_job() {
 #[test]
 fn with_exceptions_stderr_goes_out_as_work_exception() {
     let g = Gearmand::start();
-    let w = WorkerProc::spawn(
-        &[
-            "-s",
-            &g.addr(),
-            "--exceptions",
-            "-f",
-            "bad",
-            "--",
-            "sh",
-            "-c",
-            "cat >/dev/null; echo broken >&2; exit 4",
-        ],
-        &[],
-    );
-    wait_workers(&g.addr(), "bad", 1, &|| w.log());
+    let _w = failing_worker(&g, &["--exceptions"]);
     // A client that asked for exceptions gets stderr as the exception data.
     let e = client_with_exceptions(&g.addr())
         .run(&Job::new("bad", "x"))

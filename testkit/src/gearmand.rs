@@ -84,6 +84,31 @@ impl Gearmand {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Runs Debian's `gearman` client (libgearman 1.1) against this server
+    /// for one foreground job of `function` with `workload`, and returns its
+    /// output. Fails the test if the client has not exited within 20 s (a
+    /// libgearman client that does not match a reply waits for ever).
+    pub fn run_gearman_cli(&self, function: &str, workload: &str) -> std::process::Output {
+        let bin = require_binary("gearman", &["/usr/bin"], "gearman-tools");
+        let port = self.port().to_string();
+        let mut child = Command::new(bin)
+            .args(["-h", "127.0.0.1", "-p", &port, "-f", function, workload])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting gearman");
+        let t = std::time::Instant::now();
+        while child.try_wait().expect("waiting for gearman").is_none() {
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`gearman -f {function}` still waited after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("gearman's output")
+    }
+
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.port
@@ -102,6 +127,28 @@ impl Gearmand {
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Stops gearmand with SIGSTOP and returns once every one of its
+    /// threads is stopped (`kill` returns before that; a thread still
+    /// running could answer one more packet). The kernel keeps accepting
+    /// connections and bytes for it meanwhile. Undo with [`Gearmand::resume`].
+    pub fn pause(&self) {
+        let pid = self.pid().expect("gearmand is running");
+        signal(pid, libc::SIGSTOP);
+        let t = std::time::Instant::now();
+        while !all_threads_stopped(pid) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "gearmand {pid} did not stop within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets a paused gearmand run again (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.pid().expect("gearmand is running"), libc::SIGCONT);
     }
 
     /// Kills the server (SIGKILL) and reaps it. The port stays reserved for
@@ -149,4 +196,28 @@ impl Drop for Gearmand {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert!(
+        rc == 0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Whether every thread of `pid` is stopped (state `T` in /proc).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // `tid (comm) S ...`: the state follows the last ')'.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    })
 }

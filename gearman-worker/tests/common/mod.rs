@@ -135,41 +135,6 @@ pub fn failure_text(e: &gearman_core::Error) -> String {
     e.to_string()
 }
 
-/// Runs Debian's `gearman` client (libgearman 1.1) for one foreground job
-/// of `function` with workload `x` and returns its output; fails the test
-/// if it has not exited within 20 s.
-pub fn run_gearman_tool(port: u16, function: &str) -> std::process::Output {
-    let tool = "/usr/bin/gearman";
-    assert!(
-        std::path::Path::new(tool).exists(),
-        "{tool} missing: install the Debian package gearman-tools (scripts/setup)"
-    );
-    let mut child = Command::new(tool)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-f",
-            function,
-            "x",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`gearman -f {function}` still waited after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// A client that asked for exceptions (OPTION_REQ "exceptions").
 pub fn client_with_exceptions(addr: &str) -> Client {
     let opts = Options {

@@ -30,6 +30,9 @@ pub struct Options {
     pub foreground_timeout: Option<Duration>,
     /// Ask each connection for WORK_EXCEPTION packets (OPTION_REQ
     /// `exceptions`). Default false: exceptions then arrive as WORK_FAIL.
+    /// Only matters for workers that send WORK_EXCEPTION; a failure sent as
+    /// WORK_WARNING + WORK_FAIL (this crate's worker, by default) is a
+    /// [`ErrorKind::JobFailed`] with the warning in its message either way.
     pub exceptions: bool,
     /// First back-off for a server that refused a connection; doubles per
     /// consecutive failure up to 60 s. Default 5 s.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub const SLICE: Duration = Duration::from_millis(50);
 
 /// A hook the host fills in (PostgreSQL: check for query cancel). Called
-/// between wait slices of at most [`SLICE`]; an `Err` aborts the wait with
+/// between wait slices of at most 50 ms; an `Err` aborts the wait with
 /// that error, and the connection is dropped.
 pub type Interrupt = Arc<dyn Fn() -> Result<()> + Send + Sync>;
 

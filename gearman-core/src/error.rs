@@ -22,10 +22,15 @@ pub enum ErrorKind {
         /// The server's text, e.g. `Job queue is full`.
         text: String,
     },
-    /// The worker reported WORK_FAIL (or the server failed the job).
+    /// The worker reported WORK_FAIL (or the server failed the job). The
+    /// message ends with the job's last WORK_WARNING, if any: how this
+    /// crate's [`Worker`](crate::worker::Worker) sends a failure's message
+    /// by default.
     JobFailed,
     /// The worker reported WORK_EXCEPTION; the data is the worker's message.
-    /// Only seen by clients that set the `exceptions` option.
+    /// Only seen by clients that set the `exceptions` option, and only from
+    /// workers that send WORK_EXCEPTION (this crate's `Worker` only with
+    /// `WorkerOptions::exceptions`).
     JobException(Vec<u8>),
     /// The peer sent bytes that are not the Gearman protocol.
     Protocol,

@@ -194,7 +194,7 @@ pub struct UniqueStatus {
     pub denominator: u64,
     /// Foreground clients waiting on the job, as gearmand counts them
     /// (1.1.20 counts them, although protocol.md says it always reports 0;
-    /// pinned in tests/server_behaviour.rs).
+    /// pinned in tests/server_behaviour.rs, `p04_status_res_unique_...`).
     pub waiting: u64,
 }
 

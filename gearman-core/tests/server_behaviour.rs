@@ -201,7 +201,7 @@ fn p03_same_connection_submitting_a_unique_twice_gets_every_packet_twice() {
 }
 
 #[test]
-fn p04_status_res_unique_echoes_the_unique_and_reports_zero_waiting() {
+fn p04_status_res_unique_echoes_the_unique_and_counts_waiting_clients() {
     let g = Gearmand::start();
     let mut c = Raw::new(&g);
     c.send(T::SubmitJob, &[b"su", b"my-key", b"x"]);

@@ -26,7 +26,9 @@ pub enum Kind {
     Sum,
     /// `gman_servers_set(servers [, function])`.
     ServersSet,
-    /// `gman_job_status(handle)`.
+    /// `gman_job_status(handle_or_unique)`: a handle is asked of every
+    /// server, a unique key of the default list, then each function's own
+    /// list.
     JobStatus,
     /// `gman_server_status()`.
     ServerStatus,

@@ -13,7 +13,8 @@ use pgrx::prelude::*;
 /// A handle this backend received (immediate dispatch, or a job sent at
 /// commit) is asked of the server that issued it (GET_STATUS); another
 /// `H:...` handle is asked of each configured server (`gearman.servers`,
-/// then this session's `gman_servers_set` lists) until one knows it;
+/// then the servers of this session's per-function
+/// `gman_servers_set(servers, function)` lists) until one knows it;
 /// anything else is taken as a unique key, which is what
 /// `gman_do_background` returns in `commit` and `outbox` modes: asked
 /// (GET_STATUS_UNIQUE) of the server the key routes to in the default list,

@@ -2,8 +2,9 @@
 //!
 //! The workload is written to the command's stdin (then stdin is closed), its
 //! stdout is the result. Exit status 0 completes the job. A non-zero exit or
-//! a death by signal fails it: with WORK_EXCEPTION carrying stderr when the
-//! command wrote to stderr, else WORK_FAIL. The command runs in its own
+//! a death by signal fails it: when the command wrote to stderr, with stderr
+//! as the failure message (WORK_WARNING then WORK_FAIL, or WORK_EXCEPTION
+//! with the `exceptions` setting), else with a plain WORK_FAIL. The command runs in its own
 //! process group; at the deadline the group gets SIGTERM, then SIGKILL one
 //! second later, and the job fails. [`kill_all`] kills every running
 //! command's group (used when the daemon stops at once).
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 /// Time between SIGTERM and SIGKILL for a command past its deadline.
 pub const KILL_GRACE: Duration = Duration::from_secs(1);
-/// Largest part of stderr kept for the exception data and log line.
+/// Largest part of stderr kept for the failure message and log line.
 pub const MAX_STDERR_BYTES: usize = 64 * 1024;
 
 /// Process groups of running commands.

@@ -1108,8 +1108,10 @@ fn dispatch(
                     let mut msg =
                         format!("the worker failed job {}", String::from_utf8_lossy(&handle));
                     if let Some(w) = tasks[ti].warning.take() {
+                        // Text for people: a command's stderr ends in a
+                        // newline that would split the message.
                         msg.push_str(": ");
-                        msg.push_str(&String::from_utf8_lossy(&w));
+                        msg.push_str(String::from_utf8_lossy(&w).trim_end());
                     }
                     let e = Error::new(ErrorKind::JobFailed, msg).at(&addr);
                     finish(&mut tasks[ti], Err(e));
@@ -1121,7 +1123,7 @@ fn dispatch(
                         format!(
                             "the worker raised an exception for job {}: {}",
                             String::from_utf8_lossy(&handle),
-                            String::from_utf8_lossy(&data)
+                            String::from_utf8_lossy(&data).trim_end()
                         ),
                     )
                     .at(&addr);

@@ -132,6 +132,17 @@ impl Cli {
         }
     }
 
+    /// Checks the flags every mode shares (`--client-id`).
+    ///
+    /// # Errors
+    /// The bad flag, named.
+    pub fn check_common(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.client_id {
+            config::check_client_id(id).map_err(|e| ConfigError::key("-i/--client-id", e))?;
+        }
+        Ok(())
+    }
+
     /// The quick-mode configuration built from flags.
     ///
     /// # Errors
@@ -159,6 +170,20 @@ impl Cli {
         if self.timeout_ms > config::MAX_TIMEOUT_MS {
             return Err(ConfigError::key("--timeout-ms", "more than one day"));
         }
+        if !config::program_exists(
+            &self.command[0],
+            std::env::var("PATH").ok().as_deref(),
+            None,
+        ) {
+            return Err(ConfigError::key(
+                "COMMAND",
+                format!(
+                    "program `{}` not found (or not executable)",
+                    self.command[0]
+                ),
+            ));
+        }
+
         let servers = config::resolve_servers(
             &self.servers,
             None,
@@ -250,6 +275,27 @@ mod tests {
         assert!(daemon.apply_overrides(file.clone()).exceptions);
         let daemon = parse(&["--config", "w.toml"]).unwrap();
         assert!(!daemon.apply_overrides(file).exceptions);
+    }
+
+    #[test]
+    fn a_missing_program_and_a_client_id_with_spaces_are_usage_errors() {
+        let e = parse(&["-f", "a", "--", "/no/such/program"])
+            .unwrap()
+            .quick_config()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("`/no/such/program` not found"),
+            "{e}"
+        );
+        let e = parse(&["-i", "a b", "-f", "a", "--", "cat"])
+            .unwrap()
+            .check_common()
+            .unwrap_err();
+        assert!(e.to_string().starts_with("-i/--client-id:"), "{e}");
+        assert!(parse(&["-i", "ab", "-f", "a", "--", "cat"])
+            .unwrap()
+            .check_common()
+            .is_ok());
     }
 
     #[test]

@@ -246,25 +246,118 @@ impl DatabaseUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host...` with `***`.
+/// Replaces every password in a database URL or connection string with
+/// `***`, for log lines and job errors: the `user:password@` part of a URL,
+/// query parameters whose name contains `pass` (`?password=...`), and
+/// `key=value` connection strings' values whose key contains `pass`
+/// (`host=h password='s e'`).
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else {
-        return url.to_string();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
+    match url.find("://") {
+        Some(scheme_end) => redact_uri(url, scheme_end + 3),
+        None => redact_conninfo(url),
     }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    key.to_ascii_lowercase().contains("pass")
+}
+
+fn redact_uri(url: &str, rest_start: usize) -> String {
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], Some(&url[q + 1..])),
+        None => (url, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    // Authority: up to the first '/' after the scheme.
+    let rest = &base[rest_start..];
+    let auth_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..auth_end];
+    out.push_str(&base[..rest_start]);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    out.push_str(&rest[auth_end..]);
+    if let Some(q) = query {
+        out.push('?');
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// `key=value key='quoted value'` (libpq conninfo): secret values become `***`.
+fn redact_conninfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        // Copy whitespace.
+        let start = i;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        out.push_str(&s[start..i]);
+        if i >= b.len() {
+            break;
+        }
+        // The key, up to '=' or whitespace.
+        let key_start = i;
+        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &s[key_start..i];
+        out.push_str(key);
+        // Spaces and the '='.
+        let eq_start = i;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= b.len() || b[i] != b'=' {
+            out.push_str(&s[eq_start..i]);
+            continue;
+        }
+        i += 1;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        out.push_str(&s[eq_start..i]);
+        // The value: quoted (backslash escapes) or up to whitespace.
+        let value_start = i;
+        if i < b.len() && b[i] == b'\'' {
+            i += 1;
+            while i < b.len() && b[i] != b'\'' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(b.len());
+        } else {
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+        }
+        if is_secret_key(key) {
+            out.push_str("***");
+        } else {
+            out.push_str(&s[value_start..i]);
+        }
+    }
+    out
 }
 
 /// How a `sql` function turns rows into the result.
@@ -361,6 +454,35 @@ fn check_timeout(key: &str, ms: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Whether `program` names an executable file: a path (with a slash,
+/// relative to `cwd` when given) or a name found on `path`.
+pub fn program_exists(program: &str, path: Option<&str>, cwd: Option<&Path>) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = Path::new(program);
+        return match cwd {
+            Some(dir) if p.is_relative() => executable(&dir.join(p)),
+            _ => executable(p),
+        };
+    }
+    path.unwrap_or("")
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| executable(&Path::new(d).join(program)))
+}
+
+/// Checks a client id (SET_CLIENT_ID): non-empty, no whitespace or NUL, as
+/// admin `workers` separates fields by spaces.
+pub fn check_client_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.contains(|c: char| c == '\0' || c.is_whitespace()) {
+        return Err("must be non-empty without spaces, newlines or NUL".into());
+    }
+    Ok(())
+}
+
 /// Checks a Gearman function name: non-empty, no NUL, at most 512 bytes.
 pub fn check_function_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -393,12 +515,7 @@ impl RawConfig {
         let grace_ms = self.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS);
         check_timeout("shutdown_grace_ms", grace_ms)?;
         if let Some(id) = &self.client_id {
-            if id.is_empty() || id.contains(['\0', ' ', '\n']) {
-                return Err(ConfigError::key(
-                    "client_id",
-                    "must be non-empty without spaces, newlines or NUL",
-                ));
-            }
+            check_client_id(id).map_err(|e| ConfigError::key("client_id", e))?;
         }
         if self.function.is_empty() {
             return Err(ConfigError::key(
@@ -519,6 +636,20 @@ impl RawFunction {
                     format!("invalid variable name `{bad}`"),
                 ));
             }
+            // The program must exist now, as it will be looked up per job:
+            // on the PATH the command gets (`env`'s, else ours unless
+            // clear_env), relative to `cwd` when it has a slash.
+            let path = env.get("PATH").cloned().or_else(|| {
+                (!self.clear_env.unwrap_or(false))
+                    .then(|| std::env::var("PATH").ok())
+                    .flatten()
+            });
+            if !program_exists(&argv[0], path.as_deref(), self.cwd.as_deref()) {
+                return Err(ConfigError::key(
+                    &key("exec"),
+                    format!("program `{}` not found (or not executable)", argv[0]),
+                ));
+            }
             if let Some(cwd) = &self.cwd {
                 if !cwd.is_dir() {
                     return Err(ConfigError::key(
@@ -557,6 +688,12 @@ impl RawFunction {
                     ))
                 }
             };
+            if self.param.is_some() && matches!(database, DatabaseUrl::Mysql(_)) {
+                return Err(ConfigError::key(
+                    &key("param"),
+                    "only for PostgreSQL (the type of `$1`); MySQL binds the workload as bytes",
+                ));
+            }
             let param = match self.param.as_deref() {
                 None | Some("text") => ParamType::Text,
                 Some("bytea") => ParamType::Bytea,
@@ -610,6 +747,25 @@ mod tests {
         assert_eq!(c.functions.len(), 1);
         assert_eq!(c.functions[0].concurrency, 1);
         assert_eq!(c.functions[0].backend, Backend::Builtin(Builtin::Echo));
+    }
+
+    #[test]
+    fn exec_programs_must_exist_and_param_is_for_postgres_only() {
+        let e = validate("[function.x]\nexec = [\"/no/such/prog\"]\n").unwrap_err();
+        assert!(e.to_string().starts_with("function.x.exec:"), "{e}");
+        let e = validate("[function.x]\nexec = [\"no-such-prog-xyz\"]\n").unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+        // Looked up on the command's own PATH when `env` sets one.
+        let e = validate("[function.x]\nexec = [\"cat\"]\nenv = { PATH = \"/nonexistent\" }\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("`cat` not found"), "{e}");
+        assert!(validate("[function.x]\nexec = [\"cat\"]\n").is_ok());
+        assert!(validate("[function.x]\nexec = [\"./cat\"]\ncwd = \"/bin\"\n").is_ok());
+        let e = validate(
+            "[function.x]\nsql = \"SELECT ?\"\ndatabase = \"mysql://u@h/d\"\nparam = \"bytea\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("function.x.param:"), "{e}");
     }
 
     #[test]
@@ -808,6 +964,29 @@ mod tests {
         );
         assert_eq!(redact_url("mysql://u@h/db"), "mysql://u@h/db");
         assert_eq!(redact_url("host=x"), "host=x");
+        assert_eq!(
+            redact_url("postgres://app@h:5/app?sslmode=disable&password=S3cret&x=1"),
+            "postgres://app@h:5/app?sslmode=disable&password=***&x=1"
+        );
+        assert_eq!(
+            redact_url("mysql://u:p@ss@h/db?PASSWORD=x"),
+            "mysql://u:***@h/db?PASSWORD=***"
+        );
+        assert_eq!(
+            redact_url("host=h password=KvS3cret user=u"),
+            "host=h password=*** user=u"
+        );
+        assert_eq!(
+            redact_url("host=h password = 'a \\' b' dbname=d"),
+            "host=h password = *** dbname=d"
+        );
+        assert_eq!(redact_url("password="), "password=***");
+        for url in [
+            "postgres://u:secret@h/d?password=secret",
+            "password='secret",
+        ] {
+            assert!(!redact_url(url).contains("secret"), "{url}");
+        }
     }
 
     #[test]

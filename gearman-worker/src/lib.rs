@@ -53,6 +53,9 @@ fn usage_error(msg: impl std::fmt::Display) -> u8 {
 
 /// Runs the mode the flags select; returns the exit status.
 pub fn run(cli: cli::Cli) -> u8 {
+    if let Err(e) = cli.check_common() {
+        return usage_error(e);
+    }
     if let Some(cli::Sub::Relay(args)) = &cli.sub {
         logging::set_level(cli.effective_level(logging::Level::Info));
         let servers = match config::resolve_servers(

@@ -590,6 +590,9 @@ impl Source for MySource {
     }
 }
 
+/// How often the relay repeats the same connect error at warn level.
+const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(30);
+
 /// Drains one source until `stop` is set; counts rows sent in `sent`.
 /// Database errors reconnect after the poll interval; a batch with failed
 /// submits makes a fresh client (forgetting server back-off) and waits.
@@ -597,18 +600,38 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
     let redacted = crate::config::redact_url(url);
     let kind = S::KIND;
     let mut client = s.client();
+    // The same connect error again within REPEAT_WARNING_EVERY is logged
+    // at debug only (a wrong password fails every poll interval, for ever).
+    let mut last_failure: Option<(String, Instant)> = None;
+    let mut failures = 0u64;
     'connect: while !stop.load(Ordering::SeqCst) {
         let mut db = match src.connect() {
             Ok(db) => db,
             Err(e) => {
-                crate::warn!(
-                    "{kind} {redacted}: {e}; retrying in {} ms",
-                    s.poll_interval.as_millis()
-                );
+                failures += 1;
+                let repeat = last_failure
+                    .as_ref()
+                    .is_some_and(|(m, at)| *m == e && at.elapsed() < REPEAT_WARNING_EVERY);
+                if repeat {
+                    crate::debug!("{kind} {redacted}: {e} (attempt {failures})");
+                } else {
+                    crate::warn!(
+                        "{kind} {redacted}: {e}; retrying every {} ms (attempt {failures}; \
+                         the same error is logged again after {} s)",
+                        s.poll_interval.as_millis(),
+                        REPEAT_WARNING_EVERY.as_secs()
+                    );
+                    last_failure = Some((e, Instant::now()));
+                }
                 nap(s.poll_interval, stop);
                 continue;
             }
         };
+        if failures > 0 {
+            crate::info!("{kind} {redacted}: connected after {failures} failed attempt(s)");
+            failures = 0;
+            last_failure = None;
+        }
         crate::info!(
             "relaying {redacted} ({}, source tag {})",
             S::TABLE,

@@ -402,3 +402,30 @@ fn grace_period_over_kills_the_command_and_exits_one() {
     ) == 1
         && running(&g.addr(), "stuck") == 0));
 }
+
+#[test]
+fn database_passwords_stay_out_of_logs_and_job_errors() {
+    let g = Gearmand::start();
+    // Port 1: nothing listens, so every job fails while connecting.
+    let (w, _d, _) = start_daemon(
+        &g,
+        "[function.q]\nsql = \"SELECT $1\"\n\
+         database = \"postgres://u:UserS3cret@127.0.0.1:1/app?sslmode=disable&password=QueryS3cret\"\n",
+    );
+    wait_workers(&g.addr(), "q", 1, &|| w.log());
+    let e = client(&g.addr()).run(&Job::new("q", "x")).unwrap_err();
+    let m = failure_text(&e);
+    assert!(
+        m.contains("connecting to postgres://u:***@127.0.0.1:1/app"),
+        "{m}"
+    );
+    assert!(m.contains("password=***"), "{m}");
+    assert!(
+        wait_until(Duration::from_secs(5), || w.log().contains("job failed")),
+        "{}",
+        w.log()
+    );
+    for text in [m, w.log()] {
+        assert!(!text.contains("S3cret"), "a password leaked: {text}");
+    }
+}

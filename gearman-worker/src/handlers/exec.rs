@@ -221,11 +221,21 @@ impl Handler for ExecHandler {
         let result = match status {
             Ok(v) => Ok(v),
             Err(None) => {
+                // Exited already, but its output pipes stayed open: a
+                // process it started in the background still holds them.
+                let exited = child.try_wait().ok().flatten();
                 kill_and_reap(&mut child, pgid);
                 let ms = spec.timeout.unwrap_or_default().as_millis();
-                Err(JobError::exception(format!(
-                    "`{program}` timed out after {ms} ms and was killed"
-                )))
+                Err(JobError::exception(match exited {
+                    Some(st) => format!(
+                        "`{program}` exited ({}) but its stdout or stderr stayed open until \
+                         the timeout of {ms} ms: a process it left running in the background \
+                         holds them (redirect its output, e.g. `cmd >/dev/null 2>&1 &`); \
+                         its process group was killed",
+                        describe(st)
+                    ),
+                    None => format!("`{program}` timed out after {ms} ms and was killed"),
+                }))
             }
             Err(Some(e)) => {
                 kill_and_reap(&mut child, pgid);
@@ -239,7 +249,12 @@ impl Handler for ExecHandler {
                 std::thread::park();
             }
         }
-        let (status, (out, out_overflow), (err, _)) = result?;
+        let (status, (out, out_overflow), (mut err, err_overflow)) = result?;
+        if err_overflow {
+            err.extend_from_slice(
+                format!("\n[stderr cut to its first {MAX_STDERR_BYTES} bytes]\n").as_bytes(),
+            );
+        }
         if !status.success() {
             let reason = if err.is_empty() {
                 format!("`{program}` failed: {}", describe(status))
@@ -412,6 +427,33 @@ mod tests {
         let h = handler(&["cat"], Some(10_000));
         let big = vec![b'x'; 3 * 1024 * 1024 / 4];
         assert_eq!(h.call(&big).unwrap().len(), big.len());
+    }
+
+    #[test]
+    fn a_background_process_holding_stdout_is_named_at_the_timeout() {
+        let h = handler(&["sh", "-c", "sleep 30 & echo hi"], Some(1000));
+        let e = h.call(b"").unwrap_err();
+        let r = e.reason();
+        assert!(r.contains("exited (exit status 0)"), "{r}");
+        assert!(r.contains("in the background"), "{r}");
+    }
+
+    #[test]
+    fn stderr_past_the_limit_is_cut_with_a_marker() {
+        let h = handler(
+            &[
+                "sh",
+                "-c",
+                "head -c 200000 /dev/zero | tr '\\0' e >&2; exit 1",
+            ],
+            Some(20_000),
+        );
+        let JobError::Exception { data, .. } = h.call(b"").unwrap_err() else {
+            panic!("expected a failure with stderr")
+        };
+        let marker = format!("\n[stderr cut to its first {MAX_STDERR_BYTES} bytes]\n");
+        assert!(data.ends_with(marker.as_bytes()));
+        assert_eq!(data.len(), MAX_STDERR_BYTES + marker.len());
     }
 
     #[test]

@@ -468,7 +468,8 @@ pub fn program_exists(program: &str, path: Option<&str>, cwd: Option<&Path>) -> 
             _ => executable(p),
         };
     }
-    path.unwrap_or("")
+    // No PATH at all (clear_env without one): execvp's default.
+    path.unwrap_or("/bin:/usr/bin")
         .split(':')
         .filter(|d| !d.is_empty())
         .any(|d| executable(&Path::new(d).join(program)))
@@ -760,6 +761,7 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("`cat` not found"), "{e}");
         assert!(validate("[function.x]\nexec = [\"cat\"]\n").is_ok());
+        assert!(validate("[function.x]\nexec = [\"cat\"]\nclear_env = true\n").is_ok());
         assert!(validate("[function.x]\nexec = [\"./cat\"]\ncwd = \"/bin\"\n").is_ok());
         let e = validate(
             "[function.x]\nsql = \"SELECT ?\"\ndatabase = \"mysql://u@h/d\"\nparam = \"bytea\"\n",

@@ -423,6 +423,16 @@ mod tests {
     }
 
     #[test]
+    fn a_cleared_environment_without_path_still_finds_programs_in_bin() {
+        // What config::program_exists assumes: execvp's default PATH.
+        let h = ExecHandler::new(ExecSpec {
+            clear_env: true,
+            ..handler(&["cat"], Some(5000)).spec
+        });
+        assert_eq!(h.call(b"x").unwrap(), b"x");
+    }
+
+    #[test]
     fn large_workload_does_not_deadlock() {
         let h = handler(&["cat"], Some(10_000));
         let big = vec![b'x'; 3 * 1024 * 1024 / 4];

@@ -16,4 +16,8 @@ pub use gearmand::Gearmand;
 pub use mariadb::{install_file, MariaDb, MariaDbOptions};
 pub use overlap::Overlap;
 pub use postgres::Postgres;
+/// `bin` directory, environment variable and `pg_config` of the PostgreSQL the tests use.
+pub mod pg {
+    pub use crate::postgres::{bin_dir, pg_binary, pg_config, BINDIR_ENV};
+}
 pub use process::{free_port, wait_for_port, DeadPort};

@@ -97,49 +97,81 @@ fn admin_err(line: &str) -> Error {
     )
 }
 
-/// Parses a `status` reply body.
-pub fn parse_status(lines: &[String]) -> Result<Vec<FunctionStatus>> {
-    lines
-        .iter()
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            if f.len() != 4 {
-                return Err(Error::protocol(format!("bad status line {l:?}")));
+/// Parses every line with `parse`, skipping (and logging) the lines it
+/// cannot parse: a function name with a newline, registered by a raw
+/// CAN_DO, forges lines in gearmand's answers for every admin client, and
+/// one bad line must not hide the rest (issue 10).
+fn parse_lines<T>(
+    what: &str,
+    lines: &[String],
+    mut parse: impl FnMut(&str) -> Result<T>,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(lines.len());
+    let mut skipped = 0usize;
+    for l in lines {
+        match parse(l) {
+            Ok(t) => out.push(t),
+            Err(e) => {
+                skipped += 1;
+                if skipped == 1 {
+                    log::warn!("skipping a line of the admin {what} answer: {e}");
+                }
             }
-            Ok(FunctionStatus {
-                function: f[0].to_string(),
-                total: num(f[1], l)?,
-                running: num(f[2], l)?,
-                workers: num(f[3], l)?,
-            })
-        })
-        .collect()
+        }
+    }
+    if skipped > 1 {
+        log::warn!("skipped {skipped} unparseable lines of the admin {what} answer");
+    }
+    out
 }
 
-/// Parses a `workers` reply body.
-pub fn parse_workers(lines: &[String]) -> Result<Vec<WorkerInfo>> {
-    lines
-        .iter()
-        .map(|l| {
-            let (head, funcs) = l
-                .split_once(" :")
-                .or_else(|| l.strip_suffix(':').map(|h| (h.trim_end(), "")))
-                .ok_or_else(|| Error::protocol(format!("bad workers line {l:?}")))?;
-            let mut w = head.split_whitespace();
-            let (Some(fd), Some(ip), Some(id)) = (w.next(), w.next(), w.next()) else {
-                return Err(Error::protocol(format!("bad workers line {l:?}")));
-            };
-            Ok(WorkerInfo {
-                fd: fd
-                    .parse()
-                    .map_err(|_| Error::protocol(format!("bad fd in {l:?}")))?,
-                ip: ip.to_string(),
-                client_id: id.to_string(),
-                functions: funcs.split_whitespace().map(str::to_string).collect(),
-            })
-        })
-        .collect()
+fn status_line(l: &str) -> Result<FunctionStatus> {
+    let f: Vec<&str> = l.split('\t').collect();
+    if f.len() != 4 {
+        return Err(Error::protocol(format!("bad status line {l:?}")));
+    }
+    Ok(FunctionStatus {
+        function: f[0].to_string(),
+        total: num(f[1], l)?,
+        running: num(f[2], l)?,
+        workers: num(f[3], l)?,
+    })
 }
+
+fn workers_line(l: &str) -> Result<WorkerInfo> {
+    let (head, funcs) = l
+        .split_once(" :")
+        .or_else(|| l.strip_suffix(':').map(|h| (h.trim_end(), "")))
+        .ok_or_else(|| Error::protocol(format!("bad workers line {l:?}")))?;
+    let mut w = head.split_whitespace();
+    let (Some(fd), Some(ip), Some(id), None) = (w.next(), w.next(), w.next(), w.next()) else {
+        return Err(Error::protocol(format!("bad workers line {l:?}")));
+    };
+    Ok(WorkerInfo {
+        fd: fd
+            .parse()
+            .map_err(|_| Error::protocol(format!("bad fd in {l:?}")))?,
+        ip: ip.to_string(),
+        client_id: id.to_string(),
+        functions: funcs.split_whitespace().map(str::to_string).collect(),
+    })
+}
+
+/// Parses a `status` reply body. A line that is not `function TAB total
+/// TAB running TAB workers` is skipped (see the module docs of
+/// [`Admin::list`]); never fails.
+pub fn parse_status(lines: &[String]) -> Result<Vec<FunctionStatus>> {
+    Ok(parse_lines("status", lines, status_line))
+}
+
+/// Parses a `workers` reply body. A line that is not `fd ip id : functions`
+/// is skipped; never fails.
+pub fn parse_workers(lines: &[String]) -> Result<Vec<WorkerInfo>> {
+    Ok(parse_lines("workers", lines, workers_line))
+}
+
+/// Most bytes of one admin list answer kept in memory: 64 MiB.
+const MAX_LIST_BYTES: usize = 64 << 20;
 
 impl Admin {
     /// Connects to `addr`; `timeout` bounds the connect and each command.
@@ -157,6 +189,7 @@ impl Admin {
     /// Sends a command and reads a one-line reply. `ERR ...` is an error.
     pub fn command(&mut self, command: &str) -> Result<String> {
         encode_admin_command(command, self.conn.queue())?;
+        self.conn.discard_stray()?;
         let line = self.conn.recv_line(self.deadline(), None)?;
         if line.starts_with("ERR") {
             return Err(admin_err(&line).at(self.conn.addr()));
@@ -165,72 +198,92 @@ impl Admin {
     }
 
     /// Sends a command and reads a `.`-terminated list reply.
+    ///
+    /// A `.` line followed by more bytes already received is not the end:
+    /// only one command is outstanding, so those bytes belong to the same
+    /// answer, and the `.` was forged by a function name holding a newline
+    /// (registered by some other client's raw CAN_DO). Such `.` lines are
+    /// dropped and the answer read on; the typed parsers then skip the
+    /// lines they cannot parse. Bytes left over from an earlier answer are
+    /// discarded before a command is sent. An answer over 64 MiB is a
+    /// protocol error.
     pub fn list(&mut self, command: &str) -> Result<Vec<String>> {
         encode_admin_command(command, self.conn.queue())?;
+        self.conn.discard_stray()?;
+        let deadline = self.deadline();
         let mut lines = Vec::new();
+        let mut bytes = 0usize;
         loop {
-            let line = self.conn.recv_line(self.deadline(), None)?;
+            let line = self.conn.recv_line(deadline, None)?;
             if line == "." {
+                if self.conn.has_more_input()? {
+                    continue;
+                }
                 return Ok(lines);
             }
             if lines.is_empty() && line.starts_with("ERR") {
                 return Err(admin_err(&line).at(self.conn.addr()));
+            }
+            bytes += line.len() + 1;
+            if bytes > MAX_LIST_BYTES {
+                return Err(Error::protocol(format!(
+                    "admin answer to {command:?} is longer than {MAX_LIST_BYTES} bytes"
+                ))
+                .at(self.conn.addr()));
             }
             lines.push(line);
         }
     }
 
     /// `status`: every known function with total, running and workers.
+    /// Unparseable lines are skipped (see [`Admin::list`]).
     pub fn status(&mut self) -> Result<Vec<FunctionStatus>> {
         let lines = self.list("status")?;
         parse_status(&lines).map_err(|e| e.at(self.conn.addr()))
     }
 
-    /// `prioritystatus`: queued jobs per priority.
+    /// `prioritystatus`: queued jobs per priority. Unparseable lines are
+    /// skipped.
     pub fn priority_status(&mut self) -> Result<Vec<PriorityStatus>> {
         let lines = self.list("prioritystatus")?;
-        lines
-            .iter()
-            .map(|l| {
-                let f: Vec<&str> = l.split('\t').collect();
-                if f.len() != 5 {
-                    return Err(Error::protocol(format!("bad prioritystatus line {l:?}")));
-                }
-                Ok(PriorityStatus {
-                    function: f[0].to_string(),
-                    high: num(f[1], l)?,
-                    normal: num(f[2], l)?,
-                    low: num(f[3], l)?,
-                    workers: num(f[4], l)?,
-                })
+        Ok(parse_lines("prioritystatus", &lines, |l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() != 5 {
+                return Err(Error::protocol(format!("bad prioritystatus line {l:?}")));
+            }
+            Ok(PriorityStatus {
+                function: f[0].to_string(),
+                high: num(f[1], l)?,
+                normal: num(f[2], l)?,
+                low: num(f[3], l)?,
+                workers: num(f[4], l)?,
             })
-            .collect()
+        }))
     }
 
     /// `workers`: every connection with its registered functions.
+    /// Unparseable lines are skipped.
     pub fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
         let lines = self.list("workers")?;
         parse_workers(&lines)
     }
 
-    /// `show jobs`: every job the server holds.
+    /// `show jobs`: every job the server holds. Unparseable lines are
+    /// skipped.
     pub fn show_jobs(&mut self) -> Result<Vec<JobInfo>> {
         let lines = self.list("show jobs")?;
-        lines
-            .iter()
-            .map(|l| {
-                let f: Vec<&str> = l.split('\t').collect();
-                if f.len() != 4 {
-                    return Err(Error::protocol(format!("bad show jobs line {l:?}")));
-                }
-                Ok(JobInfo {
-                    handle: f[0].to_string(),
-                    retries: num(f[1], l)?,
-                    ignore: f[2].trim() == "1",
-                    persisted: f[3].trim() == "1",
-                })
+        Ok(parse_lines("show jobs", &lines, |l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() != 4 {
+                return Err(Error::protocol(format!("bad show jobs line {l:?}")));
+            }
+            Ok(JobInfo {
+                handle: f[0].to_string(),
+                retries: num(f[1], l)?,
+                ignore: f[2].trim() == "1",
+                persisted: f[3].trim() == "1",
             })
-            .collect()
+        }))
     }
 
     /// `version`, e.g. `1.1.20`.
@@ -251,11 +304,7 @@ impl Admin {
     /// `maxqueue FUNCTION [N]`: limits the function's queue (queued plus
     /// running) to `size` jobs; `None` or 0 means unlimited.
     pub fn maxqueue(&mut self, function: &str, size: Option<u32>) -> Result<()> {
-        if function.is_empty() || function.contains(char::is_whitespace) {
-            return Err(Error::invalid_argument(
-                "maxqueue needs a function name without spaces",
-            ));
-        }
+        crate::job::validate_function_name(function.as_bytes())?;
         let cmd = match size {
             Some(n) => format!("maxqueue {function} {n}"),
             None => format!("maxqueue {function}"),

@@ -296,6 +296,26 @@ impl Connection {
         }
     }
 
+    /// Whether received bytes are waiting to be decoded, after taking what
+    /// the socket holds now (no wait).
+    pub(crate) fn has_more_input(&mut self) -> Result<bool> {
+        if self.rpos == self.rend && !self.closed {
+            self.read_ready()?;
+        }
+        Ok(self.rpos < self.rend)
+    }
+
+    /// Drops received bytes nobody asked for (what is left of an earlier
+    /// answer), taking what the socket holds now first (no wait).
+    pub(crate) fn discard_stray(&mut self) -> Result<()> {
+        if !self.closed {
+            self.read_ready()?;
+        }
+        self.rpos = 0;
+        self.rend = 0;
+        Ok(())
+    }
+
     /// The error to report when the peer closed with nothing decodable left.
     pub(crate) fn closed_error(&self) -> Error {
         let partial = self.rend - self.rpos;

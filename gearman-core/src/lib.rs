@@ -28,7 +28,7 @@ pub use client::{Client, ClientStats, DeferredFailure, DeferredReport, Options};
 pub use conn::{Connection, Interrupt};
 pub use error::{Error, ErrorKind, Result};
 pub use job::{
-    first_known, Event, Job, JobHandle, JobStatus, Known, Priority, UniqueStatus, MAX_FUNCTION,
-    MAX_UNIQUE,
+    first_known, validate_function_name, Event, Job, JobHandle, JobStatus, Known, Priority,
+    UniqueStatus, MAX_FUNCTION, MAX_UNIQUE,
 };
 pub use servers::{Router, ServerAddr, ServerList, DEFAULT_PORT};

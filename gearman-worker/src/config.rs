@@ -484,18 +484,11 @@ pub fn check_client_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a Gearman function name: non-empty, no NUL, at most 512 bytes.
+/// Checks a Gearman function name: 1 to 512 bytes, no control character or
+/// whitespace (bytes 0x00 to 0x20 and 0x7f), as
+/// [`gearman_core::validate_function_name`] checks it.
 pub fn check_function_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("function name is empty".into());
-    }
-    if name.contains('\0') {
-        return Err("function name contains a NUL byte".into());
-    }
-    if name.len() > 512 {
-        return Err("function name is longer than 512 bytes".into());
-    }
-    Ok(())
+    gearman_core::validate_function_name(name.as_bytes()).map_err(|e| e.message().to_string())
 }
 
 impl RawConfig {
@@ -1027,6 +1020,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.servers.to_string(), "[::1]:4731,[::1]:4730,h:1");
+    }
+
+    /// Issue 10 item 10: a function name with a control character or
+    /// whitespace is refused at load, naming the table.
+    #[test]
+    fn function_names_with_control_characters_or_whitespace_are_refused() {
+        for (quoted, what) in [
+            ("\"nl\\n.\\nx\"", "newline"),
+            ("\"a b\"", "space"),
+            ("\"tab\\tx\"", "tab"),
+            ("\"del\\u007f\"", "0x7f"),
+            ("\"bell\\u0007\"", "0x07"),
+        ] {
+            let text = format!("[function.{quoted}]\nbuiltin = \"echo\"\n");
+            let e = load_text("fname", &text).unwrap_err().to_string();
+            assert!(e.contains("function."), "{quoted}: {e}");
+            assert!(e.contains(what), "{quoted}: {e}");
+        }
+        assert!(check_function_name("ok.name-1").is_ok());
     }
 
     #[test]

@@ -241,6 +241,21 @@ fn any_packet() -> impl Strategy<Value = Packet> {
                         last.pop();
                     }
                 }
+                // A server's handles, numbers and codes are bounded
+                // (decode refuses longer ones): keep those in bounds.
+                if !req
+                    && matches!(
+                        kind,
+                        PacketType::JobCreated
+                            | PacketType::WorkFail
+                            | PacketType::OptionRes
+                            | PacketType::StatusRes
+                            | PacketType::StatusResUnique
+                            | PacketType::WorkStatus
+                    )
+                {
+                    last.truncate(63);
+                }
                 args.push(last);
             }
             Packet {

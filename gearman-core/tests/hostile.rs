@@ -6,12 +6,98 @@
 mod common;
 
 use gearman_core::admin::Admin;
-use gearman_core::proto::{encode, Magic, PacketType};
-use gearman_core::{ErrorKind, Job, ServerAddr};
+use gearman_core::proto::{decode, encode, Decoded, Magic, Packet, PacketType};
+use gearman_core::{Client, ErrorKind, Job, Options, ServerAddr, ServerList};
 use gearman_testkit::Gearmand;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// What a scripted job server saw.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    packets: AtomicUsize,
+}
+
+/// A scripted binary job server: every request packet is passed to
+/// `answer` with the connection's own counter of requests so far; the bytes
+/// it returns are sent back (`None` closes the connection).
+fn scripted(
+    answer: impl Fn(&Packet, usize, &mut TcpStream) -> Option<Vec<u8>> + Send + Sync + 'static,
+) -> (ServerAddr, Arc<Seen>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = ServerAddr::parse(&l.local_addr().unwrap().to_string()).unwrap();
+    let seen = Arc::new(Seen::default());
+    let answer = Arc::new(answer);
+    let seen2 = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            seen2.connections.fetch_add(1, Ordering::SeqCst);
+            let answer = Arc::clone(&answer);
+            let seen = Arc::clone(&seen2);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 65536];
+                let mut n_req = 0;
+                loop {
+                    while let Ok(Decoded::Packet(p, used)) = decode(&buf, 64 << 20) {
+                        buf.drain(..used);
+                        seen.packets.fetch_add(1, Ordering::SeqCst);
+                        n_req += 1;
+                        match answer(&p, n_req, &mut s) {
+                            Some(bytes) => {
+                                if s.write_all(&bytes).is_err() {
+                                    return;
+                                }
+                            }
+                            None => return,
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn res(kind: PacketType, args: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(Magic::Res, kind, args, &mut out).unwrap();
+    out
+}
+
+fn is_submit(p: &Packet) -> bool {
+    matches!(
+        p.kind,
+        PacketType::SubmitJob
+            | PacketType::SubmitJobBg
+            | PacketType::SubmitJobHigh
+            | PacketType::SubmitJobHighBg
+            | PacketType::SubmitJobLow
+            | PacketType::SubmitJobLowBg
+            | PacketType::SubmitJobEpoch
+    )
+}
+
+fn quick(addr: &ServerAddr) -> Client {
+    Client::new(
+        ServerList::single(addr.clone()),
+        Options {
+            connect_timeout: Duration::from_secs(2),
+            io_timeout: Duration::from_secs(2),
+            foreground_timeout: Some(Duration::from_secs(3)),
+            ..Options::default()
+        },
+    )
+}
 
 /// A scripted admin server: for each connection, answers each command line
 /// with the text `answer(command)` returns.
@@ -128,4 +214,96 @@ fn real_gearmand_with_a_newline_in_a_registered_name() {
     w.register("a b", |_| Ok(vec![]));
     assert_eq!(w.run().unwrap_err().kind(), &ErrorKind::InvalidArgument);
     drop(raw);
+}
+
+/// Issue 10 item 4: a JOB_CREATED carrying a 10 MiB "handle" is a protocol
+/// error on every submission path, never a success.
+#[test]
+fn a_ten_mib_job_handle_is_a_protocol_error_not_a_success() {
+    let huge = vec![b'H'; 10 << 20];
+    let (addr, _) = scripted(move |p, _, _| {
+        Some(if is_submit(p) {
+            res(PacketType::JobCreated, &[&huge])
+        } else if p.kind == PacketType::GetStatus {
+            res(PacketType::StatusRes, &[&huge, b"1", b"0", b"0", b"0"])
+        } else {
+            Vec::new()
+        })
+    });
+    let mut c = quick(&addr);
+    let check = |r: gearman_core::Result<String>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), &ErrorKind::Protocol, "{what}: {e}");
+        assert!(
+            e.to_string().contains("job handle of 10485760 bytes"),
+            "{what}: {e}"
+        );
+        assert!(
+            e.to_string().len() < 300,
+            "{what}: the message holds the handle"
+        );
+    };
+    check(
+        c.submit_background(&Job::new("f", "x")).map(|h| h.handle),
+        "submit_background",
+    );
+    check(c.run(&Job::new("f", "x")).map(|_| String::new()), "run");
+    let all = c.submit_background_all(&[Job::new("f", "1"), Job::new("f", "2")]);
+    for r in all {
+        check(r.map(|h| h.handle), "submit_background_all");
+    }
+    for r in c.run_all(&[Job::new("f", "1")]) {
+        check(r.map(|_| String::new()), "run_all");
+    }
+    c.submit_background_deferred(&[Job::new("f", "1")]).unwrap();
+    let report = c.collect_deferred(true);
+    assert_eq!(report.confirmed, 0, "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    check(Err(report.failed[0].error.clone()), "deferred");
+    let h = gearman_core::JobHandle {
+        server: addr.clone(),
+        handle: "H:x:1".into(),
+    };
+    check(c.status(&h).map(|_| String::new()), "status");
+}
+
+/// Issue 10 item 4, worker side: a JOB_ASSIGN_UNIQ with an over-long
+/// function name or unique key never reaches a handler; the worker drops
+/// the connection and reconnects.
+#[test]
+fn a_job_assign_with_over_long_fields_never_reaches_the_handler() {
+    for (function, unique) in [
+        (vec![b'f'; 513], b"u".to_vec()),
+        (b"f".to_vec(), vec![b'u'; 65]),
+    ] {
+        let (addr, seen) = scripted(move |p, _, _| {
+            Some(match p.kind {
+                PacketType::GrabJobUniq | PacketType::GrabJob => res(
+                    PacketType::JobAssignUniq,
+                    &[b"H:x:1", &function, &unique, b"w"],
+                ),
+                _ => Vec::new(),
+            })
+        });
+        let calls = Arc::new(AtomicUsize::new(0));
+        let calls2 = Arc::clone(&calls);
+        let mut w = gearman_core::worker::Worker::new(
+            ServerList::single(addr),
+            common::quick_worker_options(),
+        );
+        w.register("f", move |_| {
+            calls2.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![])
+        });
+        let stop = w.stop_handle();
+        let t = std::thread::spawn(move || w.run());
+        let start = Instant::now();
+        while seen.connections.load(Ordering::SeqCst) < 2 {
+            assert!(start.elapsed() < Duration::from_secs(10), "no reconnect");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.stop();
+        t.join().unwrap().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
 }

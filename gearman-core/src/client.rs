@@ -46,7 +46,20 @@ pub struct Options {
     pub max_in_flight: usize,
     /// Called between wait slices of at most 50 ms; an `Err` aborts the wait.
     pub interrupt: Option<Interrupt>,
+    /// Largest result, in bytes, accumulated for one foreground job (its
+    /// WORK_DATA chunks and WORK_COMPLETE data together), in every path:
+    /// [`Client::run`], [`Client::run_with`], [`Client::run_all`] (per job).
+    /// Past it the job fails with [`ErrorKind::ResultTooLarge`] ("result of
+    /// job H exceeded N bytes"), the rest of its data is read and dropped
+    /// without being kept, and the connection is closed when the call ends.
+    /// A `run_all` of N jobs holds at most N times this. Default 16 MiB
+    /// ([`DEFAULT_MAX_RESULT`]).
+    pub max_result: usize,
 }
+
+/// Default [`Options::max_result`]: 16 MiB, MySQL's default largest UDF
+/// result.
+pub const DEFAULT_MAX_RESULT: usize = 16 << 20;
 
 impl Default for Options {
     fn default() -> Options {
@@ -60,6 +73,7 @@ impl Default for Options {
             client_id: None,
             max_in_flight: 1024,
             interrupt: None,
+            max_result: DEFAULT_MAX_RESULT,
         }
     }
 }
@@ -76,6 +90,7 @@ impl std::fmt::Debug for Options {
             .field("client_id", &self.client_id)
             .field("max_in_flight", &self.max_in_flight)
             .field("interrupt", &self.interrupt.is_some())
+            .field("max_result", &self.max_result)
             .finish()
     }
 }
@@ -172,6 +187,10 @@ struct Lane {
     fifo: VecDeque<usize>,
     /// Foreground tasks by handle; several when coalesced on this connection.
     running: HashMap<Vec<u8>, VecDeque<usize>>,
+    /// Handles of jobs failed for a too large result: their further packets
+    /// are dropped unread into nothing, and the connection is closed when
+    /// the set ends (the server may still send them).
+    discard: std::collections::HashSet<Vec<u8>>,
     open: usize,
 }
 
@@ -784,6 +803,7 @@ impl Client {
                                 backlog: VecDeque::new(),
                                 fifo: VecDeque::new(),
                                 running: HashMap::new(),
+                                discard: Default::default(),
                                 open: 0,
                             });
                             lanes.len() - 1
@@ -808,6 +828,7 @@ impl Client {
         };
         let hook = self.opts.interrupt.clone();
         let window = self.opts.max_in_flight.max(1);
+        let max_result = self.opts.max_result;
 
         loop {
             // Feed each lane's window and note whether work remains.
@@ -919,7 +940,7 @@ impl Client {
                     }
                     conn.read_ready()?;
                     while let Some(p) = conn.next_packet()? {
-                        dispatch(lane, &mut tasks, p, &mut events)?;
+                        dispatch(lane, &mut tasks, p, &mut events, max_result)?;
                     }
                     if conn.is_closed() && lane.open > 0 {
                         return Err(conn.closed_error());
@@ -933,6 +954,10 @@ impl Client {
             }
         }
         for lane in &lanes {
+            if !lane.discard.is_empty() {
+                // The server may still send data of a job given up on.
+                self.conns.remove(&lane.addr);
+            }
             if let Some(c) = self.conns.get_mut(&lane.addr) {
                 c.busy = false;
                 self.router.mark_alive(&lane.addr);
@@ -1024,6 +1049,7 @@ fn dispatch(
     tasks: &mut [Task<'_>],
     p: Packet,
     events: &mut Option<&mut dyn FnMut(Event)>,
+    max_result: usize,
 ) -> Result<()> {
     let addr = lane.addr.clone();
     match p.kind {
@@ -1060,6 +1086,17 @@ fn dispatch(
         | PacketType::WorkFail
         | PacketType::WorkException => {
             let handle = p.arg(0).to_vec();
+            let terminal = matches!(
+                p.kind,
+                PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
+            );
+            if lane.discard.contains(&handle) {
+                // A job failed for a too large result: drop its data.
+                if terminal {
+                    lane.discard.remove(&handle);
+                }
+                return Ok(());
+            }
             let Some(queue) = lane.running.get_mut(&handle) else {
                 // A job we no longer wait for (e.g. its set timed out earlier
                 // on a connection we kept): nothing to deliver it to.
@@ -1074,10 +1111,27 @@ fn dispatch(
             // packet twice (protocol.md 4.1): deliver each copy to the next
             // task in turn.
             let ti = queue.pop_front().expect("queues are never left empty");
-            let terminal = matches!(
-                p.kind,
-                PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
-            );
+            let grows = matches!(p.kind, PacketType::WorkData | PacketType::WorkComplete);
+            if grows && tasks[ti].data.len().saturating_add(p.arg(1).len()) > max_result {
+                let e = Error::new(
+                    ErrorKind::ResultTooLarge,
+                    format!(
+                        "result of job {} exceeded {max_result} bytes",
+                        String::from_utf8_lossy(&handle)
+                    ),
+                )
+                .at(&addr);
+                tasks[ti].data = Vec::new();
+                finish(&mut tasks[ti], Err(e));
+                lane.open -= 1;
+                if queue.is_empty() {
+                    lane.running.remove(&handle);
+                    if !terminal {
+                        lane.discard.insert(handle);
+                    }
+                }
+                return Ok(());
+            }
             match p.kind {
                 PacketType::WorkData => {
                     tasks[ti].data.extend_from_slice(p.arg(1));

@@ -24,7 +24,9 @@ pub mod proto;
 mod servers;
 pub mod worker;
 
-pub use client::{Client, ClientStats, DeferredFailure, DeferredReport, Options};
+pub use client::{
+    Client, ClientStats, DeferredFailure, DeferredReport, Options, DEFAULT_MAX_RESULT,
+};
 pub use conn::{Connection, Interrupt};
 pub use error::{Error, ErrorKind, Result};
 pub use job::{

@@ -307,3 +307,79 @@ fn a_job_assign_with_over_long_fields_never_reaches_the_handler() {
         assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 }
+
+/// A scripted server that answers a foreground submission with JOB_CREATED
+/// and then streams 1 MiB WORK_DATA packets, never a WORK_COMPLETE, until
+/// the client goes away. Counts the packets it managed to send.
+fn flooding_server() -> (ServerAddr, Arc<AtomicUsize>) {
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sent2 = Arc::clone(&sent);
+    let (addr, _) = scripted(move |p, n, s| {
+        if !is_submit(p) {
+            return Some(Vec::new());
+        }
+        let handle = format!("H:flood:{n}");
+        s.write_all(&res(PacketType::JobCreated, &[handle.as_bytes()]))
+            .ok()?;
+        let chunk = res(
+            PacketType::WorkData,
+            &[handle.as_bytes(), &vec![b'x'; 1 << 20]],
+        );
+        // Bounded, so a client that keeps reading cannot keep this going.
+        for _ in 0..200 {
+            s.write_all(&chunk).ok()?;
+            sent2.fetch_add(1, Ordering::SeqCst);
+        }
+        None
+    });
+    (addr, sent)
+}
+
+/// Issue 10 item 1: a result streamed as WORK_DATA without end fails the
+/// call once it passes `max_result`, in run, run_with and run_all; the
+/// rest is not accumulated (the call returns before the server is done
+/// streaming, and run_with's events stop at the cap).
+#[test]
+fn a_flood_of_work_data_fails_at_max_result() {
+    let cap = 4 << 20;
+    let (addr, sent) = flooding_server();
+    let mut c = quick(&addr);
+    c.options_mut().max_result = cap;
+    c.options_mut().foreground_timeout = Some(Duration::from_secs(60));
+    let check = |r: gearman_core::Result<Vec<u8>>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), &ErrorKind::ResultTooLarge, "{what}: {e}");
+        assert!(
+            e.to_string().contains(&format!("exceeded {cap} bytes")),
+            "{what}: {e}"
+        );
+        assert!(
+            e.to_string().contains("result of job H:flood:"),
+            "{what}: {e}"
+        );
+    };
+    check(c.run(&Job::new("flood_fn", "x")), "run");
+    let mut got = 0usize;
+    check(
+        c.run_with(&Job::new("flood_fn", "x"), &mut |ev| {
+            if let gearman_core::Event::Data(d) = ev {
+                got += d.len();
+            }
+        }),
+        "run_with",
+    );
+    assert!(got <= cap, "events delivered {got} bytes past the cap");
+    // run_all over two flooding servers (one job each, round-robin).
+    let (addr2, sent2) = flooding_server();
+    c.set_servers(ServerList::parse(&format!("{addr},{addr2}")).unwrap());
+    let rs = c.run_all(&[Job::new("flood_fn", "a"), Job::new("flood_fn", "b")]);
+    assert_eq!(rs.len(), 2);
+    for r in rs {
+        check(r, "run_all");
+    }
+    // Each call ended long before the servers' 200 MiB were sent.
+    let total = sent.load(Ordering::SeqCst) + sent2.load(Ordering::SeqCst);
+    assert!(total < 4 * 200, "the client read every packet: {total}");
+    // The default cap is 16 MiB.
+    assert_eq!(Options::default().max_result, 16 << 20);
+}

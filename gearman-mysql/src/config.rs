@@ -46,8 +46,10 @@
 //!   statements that submitted pipelined jobs (without waiting). It is then
 //!   reported by the thread that collected it: one error-log line per
 //!   statement with the counts (`pipelined background dispatch: N jobs not
-//!   queued ...`) and that session's `gman_last_error()`; the row that
-//!   submitted it has already returned its key. Confirmations still unread
+//!   queued ...`); and in `gman_last_error()` of the connection that
+//!   submitted the job (only of that one, even when another session's call
+//!   collected the confirmation; the last 65,536 submitters are remembered);
+//!   the row that submitted it has already returned its key. Confirmations still unread
 //!   when mariadbd shuts down are not reported. Use it where throughput
 //!   matters more than a per-row answer (bulk `SELECT`s, busy triggers), or
 //!   use the outbox (`sql/mysql/outbox.sql`) where no job may be lost.

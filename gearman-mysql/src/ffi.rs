@@ -10,7 +10,9 @@
 
 use crate::abi::{self, UdfArgs, UdfInit};
 use crate::funcs::{check_args, servers_set_locked, Call, Kind};
-use crate::runtime::{flush_deferred_failures, log_error, runtime, set_last_error};
+use crate::runtime::{
+    clear_last_error, flush_deferred_failures, log_error, runtime, set_last_error,
+};
 use std::os::raw::{c_char, c_ulong};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -41,6 +43,11 @@ pub unsafe fn init(
     message: *mut c_char,
 ) -> c_char {
     let r = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+        // A statement that calls a gman_* function starts with a clean
+        // slate for its connection (see `crate::session`).
+        if kind != Kind::LastError {
+            clear_last_error();
+        }
         if initid.is_null() || args.is_null() {
             return Err(format!("{name}: called without UDF_INIT/UDF_ARGS"));
         }

@@ -7,6 +7,7 @@ use crate::abi::{
 use crate::runtime::{
     generate_unique, last_error, note_deferred, runtime, set_last_error, Runtime,
 };
+use crate::session::{note_submitter, take_submitter};
 use gearman_core::admin::Admin;
 use gearman_core::{Job, Priority, ServerList};
 
@@ -242,8 +243,15 @@ impl Call {
                 job = job.with_unique(generate_unique());
             }
             let key = job.unique_bytes().to_vec();
+            // Noted before the write: its confirmation may be collected
+            // (by any thread) as soon as it is written.
+            let fname = String::from_utf8_lossy(&job.function).into_owned();
+            note_submitter(fname.as_bytes(), &key);
             rt.with_client(&servers, |c| submit_pipelined(c, &job))
-                .map_err(|e| describe(&job, &e))?;
+                .map_err(|e| {
+                    take_submitter(fname.as_bytes(), &key);
+                    describe(&job, &e)
+                })?;
             self.pipelined += 1;
             return Ok(key);
         }

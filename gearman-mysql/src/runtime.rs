@@ -1,7 +1,9 @@
 //! Process-wide state inside mariadbd: configuration, routing table, the
-//! client pool, the per-thread last error and the error-log writer.
+//! client pool, the reports of pipelined jobs and the error-log writer
+//! (the per-connection last error is in [`crate::session`]).
 
 use crate::config::{BackgroundDispatch, Config};
+use crate::session::{set_error_of, take_submitter, ConnId};
 use gearman_core::{Client, DeferredReport, ErrorKind, Options, ServerAddr, ServerList};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -218,19 +220,7 @@ impl Runtime {
     }
 }
 
-thread_local! {
-    static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Records `msg` as this thread's last error (see `gman_last_error()`).
-pub fn set_last_error(msg: &str) {
-    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = Some(msg.to_owned()));
-}
-
-/// This thread's last error, if any.
-pub fn last_error() -> Option<String> {
-    LAST_ERROR.try_with(|e| e.borrow().clone()).ok().flatten()
-}
+pub use crate::session::{clear_last_error, last_error, set_last_error};
 
 /// Pipelined background jobs that failed after their call returned, as
 /// collected by this thread since its last error-log line about them.
@@ -255,6 +245,20 @@ static DEFERRED_FAILED_TOTAL: AtomicU64 = AtomicU64::new(0);
 const DEFERRED_FLUSH_AFTER: Duration = Duration::from_secs(1);
 
 impl DeferredTally {
+    fn add(&mut self, f: &gearman_core::DeferredFailure) {
+        if matches!(f.error.kind(), ErrorKind::Server { .. }) {
+            self.refused += 1;
+            if self.first_refused.is_none() {
+                self.first_refused = Some(describe_failure(f));
+            }
+        } else {
+            self.unknown += 1;
+            if self.first_unknown.is_none() {
+                self.first_unknown = Some(describe_failure(f));
+            }
+        }
+    }
+
     fn message(&self, total: u64) -> String {
         let mut m = format!(
             "pipelined background dispatch: {} job{} not queued",
@@ -294,36 +298,43 @@ fn describe_failure(f: &gearman_core::DeferredFailure) -> String {
 }
 
 /// Takes note of a collection report of pipelined background jobs: its
-/// failures are added to this thread's tally, which becomes this thread's
-/// `gman_last_error()` and, at the end of the statement (or after a second),
-/// one error-log line.
+/// failures are added to this thread's tally, which becomes one error-log
+/// line at the end of the statement (or after a second), and each failure
+/// becomes the `gman_last_error()` of the connection that submitted the job
+/// (never of the connection that merely collected the confirmation on a
+/// shared pooled connection; see [`crate::session::note_submitter`]).
 pub fn note_deferred(report: DeferredReport) {
     if report.failed.is_empty() {
         return;
     }
     let n = report.failed.len() as u64;
     let total = DEFERRED_FAILED_TOTAL.fetch_add(n, Ordering::Relaxed) + n;
+    let mut per_conn: Vec<(ConnId, DeferredTally)> = Vec::new();
+    for f in &report.failed {
+        if let Some(c) = take_submitter(f.function.as_bytes(), &f.unique) {
+            let i = match per_conn.iter().position(|(x, _)| *x == c) {
+                Some(i) => i,
+                None => {
+                    per_conn.push((c, DeferredTally::default()));
+                    per_conn.len() - 1
+                }
+            };
+            per_conn[i].1.add(f);
+        }
+    }
+    for (c, t) in per_conn {
+        set_error_of(c, &t.message(total), true);
+    }
     let r = DEFERRED.try_with(|t| {
         let mut t = t.borrow_mut();
         for f in &report.failed {
-            if matches!(f.error.kind(), ErrorKind::Server { .. }) {
-                t.refused += 1;
-                if t.first_refused.is_none() {
-                    t.first_refused = Some(describe_failure(f));
-                }
-            } else {
-                t.unknown += 1;
-                if t.first_unknown.is_none() {
-                    t.first_unknown = Some(describe_failure(f));
-                }
-            }
+            t.add(f);
         }
         let since = *t.since.get_or_insert_with(Instant::now);
-        (t.message(total), since.elapsed() >= DEFERRED_FLUSH_AFTER)
+        since.elapsed() >= DEFERRED_FLUSH_AFTER
     });
     match r {
-        Ok((msg, flush_now)) => {
-            set_last_error(&msg);
+        Ok(flush_now) => {
             if flush_now {
                 flush_deferred_failures();
             }
@@ -530,6 +541,9 @@ mod tests {
             })
             .collect();
         std::thread::spawn(move || {
+            for i in 0..3 {
+                crate::session::note_submitter(b"f", format!("u{i}").as_bytes());
+            }
             note_deferred(DeferredReport {
                 confirmed: 5,
                 failed,
@@ -545,14 +559,5 @@ mod tests {
         })
         .join()
         .unwrap();
-    }
-
-    #[test]
-    fn last_error_is_per_thread() {
-        set_last_error("boom");
-        assert_eq!(last_error().as_deref(), Some("boom"));
-        std::thread::spawn(|| assert_eq!(last_error(), None))
-            .join()
-            .unwrap();
     }
 }

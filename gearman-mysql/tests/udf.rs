@@ -1211,3 +1211,135 @@ fn a_failing_row_does_not_stop_the_later_rows() {
     assert!(last_error(&mut c).unwrap().contains("not an integer"));
     assert_select_1(&mut env, &mut c, "per-row failures");
 }
+
+// ---------------------------------------------------------------------------
+// gman_last_error() per connection (issue 10, item 8)
+
+fn user_conn(env: &Env, user: &str) -> mysql::Conn {
+    let opts = mysql::OptsBuilder::new()
+        .ip_or_hostname(Some("127.0.0.1"))
+        .tcp_port(env.db.port())
+        .user(Some(user))
+        .pass(Some("pw"))
+        .read_timeout(Some(Duration::from_secs(120)));
+    mysql::Conn::new(opts).expect("connecting as an ordinary user")
+}
+
+fn status_var(c: &mut mysql::Conn, name: &str) -> u64 {
+    let r: Option<(String, String)> = c
+        .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+        .unwrap();
+    r.expect("status variable").1.parse().unwrap()
+}
+
+/// Errors of one connection, then another user's new connection on the
+/// same (cached or pooled) server thread: it never sees them.
+fn last_error_stays_with_its_connection(env: &Env, pooled: bool) {
+    let mut admin = env.conn();
+    admin
+        .query_drop("CREATE USER bob@'%' IDENTIFIED BY 'pw'")
+        .unwrap();
+    for round in 0..5 {
+        let mut root = env.conn();
+        assert_eq!(
+            one(
+                &mut root,
+                &format!("SELECT gman_do_epoch('f', 'w', 'root-secret-{round}')")
+            ),
+            None
+        );
+        let e = last_error(&mut root).unwrap();
+        assert!(e.contains(&format!("root-secret-{round}")), "{e}");
+        drop(root);
+        if !pooled {
+            // The root connection's thread is back in the cache.
+            wait_until("a cached thread", Duration::from_secs(10), || {
+                status_var(&mut admin, "Threads_cached") > 0
+            });
+        }
+        let mut bob = user_conn(env, "bob");
+        assert_eq!(
+            last_error(&mut bob),
+            None,
+            "round {round}: bob sees root's error"
+        );
+        // Bob's own error is his, and not the admin connection's.
+        assert_eq!(
+            one(&mut bob, "SELECT gman_do_epoch('f', 'w', 'bob-secret')"),
+            None
+        );
+        assert!(last_error(&mut bob).unwrap().contains("bob-secret"));
+        assert_eq!(last_error(&mut admin), None);
+        assert!(last_error(&mut bob).unwrap().contains("bob-secret"));
+        // Cleared by the connection's next statement that calls gman_*.
+        assert!(one_str(&mut bob, "SELECT gman_do_background('nobody', 'x')").is_some());
+        assert_eq!(last_error(&mut bob), None);
+    }
+    if !pooled {
+        assert!(
+            status_var(&mut admin, "Threads_created") < 10,
+            "threads were reused"
+        );
+    }
+}
+
+#[test]
+fn last_error_is_per_connection_with_thread_cache_and_pool() {
+    let env = Env::start_with("", &["--thread-cache-size=8"]);
+    last_error_stays_with_its_connection(&env, false);
+    // One pool thread serves every connection in turn.
+    let env = Env::start_with(
+        "",
+        &["--thread-handling=pool-of-threads", "--thread-pool-size=1"],
+    );
+    last_error_stays_with_its_connection(&env, true);
+    // Two connections open at once on that one thread.
+    let (mut a, mut b) = (env.conn(), env.conn());
+    assert_eq!(
+        one(&mut a, "SELECT gman_do_epoch('f', 'w', 'a-secret')"),
+        None
+    );
+    assert_eq!(last_error(&mut b), None);
+    assert!(last_error(&mut a).unwrap().contains("a-secret"));
+}
+
+/// A pipelined job refused after its call returned is reported to the
+/// connection that submitted it, not to another session whose call happened
+/// to read the confirmation on the shared pooled connection.
+#[test]
+fn pipelined_refusals_go_to_the_submitting_connection_only() {
+    let env = Env::start(PIPELINED);
+    let mut core = gearman_core::Client::new(env.servers(), Default::default());
+    core.submit_background(&gearman_core::Job::new("capped", "creates the function"))
+        .unwrap();
+    env.admin().maxqueue("capped", Some(10)).unwrap();
+    let (mut a, mut b) = (env.conn(), env.conn());
+    // Open the pooled connection, then hold gearmand so that no
+    // confirmation arrives before a's statement has ended.
+    assert!(one_str(&mut a, "SELECT gman_do_background('capped', 'warm')").is_some());
+    env.gearmand.pause();
+    let n: Option<u64> = a
+        .query_first(
+            "SELECT COUNT(gman_do_background('capped', CONCAT('p', seq))) FROM seq_1_to_100",
+        )
+        .unwrap();
+    env.gearmand.resume();
+    assert_eq!(n, Some(100));
+    // 2 + 8 fit the queue of 10: 92 refused, read by b's calls.
+    let t0 = Instant::now();
+    while !not_queued_lines(&env)
+        .iter()
+        .any(|l| l.contains("; 92 since the library was loaded"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "92 refusals not reported: {:#?}",
+            env.udf_log_lines()
+        );
+        let _ = one_str(&mut b, "SELECT gman_job_status('probe')");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(last_error(&mut b), None, "b submitted nothing");
+    let e = last_error(&mut a).unwrap();
+    assert!(e.contains("not queued") && e.contains("QUEUE_ERROR"), "{e}");
+}

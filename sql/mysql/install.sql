@@ -17,7 +17,14 @@
 -- confirmation and give the job's unique key instead (the caller's, or a
 -- generated 36-character one); gman_job_status() accepts either. Jobs that
 -- gearmand refuses later are reported in the error log and by
--- gman_last_error() of the session that collects the confirmation.
+-- gman_last_error() of the connection that submitted the job.
+--
+-- Errors: a failing row returns NULL for that row only (later rows still
+-- run); gman_last_error() returns the last error of this connection's latest
+-- statement that called another gman_* function (NULL if none failed), or
+-- a later report of pipelined jobs it submitted that were refused (kept
+-- until its next error); never another connection's (identified by its
+-- connection id, also with the thread cache and the thread pool).
 CREATE FUNCTION gman_do RETURNS STRING SONAME "libgearman_mysql_udf.so";
 CREATE FUNCTION gman_do_high RETURNS STRING SONAME "libgearman_mysql_udf.so";
 CREATE FUNCTION gman_do_low RETURNS STRING SONAME "libgearman_mysql_udf.so";

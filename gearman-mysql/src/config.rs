@@ -13,7 +13,7 @@
 //! connect_timeout_ms = 2000       # TCP connect, per server
 //! io_timeout_ms = 5000            # one submit / status exchange
 //! foreground_timeout_ms = 30000   # gman_do*: whole wait for the result; 0 = unbounded
-//! allow_servers_set = true        # false: gman_servers_set() is refused
+//! allow_servers_set = false       # default: gman_servers_set() is refused (see below)
 //! max_idle_connections = 64       # pooled clients kept per server list
 //! max_sum_rows = 100000           # rows one gman_sum group may collect
 //! background_dispatch = "round_trip"  # or "pipelined", see below
@@ -21,6 +21,18 @@
 //! [function_servers]              # per-function server lists
 //! resize_image = "10.0.0.7:4730,10.0.0.8"
 //! ```
+//!
+//! ## `allow_servers_set`
+//!
+//! `false` by default: `gman_servers_set()` then fails at `_init` (the
+//! statement fails with `gman_servers_set is disabled: allow_servers_set =
+//! false ...`) for every SQL user, root included, because UDFs need no
+//! privilege and the server list it sets is process-wide: any user with
+//! only USAGE could otherwise send every session's jobs, payloads included,
+//! to a server of their choice. The server's administrator enables it by
+//! writing `allow_servers_set = true` here (and restarting mariadbd or
+//! reloading the library); the default server list and per-function lists
+//! belong in this file (`servers`, `[function_servers]`) either way.
 //!
 //! ## `background_dispatch`
 //!
@@ -108,7 +120,8 @@ pub struct Config {
     pub io_timeout_ms: u64,
     #[serde(default = "d_fg")]
     pub foreground_timeout_ms: u64,
-    #[serde(default = "d_true")]
+    /// Whether `gman_servers_set()` may change the routing (default false).
+    #[serde(default)]
     pub allow_servers_set: bool,
     #[serde(default = "d_idle")]
     pub max_idle_connections: usize,
@@ -128,9 +141,6 @@ fn d_io() -> u64 {
 fn d_fg() -> u64 {
     DEFAULT_FOREGROUND_TIMEOUT_MS
 }
-fn d_true() -> bool {
-    true
-}
 fn d_idle() -> usize {
     DEFAULT_MAX_IDLE
 }
@@ -146,7 +156,7 @@ impl Default for Config {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
             foreground_timeout_ms: DEFAULT_FOREGROUND_TIMEOUT_MS,
-            allow_servers_set: true,
+            allow_servers_set: false,
             max_idle_connections: DEFAULT_MAX_IDLE,
             max_sum_rows: DEFAULT_MAX_SUM_ROWS,
             background_dispatch: BackgroundDispatch::RoundTrip,
@@ -202,6 +212,17 @@ mod tests {
         assert_eq!(
             Config::default().foreground_timeout(),
             Some(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn servers_set_is_off_unless_enabled() {
+        assert!(!Config::default().allow_servers_set);
+        assert!(!Config::parse("servers = \"a\"").unwrap().allow_servers_set);
+        assert!(
+            Config::parse("allow_servers_set = true")
+                .unwrap()
+                .allow_servers_set
         );
     }
 

@@ -497,7 +497,8 @@ fn submit_pipelined(c: &mut gearman_core::Client, job: &Job) -> gearman_core::Re
 /// The error text when the configuration forbids `gman_servers_set`.
 pub fn servers_set_locked(rt: &Runtime) -> String {
     format!(
-        "gman_servers_set is disabled: allow_servers_set = false in {}",
+        "gman_servers_set is disabled: allow_servers_set = false in {} \
+         (false unless the server's administrator sets it to true there)",
         rt.config_path.display()
     )
 }

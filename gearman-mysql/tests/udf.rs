@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Config line for tests that call gman_servers_set (off by default).
+const ALLOW_SET: &str = "allow_servers_set = true\n";
+
 fn gearmand_accepts(g: &Gearmand) -> usize {
     g.log().matches("Accepted connection").count()
 }
@@ -529,7 +532,8 @@ fn garbage_server(reply: &'static [u8]) -> (u16, std::thread::JoinHandle<()>) {
 #[test]
 fn bad_input_and_faults_never_take_the_server_down() {
     let mut env = Env::start_with(
-        "connect_timeout_ms = 1000\nio_timeout_ms = 1000\nforeground_timeout_ms = 3000\n",
+        "connect_timeout_ms = 1000\nio_timeout_ms = 1000\nforeground_timeout_ms = 3000\n\
+         allow_servers_set = true\n",
         &["--max-allowed-packet=64M"],
     );
     let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
@@ -700,7 +704,7 @@ fn bad_input_and_faults_never_take_the_server_down() {
 
 #[test]
 fn servers_set_routes_per_function_and_per_row() {
-    let env = Env::start("");
+    let env = Env::start(ALLOW_SET);
     let g2 = Gearmand::start();
     let mut c = env.conn();
     assert_eq!(
@@ -911,7 +915,7 @@ fn not_queued_count(line: &str) -> u64 {
 
 #[test]
 fn pipelined_background_delivers_every_row_once_and_returns_unique_keys() {
-    let mut env = Env::start(PIPELINED);
+    let mut env = Env::start(&format!("{PIPELINED}{ALLOW_SET}"));
     let got = Arc::new(Mutex::new(Vec::new()));
     let _w = TestWorker::start(&env.servers(), vec![("f", recorder(&got))]);
     env.wait_workers("f", 1);
@@ -1342,4 +1346,37 @@ fn pipelined_refusals_go_to_the_submitting_connection_only() {
     assert_eq!(last_error(&mut b), None, "b submitted nothing");
     let e = last_error(&mut a).unwrap();
     assert!(e.contains("not queued") && e.contains("QUEUE_ERROR"), "{e}");
+}
+
+// ---------------------------------------------------------------------------
+// gman_servers_set is off unless the configuration file enables it (item 9)
+
+#[test]
+fn servers_set_is_refused_by_default_for_every_user() {
+    // A configuration file without allow_servers_set.
+    let env = Env::start("");
+    let mut root = env.conn();
+    root.query_drop("CREATE USER bob@'%' IDENTIFIED BY 'pw'")
+        .unwrap();
+    let mut bob = user_conn(&env, "bob");
+    for (who, c) in [("root", &mut root), ("bob", &mut bob)] {
+        for sql in [
+            "SELECT gman_servers_set('127.0.0.1:1')",
+            "SELECT gman_servers_set('127.0.0.1:1', 'f')",
+        ] {
+            let e = c
+                .query_drop(sql)
+                .expect_err(&format!("{who}: {sql} must be refused"))
+                .to_string();
+            assert!(e.contains("allow_servers_set = false"), "{who}: {e}");
+        }
+        // Routing unchanged: jobs still go to the configured server.
+        let h = one_str(c, "SELECT gman_do_background('f', 'x')").unwrap();
+        assert!(h.starts_with("H:"), "{who}: {h}");
+    }
+    let st = env.admin().status().unwrap();
+    assert_eq!(
+        st.iter().find(|s| s.function == "f").map(|s| s.total),
+        Some(2)
+    );
 }

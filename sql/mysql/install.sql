@@ -19,6 +19,13 @@
 -- gearmand refuses later are reported in the error log and by
 -- gman_last_error() of the connection that submitted the job.
 --
+-- gman_servers_set() is disabled by default: it fails for every SQL user
+-- (root included) unless the configuration file (/etc/mysql/gearman-udf.toml,
+-- or the file named by GEARMAN_UDF_CONFIG) says allow_servers_set = true.
+-- UDFs need no privilege and the list it sets is process-wide, so any user
+-- could otherwise send every session's jobs to a server of their choice. Put
+-- the job servers in that file instead (servers = "...", [function_servers]).
+--
 -- Errors: a failing row returns NULL for that row only (later rows still
 -- run); gman_last_error() returns the last error of this connection's latest
 -- statement that called another gman_* function (NULL if none failed), or

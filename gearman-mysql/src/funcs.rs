@@ -176,7 +176,7 @@ impl Call {
             Kind::Do(p) => self.do_foreground(rt, args, p).map(Some),
             Kind::Background(p) => self.do_background(rt, args, p, None).map(Some),
             Kind::Epoch => self.do_epoch(rt, args).map(Some),
-            Kind::ServersSet => self.servers_set(rt, args).map(Some),
+            Kind::ServersSet => self.servers_set(rt, args),
             Kind::JobStatus => self.job_status(rt, args).map(Some),
             Kind::ServerStatus => self.server_status(rt).map(Some),
             Kind::Sum | Kind::LastError => Err("not a string function".into()),
@@ -281,7 +281,10 @@ impl Call {
         self.do_background(rt, args, Priority::Normal, Some(t))
     }
 
-    fn servers_set(&mut self, rt: &Runtime, args: &[Arg<'_>]) -> Result<Vec<u8>, String> {
+    /// Returns its first argument as given (as gearman-mysql-udf did:
+    /// `'127.0.0.1'`, not `'127.0.0.1:4730'`); NULL when that argument is
+    /// NULL (the form that clears a function's own list).
+    fn servers_set(&mut self, rt: &Runtime, args: &[Arg<'_>]) -> Result<Option<Vec<u8>>, String> {
         if !rt.config.allow_servers_set {
             return Err(servers_set_locked(rt));
         }
@@ -291,18 +294,18 @@ impl Call {
                 return Err("function name is empty".into());
             }
         }
-        let list = match args.first().and_then(Arg::to_bytes) {
+        let given = args.first().and_then(Arg::to_bytes);
+        let list = match &given {
             Some(s) if !s.is_empty() => {
-                let s = std::str::from_utf8(&s)
-                    .map_err(|_| "servers is not valid UTF-8".to_string())?;
+                let s =
+                    std::str::from_utf8(s).map_err(|_| "servers is not valid UTF-8".to_string())?;
                 Some(ServerList::parse(s).map_err(|e| format!("servers '{s}': {e}"))?)
             }
             _ if function.is_some() => None,
             _ => return Err("servers is NULL or empty".into()),
         };
         rt.set_servers(function.as_deref(), list);
-        let now = rt.servers_for(function.as_deref().unwrap_or(b""));
-        Ok(now.to_string().into_bytes())
+        Ok(given)
     }
 
     fn job_status(&mut self, rt: &Runtime, args: &[Arg<'_>]) -> Result<Vec<u8>, String> {

@@ -32,13 +32,13 @@
 //! - `"round_trip"` (the default): each call sends SUBMIT_JOB_BG and waits for
 //!   gearmand's JOB_CREATED (one network round trip per row). The call
 //!   returns the job handle (`H:host:n`); a refusal (e.g. `QUEUE_ERROR` from
-//!   `maxqueue`) is that row's error: NULL with the error flag.
+//!   `maxqueue`) is that row's error: NULL for that row (see `gman_last_error()`).
 //! - `"pipelined"`: each call writes SUBMIT_JOB_BG and returns at once,
 //!   without waiting for JOB_CREATED; the confirmations are read later on the
 //!   same pooled connection. No job handle exists yet, so the call returns
 //!   the job's unique key: the caller's, or a generated one (36 characters,
 //!   UUID-shaped) when none was given; `gman_job_status()` accepts it. A call
-//!   still fails (NULL + error flag) when the job cannot be written (no server
+//!   still fails (NULL for that row) when the job cannot be written (no server
 //!   reachable). A job that gearmand refuses, or whose connection is lost
 //!   before its confirmation arrives (fate unknown), is noticed only when the
 //!   confirmations are collected: at the start and end of later calls that use

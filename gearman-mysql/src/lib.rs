@@ -19,8 +19,10 @@
 //!
 //! Errors: a wrong argument count or a row-valued argument fails the
 //! statement at `_init` with a message naming the function and its arguments.
-//! Every failure at run time returns NULL with the error flag, records the
-//! message for `gman_last_error()`, and writes one `[ERROR] gearman-mysql-udf:`
+//! Every failure at run time returns NULL for that row only (never the
+//! UDF error flag, after which MariaDB would return NULL for every later row
+//! of the statement without calling the function: later rows are still
+//! evaluated and their jobs sent), records the message for `gman_last_error()`, and writes one `[ERROR] gearman-mysql-udf:`
 //! line to the server's error log per failing call-site and statement
 //! (identical lines within one second are folded into a count).
 //!

@@ -1122,3 +1122,92 @@ fn pipelined_cookbook_trigger_delivers_every_payload_once() {
     assert!(not_queued_lines(&env).is_empty());
     assert_select_1(&mut env, &mut c, "pipelined trigger");
 }
+
+// ---------------------------------------------------------------------------
+// Per-row failures (issue 10, item 13)
+
+/// A row that fails returns NULL for itself only: MariaDB stops calling a
+/// UDF for the rest of the statement once it sets the error flag, so a
+/// failure must never set it. Every later row is still evaluated and sent.
+#[test]
+fn a_failing_row_does_not_stop_the_later_rows() {
+    let dead_port = DeadPort::new();
+    let mut env = Env::start(&format!(
+        "connect_timeout_ms = 1000\n[function_servers]\ndeadfn = \"127.0.0.1:{}\"\n",
+        dead_port.port()
+    ));
+    let mut c = env.conn();
+    // Every tenth row goes to a closed port.
+    let rows: Vec<(u64, Option<String>)> = c
+        .query(
+            "SELECT seq, gman_do_background(IF(seq % 10 = 0, 'deadfn', 'okfn'), seq) \
+             FROM seq_1_to_1000",
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 1000);
+    let mut handles = 0;
+    for (seq, h) in &rows {
+        if seq % 10 == 0 {
+            assert_eq!(h, &None, "row {seq}");
+        } else {
+            assert!(
+                h.as_deref().is_some_and(|h| h.starts_with("H:")),
+                "row {seq}: {h:?}"
+            );
+            handles += 1;
+        }
+    }
+    assert_eq!(handles, 900);
+    let queued = |env: &Env, f: &str| {
+        env.admin()
+            .status()
+            .unwrap()
+            .iter()
+            .find(|s| s.function == f)
+            .map_or(0, |s| s.total)
+    };
+    assert_eq!(queued(&env, "okfn"), 900, "the 900 other jobs at gearmand");
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("'deadfn'"), "{e}");
+    assert!(
+        env.udf_log_lines()
+            .iter()
+            .any(|l| l.contains("100 of 1000 calls failed")),
+        "{:#?}",
+        env.udf_log_lines()
+    );
+
+    // An invalid argument in some rows: the same.
+    let rows: Vec<Option<String>> = c
+        .query("SELECT gman_do_background(IF(seq % 10 = 0, '', 'okfn2'), seq) FROM seq_1_to_100")
+        .unwrap();
+    assert_eq!(rows.iter().filter(|h| h.is_none()).count(), 10);
+    assert_eq!(queued(&env, "okfn2"), 90);
+    assert!(last_error(&mut c)
+        .unwrap()
+        .contains("function name is empty"));
+
+    // Foreground calls and per-group gman_sum.
+    let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
+    let _w = TestWorker::start(
+        &env.servers(),
+        vec![("echo", echo), ("words", handler(|_| Ok(b"abc".to_vec())))],
+    );
+    env.wait_workers("echo", 1);
+    let rows: Vec<Option<String>> = c
+        .query("SELECT gman_do(IF(seq % 2 = 0, 'deadfn', 'echo'), seq) FROM seq_1_to_10")
+        .unwrap();
+    let want: Vec<Option<String>> = (1..=10)
+        .map(|i| (i % 2 == 1).then(|| i.to_string()))
+        .collect();
+    assert_eq!(rows, want);
+    let groups: Vec<(u64, Option<i64>)> = c
+        .query(
+            "SELECT seq % 3 g, gman_sum(IF(seq % 3 = 1, 'words', 'echo'), seq) \
+             FROM seq_1_to_9 GROUP BY g ORDER BY g",
+        )
+        .unwrap();
+    assert_eq!(groups, vec![(0, Some(18)), (1, None), (2, Some(15))]);
+    assert!(last_error(&mut c).unwrap().contains("not an integer"));
+    assert_select_1(&mut env, &mut c, "per-row failures");
+}

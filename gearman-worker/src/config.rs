@@ -991,6 +991,44 @@ mod tests {
         }
     }
 
+    /// Writes `text` to a fresh file and loads it as the daemon does.
+    fn load_text(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let path = std::env::temp_dir().join(format!(
+            "gearman-worker-config-{}-{name}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let r = load(&path, &[]);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    /// Issue 10 item 6: a `servers` entry that is not `host[:port]` (an
+    /// IPv6 address needs brackets) is refused at load, naming the entry.
+    #[test]
+    fn bad_servers_entry_is_refused_at_load_with_the_entry_named() {
+        for bad in ["garbage:::", "a:b:c", "127.0.0.1:4731:", "host:", "::1"] {
+            for servers in [
+                format!("servers = \"good:4730,{bad}\"\n"),
+                format!("servers = [\"good\", \"{bad}\"]\n"),
+            ] {
+                let text = format!("{servers}[function.echo]\nbuiltin = \"echo\"\n");
+                let e = load_text("servers", &text).unwrap_err().to_string();
+                assert!(e.contains("servers:"), "{bad}: {e}");
+                assert!(
+                    e.contains(&format!("{bad:?}")),
+                    "{bad}: entry not named: {e}"
+                );
+            }
+        }
+        let c = load_text(
+            "servers-ok",
+            "servers = [\"[::1]:4731\", \"[::1]\", \"h:1\"]\n[function.echo]\nbuiltin = \"echo\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers.to_string(), "[::1]:4731,[::1]:4730,h:1");
+    }
+
     #[test]
     fn example_file_is_valid() {
         let text = include_str!("../worker.example.toml");

@@ -14,13 +14,34 @@
 //! io_timeout_ms = 5000            # one submit / status exchange
 //! foreground_timeout_ms = 30000   # gman_do*: whole wait for the result; 0 = unbounded
 //! allow_servers_set = false       # default: gman_servers_set() is refused (see below)
-//! max_idle_connections = 64       # pooled clients kept per server list
+//! max_idle_connections = 64       # idle pooled clients kept, all server lists together
+//! idle_timeout_ms = 60000         # an idle pooled client unused this long is closed
 //! max_sum_rows = 100000           # rows one gman_sum group may collect
 //! background_dispatch = "round_trip"  # or "pipelined", see below
 //!
 //! [function_servers]              # per-function server lists
 //! resize_image = "10.0.0.7:4730,10.0.0.8"
 //! ```
+//!
+//! ## Connection pool
+//!
+//! The library keeps the connections to the job servers open between calls,
+//! in one pool shared by all sessions and all server lists (the default
+//! list, per-function lists, lists set by `gman_servers_set`). Each call
+//! uses one pooled client (a set of connections, at most one per server of
+//! the call's list); it is returned to the pool afterwards. Bounds:
+//!
+//! - idle: at most `max_idle_connections` idle clients (64), each with at
+//!   most one connection per server of the list it last served; returning a
+//!   client to a full pool closes the least recently used idle one. A server
+//!   named in many lists is reached through the same pooled client when the
+//!   lists share it (a client taken for another list keeps the connections
+//!   to the servers both lists name and closes the others), so it has one
+//!   pooled connection per concurrent caller, not one per list.
+//! - in use: one client per call running at that moment.
+//! - time: an idle client unused for `idle_timeout_ms` (60 s) is closed at
+//!   the next call of any session (there is no background thread).
+//!   `max_idle_connections = 0` closes every client after its call.
 //!
 //! ## `allow_servers_set`
 //!
@@ -87,8 +108,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_IO_TIMEOUT_MS: u64 = 5_000;
 /// Default bound of a foreground call (`gman_do*`, `gman_sum`): 30 s.
 pub const DEFAULT_FOREGROUND_TIMEOUT_MS: u64 = 30_000;
-/// Default number of idle pooled clients kept per server list.
+/// Default number of idle pooled clients kept (all server lists together).
 pub const DEFAULT_MAX_IDLE: usize = 64;
+/// Default idle time after which a pooled client is closed: 60 s.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Default cap on the rows one `gman_sum` group collects.
 pub const DEFAULT_MAX_SUM_ROWS: usize = 100_000;
 
@@ -123,8 +146,14 @@ pub struct Config {
     /// Whether `gman_servers_set()` may change the routing (default false).
     #[serde(default)]
     pub allow_servers_set: bool,
+    /// Idle pooled clients kept, all server lists together (see the
+    /// module docs, "Connection pool").
     #[serde(default = "d_idle")]
     pub max_idle_connections: usize,
+    /// An idle pooled client unused for this long is closed (at the next
+    /// call of any session).
+    #[serde(default = "d_idle_timeout")]
+    pub idle_timeout_ms: u64,
     #[serde(default = "d_sum_rows")]
     pub max_sum_rows: usize,
     /// `"round_trip"` (default) or `"pipelined"`.
@@ -144,6 +173,9 @@ fn d_fg() -> u64 {
 fn d_idle() -> usize {
     DEFAULT_MAX_IDLE
 }
+fn d_idle_timeout() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_MS
+}
 fn d_sum_rows() -> usize {
     DEFAULT_MAX_SUM_ROWS
 }
@@ -158,6 +190,7 @@ impl Default for Config {
             foreground_timeout_ms: DEFAULT_FOREGROUND_TIMEOUT_MS,
             allow_servers_set: false,
             max_idle_connections: DEFAULT_MAX_IDLE,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             max_sum_rows: DEFAULT_MAX_SUM_ROWS,
             background_dispatch: BackgroundDispatch::RoundTrip,
         }

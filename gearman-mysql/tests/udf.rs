@@ -1402,3 +1402,100 @@ fn servers_set_is_refused_by_default_for_every_user() {
         Some(2)
     );
 }
+
+// ---------------------------------------------------------------------------
+// One bounded pool for every server list (item 3)
+
+/// Connections from the library that gearmand sees.
+fn udf_connections(env: &Env) -> usize {
+    env.admin()
+        .workers()
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.client_id == "gearman-mysql-udf")
+        .count()
+}
+
+/// Open socket descriptors of mariadbd.
+fn mariadbd_sockets(env: &Env) -> usize {
+    let pid = env.db.pid().expect("mariadbd pid");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn the_pool_is_bounded_across_server_lists_and_shares_servers() {
+    const BOUND: usize = 4;
+    let env = Env::start(&format!(
+        "{ALLOW_SET}max_idle_connections = {BOUND}\nidle_timeout_ms = 1500\n"
+    ));
+    let mut c = env.conn();
+    let sockets_before = mariadbd_sockets(&env);
+    // 300 calls, each under its own per-function list that names this
+    // gearmand and another (closed) port.
+    let dead: Vec<DeadPort> = (0..300).map(|_| DeadPort::new()).collect();
+    for (i, d) in dead.iter().enumerate() {
+        let list = format!("{},127.0.0.1:{}", env.gearmand.addr(), d.port());
+        assert_eq!(
+            one_str(
+                &mut c,
+                &format!("SELECT gman_servers_set('{list}', 'fn{i}')")
+            ),
+            Some(list)
+        );
+        let h = one_str(&mut c, &format!("SELECT gman_do_background('fn{i}', 'x')"));
+        assert!(h.is_some_and(|h| h.starts_with("H:")), "call {i}");
+    }
+    let open = udf_connections(&env);
+    assert!(
+        (1..=BOUND).contains(&open),
+        "300 lists left {open} connections at gearmand"
+    );
+    let sockets = mariadbd_sockets(&env);
+    assert!(
+        sockets <= sockets_before + BOUND,
+        "mariadbd holds {sockets} sockets, {sockets_before} before"
+    );
+
+    // Concurrent callers: one pooled connection each, all closed again once
+    // idle longer than idle_timeout_ms.
+    const N: usize = 3;
+    let overlap = Overlap::new(N);
+    let o = overlap.clone();
+    let _w: Vec<TestWorker> = (0..N)
+        .map(|_| {
+            let o = o.clone();
+            TestWorker::start(
+                &env.servers(),
+                vec![(
+                    "together",
+                    handler(move |ctx| Ok(o.run(|| ctx.workload().to_vec()))),
+                )],
+            )
+        })
+        .collect();
+    env.wait_workers("together", N as u64);
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let url = env.db.url();
+            std::thread::spawn(move || {
+                let mut c = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+                one_str(&mut c, &format!("SELECT gman_do('together', 't{i}')"))
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), Some(format!("t{i}")));
+    }
+    assert_eq!(overlap.peak(), N);
+    assert!(udf_connections(&env) >= N, "one per concurrent caller");
+    // Idle past idle_timeout_ms: the next call closes them.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(one_str(&mut c, "SELECT gman_do_background('fn0', 'x')").is_some());
+    wait_until("idle clients closed", Duration::from_secs(10), || {
+        udf_connections(&env) == 1
+    });
+}

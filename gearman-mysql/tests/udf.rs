@@ -487,6 +487,24 @@ const ROW_ERRORS: &[(&str, &str)] = &[
     ),
     ("SELECT gman_servers_set(NULL)", "servers is NULL"),
     ("SELECT gman_servers_set('host:notaport')", "servers"),
+    // Lists are parsed strictly when set, naming the bad entry (item 6).
+    (
+        "SELECT gman_servers_set('garbage:::')",
+        "invalid server address \"garbage:::\"",
+    ),
+    (
+        "SELECT gman_servers_set('a:b:c')",
+        "invalid server address \"a:b:c\"",
+    ),
+    (
+        "SELECT gman_servers_set('127.0.0.1:4731:')",
+        "invalid server address \"127.0.0.1:4731:\"",
+    ),
+    (
+        "SELECT gman_servers_set('127.0.0.1:4731, a:b:c', 'f')",
+        "invalid server address \"a:b:c\"",
+    ),
+    ("SELECT gman_servers_set('::1', 'f')", "\"::1\""),
     ("SELECT gman_job_status(NULL)", "handle is NULL"),
     ("SELECT gman_do(x'61006200', 'x')", "NUL"),
     (
@@ -875,6 +893,31 @@ fn config_file_locks_servers_set_and_fails_over() {
         "{st:?}"
     );
     assert!(db.is_alive());
+}
+
+#[test]
+fn a_bad_server_entry_in_the_config_file_is_refused_at_load() {
+    for (config, entry) in [
+        ("servers = \"garbage:::\"\n", "garbage:::"),
+        ("servers = \"127.0.0.1:4731:\"\n", "127.0.0.1:4731:"),
+        (
+            "[function_servers]\nf = \"127.0.0.1:4731,a:b:c\"\n",
+            "a:b:c",
+        ),
+    ] {
+        let config = write_config(config);
+        let mut db = start_db(&config, &[]);
+        let log = db.error_log();
+        assert!(
+            log.contains("gearman-mysql-udf: not usable") && log.contains(&format!("{entry:?}")),
+            "{log}"
+        );
+        let mut c = common::connect(&db);
+        assert_eq!(one(&mut c, "SELECT gman_do_background('f', 'x')"), None);
+        let e = last_error(&mut c).unwrap();
+        assert!(e.contains(&format!("{entry:?}")), "{e}");
+        assert!(db.is_alive());
+    }
 }
 
 #[test]

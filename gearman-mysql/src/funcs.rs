@@ -366,7 +366,7 @@ impl Call {
                             "server": addr.to_string(),
                             "function": f.function,
                             "total": f.total,
-                            "queued": f.total.saturating_sub(f.running),
+                            "queued": f.queued(),
                             "running": f.running,
                             "workers": f.workers,
                         }));

@@ -1245,6 +1245,20 @@ fn a_failing_row_does_not_stop_the_later_rows() {
         "{:#?}",
         env.udf_log_lines()
     );
+    // gman_server_status(): queued = waiting for a worker (total - running).
+    let st: serde_json::Value =
+        serde_json::from_str(&one_str(&mut c, "SELECT gman_server_status()").unwrap()).unwrap();
+    let ok = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["function"] == "okfn")
+        .unwrap_or_else(|| panic!("{st}"));
+    assert_eq!(
+        (&ok["total"], &ok["queued"], &ok["running"]),
+        (&900.into(), &900.into(), &0.into()),
+        "{ok}"
+    );
 
     // An invalid argument in some rows: the same.
     let rows: Vec<Option<String>> = c

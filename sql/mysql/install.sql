@@ -26,6 +26,13 @@
 -- could otherwise send every session's jobs to a server of their choice. Put
 -- the job servers in that file instead (servers = "...", [function_servers]).
 --
+-- gman_server_status(): JSON, one object per server and function with total
+-- (jobs gearmand holds), queued (jobs waiting for a worker: total - running),
+-- running and workers.
+-- gman_sum(): do not use it with GROUP BY ... WITH ROLLUP: MariaDB shares one
+-- aggregate state between the rollup rows of a UDF aggregate, so their
+-- totals are wrong (a plain C aggregate UDF does the same).
+--
 -- Errors: a failing row returns NULL for that row only (later rows still
 -- run); gman_last_error() returns the last error of this connection's latest
 -- statement that called another gman_* function (NULL if none failed), or

@@ -290,9 +290,7 @@ impl Call {
         }
         let function = args.get(1).and_then(Arg::to_bytes);
         if let Some(f) = &function {
-            if f.is_empty() {
-                return Err("function name is empty".into());
-            }
+            gearman_core::validate_function_name(f).map_err(|e| e.message().to_string())?;
         }
         let given = args.first().and_then(Arg::to_bytes);
         let list = match &given {

@@ -71,6 +71,13 @@ impl Runtime {
         };
         let mut per_function = HashMap::new();
         for (f, s) in &config.function_servers {
+            gearman_core::validate_function_name(f.as_bytes()).map_err(|e| {
+                format!(
+                    "configuration file {}: [function_servers]: {}",
+                    config_path.display(),
+                    e.message()
+                )
+            })?;
             let list = ServerList::parse(s).map_err(|e| {
                 format!(
                     "configuration file {}: function_servers.{f}: {e}",

@@ -91,6 +91,7 @@ impl Runtime {
             io_timeout: Duration::from_millis(config.io_timeout_ms),
             foreground_timeout: config.foreground_timeout(),
             client_id: Some("gearman-mysql-udf".into()),
+            max_result: config.max_result_bytes as usize,
             ..Options::default()
         };
         Ok(Runtime {

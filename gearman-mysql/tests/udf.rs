@@ -1634,3 +1634,74 @@ fn a_config_file_function_name_with_whitespace_is_refused_at_load() {
     );
     assert!(db.is_alive());
 }
+
+// ---------------------------------------------------------------------------
+// Results are capped (item 1)
+
+/// Sends `chunks` WORK_DATA packets of 1 MiB, then completes with nothing.
+fn flood(chunks: usize) -> Handler {
+    handler(move |ctx| {
+        let mib = vec![b'f'; 1 << 20];
+        for _ in 0..chunks {
+            if ctx.send_data(&mib).is_err() {
+                break;
+            }
+        }
+        Ok(Vec::new())
+    })
+}
+
+#[test]
+fn foreground_results_are_capped() {
+    // Default: 16 MiB, MariaDB's largest UDF string result.
+    let mut env = Env::start_with("", &["--max-allowed-packet=64M"]);
+    let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
+    let _w = TestWorker::start(
+        &env.servers(),
+        vec![("flood", flood(20)), ("echo", echo.clone())],
+    );
+    env.wait_workers("flood", 1);
+    let mut c = env.conn();
+    assert_eq!(one(&mut c, "SELECT gman_do('flood', 'x')"), None);
+    let e = last_error(&mut c).unwrap();
+    assert!(
+        e.contains("gman_do") && e.contains("exceeded 16777216 bytes"),
+        "{e}"
+    );
+    // Exactly the cap still comes back whole.
+    assert_eq!(
+        one_str(
+            &mut c,
+            "SELECT LENGTH(gman_do('echo', REPEAT('x', 16777216)))"
+        )
+        .as_deref(),
+        Some("16777216")
+    );
+    assert_select_1(&mut env, &mut c, "a flood of WORK_DATA");
+
+    // Configured lower; also gman_sum and the rows after a failing one.
+    let mut env = Env::start("max_result_bytes = 1048576\n");
+    let _w = TestWorker::start(
+        &env.servers(),
+        vec![("flood", flood(3)), ("echo", echo), ("sumflood", flood(1))],
+    );
+    env.wait_workers("sumflood", 1);
+    let mut c = env.conn();
+    let rows: Vec<Option<u64>> = c
+        .query(
+            "SELECT LENGTH(gman_do(IF(seq = 2, 'flood', 'echo'), REPEAT('y', 1048573 + seq))) \
+             FROM seq_1_to_4",
+        )
+        .unwrap();
+    // Up to 1048576 bytes fit; the flood and 1048577 bytes do not.
+    assert_eq!(rows, vec![Some(1_048_574), None, Some(1_048_576), None]);
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("exceeded 1048576 bytes"), "{e}");
+    assert_eq!(
+        one(&mut c, "SELECT gman_sum('sumflood', seq) FROM seq_1_to_3"),
+        None
+    );
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("exceeded 4096 bytes"), "{e}");
+    assert_select_1(&mut env, &mut c, "capped results");
+}

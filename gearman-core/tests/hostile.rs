@@ -383,3 +383,175 @@ fn a_flood_of_work_data_fails_at_max_result() {
     // The default cap is 16 MiB.
     assert_eq!(Options::default().max_result, 16 << 20);
 }
+
+/// A real black hole on loopback: a listener with backlog 0 whose accept
+/// queue is filled with connections nobody accepts. Linux then drops
+/// further SYNs (no RST), so a connect hangs until its timeout.
+struct BlackHole {
+    addr: String,
+    _listener: TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+fn black_hole() -> BlackHole {
+    use std::os::fd::AsRawFd;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: a valid listening socket; listen() again only sets its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let sa = l.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match TcpStream::connect_timeout(&sa, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 16, "the accept queue does not fill");
+    }
+    BlackHole {
+        addr: sa.to_string(),
+        _listener: l,
+        _fillers: fillers,
+    }
+}
+
+fn black_holes(n: usize) -> Vec<BlackHole> {
+    let ts: Vec<_> = (0..n).map(|_| std::thread::spawn(black_hole)).collect();
+    ts.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Issue 10 item 2: one deadline per call from its start. With 20
+/// black-holed servers, every call returns within its deadline (asserted
+/// at < 3x, only to rule out one connect timeout per server), says the
+/// deadline was reached and names the servers tried.
+#[test]
+fn twenty_black_holed_servers_cost_one_deadline_not_twenty_connect_timeouts() {
+    let holes = black_holes(20);
+    let list = holes
+        .iter()
+        .map(|h| h.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let servers = ServerList::parse(&list).unwrap();
+    let deadline = Duration::from_secs(1);
+    let mut c = Client::new(
+        servers.clone(),
+        Options {
+            connect_timeout: Duration::from_millis(300),
+            io_timeout: deadline,
+            foreground_timeout: Some(deadline),
+            ..Options::default()
+        },
+    );
+    let check = |what: &str, t: Instant, e: gearman_core::Error| {
+        let took = t.elapsed();
+        assert!(took < deadline * 3, "{what} took {took:?}");
+        assert!(e.is_timeout(), "{what}: {e}");
+        let m = e.to_string();
+        assert!(m.contains("deadline reached"), "{what}: {m}");
+        assert!(m.contains("tried 127.0.0.1:"), "{what}: {m}");
+        assert!(m.contains("not tried"), "{what}: {m}");
+    };
+    let t = Instant::now();
+    check("run", t, c.run(&Job::new("f", "x")).unwrap_err());
+    // Servers whose connect timed out are now in back-off; all the others
+    // still come first, so the next calls walk the list the same way.
+    let t = Instant::now();
+    check(
+        "submit_background",
+        t,
+        c.submit_background(&Job::new("f", "x")).unwrap_err(),
+    );
+    let t = Instant::now();
+    check("status_by_unique", t, c.status_by_unique(b"u").unwrap_err());
+    let t = Instant::now();
+    check("check_reachable", t, c.check_reachable().unwrap_err());
+    let t = Instant::now();
+    check("ensure_connected", t, c.ensure_connected().unwrap_err());
+    let t = Instant::now();
+    let e = c
+        .submit_background_deferred(&[Job::new("f", "x")])
+        .unwrap_err();
+    check("submit_background_deferred", t, e);
+    let t = Instant::now();
+    for r in c.run_all(&[Job::new("f", "1"), Job::new("f", "2")]) {
+        let e = r.unwrap_err();
+        assert!(e.is_timeout(), "run_all: {e}");
+    }
+    assert!(t.elapsed() < deadline * 3, "run_all took {:?}", t.elapsed());
+
+    // A connect timeout longer than the deadline is cut to the time left.
+    let mut c = Client::new(
+        servers.clone(),
+        Options {
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: deadline,
+            foreground_timeout: Some(deadline),
+            ..Options::default()
+        },
+    );
+    let t = Instant::now();
+    let e = c.run(&Job::new("f", "x")).unwrap_err();
+    assert!(t.elapsed() < deadline * 3, "took {:?}", t.elapsed());
+    assert!(
+        e.is_timeout() && e.to_string().contains("deadline reached"),
+        "{e}"
+    );
+
+    // The admin walk over every server, with one overall deadline.
+    let t = Instant::now();
+    let all = gearman_core::admin::status_all(
+        servers.iter().cloned(),
+        Duration::from_millis(300),
+        Instant::now() + deadline,
+    );
+    assert!(
+        t.elapsed() < deadline * 3,
+        "status_all took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(all.len(), 20);
+    assert!(all.iter().all(|(_, r)| r.is_err()));
+    assert!(all.iter().any(|(_, r)| r
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("deadline reached")));
+}
+
+/// Issue 10 item 16: a submission that timed out waiting for JOB_CREATED
+/// may still have been queued (a paused gearmand queues it when resumed):
+/// the error says so.
+#[test]
+fn a_submission_timed_out_on_a_paused_gearmand_says_it_may_have_been_queued() {
+    let g = Gearmand::start();
+    let addr = ServerAddr::parse(&g.addr()).unwrap();
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_millis(500);
+    c.options_mut().foreground_timeout = Some(Duration::from_millis(500));
+    c.check_reachable().unwrap();
+    g.pause();
+    let bg = c.submit_background(&Job::new("later_bg", "x")).unwrap_err();
+    let fg = c.run(&Job::new("later_fg", "x")).unwrap_err();
+    g.resume();
+    for (what, e) in [("background", bg), ("foreground", fg)] {
+        assert!(e.is_timeout(), "{what}: {e}");
+        assert!(
+            e.to_string().contains("may have been queued"),
+            "{what}: {e}"
+        );
+        assert!(e.to_string().contains("unique key"), "{what}: {e}");
+    }
+    // And it was queued: gearmand holds the background job now.
+    let t = Instant::now();
+    loop {
+        let st = Admin::connect(&addr, Duration::from_secs(5))
+            .unwrap()
+            .status()
+            .unwrap();
+        if st.iter().any(|f| f.function == "later_bg" && f.total == 1) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{st:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

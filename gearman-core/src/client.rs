@@ -134,6 +134,10 @@ pub struct Client {
 struct Deferred {
     function: Vec<u8>,
     unique: Vec<u8>,
+    /// The submission packet type (answered types are pipelined).
+    kind: PacketType,
+    /// Its confirmation is overdue after this: `io_timeout` from the write.
+    due: Instant,
 }
 
 /// A deferred background submission that did not get a job handle.
@@ -154,10 +158,33 @@ pub struct DeferredFailure {
 pub struct DeferredReport {
     /// Jobs the server confirmed with JOB_CREATED.
     pub confirmed: u64,
-    /// Jobs refused by the server or whose fate is unknown.
+    /// Jobs refused by the server or whose fate is unknown (among them the
+    /// overdue ones, see [`DeferredReport::overdue`]).
     pub failed: Vec<DeferredFailure>,
-    /// Jobs still awaiting their confirmation.
+    /// Jobs still awaiting their confirmation (none is awaited past its
+    /// deadline: `io_timeout` from its write).
     pub pending: usize,
+}
+
+impl DeferredReport {
+    /// Of [`DeferredReport::failed`], the jobs whose confirmation did not
+    /// come in time ([`ErrorKind::Timeout`]): overdue (no JOB_CREATED within
+    /// `io_timeout` of the write, e.g. a server that accepts but never
+    /// answers, or answers a byte a second), not answered at all (a server
+    /// that ignores the packet type, e.g. Python `gear` and
+    /// SUBMIT_JOB_EPOCH), or behind such a job on a connection that was
+    /// closed for it. Their fate is unknown: they may have been queued.
+    pub fn overdue(&self) -> usize {
+        self.failed.iter().filter(|f| f.error.is_timeout()).count()
+    }
+}
+
+impl DeferredFailure {
+    /// Whether the job may have been queued (anything but a server's
+    /// refusal with ERROR).
+    pub fn is_unknown_fate(&self) -> bool {
+        !self.error.is_server_error()
+    }
 }
 
 /// Counters of a client's connection attempts, for tests and monitoring.
@@ -239,6 +266,26 @@ impl Client {
     /// does this wait, until half of them are confirmed. Every job counted
     /// by [`Client::deferred_written`] ends up in a later report as
     /// confirmed or failed (or is still pending).
+    ///
+    /// Confirmations are matched to jobs in order, so nothing is pipelined
+    /// behind a packet the server has not been seen to answer: per
+    /// connection, the first job of each submission type (SUBMIT_JOB_BG,
+    /// SUBMIT_JOB_HIGH_BG, SUBMIT_JOB_LOW_BG, SUBMIT_JOB_EPOCH) is sent
+    /// alone and its answer awaited within this call's deadline; only once
+    /// a JOB_CREATED has answered a type are more of it pipelined. A server
+    /// that drops the packet (Python `gear` ignores SUBMIT_JOB_EPOCH) makes
+    /// that job a failure of unknown fate ("the server may not support
+    /// it"), and the connection is closed so no later JOB_CREATED is
+    /// credited to it.
+    ///
+    /// Every owed confirmation has a deadline, `io_timeout` from its write:
+    /// past it (a server that accepts but never answers, or answers a byte
+    /// a second) the job, and every one still owed behind it on that
+    /// connection, is reported as failed of unknown fate (counted by
+    /// [`DeferredReport::overdue`]) by whichever later call reads the
+    /// connection (this one, [`Client::collect_deferred`], or any call that
+    /// reuses it), and the connection is closed. The whole call takes at
+    /// most `io_timeout`.
     pub fn submit_background_deferred(&mut self, jobs: &[Job]) -> Result<()> {
         for job in jobs {
             job.validate()?;
@@ -260,6 +307,12 @@ impl Client {
                 .conns
                 .get_mut(&addr)
                 .expect("picked server has a connection");
+            let kind = submit_kind(job, true);
+            // A type this connection has not seen answered is sent alone
+            // and its answer awaited now: a server that drops it (Python
+            // `gear` ignores SUBMIT_JOB_EPOCH) must not have a later job's
+            // JOB_CREATED credited to it.
+            let probe = !conn.has_answered(kind);
             encode_submit(job, true, conn.queue())?;
             self.deferred_written += 1;
             self.deferred
@@ -268,7 +321,29 @@ impl Client {
                 .push_back(Deferred {
                     function: job.function.clone(),
                     unique: job.unique_bytes().to_vec(),
+                    kind,
+                    due: Instant::now() + self.opts.io_timeout,
                 });
+            if probe {
+                if let Err(e) = self.drain_deferred(&addr, true, 0, deadline) {
+                    if self.deferred.get(&addr).is_some_and(|q| !q.is_empty()) {
+                        // The call's deadline came first: the answer is not
+                        // awaited any longer, and nothing may follow it.
+                        let why = format!(
+                            "no answer to the first {} on this connection before the call's \
+                             deadline: the server may not support it; unknown whether the job \
+                             was queued (it may have been)",
+                            kind.name()
+                        );
+                        self.expire_deferred(&addr, &why);
+                    }
+                    touched.retain(|t| t != &addr);
+                    if !e.is_timeout() {
+                        first_err.get_or_insert(e);
+                    }
+                    continue;
+                }
+            }
             if !touched.contains(&addr) {
                 touched.push(addr);
             }
@@ -366,8 +441,42 @@ impl Client {
                 self.fail_deferred(addr, &e);
                 return Err(e);
             };
+            let front = self
+                .deferred
+                .get(addr)
+                .and_then(VecDeque::front)
+                .expect("pending > 0");
+            let (due, front_kind) = (front.due, front.kind);
+            let io_timeout = self.opts.io_timeout;
+            let overdue_why = |conn: &Connection| {
+                let mut why = format!(
+                    "no confirmation (JOB_CREATED) of the {} within {:?} of sending it: \
+                     unknown whether the job was queued (it may have been)",
+                    front_kind.name(),
+                    io_timeout
+                );
+                if !conn.has_answered(front_kind) {
+                    why.push_str(
+                        "; the server has not answered this packet type on this connection: \
+                         it may not support it",
+                    );
+                }
+                why
+            };
             let step = if block {
-                conn.recv(deadline, hook.as_ref()).map(Some)
+                let wait = deadline.map_or(due, |d| d.min(due));
+                match conn.recv(Some(wait), hook.as_ref()) {
+                    Ok(p) => Ok(Some(p)),
+                    Err(e) if e.is_timeout() && Instant::now() >= due => {
+                        let why = overdue_why(conn);
+                        self.expire_deferred(addr, &why);
+                        return Err(Error::timeout(why).at(addr));
+                    }
+                    // The caller's deadline, not the confirmation's: the
+                    // stream is intact (a partial packet stays buffered).
+                    Err(e) if e.is_timeout() => return Err(e),
+                    Err(e) => Err(e),
+                }
             } else {
                 // What is already buffered first; read the socket (one
                 // non-blocking read) only when that runs out.
@@ -386,6 +495,15 @@ impl Client {
             };
             let p = match step {
                 Ok(Some(p)) => p,
+                Ok(None) if Instant::now() >= due => {
+                    // Nothing arrived for it, and it is overdue.
+                    let why = match self.conns.get(addr) {
+                        Some(c) => overdue_why(c),
+                        None => "overdue".to_string(),
+                    };
+                    self.expire_deferred(addr, &why);
+                    return Err(Error::timeout(why).at(addr));
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     self.fail_deferred(addr, &e);
@@ -399,7 +517,12 @@ impl Client {
                 .and_then(VecDeque::pop_front)
                 .expect("pending > 0");
             match p.kind {
-                PacketType::JobCreated => self.report.confirmed += 1,
+                PacketType::JobCreated => {
+                    self.report.confirmed += 1;
+                    if let Some(c) = self.conns.get_mut(addr) {
+                        c.note_answered(d.kind);
+                    }
+                }
                 PacketType::Error => self.report.failed.push(DeferredFailure {
                     function: String::from_utf8_lossy(&d.function).into_owned(),
                     unique: d.unique,
@@ -416,6 +539,30 @@ impl Client {
                     self.conns.remove(addr);
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// Every deferred job still owed on `addr` becomes an overdue failure of
+    /// unknown fate: the first with `why`, the others as closed behind it;
+    /// the connection is closed (a late answer would be credited to the
+    /// wrong job).
+    fn expire_deferred(&mut self, addr: &ServerAddr, why: &str) {
+        self.conns.remove(addr);
+        if let Some(q) = self.deferred.remove(addr) {
+            for (k, d) in q.into_iter().enumerate() {
+                let msg = if k == 0 {
+                    why.to_string()
+                } else {
+                    "not confirmed: the connection was closed because an earlier job's \
+                     confirmation was overdue; unknown whether the job was queued (it may have been)"
+                        .to_string()
+                };
+                self.report.failed.push(DeferredFailure {
+                    function: String::from_utf8_lossy(&d.function).into_owned(),
+                    unique: d.unique,
+                    error: Error::timeout(msg).at(addr),
+                });
             }
         }
     }
@@ -473,6 +620,14 @@ impl Client {
     /// Closes every connection.
     pub fn disconnect(&mut self) {
         let _ = self.collect_deferred(true);
+        let owing: Vec<ServerAddr> = self.deferred.keys().cloned().collect();
+        for a in owing {
+            self.expire_deferred(
+                &a,
+                "not confirmed before the client disconnected: unknown whether the job was \
+                 queued (it may have been)",
+            );
+        }
         self.conns.clear();
     }
 
@@ -956,9 +1111,21 @@ impl Client {
                     continue;
                 };
                 while lane.fifo.len() < window {
-                    let Some(ti) = lane.backlog.pop_front() else {
+                    let Some(&ti) = lane.backlog.front() else {
                         break;
                     };
+                    // Nothing is pipelined behind a submission type this
+                    // connection has not seen answered, and such a type is
+                    // sent only alone: a server that drops it must not have
+                    // a later JOB_CREATED credited to it.
+                    let kind = submit_kind(tasks[ti].job, background);
+                    let behind_probe = lane.fifo.back().is_some_and(|&t| {
+                        !conn.has_answered(submit_kind(tasks[t].job, background))
+                    });
+                    if behind_probe || (!lane.fifo.is_empty() && !conn.has_answered(kind)) {
+                        break;
+                    }
+                    lane.backlog.pop_front();
                     match encode_submit(tasks[ti].job, background, conn.queue()) {
                         Ok(()) => lane.fifo.push_back(ti),
                         Err(e) => {
@@ -995,7 +1162,21 @@ impl Client {
             if let Some(e) = failure {
                 for &li in &active {
                     let lane = &mut lanes[li];
-                    fail_lane(lane, &mut tasks, &e.clone().at(&lane.addr));
+                    let mut e = e.clone();
+                    let probe = lane
+                        .fifo
+                        .front()
+                        .map(|&t| submit_kind(tasks[t].job, background));
+                    if let (Some(kind), Some(c)) = (probe, self.conns.get(&lane.addr)) {
+                        if e.is_timeout() && !c.has_answered(kind) {
+                            e = Error::timeout(format!(
+                                "{} (the first {} on this connection: the server may not support it)",
+                                e.message(),
+                                kind.name()
+                            ));
+                        }
+                    }
+                    fail_lane(lane, &mut tasks, &e.at(&lane.addr));
                     self.conns.remove(&lane.addr);
                 }
                 break;
@@ -1056,7 +1237,10 @@ impl Client {
                     }
                     conn.read_ready()?;
                     while let Some(p) = conn.next_packet()? {
-                        dispatch(lane, &mut tasks, p, &mut events, max_result)?;
+                        if let Some(kind) = dispatch(lane, &mut tasks, p, &mut events, max_result)?
+                        {
+                            conn.note_answered(kind);
+                        }
                     }
                     if conn.is_closed() && lane.open > 0 {
                         return Err(conn.closed_error());
@@ -1192,7 +1376,7 @@ fn dispatch(
     p: Packet,
     events: &mut Option<&mut dyn FnMut(Event)>,
     max_result: usize,
-) -> Result<()> {
+) -> Result<Option<PacketType>> {
     let addr = lane.addr.clone();
     match p.kind {
         PacketType::JobCreated | PacketType::Error => {
@@ -1206,8 +1390,9 @@ fn dispatch(
             if p.kind == PacketType::Error {
                 finish(&mut tasks[ti], Err(server_error(&p).at(&addr)));
                 lane.open -= 1;
-                return Ok(());
+                return Ok(None);
             }
+            let answered = submit_kind(tasks[ti].job, tasks[ti].background);
             let handle = p.args.into_iter().next().unwrap_or_default();
             if tasks[ti].background {
                 let h = JobHandle {
@@ -1220,6 +1405,7 @@ fn dispatch(
                 tasks[ti].phase = Phase::Created;
                 lane.running.entry(handle).or_default().push_back(ti);
             }
+            return Ok(Some(answered));
         }
         PacketType::WorkData
         | PacketType::WorkWarning
@@ -1237,7 +1423,7 @@ fn dispatch(
                 if terminal {
                     lane.discard.remove(&handle);
                 }
-                return Ok(());
+                return Ok(None);
             }
             let Some(queue) = lane.running.get_mut(&handle) else {
                 // A job we no longer wait for (e.g. its set timed out earlier
@@ -1272,7 +1458,7 @@ fn dispatch(
                         lane.discard.insert(handle);
                     }
                 }
-                return Ok(());
+                return Ok(None);
             }
             match p.kind {
                 PacketType::WorkData => {
@@ -1344,7 +1530,15 @@ fn dispatch(
             .at(&addr))
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The packet type that submits `job`.
+fn submit_kind(job: &Job, background: bool) -> PacketType {
+    match job.epoch {
+        Some(_) => PacketType::SubmitJobEpoch,
+        None => job.priority.submit_type(background),
+    }
 }
 
 fn encode_submit(job: &Job, background: bool, out: &mut Vec<u8>) -> Result<()> {

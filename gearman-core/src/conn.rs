@@ -44,7 +44,6 @@ pub struct Connection {
     pub(crate) busy: bool,
     /// Submission packet types (bit = type number) the server has answered
     /// with JOB_CREATED on this connection; only those are pipelined.
-    #[allow(dead_code)]
     answered: u64,
 }
 
@@ -216,14 +215,12 @@ impl Connection {
 
     /// Whether a JOB_CREATED has answered a submission of type `kind` on
     /// this connection (see [`Connection::note_answered`]).
-    #[allow(dead_code)]
     pub(crate) fn has_answered(&self, kind: crate::proto::PacketType) -> bool {
         self.answered & (1u64 << (kind as u32 % 64)) != 0
     }
 
     /// Records that the server answered a submission of type `kind` with
     /// JOB_CREATED on this connection: it may be pipelined from now on.
-    #[allow(dead_code)]
     pub(crate) fn note_answered(&mut self, kind: crate::proto::PacketType) {
         self.answered |= 1u64 << (kind as u32 % 64);
     }

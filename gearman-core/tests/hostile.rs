@@ -255,7 +255,12 @@ fn a_ten_mib_job_handle_is_a_protocol_error_not_a_success() {
     for r in c.run_all(&[Job::new("f", "1")]) {
         check(r.map(|_| String::new()), "run_all");
     }
-    c.submit_background_deferred(&[Job::new("f", "1")]).unwrap();
+    // The first SUBMIT_JOB_BG on a connection is awaited within the call:
+    // its error is the call's, and the job is in the report as failed.
+    let e = c
+        .submit_background_deferred(&[Job::new("f", "1")])
+        .unwrap_err();
+    check(Err(e), "deferred call");
     let report = c.collect_deferred(true);
     assert_eq!(report.confirmed, 0, "{report:?}");
     assert_eq!(report.failed.len(), 1, "{report:?}");
@@ -554,4 +559,144 @@ fn a_submission_timed_out_on_a_paused_gearmand_says_it_may_have_been_queued() {
         assert!(t.elapsed() < Duration::from_secs(10), "{st:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A server like Python `gear`: answers every submission with JOB_CREATED
+/// except SUBMIT_JOB_EPOCH, which it drops without a reply.
+fn ignores_epoch() -> ServerAddr {
+    scripted(|p, n, _| {
+        Some(match p.kind {
+            PacketType::SubmitJobEpoch => Vec::new(),
+            _ if is_submit(p) => res(PacketType::JobCreated, &[format!("H:g:{n}").as_bytes()]),
+            PacketType::EchoReq => res(PacketType::EchoRes, &[p.arg(0)]),
+            _ => Vec::new(),
+        })
+    })
+    .0
+}
+
+fn epoch_job(u: &str) -> Job {
+    Job::new("sched", "x")
+        .with_unique(u)
+        .with_epoch(4_000_000_000)
+}
+
+/// Issue 10 item 18 (b): a server that drops SUBMIT_JOB_EPOCH gives that
+/// job an unknown fate ("may not support it") and a later JOB_CREATED is
+/// never credited to it, in the deferred ledger and in task sets.
+#[test]
+fn a_dropped_submit_job_epoch_is_never_credited_with_a_later_job_created() {
+    let addr = ignores_epoch();
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_millis(700);
+    // Deferred (pipelined): the epoch job alone in one call, then two more.
+    c.submit_background_deferred(&[epoch_job("e1")]).unwrap();
+    c.submit_background_deferred(&[
+        Job::new("f", "1").with_unique("b1"),
+        Job::new("f", "2").with_unique("b2"),
+    ])
+    .unwrap();
+    let r = c.collect_deferred(true);
+    assert_eq!((r.confirmed, r.pending), (2, 0), "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].unique, b"e1", "{r:?}");
+    assert!(r.failed[0].is_unknown_fate());
+    assert_eq!(r.overdue(), 1);
+    let m = r.failed[0].error.to_string();
+    assert!(
+        m.contains("SUBMIT_JOB_EPOCH") && m.contains("may not support"),
+        "{m}"
+    );
+    assert!(m.contains("may have been"), "{m}");
+    // Mixed in one deferred call: the epoch job's answer is awaited
+    // before anything follows it, the others are all confirmed.
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_millis(700);
+    c.submit_background_deferred(&[Job::new("f", "0").with_unique("b0"), epoch_job("e2")])
+        .unwrap();
+    let r = c.collect_deferred(true);
+    assert_eq!(r.confirmed, 1, "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].unique, b"e2", "{r:?}");
+    // Task sets: the epoch job fails; nothing was sent behind it within
+    // the set's deadline, so the other is "not sent" (safe to retry), never
+    // credited with a handle that is not its own.
+    let rs = c.submit_background_all(&[epoch_job("e3"), Job::new("f", "3").with_unique("b3")]);
+    let e = rs[0].as_ref().unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert!(e.to_string().contains("may not support"), "{e}");
+    let e = rs[1].as_ref().unwrap_err();
+    assert!(e.message().starts_with("not sent"), "{e}");
+    // In the other order, both are answered for what they are.
+    let rs = c.submit_background_all(&[Job::new("f", "3").with_unique("b3"), epoch_job("e3")]);
+    assert!(rs[0].is_ok(), "{:?}", rs[0]);
+    assert!(rs[1].as_ref().unwrap_err().is_timeout(), "{:?}", rs[1]);
+    let e = c.submit_background(&epoch_job("e4")).unwrap_err();
+    assert!(
+        e.is_timeout() && e.to_string().contains("may have been queued"),
+        "{e}"
+    );
+    assert!(c.submit_background(&Job::new("f", "4")).is_ok());
+}
+
+/// Issue 10 item 18 (a): every owed confirmation has a deadline. A server
+/// that answered once and then answers one byte a second does not keep the
+/// next jobs pending: they are reported overdue, of unknown fate.
+#[test]
+fn owed_confirmations_from_a_server_that_drips_a_byte_a_second_become_overdue() {
+    let (addr, _) = scripted(|p, n, s| {
+        if !is_submit(p) {
+            return Some(Vec::new());
+        }
+        let reply = res(PacketType::JobCreated, &[format!("H:d:{n}").as_bytes()]);
+        if n == 1 {
+            return Some(reply);
+        }
+        // One byte a second, until the client goes away.
+        for b in reply {
+            s.write_all(&[b]).ok()?;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        Some(Vec::new())
+    });
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_millis(1500);
+    // The first is answered: SUBMIT_JOB_BG is pipelined from now on.
+    c.submit_background_deferred(&[Job::new("f", "0")]).unwrap();
+    assert_eq!(c.collect_deferred(true).confirmed, 1);
+    c.submit_background_deferred(&[
+        Job::new("f", "1").with_unique("d1"),
+        Job::new("f", "2").with_unique("d2"),
+    ])
+    .unwrap();
+    assert_eq!(c.deferred_pending(), 2);
+    // Non-waiting collections while the server drips: pending until due.
+    let t = Instant::now();
+    let mut failed = Vec::new();
+    loop {
+        let r = c.collect_deferred(false);
+        assert_eq!(r.confirmed, 0, "{r:?}");
+        failed.extend(r.failed.iter().cloned());
+        if r.pending == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still pending: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let units: Vec<&[u8]> = failed.iter().map(|f| f.unique.as_slice()).collect();
+    assert_eq!(units, [&b"d1"[..], b"d2"]);
+    assert!(
+        failed
+            .iter()
+            .all(|f| f.error.is_timeout() && f.is_unknown_fate()),
+        "{failed:?}"
+    );
+    assert!(
+        failed[0].error.to_string().contains("no confirmation"),
+        "{:?}",
+        failed[0]
+    );
 }

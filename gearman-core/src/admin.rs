@@ -72,6 +72,8 @@ pub struct JobInfo {
 pub struct Admin {
     conn: Connection,
     timeout: Duration,
+    /// No command waits past this, if set.
+    until: Option<Instant>,
 }
 
 fn num(field: &str, line: &str) -> Result<u64> {
@@ -179,11 +181,35 @@ impl Admin {
         Ok(Admin {
             conn: Connection::connect(addr, timeout, DEFAULT_MAX_PACKET, None)?,
             timeout,
+            until: None,
+        })
+    }
+
+    /// Connects to `addr` within `connect_timeout` and never past
+    /// `deadline`; every later command is bounded by `timeout` and by
+    /// `deadline` too. A passed deadline is an [`ErrorKind::Timeout`].
+    pub fn connect_until(
+        addr: &ServerAddr,
+        connect_timeout: Duration,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<Admin> {
+        Ok(Admin {
+            conn: Connection::connect_until(
+                addr,
+                connect_timeout,
+                Some(deadline),
+                DEFAULT_MAX_PACKET,
+                None,
+            )?,
+            timeout,
+            until: Some(deadline),
         })
     }
 
     fn deadline(&self) -> Option<Instant> {
-        Some(Instant::now() + self.timeout)
+        let d = Instant::now() + self.timeout;
+        Some(self.until.map_or(d, |u| u.min(d)))
     }
 
     /// Sends a command and reads a one-line reply. `ERR ...` is an error.
@@ -330,4 +356,29 @@ pub fn split_list(text: &[u8]) -> Result<Vec<String>> {
         Some((lines, _)) => Ok(lines),
         None => Err(Error::protocol("admin list without its final '.' line")),
     }
+}
+
+/// `status` of every server in `servers`, all within one `deadline`: each
+/// connect takes at most `connect_timeout` and none runs past the deadline,
+/// nor does any reply. One entry per server, in order; a server not reached
+/// by the deadline has an [`ErrorKind::Timeout`] error saying so (it was
+/// not tried, or its connect or reply was cut short).
+pub fn status_all(
+    servers: impl IntoIterator<Item = ServerAddr>,
+    connect_timeout: Duration,
+    deadline: Instant,
+) -> Vec<(ServerAddr, Result<Vec<FunctionStatus>>)> {
+    servers
+        .into_iter()
+        .map(|addr| {
+            let r = if Instant::now() >= deadline {
+                Err(Error::timeout("deadline reached before this server was asked").at(&addr))
+            } else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                Admin::connect_until(&addr, connect_timeout, left, deadline)
+                    .and_then(|mut a| a.status())
+            };
+            (addr, r)
+        })
+        .collect()
 }

@@ -255,7 +255,12 @@ fn a_ten_mib_job_handle_is_a_protocol_error_not_a_success() {
     for r in c.run_all(&[Job::new("f", "1")]) {
         check(r.map(|_| String::new()), "run_all");
     }
-    c.submit_background_deferred(&[Job::new("f", "1")]).unwrap();
+    // The first SUBMIT_JOB_BG on a connection is awaited within the call:
+    // its error is the call's, and the job is in the report as failed.
+    let e = c
+        .submit_background_deferred(&[Job::new("f", "1")])
+        .unwrap_err();
+    check(Err(e), "deferred call");
     let report = c.collect_deferred(true);
     assert_eq!(report.confirmed, 0, "{report:?}");
     assert_eq!(report.failed.len(), 1, "{report:?}");
@@ -382,4 +387,316 @@ fn a_flood_of_work_data_fails_at_max_result() {
     assert!(total < 4 * 200, "the client read every packet: {total}");
     // The default cap is 16 MiB.
     assert_eq!(Options::default().max_result, 16 << 20);
+}
+
+/// A real black hole on loopback: a listener with backlog 0 whose accept
+/// queue is filled with connections nobody accepts. Linux then drops
+/// further SYNs (no RST), so a connect hangs until its timeout.
+struct BlackHole {
+    addr: String,
+    _listener: TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+fn black_hole() -> BlackHole {
+    use std::os::fd::AsRawFd;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: a valid listening socket; listen() again only sets its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let sa = l.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match TcpStream::connect_timeout(&sa, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 16, "the accept queue does not fill");
+    }
+    BlackHole {
+        addr: sa.to_string(),
+        _listener: l,
+        _fillers: fillers,
+    }
+}
+
+fn black_holes(n: usize) -> Vec<BlackHole> {
+    let ts: Vec<_> = (0..n).map(|_| std::thread::spawn(black_hole)).collect();
+    ts.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Issue 10 item 2: one deadline per call from its start. With 20
+/// black-holed servers, every call returns within its deadline (asserted
+/// at < 3x, only to rule out one connect timeout per server), says the
+/// deadline was reached and names the servers tried.
+#[test]
+fn twenty_black_holed_servers_cost_one_deadline_not_twenty_connect_timeouts() {
+    let holes = black_holes(20);
+    let list = holes
+        .iter()
+        .map(|h| h.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let servers = ServerList::parse(&list).unwrap();
+    let deadline = Duration::from_secs(1);
+    let mut c = Client::new(
+        servers.clone(),
+        Options {
+            connect_timeout: Duration::from_millis(300),
+            io_timeout: deadline,
+            foreground_timeout: Some(deadline),
+            ..Options::default()
+        },
+    );
+    let check = |what: &str, t: Instant, e: gearman_core::Error| {
+        let took = t.elapsed();
+        assert!(took < deadline * 3, "{what} took {took:?}");
+        assert!(e.is_timeout(), "{what}: {e}");
+        let m = e.to_string();
+        assert!(m.contains("deadline reached"), "{what}: {m}");
+        assert!(m.contains("tried 127.0.0.1:"), "{what}: {m}");
+        assert!(m.contains("not tried"), "{what}: {m}");
+    };
+    let t = Instant::now();
+    check("run", t, c.run(&Job::new("f", "x")).unwrap_err());
+    // Servers whose connect timed out are now in back-off; all the others
+    // still come first, so the next calls walk the list the same way.
+    let t = Instant::now();
+    check(
+        "submit_background",
+        t,
+        c.submit_background(&Job::new("f", "x")).unwrap_err(),
+    );
+    let t = Instant::now();
+    check("status_by_unique", t, c.status_by_unique(b"u").unwrap_err());
+    let t = Instant::now();
+    check("check_reachable", t, c.check_reachable().unwrap_err());
+    let t = Instant::now();
+    check("ensure_connected", t, c.ensure_connected().unwrap_err());
+    let t = Instant::now();
+    let e = c
+        .submit_background_deferred(&[Job::new("f", "x")])
+        .unwrap_err();
+    check("submit_background_deferred", t, e);
+    let t = Instant::now();
+    for r in c.run_all(&[Job::new("f", "1"), Job::new("f", "2")]) {
+        let e = r.unwrap_err();
+        assert!(e.is_timeout(), "run_all: {e}");
+    }
+    assert!(t.elapsed() < deadline * 3, "run_all took {:?}", t.elapsed());
+
+    // A connect timeout longer than the deadline is cut to the time left.
+    let mut c = Client::new(
+        servers.clone(),
+        Options {
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: deadline,
+            foreground_timeout: Some(deadline),
+            ..Options::default()
+        },
+    );
+    let t = Instant::now();
+    let e = c.run(&Job::new("f", "x")).unwrap_err();
+    assert!(t.elapsed() < deadline * 3, "took {:?}", t.elapsed());
+    assert!(
+        e.is_timeout() && e.to_string().contains("deadline reached"),
+        "{e}"
+    );
+
+    // The admin walk over every server, with one overall deadline.
+    let t = Instant::now();
+    let all = gearman_core::admin::status_all(
+        servers.iter().cloned(),
+        Duration::from_millis(300),
+        Instant::now() + deadline,
+    );
+    assert!(
+        t.elapsed() < deadline * 3,
+        "status_all took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(all.len(), 20);
+    assert!(all.iter().all(|(_, r)| r.is_err()));
+    assert!(all.iter().any(|(_, r)| r
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("deadline reached")));
+}
+
+/// Issue 10 item 16: a submission that timed out waiting for JOB_CREATED
+/// may still have been queued (a paused gearmand queues it when resumed):
+/// the error says so.
+#[test]
+fn a_submission_timed_out_on_a_paused_gearmand_says_it_may_have_been_queued() {
+    let g = Gearmand::start();
+    let addr = ServerAddr::parse(&g.addr()).unwrap();
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_millis(500);
+    c.options_mut().foreground_timeout = Some(Duration::from_millis(500));
+    c.check_reachable().unwrap();
+    g.pause();
+    let bg = c.submit_background(&Job::new("later_bg", "x")).unwrap_err();
+    let fg = c.run(&Job::new("later_fg", "x")).unwrap_err();
+    g.resume();
+    for (what, e) in [("background", bg), ("foreground", fg)] {
+        assert!(e.is_timeout(), "{what}: {e}");
+        assert!(
+            e.to_string().contains("may have been queued"),
+            "{what}: {e}"
+        );
+        assert!(e.to_string().contains("unique key"), "{what}: {e}");
+    }
+    // And it was queued: gearmand holds the background job now.
+    let t = Instant::now();
+    loop {
+        let st = Admin::connect(&addr, Duration::from_secs(5))
+            .unwrap()
+            .status()
+            .unwrap();
+        if st.iter().any(|f| f.function == "later_bg" && f.total == 1) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{st:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server like Python `gear`: answers every submission with JOB_CREATED
+/// except SUBMIT_JOB_EPOCH, which it drops without a reply.
+fn ignores_epoch() -> ServerAddr {
+    scripted(|p, n, _| {
+        Some(match p.kind {
+            PacketType::SubmitJobEpoch => Vec::new(),
+            _ if is_submit(p) => res(PacketType::JobCreated, &[format!("H:g:{n}").as_bytes()]),
+            PacketType::EchoReq => res(PacketType::EchoRes, &[p.arg(0)]),
+            _ => Vec::new(),
+        })
+    })
+    .0
+}
+
+fn epoch_job(u: &str) -> Job {
+    Job::new("sched", "x")
+        .with_unique(u)
+        .with_epoch(4_000_000_000)
+}
+
+/// Issue 10 item 18 (b): a server that drops SUBMIT_JOB_EPOCH gives that
+/// job an unknown fate ("may not support it") and a later JOB_CREATED is
+/// never credited to it, in the deferred ledger and in task sets.
+#[test]
+fn a_dropped_submit_job_epoch_is_never_credited_with_a_later_job_created() {
+    let addr = ignores_epoch();
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_millis(700);
+    // Deferred (pipelined): the epoch job alone in one call, then two more.
+    c.submit_background_deferred(&[epoch_job("e1")]).unwrap();
+    c.submit_background_deferred(&[
+        Job::new("f", "1").with_unique("b1"),
+        Job::new("f", "2").with_unique("b2"),
+    ])
+    .unwrap();
+    let r = c.collect_deferred(true);
+    assert_eq!((r.confirmed, r.pending), (2, 0), "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].unique, b"e1", "{r:?}");
+    assert!(r.failed[0].is_unknown_fate());
+    assert_eq!(r.overdue(), 1);
+    let m = r.failed[0].error.to_string();
+    assert!(
+        m.contains("SUBMIT_JOB_EPOCH") && m.contains("may not support"),
+        "{m}"
+    );
+    assert!(m.contains("may have been"), "{m}");
+    // Mixed in one deferred call: the epoch job's answer is awaited
+    // before anything follows it, the others are all confirmed.
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_millis(700);
+    c.submit_background_deferred(&[Job::new("f", "0").with_unique("b0"), epoch_job("e2")])
+        .unwrap();
+    let r = c.collect_deferred(true);
+    assert_eq!(r.confirmed, 1, "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].unique, b"e2", "{r:?}");
+    // Task sets: the epoch job fails; nothing was sent behind it within
+    // the set's deadline, so the other is "not sent" (safe to retry), never
+    // credited with a handle that is not its own.
+    let rs = c.submit_background_all(&[epoch_job("e3"), Job::new("f", "3").with_unique("b3")]);
+    let e = rs[0].as_ref().unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert!(e.to_string().contains("may not support"), "{e}");
+    let e = rs[1].as_ref().unwrap_err();
+    assert!(e.message().starts_with("not sent"), "{e}");
+    // In the other order, both are answered for what they are.
+    let rs = c.submit_background_all(&[Job::new("f", "3").with_unique("b3"), epoch_job("e3")]);
+    assert!(rs[0].is_ok(), "{:?}", rs[0]);
+    assert!(rs[1].as_ref().unwrap_err().is_timeout(), "{:?}", rs[1]);
+    let e = c.submit_background(&epoch_job("e4")).unwrap_err();
+    assert!(
+        e.is_timeout() && e.to_string().contains("may have been queued"),
+        "{e}"
+    );
+    assert!(c.submit_background(&Job::new("f", "4")).is_ok());
+}
+
+/// Issue 10 item 18 (a): every owed confirmation has a deadline. A server
+/// that answered once and then answers one byte a second does not keep the
+/// next jobs pending: they are reported overdue, of unknown fate.
+#[test]
+fn owed_confirmations_from_a_server_that_drips_a_byte_a_second_become_overdue() {
+    let (addr, _) = scripted(|p, n, s| {
+        if !is_submit(p) {
+            return Some(Vec::new());
+        }
+        let reply = res(PacketType::JobCreated, &[format!("H:d:{n}").as_bytes()]);
+        if n == 1 {
+            return Some(reply);
+        }
+        // One byte a second, until the client goes away.
+        for b in reply {
+            s.write_all(&[b]).ok()?;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        Some(Vec::new())
+    });
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_millis(1500);
+    // The first is answered: SUBMIT_JOB_BG is pipelined from now on.
+    c.submit_background_deferred(&[Job::new("f", "0")]).unwrap();
+    assert_eq!(c.collect_deferred(true).confirmed, 1);
+    c.submit_background_deferred(&[
+        Job::new("f", "1").with_unique("d1"),
+        Job::new("f", "2").with_unique("d2"),
+    ])
+    .unwrap();
+    assert_eq!(c.deferred_pending(), 2);
+    // Non-waiting collections while the server drips: pending until due.
+    let t = Instant::now();
+    let mut failed = Vec::new();
+    loop {
+        let r = c.collect_deferred(false);
+        assert_eq!(r.confirmed, 0, "{r:?}");
+        failed.extend(r.failed.iter().cloned());
+        if r.pending == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still pending: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let units: Vec<&[u8]> = failed.iter().map(|f| f.unique.as_slice()).collect();
+    assert_eq!(units, [&b"d1"[..], b"d2"]);
+    assert!(
+        failed
+            .iter()
+            .all(|f| f.error.is_timeout() && f.is_unknown_fate()),
+        "{failed:?}"
+    );
+    assert!(
+        failed[0].error.to_string().contains("no confirmation"),
+        "{:?}",
+        failed[0]
+    );
 }

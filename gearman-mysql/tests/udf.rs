@@ -1705,3 +1705,104 @@ fn foreground_results_are_capped() {
     assert!(e.contains("exceeded 4096 bytes"), "{e}");
     assert_select_1(&mut env, &mut c, "capped results");
 }
+
+// ---------------------------------------------------------------------------
+// One deadline per call (item 2)
+
+/// A loopback port that drops SYNs: a listener with backlog 0 whose accept
+/// queue is full of connections nobody accepts, so a connect to it hangs
+/// until the caller's timeout.
+struct BlackHole {
+    port: u16,
+    _listener: std::net::TcpListener,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+fn black_hole() -> BlackHole {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: a listening socket we own; listen() again sets its backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        queued.push(s);
+        assert!(queued.len() < 16, "the accept queue never fills");
+    }
+    BlackHole {
+        port: addr.port(),
+        _listener: listener,
+        _queued: queued,
+    }
+}
+
+#[test]
+fn every_call_has_one_deadline_over_twenty_black_holed_servers() {
+    let holes: Vec<BlackHole> = (0..20)
+        .map(|_| std::thread::spawn(black_hole))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let list = holes
+        .iter()
+        .map(|h| format!("127.0.0.1:{}", h.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Each connect may take 1 s; every call is bounded by 2 s as a whole.
+    let mut env = Env::start(&format!(
+        "connect_timeout_ms = 1000\nio_timeout_ms = 2000\nforeground_timeout_ms = 2000\n\
+         [function_servers]\nblack = \"{list}\"\n"
+    ));
+    let mut c = env.conn();
+    let bound = Duration::from_secs(8); // 4x the deadline; 20 connects took 20 s
+    for sql in [
+        "SELECT gman_do('black', 'x')",
+        "SELECT gman_do_background('black', 'x')",
+        "SELECT gman_sum('black', seq) FROM seq_1_to_3",
+    ] {
+        let t0 = Instant::now();
+        assert_eq!(one(&mut c, sql), None, "{sql}");
+        let took = t0.elapsed();
+        assert!(took < bound, "{sql} took {took:?}");
+        let e = last_error(&mut c).unwrap();
+        assert!(
+            e.contains("deadline") || e.contains("timed out") || e.contains("within"),
+            "{sql}: {e}"
+        );
+    }
+    // Status walks over every server and list: within the bound (the live
+    // server answers "not known"; the black holes cannot).
+    for sql in [
+        "SELECT gman_job_status('some-unique-key')",
+        "SELECT gman_job_status('H:host:1')",
+    ] {
+        let t0 = Instant::now();
+        let st = one_str(&mut c, sql);
+        let took = t0.elapsed();
+        assert!(took < bound, "{sql} took {took:?}");
+        if let Some(st) = st {
+            assert!(st.contains("\"known\":false"), "{sql}: {st}");
+        }
+    }
+    // gman_server_status(): the live server's answer, the black holes as
+    // errors, all within the bound.
+    assert!(one_str(&mut c, "SELECT gman_do_background('live', 'x')").is_some());
+    let t0 = Instant::now();
+    let st = one_str(&mut c, "SELECT gman_server_status()").unwrap();
+    let took = t0.elapsed();
+    assert!(took < bound, "gman_server_status took {took:?}");
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let arr = v.as_array().unwrap();
+    assert!(
+        arr.iter()
+            .any(|e| e["server"] == env.gearmand.addr() && e["function"] == "live"),
+        "{st}"
+    );
+    assert_eq!(
+        arr.iter().filter(|e| e.get("error").is_some()).count(),
+        20,
+        "{st}"
+    );
+    assert_select_1(&mut env, &mut c, "black holes");
+}

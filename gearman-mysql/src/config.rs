@@ -102,14 +102,21 @@
 //!   the job's unique key: the caller's, or a generated one (36 characters,
 //!   UUID-shaped) when none was given; `gman_job_status()` accepts it. A call
 //!   still fails (NULL for that row) when the job cannot be written (no server
-//!   reachable). A job that gearmand refuses, or whose connection is lost
-//!   before its confirmation arrives (fate unknown), is noticed only when the
+//!   reachable). The first job of each kind (background, scheduled) on a
+//!   new connection waits for its confirmation (within `io_timeout_ms`), so
+//!   a server that ignores a packet type (Python `gear` ignores
+//!   SUBMIT_JOB_EPOCH) is found out before anything is pipelined behind it;
+//!   such a first job that is refused or not answered in time fails its own
+//!   row (NULL, fate unknown when unanswered). A job that gearmand refuses, or whose confirmation does
+//!   not arrive within `io_timeout_ms` of its write or whose connection is
+//!   lost first (fate unknown: it may have been queued; the connection is
+//!   then closed), is noticed only when the
 //!   confirmations are collected: at the start and end of later calls that use
 //!   the same pooled connection (from any session) and at the end of
 //!   statements that submitted pipelined jobs (without waiting). It is then
 //!   reported by the thread that collected it: one error-log line per
 //!   statement with the counts (`pipelined background dispatch: N jobs not
-//!   queued ...`); and in `gman_last_error()` of the connection that
+//!   confirmed; R refused ...; U of unknown fate ...`); and in `gman_last_error()` of the connection that
 //!   submitted the job (only of that one, even when another session's call
 //!   collected the confirmation; the last 65,536 submitters are remembered);
 //!   the row that submitted it has already returned its key. Confirmations still unread

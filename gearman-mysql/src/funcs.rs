@@ -496,18 +496,28 @@ impl Call {
 /// from the client's report of failed deferred jobs, which otherwise holds
 /// the earlier jobs that the broken connection still owed a confirmation.
 fn submit_pipelined(c: &mut gearman_core::Client, job: &Job) -> gearman_core::Result<()> {
+    let mine = |f: &gearman_core::DeferredFailure| {
+        f.unique == job.unique_bytes() && f.function.as_bytes() == job.function
+    };
     let mut tries = 0;
     loop {
         tries += 1;
         let Err(e) = c.submit_background_deferred(std::slice::from_ref(job)) else {
-            return Ok(());
+            // The first job of its kind on a connection is confirmed within
+            // the call (the core awaits it): a refusal or a missing answer
+            // (a server that ignores the packet type) is this row's error,
+            // not a later report.
+            let mut report = c.take_deferred_report();
+            let failed = report.failed.iter().rposition(mine);
+            let own = failed.map(|i| report.failed.remove(i));
+            note_deferred(report);
+            return match own {
+                Some(f) => Err(f.error),
+                None => Ok(()),
+            };
         };
         let mut report = c.collect_deferred(false);
-        if let Some(i) = report
-            .failed
-            .iter()
-            .rposition(|f| f.unique == job.unique_bytes() && f.function.as_bytes() == job.function)
-        {
+        if let Some(i) = report.failed.iter().rposition(mine) {
             report.failed.remove(i);
         }
         note_deferred(report);

@@ -30,8 +30,9 @@
 //!
 //! Pipelined background dispatch (opt-in, see [`config`]): a job that
 //! gearmand refuses after its call returned its key, or whose confirmation
-//! never arrives, is reported when some thread collects the confirmation:
-//! one `pipelined background dispatch: N jobs not queued ...` error-log line
+//! does not arrive within `io_timeout_ms` of its write (unknown fate: it may
+//! have been queued), is reported when some thread collects the confirmation:
+//! one `pipelined background dispatch: N jobs not confirmed ...` error-log line
 //! per statement, and the `gman_last_error()` of the connection that
 //! submitted the job.
 //!

@@ -358,7 +358,8 @@ thread_local! {
     static DEFERRED: RefCell<DeferredTally> = RefCell::new(DeferredTally::default());
 }
 
-/// Pipelined background jobs not queued since the library was loaded.
+/// Pipelined background jobs not confirmed (refused or of unknown fate)
+/// since the library was loaded.
 static DEFERRED_FAILED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 /// Collection reports held back per thread for at most this long before
@@ -382,7 +383,7 @@ impl DeferredTally {
 
     fn message(&self, total: u64) -> String {
         let mut m = format!(
-            "pipelined background dispatch: {} job{} not queued",
+            "pipelined background dispatch: {} job{} not confirmed",
             self.refused + self.unknown,
             if self.refused + self.unknown == 1 {
                 ""
@@ -392,14 +393,15 @@ impl DeferredTally {
         );
         if self.refused > 0 {
             m.push_str(&format!(
-                "; {} refused by the job server (first: {})",
+                "; {} refused by the job server, not queued (first: {})",
                 self.refused,
                 self.first_refused.as_deref().unwrap_or("?")
             ));
         }
         if self.unknown > 0 {
             m.push_str(&format!(
-                "; {} of unknown fate, no confirmation (first: {})",
+                "; {} of unknown fate, no confirmation in time or connection lost: \
+                 they may have been queued (first: {})",
                 self.unknown,
                 self.first_unknown.as_deref().unwrap_or("?")
             ));
@@ -462,7 +464,7 @@ pub fn note_deferred(report: DeferredReport) {
         }
         // Thread-local storage is gone (thread exit): log directly.
         Err(_) => log_error(&format!(
-            "pipelined background dispatch: {n} jobs not queued; {}; {total} since the library was loaded",
+            "pipelined background dispatch: {n} jobs not confirmed; {}; {total} since the library was loaded",
             report.failed.first().map(describe_failure).unwrap_or_default()
         )),
     }
@@ -671,7 +673,7 @@ mod tests {
                 pending: 0,
             });
             let m = last_error().unwrap();
-            assert!(m.contains("3 jobs not queued"), "{m}");
+            assert!(m.contains("3 jobs not confirmed"), "{m}");
             assert!(m.contains("3 refused by the job server"), "{m}");
             assert!(m.contains("QUEUE_ERROR"), "{m}");
             assert!(m.contains("unique 'u0'"), "{m}");

@@ -269,9 +269,9 @@ mod tests {
         clear_last_error();
         assert_eq!(last_error(), None);
         let me = current_connection().unwrap();
-        set_error_of(me, "3 jobs not queued", true);
+        set_error_of(me, "3 jobs not confirmed", true);
         clear_last_error();
-        assert_eq!(last_error().as_deref(), Some("3 jobs not queued"));
+        assert_eq!(last_error().as_deref(), Some("3 jobs not confirmed"));
         set_last_error("next");
         clear_last_error();
         assert_eq!(last_error(), None);

@@ -38,7 +38,11 @@
 //!
 //! Configuration: see [`config`]; defaults: servers `127.0.0.1:4730`, connect
 //! timeout 2 s, I/O timeout 5 s, foreground timeout 30 s, background
-//! dispatch `round_trip`.
+//! dispatch `round_trip`, `gman_servers_set` disabled, results up to 16 MiB,
+//! at most 64 idle pooled clients. Every call has one deadline from its
+//! start, connecting and failing over included (see [`config`]); a
+//! background call that timed out waiting for JOB_CREATED may still have
+//! been queued.
 
 pub mod abi;
 pub mod config;

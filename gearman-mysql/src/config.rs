@@ -118,7 +118,7 @@
 //!   statement with the counts (`pipelined background dispatch: N jobs not
 //!   confirmed; R refused ...; U of unknown fate ...`); and in `gman_last_error()` of the connection that
 //!   submitted the job (only of that one, even when another session's call
-//!   collected the confirmation; the last 65,536 submitters are remembered);
+//!   collected the confirmation; the last 16,384 submitters are remembered);
 //!   the row that submitted it has already returned its key. Confirmations still unread
 //!   when mariadbd shuts down are not reported. Use it where throughput
 //!   matters more than a per-row answer (bulk `SELECT`s, busy triggers), or

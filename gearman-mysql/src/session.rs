@@ -46,7 +46,7 @@ pub const MAX_ERROR_BYTES: usize = 4096;
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Pipelined jobs whose submitting connection is remembered at once (to
 /// report a later refusal to that connection only).
-pub const MAX_ATTRIBUTED_JOBS: usize = 65_536;
+pub const MAX_ATTRIBUTED_JOBS: usize = 16_384;
 
 /// The server connection running the current call, if the server tells.
 pub type ConnId = u64;

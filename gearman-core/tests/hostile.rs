@@ -700,3 +700,42 @@ fn owed_confirmations_from_a_server_that_drips_a_byte_a_second_become_overdue() 
         failed[0]
     );
 }
+
+/// Issue 10 item 18 against the real peers: Python `gear` drops
+/// SUBMIT_JOB_EPOCH without a reply; the Perl Gearman::Server refuses it
+/// with ERROR. Either way no later JOB_CREATED is credited to the epoch
+/// job, and the other jobs are confirmed for what they are.
+#[test]
+fn real_gear_and_perl_servers_and_submit_job_epoch() {
+    let gear = gearman_testkit::GearServer::start();
+    let addr = ServerAddr::parse(&gear.addr()).unwrap();
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_secs(1);
+    c.submit_background_deferred(&[epoch_job("ge1")]).unwrap();
+    c.submit_background_deferred(&[
+        Job::new("f", "1").with_unique("gb1"),
+        Job::new("f", "2").with_unique("gb2"),
+    ])
+    .unwrap();
+    let r = c.collect_deferred(true);
+    assert_eq!((r.confirmed, r.pending, r.overdue()), (2, 0, 1), "{r:?}");
+    assert_eq!(r.failed[0].unique, b"ge1", "{r:?}");
+    assert!(
+        r.failed[0].error.to_string().contains("may not support"),
+        "{r:?}"
+    );
+    let rs = c.submit_background_all(&[Job::new("f", "3").with_unique("gb3"), epoch_job("ge2")]);
+    assert!(rs[0].is_ok(), "{:?}", rs[0]);
+    assert!(rs[1].as_ref().unwrap_err().is_timeout(), "{:?}", rs[1]);
+
+    let perl = gearman_testkit::PerlGearmand::start();
+    let addr = ServerAddr::parse(&perl.addr()).unwrap();
+    let mut c = quick(&addr);
+    c.submit_background_deferred(&[epoch_job("pe1"), Job::new("f", "1").with_unique("pb1")])
+        .unwrap();
+    let r = c.collect_deferred(true);
+    assert_eq!((r.confirmed, r.pending, r.overdue()), (1, 0, 0), "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].unique, b"pe1", "{r:?}");
+    assert!(r.failed[0].error.is_server_error(), "{r:?}");
+}

@@ -17,11 +17,24 @@
 //! max_idle_connections = 64       # idle pooled clients kept, all server lists together
 //! idle_timeout_ms = 60000         # an idle pooled client unused this long is closed
 //! max_sum_rows = 100000           # rows one gman_sum group may collect
+//! max_result_bytes = 16777216     # largest gman_do* result (bytes, 1 B to 1 GiB), see below
 //! background_dispatch = "round_trip"  # or "pipelined", see below
 //!
 //! [function_servers]              # per-function server lists
 //! resize_image = "10.0.0.7:4730,10.0.0.8"
 //! ```
+//!
+//! ## `max_result_bytes`
+//!
+//! The largest result a `gman_do*` call accepts: the WORK_DATA chunks and
+//! the WORK_COMPLETE data of its job together, 16 MiB (16,777,216 bytes) by
+//! default, MariaDB's largest UDF string result by default; at most 1 GiB
+//! (`max_allowed_packet`'s limit). A job whose result grows past it fails
+//! as soon as it does (the rest is read and dropped, never kept): that row
+//! is NULL and `gman_last_error()` says `result of job H exceeded N bytes`.
+//! It is also the result length the functions declare to the server.
+//! `gman_sum` accepts at most [`SUM_RESULT_MAX`] bytes per row (an integer
+//! as text), so a group holds at most `max_sum_rows` times that.
 //!
 //! ## Connection pool
 //!
@@ -110,6 +123,12 @@ pub const DEFAULT_IO_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_FOREGROUND_TIMEOUT_MS: u64 = 30_000;
 /// Default number of idle pooled clients kept (all server lists together).
 pub const DEFAULT_MAX_IDLE: usize = 64;
+/// Default [`Config::max_result_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_RESULT: u64 = gearman_core::DEFAULT_MAX_RESULT as u64;
+/// Largest `max_result_bytes`: 1 GiB.
+pub const MAX_MAX_RESULT: u64 = 1 << 30;
+/// Largest result of one `gman_sum` row's job (an integer as text).
+pub const SUM_RESULT_MAX: usize = 4096;
 /// Default idle time after which a pooled client is closed: 60 s.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Default cap on the rows one `gman_sum` group collects.
@@ -156,6 +175,9 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     #[serde(default = "d_sum_rows")]
     pub max_sum_rows: usize,
+    /// Largest `gman_do*` result in bytes (see the module docs).
+    #[serde(default = "d_max_result")]
+    pub max_result_bytes: u64,
     /// `"round_trip"` (default) or `"pipelined"`.
     #[serde(default)]
     pub background_dispatch: BackgroundDispatch,
@@ -176,6 +198,9 @@ fn d_idle() -> usize {
 fn d_idle_timeout() -> u64 {
     DEFAULT_IDLE_TIMEOUT_MS
 }
+fn d_max_result() -> u64 {
+    DEFAULT_MAX_RESULT
+}
 fn d_sum_rows() -> usize {
     DEFAULT_MAX_SUM_ROWS
 }
@@ -192,6 +217,7 @@ impl Default for Config {
             max_idle_connections: DEFAULT_MAX_IDLE,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             max_sum_rows: DEFAULT_MAX_SUM_ROWS,
+            max_result_bytes: DEFAULT_MAX_RESULT,
             background_dispatch: BackgroundDispatch::RoundTrip,
         }
     }
@@ -203,6 +229,12 @@ impl Config {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if c.connect_timeout_ms == 0 || c.io_timeout_ms == 0 {
             return Err("connect_timeout_ms and io_timeout_ms must be > 0".into());
+        }
+        if c.max_result_bytes == 0 || c.max_result_bytes > MAX_MAX_RESULT {
+            return Err(format!(
+                "max_result_bytes = {} is out of range (1 to {MAX_MAX_RESULT})",
+                c.max_result_bytes
+            ));
         }
         Ok(c)
     }
@@ -278,6 +310,14 @@ mod tests {
         assert!(Config::parse("connect_timeout_ms = 0").is_err());
         assert!(Config::parse("servers = 5").is_err());
         assert!(Config::parse("background_dispatch = \"later\"").is_err());
+        assert!(Config::parse("max_result_bytes = 0").is_err());
+        assert!(Config::parse("max_result_bytes = 1073741825").is_err());
+        assert_eq!(
+            Config::parse("max_result_bytes = 1024")
+                .unwrap()
+                .max_result_bytes,
+            1024
+        );
     }
 
     #[test]

@@ -16,10 +16,10 @@ use crate::runtime::{
 use std::os::raw::{c_char, c_ulong};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Result strings may be this long; the server picks the column type from it
-/// (16 MiB: MEDIUMBLOB-sized, the default `max_allowed_packet`). Longer
-/// results are still returned whole in a plain SELECT.
-const RESULT_MAX_LENGTH: c_ulong = 16 * 1024 * 1024;
+/// Result strings may be this long unless the configuration says otherwise
+/// (`max_result_bytes`); the server picks the column type from it (16 MiB:
+/// MEDIUMBLOB-sized, the default `max_allowed_packet`).
+const RESULT_MAX_LENGTH: c_ulong = crate::config::DEFAULT_MAX_RESULT as c_ulong;
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -71,7 +71,9 @@ pub unsafe fn init(
         initid.const_item = 0;
         initid.decimals = 0;
         if kind != Kind::Sum {
-            initid.max_length = RESULT_MAX_LENGTH;
+            initid.max_length = runtime()
+                .map(|rt| rt.config.max_result_bytes as c_ulong)
+                .unwrap_or(RESULT_MAX_LENGTH);
         } else {
             initid.max_length = 21;
         }

@@ -4,6 +4,7 @@
 use crate::abi::{
     Arg, ItemResult, DECIMAL_RESULT, INT_RESULT, REAL_RESULT, ROW_RESULT, STRING_RESULT,
 };
+use crate::config::SUM_RESULT_MAX;
 use crate::runtime::{
     generate_unique, last_error, note_deferred, runtime, set_last_error, Runtime,
 };
@@ -290,9 +291,7 @@ impl Call {
         }
         let function = args.get(1).and_then(Arg::to_bytes);
         if let Some(f) = &function {
-            if f.is_empty() {
-                return Err("function name is empty".into());
-            }
+            gearman_core::validate_function_name(f).map_err(|e| e.message().to_string())?;
         }
         let given = args.first().and_then(Arg::to_bytes);
         let list = match &given {
@@ -446,8 +445,16 @@ impl Call {
         let mut total: i64 = 0;
         for (list, idx) in by_list {
             let jobs: Vec<Job> = idx.iter().map(|&i| self.sum_jobs[i].clone()).collect();
+            // Each row's result is an integer: a small cap per job bounds
+            // the whole group (rows x SUM_RESULT_MAX).
             let results = rt
-                .with_client(&list, |c| Ok(c.run_all(&jobs)))
+                .with_client(&list, |c| {
+                    let cap = c.options().max_result;
+                    c.options_mut().max_result = cap.min(SUM_RESULT_MAX);
+                    let r = c.run_all(&jobs);
+                    c.options_mut().max_result = cap;
+                    Ok(r)
+                })
                 .map_err(|e| e.to_string())?;
             for (job, r) in jobs.iter().zip(results) {
                 let bytes = r.map_err(|e| describe(job, &e))?;

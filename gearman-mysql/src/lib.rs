@@ -8,7 +8,7 @@
 //!
 //! | SQL function | returns |
 //! |---|---|
-//! | `gman_do(function, workload [, unique])`, `gman_do_high`, `gman_do_low` | the worker's result (binary string) |
+//! | `gman_do(function, workload [, unique])`, `gman_do_high`, `gman_do_low` | the worker's result (binary string), at most `max_result_bytes` (16 MiB; a longer one fails that row) |
 //! | `gman_do_background(...)`, `gman_do_high_background`, `gman_do_low_background` | the job handle; with `background_dispatch = "pipelined"`: the job's unique key (the caller's, or a generated 36-character one) |
 //! | `gman_do_epoch(function, workload, unix_seconds [, unique])` | the job handle of a scheduled job (pipelined: its unique key) |
 //! | `gman_sum(function, workload)` (AGGREGATE) | sum of the integer results, jobs run concurrently; NULL for no rows. Not with `GROUP BY ... WITH ROLLUP`: MariaDB gives a UDF aggregate's rollup rows one shared state, so their totals are wrong (a plain C aggregate UDF shows the same) |

@@ -71,6 +71,13 @@ impl Runtime {
         };
         let mut per_function = HashMap::new();
         for (f, s) in &config.function_servers {
+            gearman_core::validate_function_name(f.as_bytes()).map_err(|e| {
+                format!(
+                    "configuration file {}: [function_servers]: {}",
+                    config_path.display(),
+                    e.message()
+                )
+            })?;
             let list = ServerList::parse(s).map_err(|e| {
                 format!(
                     "configuration file {}: function_servers.{f}: {e}",
@@ -84,6 +91,7 @@ impl Runtime {
             io_timeout: Duration::from_millis(config.io_timeout_ms),
             foreground_timeout: config.foreground_timeout(),
             client_id: Some("gearman-mysql-udf".into()),
+            max_result: config.max_result_bytes as usize,
             ..Options::default()
         };
         Ok(Runtime {

@@ -1556,3 +1556,152 @@ fn the_pool_is_bounded_across_server_lists_and_shares_servers() {
         udf_connections(&env) == 1
     });
 }
+
+// ---------------------------------------------------------------------------
+// Function names with control characters or whitespace (item 10)
+
+/// Submits a background job for `function` with a raw SUBMIT_JOB_BG packet
+/// (our clients refuse such names) and waits for JOB_CREATED.
+fn raw_submit_bg(g: &Gearmand, function: &[u8]) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut body = function.to_vec();
+    body.extend_from_slice(b"\0\0w");
+    let mut p = b"\0REQ".to_vec();
+    p.extend_from_slice(&18u32.to_be_bytes()); // SUBMIT_JOB_BG
+    p.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    p.extend_from_slice(&body);
+    s.write_all(&p).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head[4..8], &8u32.to_be_bytes(), "JOB_CREATED");
+}
+
+#[test]
+fn function_names_with_newlines_are_refused_and_forged_admin_lines_skipped() {
+    let env = Env::start(ALLOW_SET);
+    let mut c = env.conn();
+    let nl = "CONCAT('nl', CHAR(10), '.', CHAR(10), 'x')";
+    for sql in [
+        format!("SELECT gman_do_background({nl}, 'w')"),
+        format!("SELECT gman_do({nl}, 'w')"),
+        format!("SELECT gman_do_epoch({nl}, 'w', 1)"),
+        format!("SELECT gman_servers_set('{}', {nl})", env.gearmand.addr()),
+        "SELECT gman_do_background('tab\\there', 'w')".to_string(),
+        "SELECT gman_do_background('a b', 'w')".to_string(),
+    ] {
+        assert_eq!(one(&mut c, &sql), None, "{sql}");
+        let e = last_error(&mut c).unwrap_or_else(|| panic!("{sql}: no error"));
+        assert!(e.contains("function name"), "{sql}: {e}");
+    }
+    assert_eq!(
+        one(
+            &mut c,
+            &format!("SELECT gman_sum({nl}, 1) FROM (SELECT 1) t")
+        ),
+        None
+    );
+    assert!(last_error(&mut c).unwrap().contains("function name"));
+    // Nothing reached gearmand under such a name.
+    let st = env.admin().status().unwrap();
+    assert!(st.iter().all(|f| !f.function.starts_with("nl")), "{st:?}");
+
+    // Another client forges an admin line anyway: gman_server_status()
+    // still answers, with the functions it can parse.
+    one_str(&mut c, "SELECT gman_do_background('honest', 'w')").unwrap();
+    raw_submit_bg(&env.gearmand, b"nl\n.\nx");
+    let st = one_str(&mut c, "SELECT gman_server_status()")
+        .unwrap_or_else(|| panic!("NULL: {:?}", last_error(&mut c)));
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["function"] == "honest" && e["total"] == 1),
+        "{st}"
+    );
+}
+
+#[test]
+fn a_config_file_function_name_with_whitespace_is_refused_at_load() {
+    let config = write_config("[function_servers]\n\"a b\" = \"127.0.0.1:4731\"\n");
+    let mut db = start_db(&config, &[]);
+    let log = db.error_log();
+    assert!(
+        log.contains("gearman-mysql-udf: not usable") && log.contains("function name"),
+        "{log}"
+    );
+    assert!(db.is_alive());
+}
+
+// ---------------------------------------------------------------------------
+// Results are capped (item 1)
+
+/// Sends `chunks` WORK_DATA packets of 1 MiB, then completes with nothing.
+fn flood(chunks: usize) -> Handler {
+    handler(move |ctx| {
+        let mib = vec![b'f'; 1 << 20];
+        for _ in 0..chunks {
+            if ctx.send_data(&mib).is_err() {
+                break;
+            }
+        }
+        Ok(Vec::new())
+    })
+}
+
+#[test]
+fn foreground_results_are_capped() {
+    // Default: 16 MiB, MariaDB's largest UDF string result.
+    let mut env = Env::start_with("", &["--max-allowed-packet=64M"]);
+    let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
+    let _w = TestWorker::start(
+        &env.servers(),
+        vec![("flood", flood(20)), ("echo", echo.clone())],
+    );
+    env.wait_workers("flood", 1);
+    let mut c = env.conn();
+    assert_eq!(one(&mut c, "SELECT gman_do('flood', 'x')"), None);
+    let e = last_error(&mut c).unwrap();
+    assert!(
+        e.contains("gman_do") && e.contains("exceeded 16777216 bytes"),
+        "{e}"
+    );
+    // Exactly the cap still comes back whole.
+    assert_eq!(
+        one_str(
+            &mut c,
+            "SELECT LENGTH(gman_do('echo', REPEAT('x', 16777216)))"
+        )
+        .as_deref(),
+        Some("16777216")
+    );
+    assert_select_1(&mut env, &mut c, "a flood of WORK_DATA");
+
+    // Configured lower; also gman_sum and the rows after a failing one.
+    let mut env = Env::start("max_result_bytes = 1048576\n");
+    let _w = TestWorker::start(
+        &env.servers(),
+        vec![("flood", flood(3)), ("echo", echo), ("sumflood", flood(1))],
+    );
+    env.wait_workers("sumflood", 1);
+    let mut c = env.conn();
+    let rows: Vec<Option<u64>> = c
+        .query(
+            "SELECT LENGTH(gman_do(IF(seq = 2, 'flood', 'echo'), REPEAT('y', 1048573 + seq))) \
+             FROM seq_1_to_4",
+        )
+        .unwrap();
+    // Up to 1048576 bytes fit; the flood and 1048577 bytes do not.
+    assert_eq!(rows, vec![Some(1_048_574), None, Some(1_048_576), None]);
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("exceeded 1048576 bytes"), "{e}");
+    assert_eq!(
+        one(&mut c, "SELECT gman_sum('sumflood', seq) FROM seq_1_to_3"),
+        None
+    );
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("exceeded 4096 bytes"), "{e}");
+    assert_select_1(&mut env, &mut c, "capped results");
+}

@@ -276,7 +276,8 @@ impl Client {
     /// that drops the packet (Python `gear` ignores SUBMIT_JOB_EPOCH) makes
     /// that job a failure of unknown fate ("the server may not support
     /// it"), and the connection is closed so no later JOB_CREATED is
-    /// credited to it.
+    /// credited to it. Scheduled (epoch) jobs are written after the other
+    /// jobs of the call, so such a server holds up only them.
     ///
     /// Every owed confirmation has a deadline, `io_timeout` from its write:
     /// past it (a server that accepts but never answers, or answers a byte
@@ -294,7 +295,13 @@ impl Client {
         let hook = self.opts.interrupt.clone();
         let mut touched: Vec<ServerAddr> = Vec::new();
         let mut first_err: Option<Error> = None;
-        for job in jobs {
+        // Scheduled (epoch) jobs last: a server that ignores SUBMIT_JOB_EPOCH
+        // then costs only them the wait for an answer that never comes.
+        let ordered = jobs
+            .iter()
+            .filter(|j| j.epoch.is_none())
+            .chain(jobs.iter().filter(|j| j.epoch.is_some()));
+        for job in ordered {
             let open: Vec<&ServerAddr> = touched.iter().collect();
             let addr = match self.pick_server_with(job, &open, true, deadline) {
                 Ok(a) => a,
@@ -1082,6 +1089,13 @@ impl Client {
                 }
                 Err(e) => finish(task, Err(e)),
             }
+        }
+        for lane in &mut lanes {
+            // Scheduled (epoch) jobs last on each connection (stable): a
+            // server that ignores SUBMIT_JOB_EPOCH then holds up only them.
+            lane.backlog
+                .make_contiguous()
+                .sort_by_key(|&ti| tasks[ti].job.epoch.is_some());
         }
         for lane in &lanes {
             if let Some(c) = self.conns.get_mut(&lane.addr) {

@@ -234,13 +234,6 @@ fn any_packet() -> impl Strategy<Value = Packet> {
         (leading, last).prop_map(move |(mut args, last)| {
             if n > 0 {
                 let mut last = last;
-                // Received handles lose trailing NULs: keep them out of
-                // single-field handle packets so the round trip is exact.
-                if !req && n == 1 {
-                    while last.last() == Some(&0) {
-                        last.pop();
-                    }
-                }
                 // A server's handles, numbers and codes are bounded
                 // (decode refuses longer ones): keep those in bounds.
                 if !req
@@ -255,6 +248,13 @@ fn any_packet() -> impl Strategy<Value = Packet> {
                     )
                 {
                     last.truncate(63);
+                }
+                // Received handles lose trailing NULs: keep them out of
+                // single-field handle packets so the round trip is exact.
+                if !req && n == 1 {
+                    while last.last() == Some(&0) {
+                        last.pop();
+                    }
                 }
                 args.push(last);
             }

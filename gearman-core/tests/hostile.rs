@@ -618,19 +618,28 @@ fn a_dropped_submit_job_epoch_is_never_credited_with_a_later_job_created() {
     assert_eq!(r.confirmed, 1, "{r:?}");
     assert_eq!(r.failed.len(), 1, "{r:?}");
     assert_eq!(r.failed[0].unique, b"e2", "{r:?}");
-    // Task sets: the epoch job fails; nothing was sent behind it within
-    // the set's deadline, so the other is "not sent" (safe to retry), never
-    // credited with a handle that is not its own.
-    let rs = c.submit_background_all(&[epoch_job("e3"), Job::new("f", "3").with_unique("b3")]);
-    let e = rs[0].as_ref().unwrap_err();
-    assert!(e.is_timeout(), "{e}");
-    assert!(e.to_string().contains("may not support"), "{e}");
-    let e = rs[1].as_ref().unwrap_err();
-    assert!(e.message().starts_with("not sent"), "{e}");
-    // In the other order, both are answered for what they are.
-    let rs = c.submit_background_all(&[Job::new("f", "3").with_unique("b3"), epoch_job("e3")]);
-    assert!(rs[0].is_ok(), "{:?}", rs[0]);
-    assert!(rs[1].as_ref().unwrap_err().is_timeout(), "{:?}", rs[1]);
+    // Task sets: the epoch job fails; it is written after the others, so
+    // they keep their own handles, in either input order.
+    for order in [[0, 1], [1, 0]] {
+        let jobs = [epoch_job("e3"), Job::new("f", "3").with_unique("b3")];
+        let rs = c.submit_background_all(&[jobs[order[0]].clone(), jobs[order[1]].clone()]);
+        let (e, ok) = if order[0] == 0 {
+            (&rs[0], &rs[1])
+        } else {
+            (&rs[1], &rs[0])
+        };
+        let e = e.as_ref().unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert!(e.to_string().contains("may not support"), "{e}");
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+    // The same in one deferred call with the epoch job first.
+    c.submit_background_deferred(&[epoch_job("e5"), Job::new("f", "5").with_unique("b5")])
+        .unwrap();
+    let r = c.collect_deferred(true);
+    assert_eq!(r.confirmed, 1, "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].unique, b"e5", "{r:?}");
     let e = c.submit_background(&epoch_job("e4")).unwrap_err();
     assert!(
         e.is_timeout() && e.to_string().contains("may have been queued"),
@@ -699,4 +708,43 @@ fn owed_confirmations_from_a_server_that_drips_a_byte_a_second_become_overdue() 
         "{:?}",
         failed[0]
     );
+}
+
+/// Issue 10 item 18 against the real peers: Python `gear` drops
+/// SUBMIT_JOB_EPOCH without a reply; the Perl Gearman::Server refuses it
+/// with ERROR. Either way no later JOB_CREATED is credited to the epoch
+/// job, and the other jobs are confirmed for what they are.
+#[test]
+fn real_gear_and_perl_servers_and_submit_job_epoch() {
+    let gear = gearman_testkit::GearServer::start();
+    let addr = ServerAddr::parse(&gear.addr()).unwrap();
+    let mut c = quick(&addr);
+    c.options_mut().io_timeout = Duration::from_secs(1);
+    c.submit_background_deferred(&[epoch_job("ge1")]).unwrap();
+    c.submit_background_deferred(&[
+        Job::new("f", "1").with_unique("gb1"),
+        Job::new("f", "2").with_unique("gb2"),
+    ])
+    .unwrap();
+    let r = c.collect_deferred(true);
+    assert_eq!((r.confirmed, r.pending, r.overdue()), (2, 0, 1), "{r:?}");
+    assert_eq!(r.failed[0].unique, b"ge1", "{r:?}");
+    assert!(
+        r.failed[0].error.to_string().contains("may not support"),
+        "{r:?}"
+    );
+    let rs = c.submit_background_all(&[Job::new("f", "3").with_unique("gb3"), epoch_job("ge2")]);
+    assert!(rs[0].is_ok(), "{:?}", rs[0]);
+    assert!(rs[1].as_ref().unwrap_err().is_timeout(), "{:?}", rs[1]);
+
+    let perl = gearman_testkit::PerlGearmand::start();
+    let addr = ServerAddr::parse(&perl.addr()).unwrap();
+    let mut c = quick(&addr);
+    c.submit_background_deferred(&[epoch_job("pe1"), Job::new("f", "1").with_unique("pb1")])
+        .unwrap();
+    let r = c.collect_deferred(true);
+    assert_eq!((r.confirmed, r.pending, r.overdue()), (1, 0, 0), "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].unique, b"pe1", "{r:?}");
+    assert!(r.failed[0].error.is_server_error(), "{r:?}");
 }

@@ -4,9 +4,11 @@
 use crate::abi::{
     Arg, ItemResult, DECIMAL_RESULT, INT_RESULT, REAL_RESULT, ROW_RESULT, STRING_RESULT,
 };
+use crate::config::SUM_RESULT_MAX;
 use crate::runtime::{
     generate_unique, last_error, note_deferred, runtime, set_last_error, Runtime,
 };
+use crate::session::{note_submitter, take_submitter};
 use gearman_core::admin::Admin;
 use gearman_core::{Job, Priority, ServerList};
 
@@ -175,7 +177,7 @@ impl Call {
             Kind::Do(p) => self.do_foreground(rt, args, p).map(Some),
             Kind::Background(p) => self.do_background(rt, args, p, None).map(Some),
             Kind::Epoch => self.do_epoch(rt, args).map(Some),
-            Kind::ServersSet => self.servers_set(rt, args).map(Some),
+            Kind::ServersSet => self.servers_set(rt, args),
             Kind::JobStatus => self.job_status(rt, args).map(Some),
             Kind::ServerStatus => self.server_status(rt).map(Some),
             Kind::Sum | Kind::LastError => Err("not a string function".into()),
@@ -242,8 +244,15 @@ impl Call {
                 job = job.with_unique(generate_unique());
             }
             let key = job.unique_bytes().to_vec();
+            // Noted before the write: its confirmation may be collected
+            // (by any thread) as soon as it is written.
+            let fname = String::from_utf8_lossy(&job.function).into_owned();
+            note_submitter(fname.as_bytes(), &key);
             rt.with_client(&servers, |c| submit_pipelined(c, &job))
-                .map_err(|e| describe(&job, &e))?;
+                .map_err(|e| {
+                    take_submitter(fname.as_bytes(), &key);
+                    describe(&job, &e)
+                })?;
             self.pipelined += 1;
             return Ok(key);
         }
@@ -273,28 +282,29 @@ impl Call {
         self.do_background(rt, args, Priority::Normal, Some(t))
     }
 
-    fn servers_set(&mut self, rt: &Runtime, args: &[Arg<'_>]) -> Result<Vec<u8>, String> {
+    /// Returns its first argument as given (as gearman-mysql-udf did:
+    /// `'127.0.0.1'`, not `'127.0.0.1:4730'`); NULL when that argument is
+    /// NULL (the form that clears a function's own list).
+    fn servers_set(&mut self, rt: &Runtime, args: &[Arg<'_>]) -> Result<Option<Vec<u8>>, String> {
         if !rt.config.allow_servers_set {
             return Err(servers_set_locked(rt));
         }
         let function = args.get(1).and_then(Arg::to_bytes);
         if let Some(f) = &function {
-            if f.is_empty() {
-                return Err("function name is empty".into());
-            }
+            gearman_core::validate_function_name(f).map_err(|e| e.message().to_string())?;
         }
-        let list = match args.first().and_then(Arg::to_bytes) {
+        let given = args.first().and_then(Arg::to_bytes);
+        let list = match &given {
             Some(s) if !s.is_empty() => {
-                let s = std::str::from_utf8(&s)
-                    .map_err(|_| "servers is not valid UTF-8".to_string())?;
+                let s =
+                    std::str::from_utf8(s).map_err(|_| "servers is not valid UTF-8".to_string())?;
                 Some(ServerList::parse(s).map_err(|e| format!("servers '{s}': {e}"))?)
             }
             _ if function.is_some() => None,
             _ => return Err("servers is NULL or empty".into()),
         };
         rt.set_servers(function.as_deref(), list);
-        let now = rt.servers_for(function.as_deref().unwrap_or(b""));
-        Ok(now.to_string().into_bytes())
+        Ok(given)
     }
 
     fn job_status(&mut self, rt: &Runtime, args: &[Arg<'_>]) -> Result<Vec<u8>, String> {
@@ -355,7 +365,7 @@ impl Call {
                             "server": addr.to_string(),
                             "function": f.function,
                             "total": f.total,
-                            "queued": f.total.saturating_sub(f.running),
+                            "queued": f.queued(),
                             "running": f.running,
                             "workers": f.workers,
                         }));
@@ -435,8 +445,16 @@ impl Call {
         let mut total: i64 = 0;
         for (list, idx) in by_list {
             let jobs: Vec<Job> = idx.iter().map(|&i| self.sum_jobs[i].clone()).collect();
+            // Each row's result is an integer: a small cap per job bounds
+            // the whole group (rows x SUM_RESULT_MAX).
             let results = rt
-                .with_client(&list, |c| Ok(c.run_all(&jobs)))
+                .with_client(&list, |c| {
+                    let cap = c.options().max_result;
+                    c.options_mut().max_result = cap.min(SUM_RESULT_MAX);
+                    let r = c.run_all(&jobs);
+                    c.options_mut().max_result = cap;
+                    Ok(r)
+                })
                 .map_err(|e| e.to_string())?;
             for (job, r) in jobs.iter().zip(results) {
                 let bytes = r.map_err(|e| describe(job, &e))?;
@@ -489,7 +507,8 @@ fn submit_pipelined(c: &mut gearman_core::Client, job: &Job) -> gearman_core::Re
 /// The error text when the configuration forbids `gman_servers_set`.
 pub fn servers_set_locked(rt: &Runtime) -> String {
     format!(
-        "gman_servers_set is disabled: allow_servers_set = false in {}",
+        "gman_servers_set is disabled: allow_servers_set = false in {} \
+         (false unless the server's administrator sets it to true there)",
         rt.config_path.display()
     )
 }

@@ -22,11 +22,15 @@ WINDOW="${WINDOW:-16}"
 PAYLOAD="${PAYLOAD:-64}"
 target="${CARGO_TARGET_DIR:-$root/target}"
 
-for b in gearmand gearman gearadmin; do
-  command -v "$b" >/dev/null || [ -x "/usr/sbin/$b" ] || {
-    echo "bench: $b missing: install gearman-job-server and gearman-tools (scripts/setup)" >&2; exit 1; }
+# The C job server by absolute path: Debian's gearman-server (the Perl job
+# server) installs another gearmand as /usr/bin/gearmand.
+GEARMAND=/usr/sbin/gearmand
+[ -x "$GEARMAND" ] || {
+  echo "bench: $GEARMAND missing: install gearman-job-server (scripts/setup)" >&2; exit 1; }
+for b in gearman gearadmin; do
+  command -v "$b" >/dev/null || {
+    echo "bench: $b missing: install gearman-tools (scripts/setup)" >&2; exit 1; }
 done
-GEARMAND="$(command -v gearmand || echo /usr/sbin/gearmand)"
 
 (cd "$root" && cargo build --release -q -p gearman-worker --bin gearman-worker \
    --example raw_echo_worker --example bench_client)

@@ -15,4 +15,31 @@
 -- created again (ALTER EXTENSION ... DROP FUNCTION is not needed: DROP
 -- FUNCTION inside the script removes its membership).
 --
--- 0.1.0 -> 0.2.0: no catalog change so far.
+-- 0.1.0 -> 0.2.0: the changes below, each with its reason.
+
+-- gman_servers_set returns boolean (true), as pggearman's did, so that
+-- `IF gman_servers_set(...) THEN` runs unchanged (issue 10 item 14): the
+-- result type changes, so drop and create.
+DROP FUNCTION gman_servers_set(text);
+DROP FUNCTION gman_servers_set(text, text);
+CREATE FUNCTION "gman_servers_set"(
+	"servers" TEXT
+) RETURNS bool
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'gman_servers_set_wrapper';
+CREATE FUNCTION "gman_servers_set"(
+	"servers" TEXT,
+	"function" TEXT
+) RETURNS bool
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'gman_servers_set_function_wrapper';
+
+-- gman_trigger() first checks that it is called as a trigger (SQLSTATE
+-- 39P01 with a hint otherwise, issue 10 item 7): same function, another C
+-- symbol; replaced in place (triggers depend on it).
+CREATE OR REPLACE FUNCTION "gman_trigger"()
+	RETURNS TRIGGER
+	LANGUAGE c VOLATILE PARALLEL UNSAFE
+	AS 'MODULE_PATHNAME', 'gman_trigger_checked';

@@ -232,7 +232,9 @@ impl Worker {
     }
 
     /// Registers `name` (CAN_DO) with its handler. Registering a name again
-    /// replaces its handler.
+    /// replaces its handler. The name is checked by [`Worker::run`] with
+    /// [`validate_function_name`](crate::validate_function_name) (no
+    /// control characters or whitespace; 1 to 512 bytes).
     pub fn register(
         &mut self,
         name: &str,
@@ -248,18 +250,15 @@ impl Worker {
     }
 
     /// Serves jobs until stopped. Returns `Err` only for a setup error (no
-    /// function registered, a bad function name); connection failures are
+    /// function registered, a function name refused by
+    /// [`validate_function_name`](crate::validate_function_name)); connection failures are
     /// retried with back-off for as long as the worker runs.
     pub fn run(self) -> Result<()> {
         if self.functions.is_empty() {
             return Err(Error::invalid_argument("no function registered"));
         }
         for (name, _) in &self.functions {
-            if name.is_empty() || name.contains('\0') {
-                return Err(Error::invalid_argument(format!(
-                    "invalid function name {name:?}"
-                )));
-            }
+            crate::job::validate_function_name(name.as_bytes())?;
         }
         let shared = Arc::new(self);
         let mut threads = Vec::new();

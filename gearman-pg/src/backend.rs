@@ -20,14 +20,15 @@
 use crate::error::{process_pending_interrupts, GmError};
 use crate::gucs;
 use gearman_core::{
-    Client, DeferredReport, Error, ErrorKind, Interrupt, JobHandle, Options, ServerAddr, ServerList,
+    Client, DeferredReport, Error, ErrorKind, Interrupt, Job, JobHandle, Options, ServerAddr,
+    ServerList,
 };
 use pgrx::{pg_sys, PgSqlErrorCode};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most job handles remembered for `gman_job_status` (oldest forgotten first).
 const MAX_HANDLES: usize = 4096;
@@ -85,6 +86,26 @@ fn pg_interrupt() -> gearman_core::Result<()> {
     if stop {
         Err(Error::interrupted(
             "query cancel, statement_timeout or termination requested",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The interrupt hook for the send after COMMIT, where PostgreSQL holds
+/// interrupts: a pending query cancel (`pg_cancel_backend`,
+/// `statement_timeout`) or termination ends the send; PostgreSQL handles
+/// the request itself once the commit is complete. Reads only signal flags.
+fn commit_interrupt() -> gearman_core::Result<()> {
+    // SAFETY: plain reads of sig_atomic_t globals set by signal handlers.
+    let stop = unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+            || std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
+    };
+    if stop {
+        Err(Error::interrupted(
+            "query cancel, statement_timeout or termination requested during the send after \
+             COMMIT",
         ))
     } else {
         Ok(())
@@ -240,6 +261,74 @@ pub fn with_client<R>(
     result
 }
 
+/// Writes the background jobs of a committed transaction to `servers`
+/// without waiting for any confirmation, all within `deadline`: connecting
+/// and writing draw from it, and a query cancel, `statement_timeout` or
+/// termination ends it early. Returns how many jobs were written (handed to
+/// the kernel; their confirmations are read later) and, if not all, why.
+/// Jobs written whose connection fails before the end are reported (and
+/// counted) by [`with_client`] as failures of unknown fate.
+pub fn send_committed(
+    servers: &ServerList,
+    jobs: &[Job],
+    deadline: Instant,
+) -> (usize, Option<Error>) {
+    let r = with_client(servers, false, |c| {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok((
+                0,
+                Some(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "gearman.commit_send_timeout ({} ms) passed before these jobs were sent",
+                        gucs::commit_send_timeout().as_millis()
+                    ),
+                )),
+            ));
+        }
+        let saved = c.options().clone();
+        let o = c.options_mut();
+        o.io_timeout = remaining;
+        o.connect_timeout = o.connect_timeout.min(remaining);
+        // Never wait for confirmations here: they are read later.
+        o.max_in_flight = usize::MAX;
+        o.interrupt = Some(Arc::new(commit_interrupt) as Interrupt);
+        let before = c.deferred_written();
+        let r = c.submit_background_deferred(jobs);
+        let written = usize::try_from(c.deferred_written() - before).unwrap_or(jobs.len());
+        *c.options_mut() = saved;
+        Ok((written.min(jobs.len()), r.err()))
+    });
+    match r {
+        Ok(v) => v,
+        Err(e) => (0, Some(e)),
+    }
+}
+
+/// Takes the confirmations of jobs sent after earlier commits that have
+/// arrived, without waiting, and reports failures among them (one WARNING).
+/// Does nothing (no I/O) when none is owed. Called at the end of every
+/// transaction, so that a later statement reports them even if it calls
+/// no `gman_*` function.
+pub fn collect_owed() {
+    let report = STATE.with(|s| {
+        let mut s = s.try_borrow_mut().ok()?;
+        let c = s.client.as_mut()?;
+        if c.deferred_pending() == 0 {
+            return None;
+        }
+        let hook = c.options().interrupt.clone();
+        c.options_mut().interrupt = None;
+        let r = c.collect_deferred(false);
+        c.options_mut().interrupt = hook;
+        Some(r)
+    });
+    if let Some(r) = report {
+        settle(r);
+    }
+}
+
 /// Counts a report of deferred jobs and emits one WARNING for its failures.
 fn settle(report: DeferredReport) {
     if report.confirmed == 0 && report.failed.is_empty() {
@@ -303,7 +392,9 @@ fn failure_warning(report: &DeferredReport) -> Option<GmError> {
         GmError::new(
             code,
             format!(
-                "gearman: {} background job(s) sent after commit were not confirmed                  ({refused} refused by the job server, {unknown} of unknown fate);                  function(s): {}{}; unique key(s): {}{}",
+                "gearman: {} background job(s) sent after commit were not confirmed \
+                 ({refused} refused by the job server, {unknown} of unknown fate); \
+                 function(s): {}{}; unique key(s): {}{}",
                 failed.len(),
                 functions
                     .iter()
@@ -318,7 +409,11 @@ fn failure_warning(report: &DeferredReport) -> Option<GmError> {
         )
         .detail(reasons.join("; "))
         .hint(
-            "A refused job (e.g. QUEUE_ERROR: the function's maxqueue is reached) was not              queued; for a lost connection it is unknown whether gearmand queued the job              (check with gman_job_status(unique_key)). The transactions that made these jobs              are committed. Counters: SELECT * FROM gman_dispatch_status(). Use              gearman.dispatch = 'outbox' for jobs that must not be lost.",
+            "A refused job (e.g. QUEUE_ERROR: the function's maxqueue is reached) was not \
+             queued; for a lost connection it is unknown whether gearmand queued the job \
+             (check with gman_job_status(unique_key)). The transactions that made these jobs \
+             are committed. Counters: SELECT * FROM gman_dispatch_status(). Use \
+             gearman.dispatch = 'outbox' for jobs that must not be lost.",
         ),
     )
 }

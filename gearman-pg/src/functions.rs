@@ -454,42 +454,49 @@ fn gather(calls: Vec<(String, Vec<u8>)>) -> Vec<(i32, Option<String>)> {
 }
 
 /// Sets the server list for this session (`host[:port],...`) and returns
-/// the list now in force. The same as `SET gearman.servers = ...`, so it
-/// needs the same privilege (superuser or `GRANT SET ON PARAMETER
-/// gearman.servers`) and is undone by a rolled-back transaction.
+/// true, as pggearman's `gman_servers_set(text) RETURNS boolean` did (so
+/// `IF gman_servers_set(...) THEN` runs unchanged). The same as `SET
+/// gearman.servers = ...`, so it needs the same privilege (superuser or
+/// `GRANT SET ON PARAMETER gearman.servers`) and is undone by a rolled-back
+/// transaction. A list that does not parse raises `22023` naming the bad
+/// entry (`gearman.on_error = warning`: a WARNING and false); a missing
+/// privilege raises `42501`.
 ///
-/// `(servers text) RETURNS text`. VOLATILE, STRICT, PARALLEL UNSAFE.
+/// `(servers text) RETURNS boolean`. VOLATILE, STRICT, PARALLEL UNSAFE.
 #[pg_extern(name = "gman_servers_set", volatile, strict, parallel_unsafe)]
-pub fn gman_servers_set(servers: &str) -> String {
+pub fn gman_servers_set(servers: &str) -> bool {
     if let Err(e) = backend::parse_servers(servers) {
-        e.raise();
+        e.report();
+        return false;
     }
     set_servers_guc(servers, true);
-    gucs::servers_text()
+    true
 }
 
 /// Sets the server list for one function in this session; an empty list
 /// removes the override. Needs the privilege to set `gearman.servers`.
-/// Returns the list now in force for that function.
+/// Returns true (pggearman's per-function form returned boolean too);
+/// errors as the one-argument form.
 ///
-/// `(servers text, function text) RETURNS text`. VOLATILE, STRICT, PARALLEL UNSAFE.
+/// `(servers text, function text) RETURNS boolean`. VOLATILE, STRICT,
+/// PARALLEL UNSAFE.
 #[pg_extern(name = "gman_servers_set", volatile, strict, parallel_unsafe)]
-pub fn gman_servers_set_function(servers: &str, function: &str) -> String {
+pub fn gman_servers_set_function(servers: &str, function: &str) -> bool {
     let list = if servers.trim().is_empty() {
         None
     } else {
         match backend::parse_servers(servers) {
             Ok(l) => Some(l),
-            Err(e) => e.raise(),
+            Err(e) => {
+                e.report();
+                return false;
+            }
         }
     };
     // Privilege check only (changeVal = false): the same rule as SET.
     set_servers_guc(&gucs::servers_text(), false);
     backend::set_function_servers(function, list);
-    match backend::servers_for(function) {
-        Ok(l) => l.to_string(),
-        Err(e) => e.raise(),
-    }
+    true
 }
 
 /// `SET gearman.servers` with the caller's privileges (as `set_config()`).

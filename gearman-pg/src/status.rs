@@ -85,8 +85,9 @@ fn job_status(key: &str) -> Result<JobStatus, GmError> {
     })
 }
 
-/// Per server and function: jobs queued (including running), running, and
-/// workers registered; from the admin `status` command of every server in
+/// Per server and function: jobs waiting for a worker (`queued`: the
+/// server's total minus those running, as `gman_server_status()` in
+/// MariaDB), jobs running, and workers registered; from the admin `status` command of every server in
 /// `gearman.servers` and in the session's per-function overrides. An
 /// unreachable server raises (`on_error = error`) or is skipped with a
 /// WARNING. Bounded by `gearman.connect_timeout` to connect and 5 s per
@@ -116,10 +117,11 @@ pub fn gman_server_status() -> TableIterator<
             .map_err(|e| GmError::from_core(&e, "(admin status)", &addr.to_string()));
         if let Some(list) = or_report(r) {
             for f in list {
+                let queued = f.queued();
                 rows.push((
                     addr.to_string(),
                     f.function,
-                    f.total.min(i64::MAX as u64) as i64,
+                    queued.min(i64::MAX as u64) as i64,
                     f.running.min(i64::MAX as u64) as i64,
                     f.workers.min(i64::MAX as u64) as i64,
                 ));

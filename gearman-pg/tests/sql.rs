@@ -813,22 +813,24 @@ fn settings_servers_set_and_privileges() {
         s.one(&format!(
             "SELECT gman_servers_set('{}', 'echo')",
             other.addr()
-        )),
-        Some(other.addr())
+        ))
+        .as_deref(),
+        Some("t")
     );
     assert_eq!(
         s.one("SELECT gman_do('echo', 'x')").as_deref(),
         Some("other")
     );
     assert_eq!(
-        s.one("SELECT gman_servers_set('', 'echo')"),
-        Some(env.addr())
+        s.one("SELECT gman_servers_set('', 'echo')").as_deref(),
+        Some("t")
     );
     assert_eq!(s.one("SELECT gman_do('echo', 'x')").as_deref(), Some("x"));
     // Session list.
     assert_eq!(
-        s.one(&format!("SELECT gman_servers_set('{}')", other.addr())),
-        Some(other.addr())
+        s.one(&format!("SELECT gman_servers_set('{}')", other.addr()))
+            .as_deref(),
+        Some("t")
     );
     assert_eq!(s.one("SHOW gearman.servers"), Some(other.addr()));
     assert_eq!(
@@ -995,12 +997,26 @@ fn commit_jobs_refused_by_gearmand_are_counted_and_warned_on_a_later_statement()
     // the refusals as one WARNING.
     let st = s.rows("SELECT known FROM gman_job_status('k0')");
     assert_eq!(st, vec![vec![Some("t".to_string())]]);
-    let notices = s.take_notices();
+    let full = s.take_full_notices();
+    let notices: Vec<String> = full
+        .iter()
+        .map(|n| format!("{}: {}", n.severity, n.message))
+        .collect();
     let warnings: Vec<&String> = notices
         .iter()
         .filter(|n| n.starts_with("WARNING"))
         .collect();
     assert_eq!(warnings.len(), 1, "{notices:?}");
+    // The texts are single-spaced prose (no lost line continuation).
+    for n in &full {
+        for text in [Some(&n.message), n.detail.as_ref(), n.hint.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            assert!(!text.contains("  "), "run of spaces in {text:?}");
+        }
+    }
+    assert!(full[0].hint.is_some(), "{full:?}");
     let w = warnings[0];
     assert!(w.contains("3 background job(s)"), "{w}");
     assert!(w.contains("3 refused"), "{w}");
@@ -1165,4 +1181,341 @@ fn settings_from_alter_database_and_alter_role_reach_new_sessions() {
         Some("database")
     );
     admin.exec("ALTER ROLE postgres RESET gearman.servers");
+}
+
+#[test]
+fn gman_trigger_called_as_a_plain_function_is_a_trigger_protocol_error() {
+    let env = Env::start();
+    let mut s = env.connect();
+    // (`SELECT * FROM gman_trigger()` is refused by PostgreSQL itself.)
+    for sql in [
+        "SELECT gman_trigger()",
+        "SELECT gman_trigger() FROM (VALUES (1)) v",
+    ] {
+        let e = s.exec_err(sql);
+        assert_eq!(e.code, "39P01", "{e:?}");
+        assert!(e.message.contains("must be called as a trigger"), "{e:?}");
+        let hint = e.hint.clone().unwrap_or_default();
+        assert!(
+            hint.contains("CREATE TRIGGER") && hint.contains("gman_trigger('function_name'"),
+            "{e:?}"
+        );
+    }
+    // The session goes on; the function still works as a trigger.
+    let worker = env.worker(&["rows"]);
+    s.exec(
+        "CREATE TABLE t7 (x int);
+         CREATE TRIGGER t7_ev AFTER INSERT ON t7 FOR EACH ROW EXECUTE FUNCTION gman_trigger('rows');
+         INSERT INTO t7 VALUES (7)",
+    );
+    worker.wait_for(1, WAIT);
+    assert_eq!(worker.seen().len(), 1);
+}
+
+#[test]
+fn gman_servers_set_returns_boolean_as_pggearman_did() {
+    let env = Env::start();
+    let other = gearman_testkit::Gearmand::start();
+    let _w = TestWorker::start(&other.addr(), &["echo"], |_job| Ok(b"other".to_vec()));
+    let mut s = env.connect();
+    let types = s.rows(
+        "SELECT pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid) \
+         FROM pg_proc p WHERE p.proname = 'gman_servers_set' ORDER BY 1",
+    );
+    assert_eq!(
+        types,
+        vec![
+            vec![Some("servers text".into()), Some("boolean".into())],
+            vec![
+                Some("servers text, function text".into()),
+                Some("boolean".into())
+            ],
+        ]
+    );
+    // PL/pgSQL written for pggearman runs unchanged.
+    s.exec(&format!(
+        "DO $$ BEGIN
+           IF gman_servers_set('{a}') THEN RAISE NOTICE 'session list set'; END IF;
+           IF gman_servers_set('{a}', 'echo') THEN RAISE NOTICE 'function list set'; END IF;
+         END $$",
+        a = other.addr()
+    ));
+    let notices = s.take_notices();
+    assert!(
+        notices.iter().any(|n| n.ends_with("session list set"))
+            && notices.iter().any(|n| n.ends_with("function list set")),
+        "{notices:?}"
+    );
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'x')").as_deref(),
+        Some("other")
+    );
+    // A list that does not parse: an error, or with on_error = warning a
+    // WARNING and false; the list in force is unchanged.
+    let e = s.exec_err("SELECT gman_servers_set('host:notaport')");
+    assert_eq!(e.code, "22023", "{e:?}");
+    s.exec("SET gearman.on_error = 'warning'");
+    assert_eq!(
+        s.one("SELECT gman_servers_set('host:notaport')").as_deref(),
+        Some("f")
+    );
+    assert_eq!(
+        s.one("SELECT gman_servers_set('host:notaport', 'echo')")
+            .as_deref(),
+        Some("f")
+    );
+    assert!(s.take_notices().iter().any(|n| n.starts_with("WARNING")));
+    assert_eq!(s.one("SHOW gearman.servers"), Some(other.addr()));
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'x')").as_deref(),
+        Some("other")
+    );
+}
+
+#[test]
+fn gman_server_status_queued_counts_waiting_jobs_not_running_ones() {
+    let env = Env::start();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = Mutex::new(started_tx);
+    // One worker that holds its job until released.
+    let _w = TestWorker::start(&env.addr(), &["held"], move |job| {
+        let _ = started_tx.lock().unwrap().send(());
+        let _ = release_rx.lock().unwrap().recv_timeout(WAIT);
+        Ok(job.workload().to_vec())
+    });
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('held', 'one')");
+    started_rx
+        .recv_timeout(WAIT)
+        .expect("the worker took a job");
+    s.one("SELECT gman_do_background('held', 'two')");
+    s.one("SELECT gman_do_background('held', 'three')");
+    let rows =
+        s.rows("SELECT queued, running, workers FROM gman_server_status() WHERE function = 'held'");
+    // gearmand's total is 3; one is running, two are waiting.
+    assert_eq!(
+        rows,
+        vec![vec![Some("2".into()), Some("1".into()), Some("1".into())]]
+    );
+    for _ in 0..3 {
+        let _ = release_tx.send(());
+    }
+}
+
+/// A role's startup options (`PGOPTIONS='-c gearman.servers=...'`) that it
+/// may not set: returns the error of the connection, or the session.
+fn connect_with_options(env: &Env, user: &str, options: &str) -> Result<Session, support::DbErr> {
+    Session::try_connect_with(&env.pg.url(), Some(user), Some(options))
+        .map_err(|e| support::DbErr::from(&e))
+}
+
+/// Sessions of `app` that name other servers in their startup options keep
+/// the configured servers (`who` answers `configured` there).
+fn assert_options_cannot_divert(env: &Env, configured_addr: &str) {
+    let evil = gearman_testkit::Gearmand::start();
+    let _evil_w = TestWorker::start(&evil.addr(), &["who"], |_job| Ok(b"diverted".to_vec()));
+    for name in ["gearman.servers", "pggearman.default_servers"] {
+        let options = format!("-c {name}={}", evil.addr());
+        let mut s = match connect_with_options(env, "app", &options) {
+            Ok(s) => s,
+            Err(e) => panic!("{name}: the connection was refused: {e:?}"),
+        };
+        assert_eq!(
+            s.one("SELECT gman_do('who', '')").as_deref(),
+            Some("configured"),
+            "{name} from the startup options diverted the session"
+        );
+        let notices = s.take_notices();
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.starts_with("WARNING") && n.contains("permission denied")),
+            "{name}: {notices:?}"
+        );
+        assert_eq!(
+            s.one("SHOW gearman.servers").as_deref(),
+            Some(configured_addr)
+        );
+        // A role that may set it gets its own value.
+        let mut su = Session::try_connect_with(&env.pg.url(), None, Some(&options)).unwrap();
+        assert_eq!(
+            su.one("SELECT gman_do('who', '')").as_deref(),
+            Some(if name == "gearman.servers" {
+                "diverted"
+            } else {
+                "configured"
+            }),
+            "{name}: superuser"
+        );
+    }
+}
+
+fn create_app_role(env: &Env) {
+    let mut admin = env.connect();
+    admin.exec("CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA public TO app");
+}
+
+#[test]
+fn startup_options_cannot_divert_a_lazily_loaded_library_configured_on_the_command_line() {
+    // gearman.servers on the server's command line (-c), library loaded at
+    // the first gman_* call.
+    let env = Env::start();
+    let _w = TestWorker::start(&env.addr(), &["who"], |_job| Ok(b"configured".to_vec()));
+    create_app_role(&env);
+    assert_options_cannot_divert(&env, &env.addr());
+}
+
+#[test]
+fn startup_options_cannot_divert_a_lazily_loaded_library_configured_in_files_or_roles() {
+    // No command-line setting: ALTER SYSTEM (postgresql.auto.conf), then
+    // ALTER ROLE, which wins over the file.
+    let env = Env::start_raw(&[]);
+    let role_gearmand = gearman_testkit::Gearmand::start();
+    let _w = TestWorker::start(&env.addr(), &["who"], |_job| Ok(b"configured".to_vec()));
+    let _w2 = TestWorker::start(&role_gearmand.addr(), &["who"], |_job| {
+        Ok(b"configured".to_vec())
+    });
+    create_app_role(&env);
+    let mut admin = env.connect();
+    // ALTER SYSTEM checks the value: the setting must be defined.
+    admin.exec("LOAD 'gearman'");
+    admin.exec(&format!(
+        "ALTER SYSTEM SET gearman.servers = '{}'",
+        env.addr()
+    ));
+    admin.exec("SELECT pg_reload_conf()");
+    // The reload reaches new sessions.
+    let deadline = Instant::now() + WAIT;
+    while env
+        .connect()
+        .one("SELECT current_setting('gearman.servers', true)")
+        != Some(env.addr())
+    {
+        assert!(Instant::now() < deadline, "ALTER SYSTEM not in force");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_options_cannot_divert(&env, &env.addr());
+    admin.exec(&format!(
+        "ALTER ROLE app SET gearman.servers = '{}'",
+        role_gearmand.addr()
+    ));
+    assert_options_cannot_divert(&env, &role_gearmand.addr());
+}
+
+#[test]
+fn startup_options_cannot_divert_a_preloaded_library() {
+    let env = Env::start_with(&["shared_preload_libraries=gearman"]);
+    let _w = TestWorker::start(&env.addr(), &["who"], |_job| Ok(b"configured".to_vec()));
+    create_app_role(&env);
+    let evil = gearman_testkit::Gearmand::start();
+    let _evil_w = TestWorker::start(&evil.addr(), &["who"], |_job| Ok(b"diverted".to_vec()));
+    for name in ["gearman.servers", "pggearman.default_servers"] {
+        let options = format!("-c {name}={}", evil.addr());
+        // PostgreSQL checks the privilege at connection time: refused.
+        match connect_with_options(&env, "app", &options) {
+            Ok(mut s) => panic!(
+                "{name}: connected; gman_do answered {:?}",
+                s.one("SELECT gman_do('who', '')")
+            ),
+            Err(e) => {
+                assert_eq!(e.code, "42501", "{name}: {e:?}");
+                assert!(e.message.contains("permission denied"), "{e:?}");
+            }
+        }
+    }
+    // Without the options the role is served by the configured servers.
+    let mut s = connect_with_options(&env, "app", "").unwrap();
+    assert_eq!(
+        s.one("SELECT gman_do('who', '')").as_deref(),
+        Some("configured")
+    );
+}
+
+#[test]
+fn commit_against_a_server_that_never_reads_is_bounded_and_releases_locks_first() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct VALUES (1, 0)");
+    // Open the backend's connection to gearmand, then stop gearmand: the
+    // kernel still accepts what fits into the socket buffers, nobody reads
+    // or confirms.
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('never', 'warm')");
+    s.exec("RESET gearman.dispatch");
+    s.exec("SET gearman.commit_send_timeout = '3s'");
+    assert_eq!(
+        s.one("SHOW gearman.commit_send_timeout").as_deref(),
+        Some("3s")
+    );
+    env.gearmand.pause();
+    // 4,096 jobs of 4 KiB: more than the socket buffers take.
+    s.exec(
+        "BEGIN;
+         UPDATE acct SET n = n + 1 WHERE id = 1;
+         SELECT count(gman_do_background('never', repeat('x', 4096), 'nv-' || i))
+         FROM generate_series(1, 4096) i",
+    );
+    // Another session waits for the row.
+    let url = env.pg.url();
+    let other = std::thread::spawn(move || {
+        let mut o = Session::connect(&url);
+        o.exec("UPDATE acct SET n = n + 10 WHERE id = 1");
+        Instant::now()
+    });
+    let mut watch = env.connect();
+    let t = Instant::now();
+    while watch
+        .one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE acct%'",
+        )
+        .as_deref()
+        != Some("1")
+    {
+        assert!(t.elapsed() < WAIT, "the other UPDATE never waited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    s.exec("COMMIT");
+    let commit_returned = Instant::now();
+    let other_done = other.join().unwrap();
+    // Bounded as a whole: the old code waited 5 s per 1,024 jobs (20 s).
+    assert!(
+        commit_returned - started < Duration::from_secs(10),
+        "COMMIT took {:?}",
+        commit_returned - started
+    );
+    // The other session got the row while COMMIT was still sending: the
+    // locks were released before the write.
+    assert!(
+        other_done < commit_returned,
+        "the other UPDATE finished {:?} after COMMIT returned",
+        other_done - commit_returned
+    );
+    assert_eq!(
+        watch.one("SELECT n FROM acct").as_deref(),
+        Some("11"),
+        "both updates committed"
+    );
+    // What was not written is counted and reported, never dropped silently.
+    let notices = s.take_notices();
+    // (Jobs handed to the connection whose write then timed out may have
+    // partly reached the server: their fate is unknown.)
+    let warning = notices
+        .iter()
+        .find(|n| {
+            n.starts_with("WARNING")
+                && (n.contains("could not be sent after commit") || n.contains("not confirmed"))
+        })
+        .unwrap_or_else(|| panic!("no WARNING about unsent jobs: {notices:?}"));
+    let (sent, confirmed, failed, pending) = dispatch_status(&mut s);
+    assert_eq!(sent, 4096, "{warning}");
+    assert_eq!(confirmed, 0);
+    assert!(failed > 0, "{warning}");
+    assert!(warning.contains(&failed.to_string()), "{failed}: {warning}");
+    assert_eq!(sent, confirmed + failed + pending);
+    env.gearmand.resume();
 }

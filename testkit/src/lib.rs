@@ -23,4 +23,8 @@ pub use mariadb::{install_file, MariaDb, MariaDbOptions};
 pub use overlap::Overlap;
 pub use peers::{GearServer, PerlGearmand, GEAR_VENV, PERL_GEARMAND};
 pub use postgres::Postgres;
+/// `bin` directory, environment variable and `pg_config` of the PostgreSQL the tests use.
+pub mod pg {
+    pub use crate::postgres::{bin_dir, pg_binary, pg_config, BINDIR_ENV};
+}
 pub use process::{free_port, wait_for_port, DeadPort};

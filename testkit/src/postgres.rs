@@ -1,4 +1,5 @@
-//! A private PostgreSQL 15 instance per test.
+//! A private PostgreSQL instance per test (15 by default, any major with
+//! `GEARMAN_TEST_PG_BINDIR`).
 //!
 //! `initdb` into a fresh temporary directory, then `postgres` on a free
 //! loopback port with its unix socket in that directory. PostgreSQL refuses to
@@ -8,9 +9,12 @@
 //!
 //! Authentication is `trust` for the superuser `postgres`; the database is
 //! `postgres`. Server binaries come from `/usr/lib/postgresql/15/bin`
-//! (Debian package `postgresql-15`); the server uses the same share and
-//! library directories as the system PostgreSQL 15, so an extension installed
-//! there (`cargo pgrx install`) is available to `CREATE EXTENSION`.
+//! (Debian package `postgresql-15`), or from the directory named by the
+//! environment variable `GEARMAN_TEST_PG_BINDIR` (for example
+//! `/opt/postgresql-18/bin`, which `scripts/setup` installs); the server uses
+//! the share and library directories of that installation, so an extension
+//! installed there (`cargo pgrx install --pg-config <bindir>/pg_config`) is
+//! available to `CREATE EXTENSION`.
 
 use crate::process::{free_port, require_binary};
 use std::ffi::CString;
@@ -22,10 +26,14 @@ use std::time::{Duration, Instant};
 
 const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 const PACKAGE: &str = "postgresql-15";
+/// Environment variable naming another PostgreSQL installation's `bin`
+/// directory (it must hold `initdb`, `postgres`, `psql` and `pg_config`).
+pub const BINDIR_ENV: &str = "GEARMAN_TEST_PG_BINDIR";
 /// How long `start` waits for the server to accept queries.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A private PostgreSQL 15 server on a free 127.0.0.1 port, stopped on drop.
+/// A private PostgreSQL server (15, or the one in `GEARMAN_TEST_PG_BINDIR`) on a
+/// free 127.0.0.1 port, stopped on drop.
 #[derive(Debug)]
 pub struct Postgres {
     port: u16,
@@ -34,6 +42,59 @@ pub struct Postgres {
     settings: Vec<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
+}
+
+/// The `bin` directory of the PostgreSQL installation the tests use:
+/// `$GEARMAN_TEST_PG_BINDIR` when set, else `/usr/lib/postgresql/15/bin`.
+pub fn bin_dir() -> PathBuf {
+    match std::env::var_os(BINDIR_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(BIN_DIR),
+    }
+}
+
+/// `name` in [`bin_dir`]. With `GEARMAN_TEST_PG_BINDIR` set, only that
+/// directory counts (never another PostgreSQL found on PATH).
+///
+/// # Panics
+/// When the program is missing (names the package or the variable).
+pub fn pg_binary(name: &str) -> PathBuf {
+    match std::env::var_os(BINDIR_ENV) {
+        Some(dir) if !dir.is_empty() => {
+            let p = Path::new(&dir).join(name);
+            if !p.is_file() {
+                panic!(
+                    "`{}` was not found ({BINDIR_ENV}={}): install that PostgreSQL \
+                     (`sudo scripts/setup` installs PostgreSQL 18 into /opt/postgresql-18)",
+                    p.display(),
+                    Path::new(&dir).display()
+                );
+            }
+            p
+        }
+        _ => require_binary(name, &[BIN_DIR], PACKAGE),
+    }
+}
+
+/// `pg_config --<item>` of the installation in [`bin_dir`], e.g.
+/// `pg_config("sharedir")` for the directory holding `extension/`.
+///
+/// # Panics
+/// When `pg_config` is missing or fails.
+pub fn pg_config(item: &str) -> PathBuf {
+    let bin = pg_binary("pg_config");
+    let out = Command::new(&bin)
+        .arg(format!("--{item}"))
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    if !out.status.success() {
+        panic!(
+            "{} --{item} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 impl Postgres {
@@ -50,7 +111,7 @@ impl Postgres {
     /// Starts a server with extra `name=value` settings, each passed as
     /// `-c name=value` (e.g. `["gearman.servers=127.0.0.1:4731"]`).
     pub fn start_with(settings: &[&str]) -> Postgres {
-        let initdb = require_binary("initdb", &[BIN_DIR], PACKAGE);
+        let initdb = pg_binary("initdb");
         let dir = tempfile::Builder::new()
             .prefix("pg-")
             .tempdir_in("/tmp")
@@ -120,7 +181,7 @@ impl Postgres {
 
     /// Runs `postgres` on `self.port`; true once it answers queries.
     fn launch(&mut self, timeout: Duration) -> bool {
-        let bin = require_binary("postgres", &[BIN_DIR], PACKAGE);
+        let bin = pg_binary("postgres");
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -213,7 +274,7 @@ impl Postgres {
     /// and returns its stdout; `Err` carries stderr. Several statements
     /// separated by `;` run in one session.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
-        let psql = require_binary("psql", &[BIN_DIR], PACKAGE);
+        let psql = pg_binary("psql");
         let out: Output = Command::new(&psql)
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])

@@ -78,26 +78,53 @@ impl Env {
     }
 }
 
+/// A notice (WARNING, NOTICE, ...) as received, with its hint.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub severity: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
 /// A client session that keeps the notices (WARNINGs) it receives.
 pub struct Session {
     pub client: postgres::Client,
-    notices: Arc<Mutex<Vec<String>>>,
+    notices: Arc<Mutex<Vec<Notice>>>,
 }
 
 impl Session {
     pub fn connect(url: &str) -> Session {
+        Session::try_connect_with(url, None, None)
+            .unwrap_or_else(|e| panic!("connecting to {url}: {}", describe(&e)))
+    }
+
+    /// Connects as `user` (if given) with startup `options` (as
+    /// `PGOPTIONS`, e.g. `-c gearman.servers=...`).
+    pub fn try_connect_with(
+        url: &str,
+        user: Option<&str>,
+        options: Option<&str>,
+    ) -> Result<Session, postgres::Error> {
         let notices = Arc::new(Mutex::new(Vec::new()));
         let sink = notices.clone();
         let mut config: postgres::Config = url.parse().expect("valid URL");
+        if let Some(u) = user {
+            config.user(u);
+        }
+        if let Some(o) = options {
+            config.options(o);
+        }
         config.notice_callback(move |n| {
-            sink.lock()
-                .unwrap()
-                .push(format!("{}: {}", n.severity(), n.message()))
+            sink.lock().unwrap().push(Notice {
+                severity: n.severity().to_string(),
+                message: n.message().to_string(),
+                detail: n.detail().map(str::to_string),
+                hint: n.hint().map(str::to_string),
+            })
         });
-        let client = config
-            .connect(postgres::NoTls)
-            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
-        Session { client, notices }
+        let client = config.connect(postgres::NoTls)?;
+        Ok(Session { client, notices })
     }
 
     /// Runs statements (simple query protocol); panics with the error.
@@ -148,8 +175,17 @@ impl Session {
         out
     }
 
-    /// The notices received so far (and forgets them).
+    /// The notices received so far as `SEVERITY: message` (and forgets
+    /// them).
     pub fn take_notices(&self) -> Vec<String> {
+        self.take_full_notices()
+            .into_iter()
+            .map(|n| format!("{}: {}", n.severity, n.message))
+            .collect()
+    }
+
+    /// The notices received so far, with detail and hint (and forgets them).
+    pub fn take_full_notices(&self) -> Vec<Notice> {
         std::mem::take(&mut *self.notices.lock().unwrap())
     }
 }

@@ -10,9 +10,9 @@
 //!
 //! ```toml
 //! servers = "127.0.0.1:4730"      # default job servers ("host[:port],...")
-//! connect_timeout_ms = 2000       # TCP connect, per server
-//! io_timeout_ms = 5000            # one submit / status exchange
-//! foreground_timeout_ms = 30000   # gman_do*: whole wait for the result; 0 = unbounded
+//! connect_timeout_ms = 2000       # one TCP connect, within the call's bound below
+//! io_timeout_ms = 5000            # whole bound of a background call, gman_job_status(), gman_server_status()
+//! foreground_timeout_ms = 30000   # whole bound of gman_do* and a gman_sum group; 0 = no bound on the result wait
 //! allow_servers_set = false       # default: gman_servers_set() is refused (see below)
 //! max_idle_connections = 64       # idle pooled clients kept, all server lists together
 //! idle_timeout_ms = 60000         # an idle pooled client unused this long is closed
@@ -23,6 +23,23 @@
 //! [function_servers]              # per-function server lists
 //! resize_image = "10.0.0.7:4730,10.0.0.8"
 //! ```
+//!
+//! ## Timeouts: one deadline per call
+//!
+//! Every call has one deadline from its start, and connecting, failing over
+//! to the next server and waiting for replies all draw from it:
+//! `foreground_timeout_ms` for `gman_do*` and for a `gman_sum` group (all
+//! its rows and server lists together), `io_timeout_ms` for a background
+//! call (until JOB_CREATED, or until written in pipelined mode) and for the
+//! walks of `gman_job_status()` and `gman_server_status()` over every
+//! server and list (a server not reached in time is reported as an error
+//! entry). Each TCP connect takes at most `connect_timeout_ms` of it; with
+//! many unreachable servers the call ends at its deadline, not after one
+//! connect timeout per server. A background call that timed out waiting
+//! for JOB_CREATED may still have been queued: give such jobs a unique key
+//! before retrying them. With `foreground_timeout_ms = 0` a foreground call
+//! has no overall bound on its wait for the result (connecting and failing
+//! over still end within `io_timeout_ms`).
 //!
 //! ## `max_result_bytes`
 //!
@@ -85,16 +102,23 @@
 //!   the job's unique key: the caller's, or a generated one (36 characters,
 //!   UUID-shaped) when none was given; `gman_job_status()` accepts it. A call
 //!   still fails (NULL for that row) when the job cannot be written (no server
-//!   reachable). A job that gearmand refuses, or whose connection is lost
-//!   before its confirmation arrives (fate unknown), is noticed only when the
+//!   reachable). The first job of each kind (background, scheduled) on a
+//!   new connection waits for its confirmation (within `io_timeout_ms`), so
+//!   a server that ignores a packet type (Python `gear` ignores
+//!   SUBMIT_JOB_EPOCH) is found out before anything is pipelined behind it;
+//!   such a first job that is refused or not answered in time fails its own
+//!   row (NULL, fate unknown when unanswered). A job that gearmand refuses, or whose confirmation does
+//!   not arrive within `io_timeout_ms` of its write or whose connection is
+//!   lost first (fate unknown: it may have been queued; the connection is
+//!   then closed), is noticed only when the
 //!   confirmations are collected: at the start and end of later calls that use
 //!   the same pooled connection (from any session) and at the end of
 //!   statements that submitted pipelined jobs (without waiting). It is then
 //!   reported by the thread that collected it: one error-log line per
 //!   statement with the counts (`pipelined background dispatch: N jobs not
-//!   queued ...`); and in `gman_last_error()` of the connection that
+//!   confirmed; R refused ...; U of unknown fate ...`); and in `gman_last_error()` of the connection that
 //!   submitted the job (only of that one, even when another session's call
-//!   collected the confirmation; the last 65,536 submitters are remembered);
+//!   collected the confirmation; the last 16,384 submitters are remembered);
 //!   the row that submitted it has already returned its key. Confirmations still unread
 //!   when mariadbd shuts down are not reported. Use it where throughput
 //!   matters more than a per-row answer (bulk `SELECT`s, busy triggers), or

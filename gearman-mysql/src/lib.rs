@@ -30,14 +30,19 @@
 //!
 //! Pipelined background dispatch (opt-in, see [`config`]): a job that
 //! gearmand refuses after its call returned its key, or whose confirmation
-//! never arrives, is reported when some thread collects the confirmation:
-//! one `pipelined background dispatch: N jobs not queued ...` error-log line
+//! does not arrive within `io_timeout_ms` of its write (unknown fate: it may
+//! have been queued), is reported when some thread collects the confirmation:
+//! one `pipelined background dispatch: N jobs not confirmed ...` error-log line
 //! per statement, and the `gman_last_error()` of the connection that
 //! submitted the job.
 //!
 //! Configuration: see [`config`]; defaults: servers `127.0.0.1:4730`, connect
 //! timeout 2 s, I/O timeout 5 s, foreground timeout 30 s, background
-//! dispatch `round_trip`.
+//! dispatch `round_trip`, `gman_servers_set` disabled, results up to 16 MiB,
+//! at most 64 idle pooled clients. Every call has one deadline from its
+//! start, connecting and failing over included (see [`config`]); a
+//! background call that timed out waiting for JOB_CREATED may still have
+//! been queued.
 
 pub mod abi;
 pub mod config;

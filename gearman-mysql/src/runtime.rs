@@ -189,20 +189,37 @@ impl Runtime {
     ///
     /// Confirmations of pipelined background jobs that the client still owes
     /// (possibly submitted by another thread) are collected without waiting
-    /// before and after `f`, and with waiting (bounded by the I/O timeout)
-    /// before a client is closed; failures among them are reported (see
-    /// [`note_deferred`]).
+    /// before and after `f`, and with waiting (bounded by the I/O timeout,
+    /// or the call's deadline) before a client is closed; failures among
+    /// them are reported (see [`note_deferred`]). Putting a client back into
+    /// a full pool closes the least recently used idle client that owes no
+    /// confirmation, if there is one.
     pub fn with_client<T>(
         &self,
         servers: &ServerList,
         f: impl FnOnce(&mut Client) -> gearman_core::Result<T>,
     ) -> gearman_core::Result<T> {
+        self.with_client_until(servers, None, f)
+    }
+
+    /// [`Runtime::with_client`], with every wait of `f` (and of closing
+    /// pooled clients on the way) bounded by `deadline` as well
+    /// (`Options::deadline`): for SQL functions that make several calls
+    /// within one bound.
+    pub fn with_client_until<T>(
+        &self,
+        servers: &ServerList,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&mut Client) -> gearman_core::Result<T>,
+    ) -> gearman_core::Result<T> {
+        // Closing clients on the way never waits past the call's bound.
+        let close_by = deadline.unwrap_or_else(|| Instant::now() + self.opts.io_timeout);
         let (taken, expired) = {
             let mut pool = lock(&self.pool);
             let expired = self.take_expired(&mut pool);
             (take_best(&mut pool, servers), expired)
         };
-        close_clients(expired);
+        close_clients(expired, close_by);
         let mut client = match taken {
             Some(mut c) => {
                 if c.servers() != servers {
@@ -212,6 +229,7 @@ impl Runtime {
             }
             None => Client::new(servers.clone(), self.opts.clone()),
         };
+        client.options_mut().deadline = deadline;
         note_deferred(client.collect_deferred(false));
         let r = f(&mut client);
         let reusable = match &r {
@@ -223,9 +241,10 @@ impl Runtime {
         };
         note_deferred(client.collect_deferred(false));
         if !reusable || self.config.max_idle_connections == 0 {
-            close_clients(vec![client]);
+            close_clients(vec![client], close_by);
             return r;
         }
+        client.options_mut().deadline = None;
         let evicted = {
             let mut pool = lock(&self.pool);
             pool.push(Idle {
@@ -234,12 +253,17 @@ impl Runtime {
             });
             let mut evicted = Vec::new();
             while pool.len() > self.config.max_idle_connections {
-                // Least recently used first (the pool is in return order).
-                evicted.push(pool.remove(0).client);
+                // The least recently used one that owes no confirmation (the
+                // pool is in return order), else the least recently used.
+                let i = pool
+                    .iter()
+                    .position(|c| c.client.deferred_pending() == 0)
+                    .unwrap_or(0);
+                evicted.push(pool.remove(i).client);
             }
             evicted
         };
-        close_clients(evicted);
+        close_clients(evicted, close_by);
         r
     }
 
@@ -306,11 +330,14 @@ fn take_best(pool: &mut Vec<Idle>, servers: &ServerList) -> Option<Client> {
     best.map(|(_, i)| pool.remove(i).client)
 }
 
-/// Closes clients outside the pool lock: their owed confirmations are read
-/// first (bounded by the I/O timeout) and reported.
-fn close_clients(clients: Vec<Client>) {
+/// Closes clients outside the pool lock: the confirmations they still owe
+/// are read until `by` at the latest, the rest are reported as of unknown
+/// fate (see [`note_deferred`]).
+fn close_clients(clients: Vec<Client>, by: Instant) {
     for mut c in clients {
-        note_deferred(c.collect_deferred(true));
+        c.options_mut().deadline = Some(by);
+        c.disconnect();
+        note_deferred(c.take_deferred_report());
     }
 }
 
@@ -331,7 +358,8 @@ thread_local! {
     static DEFERRED: RefCell<DeferredTally> = RefCell::new(DeferredTally::default());
 }
 
-/// Pipelined background jobs not queued since the library was loaded.
+/// Pipelined background jobs not confirmed (refused or of unknown fate)
+/// since the library was loaded.
 static DEFERRED_FAILED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 /// Collection reports held back per thread for at most this long before
@@ -355,7 +383,7 @@ impl DeferredTally {
 
     fn message(&self, total: u64) -> String {
         let mut m = format!(
-            "pipelined background dispatch: {} job{} not queued",
+            "pipelined background dispatch: {} job{} not confirmed",
             self.refused + self.unknown,
             if self.refused + self.unknown == 1 {
                 ""
@@ -365,14 +393,15 @@ impl DeferredTally {
         );
         if self.refused > 0 {
             m.push_str(&format!(
-                "; {} refused by the job server (first: {})",
+                "; {} refused by the job server, not queued (first: {})",
                 self.refused,
                 self.first_refused.as_deref().unwrap_or("?")
             ));
         }
         if self.unknown > 0 {
             m.push_str(&format!(
-                "; {} of unknown fate, no confirmation (first: {})",
+                "; {} of unknown fate, no confirmation in time or connection lost: \
+                 they may have been queued (first: {})",
                 self.unknown,
                 self.first_unknown.as_deref().unwrap_or("?")
             ));
@@ -435,7 +464,7 @@ pub fn note_deferred(report: DeferredReport) {
         }
         // Thread-local storage is gone (thread exit): log directly.
         Err(_) => log_error(&format!(
-            "pipelined background dispatch: {n} jobs not queued; {}; {total} since the library was loaded",
+            "pipelined background dispatch: {n} jobs not confirmed; {}; {total} since the library was loaded",
             report.failed.first().map(describe_failure).unwrap_or_default()
         )),
     }
@@ -644,7 +673,7 @@ mod tests {
                 pending: 0,
             });
             let m = last_error().unwrap();
-            assert!(m.contains("3 jobs not queued"), "{m}");
+            assert!(m.contains("3 jobs not confirmed"), "{m}");
             assert!(m.contains("3 refused by the job server"), "{m}");
             assert!(m.contains("QUEUE_ERROR"), "{m}");
             assert!(m.contains("unique 'u0'"), "{m}");

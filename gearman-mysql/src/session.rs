@@ -46,7 +46,7 @@ pub const MAX_ERROR_BYTES: usize = 4096;
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Pipelined jobs whose submitting connection is remembered at once (to
 /// report a later refusal to that connection only).
-pub const MAX_ATTRIBUTED_JOBS: usize = 65_536;
+pub const MAX_ATTRIBUTED_JOBS: usize = 16_384;
 
 /// The server connection running the current call, if the server tells.
 pub type ConnId = u64;
@@ -269,9 +269,9 @@ mod tests {
         clear_last_error();
         assert_eq!(last_error(), None);
         let me = current_connection().unwrap();
-        set_error_of(me, "3 jobs not queued", true);
+        set_error_of(me, "3 jobs not confirmed", true);
         clear_last_error();
-        assert_eq!(last_error().as_deref(), Some("3 jobs not queued"));
+        assert_eq!(last_error().as_deref(), Some("3 jobs not confirmed"));
         set_last_error("next");
         clear_last_error();
         assert_eq!(last_error(), None);

@@ -961,7 +961,7 @@ fn assert_select_1(env: &mut Env, c: &mut mysql::Conn, after: &str) {
     env.assert_alive(after);
 }
 
-/// The error-log lines about pipelined jobs that were not queued.
+/// The error-log lines about pipelined jobs that were not confirmed.
 fn not_queued_lines(env: &Env) -> Vec<String> {
     env.udf_log_lines()
         .into_iter()
@@ -969,7 +969,7 @@ fn not_queued_lines(env: &Env) -> Vec<String> {
         .collect()
 }
 
-/// `N` of "... N jobs not queued" / "N job not queued".
+/// `N` of "... N jobs not confirmed" / "N job not confirmed".
 fn not_queued_count(line: &str) -> u64 {
     let head = line
         .split("pipelined background dispatch: ")
@@ -1130,7 +1130,7 @@ fn pipelined_refusals_are_counted_in_the_log_and_last_error() {
     }
     let e = last_error(&mut c).unwrap();
     assert!(
-        e.contains("not queued")
+        e.contains("not confirmed")
             && e.contains("refused by the job server")
             && e.contains("QUEUE_ERROR"),
         "{e}"
@@ -1424,7 +1424,10 @@ fn pipelined_refusals_go_to_the_submitting_connection_only() {
     }
     assert_eq!(last_error(&mut b), None, "b submitted nothing");
     let e = last_error(&mut a).unwrap();
-    assert!(e.contains("not queued") && e.contains("QUEUE_ERROR"), "{e}");
+    assert!(
+        e.contains("not confirmed") && e.contains("QUEUE_ERROR"),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1704,4 +1707,231 @@ fn foreground_results_are_capped() {
     let e = last_error(&mut c).unwrap();
     assert!(e.contains("exceeded 4096 bytes"), "{e}");
     assert_select_1(&mut env, &mut c, "capped results");
+}
+
+// ---------------------------------------------------------------------------
+// One deadline per call (item 2)
+
+/// A loopback port that drops SYNs: a listener with backlog 0 whose accept
+/// queue is full of connections nobody accepts, so a connect to it hangs
+/// until the caller's timeout.
+struct BlackHole {
+    port: u16,
+    _listener: std::net::TcpListener,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+fn black_hole() -> BlackHole {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: a listening socket we own; listen() again sets its backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        queued.push(s);
+        assert!(queued.len() < 16, "the accept queue never fills");
+    }
+    BlackHole {
+        port: addr.port(),
+        _listener: listener,
+        _queued: queued,
+    }
+}
+
+#[test]
+fn every_call_has_one_deadline_over_twenty_black_holed_servers() {
+    let holes: Vec<BlackHole> = (0..20)
+        .map(|_| std::thread::spawn(black_hole))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let list = holes
+        .iter()
+        .map(|h| format!("127.0.0.1:{}", h.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Each connect may take 1 s; every call is bounded by 2 s as a whole.
+    let mut env = Env::start(&format!(
+        "connect_timeout_ms = 1000\nio_timeout_ms = 2000\nforeground_timeout_ms = 2000\n\
+         [function_servers]\nblack = \"{list}\"\n"
+    ));
+    let mut c = env.conn();
+    let bound = Duration::from_secs(8); // 4x the deadline; 20 connects took 20 s
+    for sql in [
+        "SELECT gman_do('black', 'x')",
+        "SELECT gman_do_background('black', 'x')",
+        "SELECT gman_sum('black', seq) FROM seq_1_to_3",
+    ] {
+        let t0 = Instant::now();
+        assert_eq!(one(&mut c, sql), None, "{sql}");
+        let took = t0.elapsed();
+        assert!(took < bound, "{sql} took {took:?}");
+        let e = last_error(&mut c).unwrap();
+        assert!(
+            e.contains("deadline") || e.contains("timed out") || e.contains("within"),
+            "{sql}: {e}"
+        );
+    }
+    // Status walks over every server and list: within the bound (the live
+    // server answers "not known"; the black holes cannot).
+    for sql in [
+        "SELECT gman_job_status('some-unique-key')",
+        "SELECT gman_job_status('H:host:1')",
+    ] {
+        let t0 = Instant::now();
+        let st = one_str(&mut c, sql);
+        let took = t0.elapsed();
+        assert!(took < bound, "{sql} took {took:?}");
+        if let Some(st) = st {
+            assert!(st.contains("\"known\":false"), "{sql}: {st}");
+        }
+    }
+    // gman_server_status(): the live server's answer, the black holes as
+    // errors, all within the bound.
+    assert!(one_str(&mut c, "SELECT gman_do_background('live', 'x')").is_some());
+    let t0 = Instant::now();
+    let st = one_str(&mut c, "SELECT gman_server_status()").unwrap();
+    let took = t0.elapsed();
+    assert!(took < bound, "gman_server_status took {took:?}");
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let arr = v.as_array().unwrap();
+    assert!(
+        arr.iter()
+            .any(|e| e["server"] == env.gearmand.addr() && e["function"] == "live"),
+        "{st}"
+    );
+    assert_eq!(
+        arr.iter().filter(|e| e.get("error").is_some()).count(),
+        20,
+        "{st}"
+    );
+    assert_select_1(&mut env, &mut c, "black holes");
+}
+
+// ---------------------------------------------------------------------------
+// Owed confirmations have a deadline (item 18)
+
+/// Pipelined jobs whose JOB_CREATED does not come within io_timeout_ms
+/// (gearmand stopped after accepting them) are reported as of unknown fate
+/// (they may have been queued: they are, once gearmand resumes), to the
+/// connection that submitted them, instead of staying pending for ever.
+#[test]
+fn overdue_pipelined_confirmations_are_reported_as_unknown_fate() {
+    let mut env = Env::start(&format!("{PIPELINED}io_timeout_ms = 1000\n"));
+    let mut a = env.conn();
+    // The first job of its kind on the connection is confirmed before
+    // anything is pipelined behind it.
+    assert!(one_str(&mut a, "SELECT gman_do_background('late', 'warm')").is_some());
+    env.gearmand.pause();
+    let n: Option<u64> = a
+        .query_first("SELECT COUNT(gman_do_background('late', seq)) FROM seq_1_to_50")
+        .unwrap();
+    assert_eq!(n, Some(50), "written");
+    // A later call (any session) reads the ledger and finds them overdue.
+    let mut b = env.conn();
+    let t0 = Instant::now();
+    while !not_queued_lines(&env)
+        .iter()
+        .any(|l| l.contains("; 50 since the library was loaded"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "50 overdue jobs not reported: {:#?}",
+            env.udf_log_lines()
+        );
+        let _ = one(&mut b, "SELECT gman_job_status('probe')");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = not_queued_lines(&env);
+    assert_eq!(
+        lines.iter().map(|l| not_queued_count(l)).sum::<u64>(),
+        50,
+        "{lines:#?}"
+    );
+    for l in &lines {
+        assert!(
+            l.contains("of unknown fate") && l.contains("may have been queued"),
+            "{l}"
+        );
+    }
+    let e = last_error(&mut a).unwrap();
+    assert!(e.contains("50 of unknown fate"), "{e}");
+    // They were queued after all once gearmand runs again.
+    env.gearmand.resume();
+    wait_until(
+        "51 'late' jobs at gearmand",
+        Duration::from_secs(20),
+        || {
+            env.admin()
+                .status()
+                .unwrap()
+                .iter()
+                .any(|f| f.function == "late" && f.total == 51)
+        },
+    );
+    assert_select_1(&mut env, &mut a, "overdue confirmations");
+}
+
+/// Python's `gear` job server ignores SUBMIT_JOB_EPOCH (no reply at all).
+/// Confirmations are matched in order, so before a packet type had been
+/// seen answered on a connection, a later job's JOB_CREATED was credited to
+/// the ignored one. The first job of each kind is now confirmed before
+/// anything is pipelined behind it: the epoch call fails on its own row
+/// (unknown fate), and every background job is confirmed, none blamed.
+#[test]
+fn pipelined_dispatch_against_python_gear_blames_only_the_ignored_packet() {
+    let gear = gearman_testkit::GearServer::start();
+    let config = write_config(&format!(
+        "servers = \"{}\"\n{PIPELINED}io_timeout_ms = 1500\n",
+        gear.addr()
+    ));
+    let mut db = start_db(&config, &[]);
+    let mut c = common::connect(&db);
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT gman_do_epoch('ep', 'x', UNIX_TIMESTAMP() + 3600)"
+        ),
+        None,
+        "gear never confirms a scheduled job"
+    );
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("gman_do_epoch") && e.contains("'ep'"), "{e}");
+    let keys: Vec<Option<String>> = c
+        .query("SELECT gman_do_background('bg', CONCAT('b', seq)) FROM seq_1_to_20")
+        .unwrap();
+    assert!(keys.iter().all(Option::is_some), "{keys:?}");
+    // Every confirmation is collected (this call waits for the ledger),
+    // and no background job is reported as failed.
+    let t0 = Instant::now();
+    loop {
+        let _ = one(&mut c, "SELECT gman_job_status('probe')");
+        let st = gearman_core::admin::Admin::connect(
+            &gearman_core::ServerAddr {
+                host: "127.0.0.1".into(),
+                port: gear.port(),
+            },
+            Duration::from_secs(2),
+        )
+        .and_then(|mut a| a.status());
+        if let Ok(st) = st {
+            if st.iter().any(|f| f.function == "bg" && f.total == 20) {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "20 bg jobs at gear");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = one(&mut c, "SELECT gman_job_status('probe')");
+    let blamed: Vec<String> = db
+        .error_log()
+        .lines()
+        .filter(|l| l.contains("pipelined background dispatch:") && l.contains("'bg'"))
+        .map(str::to_owned)
+        .collect();
+    assert!(blamed.is_empty(), "background jobs blamed: {blamed:#?}");
+    assert!(db.is_alive());
 }

@@ -111,7 +111,8 @@ pub struct RawFunction {
     pub concurrency: Option<u32>,
     /// Per-job timeout in milliseconds (exec default 300000, sql default 30000; 0 = none for exec).
     pub timeout_ms: Option<u64>,
-    /// Largest result in bytes (default 67108864).
+    /// Largest result in bytes (default and most 67108864). Past it the job
+    /// fails at once and the rest is discarded (exec: the command is killed).
     pub max_result_bytes: Option<u64>,
     /// exec: extra environment variables for the command.
     pub env: Option<BTreeMap<String, String>>,

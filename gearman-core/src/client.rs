@@ -46,7 +46,25 @@ pub struct Options {
     pub max_in_flight: usize,
     /// Called between wait slices of at most 50 ms; an `Err` aborts the wait.
     pub interrupt: Option<Interrupt>,
+    /// Largest result, in bytes, accumulated for one foreground job (its
+    /// WORK_DATA chunks and WORK_COMPLETE data together), in every path:
+    /// [`Client::run`], [`Client::run_with`], [`Client::run_all`] (per job).
+    /// Past it the job fails with [`ErrorKind::ResultTooLarge`] ("result of
+    /// job H exceeded N bytes"), the rest of its data is read and dropped
+    /// without being kept, and the connection is closed when the call ends.
+    /// A `run_all` of N jobs holds at most N times this. Default 16 MiB
+    /// ([`DEFAULT_MAX_RESULT`]).
+    pub max_result: usize,
+    /// An absolute bound on every call while set (e.g. the end of the
+    /// statement a database is running): each call's own deadline (see
+    /// [`Client`]) is the earlier of this and the one it computes. Default
+    /// `None`.
+    pub deadline: Option<Instant>,
 }
+
+/// Default [`Options::max_result`]: 16 MiB, MySQL's default largest UDF
+/// result.
+pub const DEFAULT_MAX_RESULT: usize = 16 << 20;
 
 impl Default for Options {
     fn default() -> Options {
@@ -60,6 +78,8 @@ impl Default for Options {
             client_id: None,
             max_in_flight: 1024,
             interrupt: None,
+            max_result: DEFAULT_MAX_RESULT,
+            deadline: None,
         }
     }
 }
@@ -76,6 +96,8 @@ impl std::fmt::Debug for Options {
             .field("client_id", &self.client_id)
             .field("max_in_flight", &self.max_in_flight)
             .field("interrupt", &self.interrupt.is_some())
+            .field("max_result", &self.max_result)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -84,6 +106,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A blocking Gearman client. Keeps one connection per server, reused across
 /// calls; not shared between threads (make one per thread, or pool them).
+///
+/// Every call has one deadline from its start: `foreground_timeout` for a
+/// foreground job where set, else `io_timeout` (background submissions,
+/// status, `check_reachable`, `ensure_connected`, the deferred calls), and
+/// never later than [`Options::deadline`]. Connecting (each attempt at most
+/// `connect_timeout` and never past the time left), failing over and
+/// waiting all draw from it; when it passes while failing over, the error
+/// is an [`ErrorKind::Timeout`] saying "deadline reached", with the servers
+/// tried and how many were not.
 #[derive(Debug)]
 pub struct Client {
     servers: ServerList,
@@ -103,6 +134,10 @@ pub struct Client {
 struct Deferred {
     function: Vec<u8>,
     unique: Vec<u8>,
+    /// The submission packet type (answered types are pipelined).
+    kind: PacketType,
+    /// Its confirmation is overdue after this: `io_timeout` from the write.
+    due: Instant,
 }
 
 /// A deferred background submission that did not get a job handle.
@@ -123,10 +158,33 @@ pub struct DeferredFailure {
 pub struct DeferredReport {
     /// Jobs the server confirmed with JOB_CREATED.
     pub confirmed: u64,
-    /// Jobs refused by the server or whose fate is unknown.
+    /// Jobs refused by the server or whose fate is unknown (among them the
+    /// overdue ones, see [`DeferredReport::overdue`]).
     pub failed: Vec<DeferredFailure>,
-    /// Jobs still awaiting their confirmation.
+    /// Jobs still awaiting their confirmation (none is awaited past its
+    /// deadline: `io_timeout` from its write).
     pub pending: usize,
+}
+
+impl DeferredReport {
+    /// Of [`DeferredReport::failed`], the jobs whose confirmation did not
+    /// come in time ([`ErrorKind::Timeout`]): overdue (no JOB_CREATED within
+    /// `io_timeout` of the write, e.g. a server that accepts but never
+    /// answers, or answers a byte a second), not answered at all (a server
+    /// that ignores the packet type, e.g. Python `gear` and
+    /// SUBMIT_JOB_EPOCH), or behind such a job on a connection that was
+    /// closed for it. Their fate is unknown: they may have been queued.
+    pub fn overdue(&self) -> usize {
+        self.failed.iter().filter(|f| f.error.is_timeout()).count()
+    }
+}
+
+impl DeferredFailure {
+    /// Whether the job may have been queued (anything but a server's
+    /// refusal with ERROR).
+    pub fn is_unknown_fate(&self) -> bool {
+        !self.error.is_server_error()
+    }
 }
 
 /// Counters of a client's connection attempts, for tests and monitoring.
@@ -172,6 +230,10 @@ struct Lane {
     fifo: VecDeque<usize>,
     /// Foreground tasks by handle; several when coalesced on this connection.
     running: HashMap<Vec<u8>, VecDeque<usize>>,
+    /// Handles of jobs failed for a too large result: their further packets
+    /// are dropped unread into nothing, and the connection is closed when
+    /// the set ends (the server may still send them).
+    discard: std::collections::HashSet<Vec<u8>>,
     open: usize,
 }
 
@@ -204,17 +266,44 @@ impl Client {
     /// does this wait, until half of them are confirmed. Every job counted
     /// by [`Client::deferred_written`] ends up in a later report as
     /// confirmed or failed (or is still pending).
+    ///
+    /// Confirmations are matched to jobs in order, so nothing is pipelined
+    /// behind a packet the server has not been seen to answer: per
+    /// connection, the first job of each submission type (SUBMIT_JOB_BG,
+    /// SUBMIT_JOB_HIGH_BG, SUBMIT_JOB_LOW_BG, SUBMIT_JOB_EPOCH) is sent
+    /// alone and its answer awaited within this call's deadline; only once
+    /// a JOB_CREATED has answered a type are more of it pipelined. A server
+    /// that drops the packet (Python `gear` ignores SUBMIT_JOB_EPOCH) makes
+    /// that job a failure of unknown fate ("the server may not support
+    /// it"), and the connection is closed so no later JOB_CREATED is
+    /// credited to it. Scheduled (epoch) jobs are written after the other
+    /// jobs of the call, so such a server holds up only them.
+    ///
+    /// Every owed confirmation has a deadline, `io_timeout` from its write:
+    /// past it (a server that accepts but never answers, or answers a byte
+    /// a second) the job, and every one still owed behind it on that
+    /// connection, is reported as failed of unknown fate (counted by
+    /// [`DeferredReport::overdue`]) by whichever later call reads the
+    /// connection (this one, [`Client::collect_deferred`], or any call that
+    /// reuses it), and the connection is closed. The whole call takes at
+    /// most `io_timeout`.
     pub fn submit_background_deferred(&mut self, jobs: &[Job]) -> Result<()> {
         for job in jobs {
             job.validate()?;
         }
-        let deadline = Some(Instant::now() + self.opts.io_timeout);
+        let deadline = self.deadline_in(self.opts.io_timeout);
         let hook = self.opts.interrupt.clone();
         let mut touched: Vec<ServerAddr> = Vec::new();
         let mut first_err: Option<Error> = None;
-        for job in jobs {
+        // Scheduled (epoch) jobs last: a server that ignores SUBMIT_JOB_EPOCH
+        // then costs only them the wait for an answer that never comes.
+        let ordered = jobs
+            .iter()
+            .filter(|j| j.epoch.is_none())
+            .chain(jobs.iter().filter(|j| j.epoch.is_some()));
+        for job in ordered {
             let open: Vec<&ServerAddr> = touched.iter().collect();
-            let addr = match self.pick_server_with(job, &open, true) {
+            let addr = match self.pick_server_with(job, &open, true, deadline) {
                 Ok(a) => a,
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -225,6 +314,12 @@ impl Client {
                 .conns
                 .get_mut(&addr)
                 .expect("picked server has a connection");
+            let kind = submit_kind(job, true);
+            // A type this connection has not seen answered is sent alone
+            // and its answer awaited now: a server that drops it (Python
+            // `gear` ignores SUBMIT_JOB_EPOCH) must not have a later job's
+            // JOB_CREATED credited to it.
+            let probe = !conn.has_answered(kind);
             encode_submit(job, true, conn.queue())?;
             self.deferred_written += 1;
             self.deferred
@@ -233,7 +328,29 @@ impl Client {
                 .push_back(Deferred {
                     function: job.function.clone(),
                     unique: job.unique_bytes().to_vec(),
+                    kind,
+                    due: Instant::now() + self.opts.io_timeout,
                 });
+            if probe {
+                if let Err(e) = self.drain_deferred(&addr, true, 0, deadline) {
+                    if self.deferred.get(&addr).is_some_and(|q| !q.is_empty()) {
+                        // The call's deadline came first: the answer is not
+                        // awaited any longer, and nothing may follow it.
+                        let why = format!(
+                            "no answer to the first {} on this connection before the call's \
+                             deadline: the server may not support it; unknown whether the job \
+                             was queued (it may have been)",
+                            kind.name()
+                        );
+                        self.expire_deferred(&addr, &why);
+                    }
+                    touched.retain(|t| t != &addr);
+                    if !e.is_timeout() {
+                        first_err.get_or_insert(e);
+                    }
+                    continue;
+                }
+            }
             if !touched.contains(&addr) {
                 touched.push(addr);
             }
@@ -245,7 +362,7 @@ impl Client {
             let window = self.opts.max_in_flight.max(1);
             if n >= window {
                 let a = touched.last().expect("pushed").clone();
-                if let Err(e) = self.drain_deferred(&a, true, window / 2) {
+                if let Err(e) = self.drain_deferred(&a, true, window / 2, deadline) {
                     // The connection is gone; the next job reconnects.
                     touched.retain(|t| t != &a);
                     first_err.get_or_insert(e);
@@ -256,7 +373,7 @@ impl Client {
             let Some(conn) = self.conns.get_mut(&addr) else {
                 continue;
             };
-            if let Err(e) = conn.flush(deadline, hook.as_ref()) {
+            if let Err(e) = conn.flush(Some(deadline), hook.as_ref()) {
                 self.fail_deferred(&addr, &e);
                 self.conns.remove(&addr);
                 first_err.get_or_insert(e);
@@ -269,13 +386,15 @@ impl Client {
     }
 
     /// Reads the confirmations of deferred submissions. With `wait`, waits
-    /// (up to the exchange timeout per server) until every one has arrived;
-    /// without, takes only what has already arrived. Returns the report
-    /// accumulated since the last call and resets it.
+    /// until every one has arrived, at most the exchange timeout
+    /// (`io_timeout`) for all servers together; without, takes only what
+    /// has already arrived. Returns the report accumulated since the last
+    /// call and resets it.
     pub fn collect_deferred(&mut self, wait: bool) -> DeferredReport {
+        let deadline = self.deadline_in(self.opts.io_timeout);
         let addrs: Vec<ServerAddr> = self.deferred.keys().cloned().collect();
         for addr in addrs {
-            let _ = self.drain_deferred(&addr, wait, 0);
+            let _ = self.drain_deferred(&addr, wait, 0, deadline);
         }
         self.take_deferred_report()
     }
@@ -306,8 +425,14 @@ impl Client {
 
     /// Matches buffered JOB_CREATED/ERROR replies to deferred submissions on
     /// `addr`; with `block`, waits until at most `keep` are pending.
-    fn drain_deferred(&mut self, addr: &ServerAddr, block: bool, keep: usize) -> Result<()> {
-        let deadline = Some(Instant::now() + self.opts.io_timeout);
+    fn drain_deferred(
+        &mut self,
+        addr: &ServerAddr,
+        block: bool,
+        keep: usize,
+        deadline: Instant,
+    ) -> Result<()> {
+        let deadline = Some(deadline);
         let hook = self.opts.interrupt.clone();
         loop {
             let pending = self.deferred.get(addr).map_or(0, VecDeque::len);
@@ -323,8 +448,42 @@ impl Client {
                 self.fail_deferred(addr, &e);
                 return Err(e);
             };
+            let front = self
+                .deferred
+                .get(addr)
+                .and_then(VecDeque::front)
+                .expect("pending > 0");
+            let (due, front_kind) = (front.due, front.kind);
+            let io_timeout = self.opts.io_timeout;
+            let overdue_why = |conn: &Connection| {
+                let mut why = format!(
+                    "no confirmation (JOB_CREATED) of the {} within {:?} of sending it: \
+                     unknown whether the job was queued (it may have been)",
+                    front_kind.name(),
+                    io_timeout
+                );
+                if !conn.has_answered(front_kind) {
+                    why.push_str(
+                        "; the server has not answered this packet type on this connection: \
+                         it may not support it",
+                    );
+                }
+                why
+            };
             let step = if block {
-                conn.recv(deadline, hook.as_ref()).map(Some)
+                let wait = deadline.map_or(due, |d| d.min(due));
+                match conn.recv(Some(wait), hook.as_ref()) {
+                    Ok(p) => Ok(Some(p)),
+                    Err(e) if e.is_timeout() && Instant::now() >= due => {
+                        let why = overdue_why(conn);
+                        self.expire_deferred(addr, &why);
+                        return Err(Error::timeout(why).at(addr));
+                    }
+                    // The caller's deadline, not the confirmation's: the
+                    // stream is intact (a partial packet stays buffered).
+                    Err(e) if e.is_timeout() => return Err(e),
+                    Err(e) => Err(e),
+                }
             } else {
                 // What is already buffered first; read the socket (one
                 // non-blocking read) only when that runs out.
@@ -343,6 +502,15 @@ impl Client {
             };
             let p = match step {
                 Ok(Some(p)) => p,
+                Ok(None) if Instant::now() >= due => {
+                    // Nothing arrived for it, and it is overdue.
+                    let why = match self.conns.get(addr) {
+                        Some(c) => overdue_why(c),
+                        None => "overdue".to_string(),
+                    };
+                    self.expire_deferred(addr, &why);
+                    return Err(Error::timeout(why).at(addr));
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     self.fail_deferred(addr, &e);
@@ -356,7 +524,12 @@ impl Client {
                 .and_then(VecDeque::pop_front)
                 .expect("pending > 0");
             match p.kind {
-                PacketType::JobCreated => self.report.confirmed += 1,
+                PacketType::JobCreated => {
+                    self.report.confirmed += 1;
+                    if let Some(c) = self.conns.get_mut(addr) {
+                        c.note_answered(d.kind);
+                    }
+                }
                 PacketType::Error => self.report.failed.push(DeferredFailure {
                     function: String::from_utf8_lossy(&d.function).into_owned(),
                     unique: d.unique,
@@ -373,6 +546,30 @@ impl Client {
                     self.conns.remove(addr);
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// Every deferred job still owed on `addr` becomes an overdue failure of
+    /// unknown fate: the first with `why`, the others as closed behind it;
+    /// the connection is closed (a late answer would be credited to the
+    /// wrong job).
+    fn expire_deferred(&mut self, addr: &ServerAddr, why: &str) {
+        self.conns.remove(addr);
+        if let Some(q) = self.deferred.remove(addr) {
+            for (k, d) in q.into_iter().enumerate() {
+                let msg = if k == 0 {
+                    why.to_string()
+                } else {
+                    "not confirmed: the connection was closed because an earlier job's \
+                     confirmation was overdue; unknown whether the job was queued (it may have been)"
+                        .to_string()
+                };
+                self.report.failed.push(DeferredFailure {
+                    function: String::from_utf8_lossy(&d.function).into_owned(),
+                    unique: d.unique,
+                    error: Error::timeout(msg).at(addr),
+                });
             }
         }
     }
@@ -430,6 +627,14 @@ impl Client {
     /// Closes every connection.
     pub fn disconnect(&mut self) {
         let _ = self.collect_deferred(true);
+        let owing: Vec<ServerAddr> = self.deferred.keys().cloned().collect();
+        for a in owing {
+            self.expire_deferred(
+                &a,
+                "not confirmed before the client disconnected: unknown whether the job was \
+                 queued (it may have been)",
+            );
+        }
         self.conns.clear();
     }
 
@@ -442,11 +647,18 @@ impl Client {
     /// once more (reconnecting, or on the next server): a background job is
     /// delivered at least once. Give it a unique key to make a repeat
     /// coalesce with the first submission on the same server.
+    ///
+    /// The whole call (connecting, failing over, the exchange, the repeat)
+    /// takes at most `io_timeout`. A timeout waiting for JOB_CREATED says
+    /// the job "may have been queued": a server that is slow, not dead,
+    /// may still queue and run it (a paused gearmand runs it when resumed).
+    /// Retry such a job only with a unique key, or it may run twice.
     pub fn submit_background(&mut self, job: &Job) -> Result<JobHandle> {
+        let deadline = self.deadline_in(self.opts.io_timeout);
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut r = self.submit_set(std::slice::from_ref(job), true, None);
+            let mut r = self.submit_set(std::slice::from_ref(job), true, None, Some(deadline));
             match r.pop().expect("one result per job") {
                 Ok(Outcome::Handle(h)) => return Ok(h),
                 Ok(Outcome::Result(_)) => unreachable!("background task yields a handle"),
@@ -458,7 +670,14 @@ impl Client {
 
     /// Runs a foreground job and returns the worker's result: WORK_DATA
     /// chunks and the WORK_COMPLETE data joined. Errors: [`ErrorKind::JobFailed`],
-    /// [`ErrorKind::JobException`], timeouts, lost connection.
+    /// [`ErrorKind::JobException`], [`ErrorKind::ResultTooLarge`], timeouts,
+    /// lost connection.
+    ///
+    /// One deadline from the call's start (`foreground_timeout`, or
+    /// `io_timeout` for connecting and submitting when that is unset)
+    /// bounds connecting, failing over and waiting. A timeout waiting for
+    /// JOB_CREATED means the job may have been queued and may still run;
+    /// retry with a unique key so a repeat coalesces with it.
     pub fn run(&mut self, job: &Job) -> Result<Vec<u8>> {
         self.run_with(job, &mut |_| {})
     }
@@ -466,7 +685,7 @@ impl Client {
     /// [`Client::run`], reporting WORK_DATA, WORK_WARNING and WORK_STATUS to
     /// `events` as they arrive.
     pub fn run_with(&mut self, job: &Job, events: &mut dyn FnMut(Event)) -> Result<Vec<u8>> {
-        let mut r = self.submit_set(std::slice::from_ref(job), false, Some(events));
+        let mut r = self.submit_set(std::slice::from_ref(job), false, Some(events), None);
         match r.pop().expect("one result per job") {
             Ok(Outcome::Result(d)) => Ok(d),
             Ok(Outcome::Handle(_)) => unreachable!("foreground task yields a result"),
@@ -478,7 +697,7 @@ impl Client {
     /// submitted before any result is awaited, so the whole set takes about
     /// as long as its slowest job. Results come back in input order.
     pub fn run_all(&mut self, jobs: &[Job]) -> Vec<Result<Vec<u8>>> {
-        self.submit_set(jobs, false, None)
+        self.submit_set(jobs, false, None, None)
             .into_iter()
             .map(|r| {
                 r.map(|o| match o {
@@ -494,9 +713,11 @@ impl Client {
     /// One result per job, in input order; a job the server refused has its
     /// own error, and a connection lost mid-batch fails every unconfirmed job
     /// on it with [`ErrorKind::ConnectionLost`] (it may or may not have been
-    /// queued).
+    /// queued), as does a timeout waiting for JOB_CREATED ("may have been
+    /// queued"): retry only jobs with a unique key. The whole call takes
+    /// at most `io_timeout`.
     pub fn submit_background_all(&mut self, jobs: &[Job]) -> Vec<Result<JobHandle>> {
-        self.submit_set(jobs, true, None)
+        self.submit_set(jobs, true, None, None)
             .into_iter()
             .map(|r| {
                 r.map(|o| match o {
@@ -518,7 +739,8 @@ impl Client {
             PacketType::GetStatus,
             vec![handle.handle.as_bytes().to_vec()],
         );
-        let reply = self.exchange(&handle.server.clone(), &p, PacketType::StatusRes)?;
+        let deadline = self.deadline_in(self.opts.io_timeout);
+        let reply = self.exchange(&handle.server.clone(), &p, PacketType::StatusRes, deadline)?;
         Ok(JobStatus {
             known: reply.arg(1) == b"1",
             running: reply.arg(2) == b"1",
@@ -535,43 +757,40 @@ impl Client {
                 "unique key must be 1 to 63 bytes without NUL",
             ));
         }
+        let deadline = self.deadline_in(self.opts.io_timeout);
         let order = self.router.order(&self.servers, Some(unique));
-        let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
-        for i in order {
-            let addr = self.servers.get(i).expect("index in range").clone();
-            let p = Packet::req(PacketType::GetStatusUnique, vec![unique.to_vec()]);
-            match self.exchange(&addr, &p, PacketType::StatusResUnique) {
-                Ok(r) => {
-                    return Ok(UniqueStatus {
-                        known: r.arg(1) == b"1",
-                        running: r.arg(2) == b"1",
-                        numerator: parse_num(r.arg(3)),
-                        denominator: parse_num(r.arg(4)),
-                        waiting: parse_num(r.arg(5)),
-                    })
-                }
-                Err(e) if e.kind() == &ErrorKind::ConnectFailed => last = e,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last)
+        let p = Packet::req(PacketType::GetStatusUnique, vec![unique.to_vec()]);
+        let r = self.walk(
+            order,
+            deadline,
+            |c, addr| c.exchange(addr, &p, PacketType::StatusResUnique, deadline),
+            |e| e.kind() == &ErrorKind::ConnectFailed,
+        )?;
+        Ok(UniqueStatus {
+            known: r.arg(1) == b"1",
+            running: r.arg(2) == b"1",
+            numerator: parse_num(r.arg(3)),
+            denominator: parse_num(r.arg(4)),
+            waiting: parse_num(r.arg(5)),
+        })
     }
 
     /// Checks that some server answers (one ECHO round trip, to the first
-    /// healthy server in routing order) and returns which.
+    /// healthy server in routing order) and returns which. The whole call,
+    /// failing over included, takes at most `io_timeout`.
     pub fn check_reachable(&mut self) -> Result<ServerAddr> {
+        let deadline = self.deadline_in(self.opts.io_timeout);
         let order = self.router.order(&self.servers, None);
-        let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
-        for i in order {
-            let addr = self.servers.get(i).expect("index in range").clone();
-            let p = Packet::req(PacketType::EchoReq, vec![b"ping".to_vec()]);
-            match self.exchange(&addr, &p, PacketType::EchoRes) {
-                Ok(_) => return Ok(addr),
-                Err(e) if e.is_retryable() || e.is_timeout() => last = e,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last)
+        let p = Packet::req(PacketType::EchoReq, vec![b"ping".to_vec()]);
+        self.walk(
+            order,
+            deadline,
+            |c, addr| {
+                c.exchange(addr, &p, PacketType::EchoRes, deadline)
+                    .map(|_| addr.clone())
+            },
+            |e| e.is_retryable() || e.is_timeout(),
+        )
     }
 
     /// Makes sure some server can take a job, without a round trip, and
@@ -597,21 +816,62 @@ impl Client {
     /// [`Client::check_reachable`] (one ECHO round trip) to prove a server
     /// answers.
     ///
+    /// The whole call, failing over included, takes at most `io_timeout`.
+    ///
     /// Errors: no server configured, every server refused the connection or
-    /// timed out ([`ErrorKind::ConnectFailed`]), or the interrupt hook
-    /// stopped a connect.
+    /// timed out ([`ErrorKind::ConnectFailed`]), the call's deadline passed
+    /// ([`ErrorKind::Timeout`], naming the servers tried), or the interrupt
+    /// hook stopped a connect.
     pub fn ensure_connected(&mut self) -> Result<ServerAddr> {
+        let deadline = self.deadline_in(self.opts.io_timeout);
         let order = self.router.order(&self.servers, None);
-        let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
-        for i in order {
+        self.walk(
+            order,
+            deadline,
+            |c, addr| c.connection_nowait(addr, deadline).map(|_| addr.clone()),
+            |e| e.kind() != &ErrorKind::Interrupted,
+        )
+    }
+
+    /// The deadline of a call that may take `base` from now, bounded by
+    /// [`Options::deadline`].
+    fn deadline_in(&self, base: Duration) -> Instant {
+        let d = Instant::now() + base;
+        self.opts.deadline.map_or(d, |o| o.min(d))
+    }
+
+    /// Tries `f` on the servers of `order` in turn until one succeeds, an
+    /// error `go_on` does not accept, or `deadline` passes (then a
+    /// [`ErrorKind::Timeout`] naming the servers tried and how many were
+    /// not). With every server failed, the last error.
+    fn walk<T>(
+        &mut self,
+        order: Vec<usize>,
+        deadline: Instant,
+        mut f: impl FnMut(&mut Client, &ServerAddr) -> Result<T>,
+        go_on: impl Fn(&Error) -> bool,
+    ) -> Result<T> {
+        let total = order.len();
+        let mut tried: Vec<(ServerAddr, Error)> = Vec::new();
+        for (k, i) in order.into_iter().enumerate() {
             let addr = self.servers.get(i).expect("index in range").clone();
-            match self.connection_nowait(&addr) {
-                Ok(_) => return Ok(addr),
-                Err(e) if e.kind() == &ErrorKind::Interrupted => return Err(e),
-                Err(e) => last = e,
+            if Instant::now() >= deadline {
+                return Err(deadline_error(&tried, total - k));
+            }
+            match f(self, &addr) {
+                Ok(t) => return Ok(t),
+                Err(e) if e.is_timeout() && Instant::now() >= deadline => {
+                    tried.push((addr, e));
+                    return Err(deadline_error(&tried, total - k - 1));
+                }
+                Err(e) if go_on(&e) => tried.push((addr, e)),
+                Err(e) => return Err(e),
             }
         }
-        Err(last)
+        Err(tried.pop().map_or_else(
+            || Error::new(ErrorKind::NoServers, "no job server configured"),
+            |(_, e)| e,
+        ))
     }
 
     /// As [`Client::connection`], but a connection still owing replies to
@@ -619,11 +879,15 @@ impl Client {
     /// received are taken, and if some are still due and the peer has not
     /// closed, the connection is returned as it is (for more deferred
     /// submissions, whose replies queue up behind). Never waits for a reply.
-    fn connection_nowait(&mut self, addr: &ServerAddr) -> Result<&mut Connection> {
+    fn connection_nowait(
+        &mut self,
+        addr: &ServerAddr,
+        deadline: Instant,
+    ) -> Result<&mut Connection> {
         if self.deferred.contains_key(addr) {
             // An error here failed the deferred jobs and dropped the
             // connection; `connection` below then reconnects.
-            let _ = self.drain_deferred(addr, false, 0);
+            let _ = self.drain_deferred(addr, false, 0, deadline);
             let owing = self.deferred.get(addr).is_some_and(|q| !q.is_empty());
             let open = self
                 .conns
@@ -633,14 +897,20 @@ impl Client {
                 return Ok(self.conns.get_mut(addr).expect("checked above"));
             }
         }
-        self.connection(addr)
+        self.connection(addr, deadline)
     }
 
     /// One request, one expected reply, on the cached connection to `addr`.
-    fn exchange(&mut self, addr: &ServerAddr, p: &Packet, want: PacketType) -> Result<Packet> {
-        let deadline = Some(Instant::now() + self.opts.io_timeout);
+    fn exchange(
+        &mut self,
+        addr: &ServerAddr,
+        p: &Packet,
+        want: PacketType,
+        deadline: Instant,
+    ) -> Result<Packet> {
         let hook = self.opts.interrupt.clone();
-        let conn = self.connection(addr)?;
+        let conn = self.connection(addr, deadline)?;
+        let deadline = Some(deadline);
         conn.busy = true;
         let r = conn
             .queue_packet(p)
@@ -673,10 +943,16 @@ impl Client {
     /// The cached connection to `addr`, or a new one. A cached connection
     /// that the server closed meanwhile (restart) is replaced silently; a
     /// failed connect puts the server into back-off.
-    fn connection(&mut self, addr: &ServerAddr) -> Result<&mut Connection> {
+    fn connection(&mut self, addr: &ServerAddr, deadline: Instant) -> Result<&mut Connection> {
         if self.deferred.contains_key(addr) {
             // Replies to deferred submissions come first on this connection.
-            let _ = self.drain_deferred(addr, true, 0);
+            let _ = self.drain_deferred(addr, true, 0, deadline);
+            if self.deferred.get(addr).is_some_and(|q| !q.is_empty()) {
+                return Err(Error::timeout(
+                    "deadline reached while reading the confirmations still owed on the connection",
+                )
+                .at(addr));
+            }
         }
         let usable = match self.conns.get_mut(addr) {
             Some(c) => c.is_usable(),
@@ -684,7 +960,7 @@ impl Client {
         };
         if !usable {
             self.conns.remove(addr);
-            let c = match self.open(addr) {
+            let c = match self.open(addr, deadline) {
                 Ok(c) => {
                     self.stats.connects += 1;
                     c
@@ -704,10 +980,15 @@ impl Client {
         Ok(self.conns.get_mut(addr).expect("just inserted"))
     }
 
-    fn open(&self, addr: &ServerAddr) -> Result<Connection> {
+    fn open(&self, addr: &ServerAddr, deadline: Instant) -> Result<Connection> {
         let hook = self.opts.interrupt.as_ref();
-        let mut c =
-            Connection::connect(addr, self.opts.connect_timeout, self.opts.max_packet, hook)?;
+        let mut c = Connection::connect_until(
+            addr,
+            self.opts.connect_timeout,
+            Some(deadline),
+            self.opts.max_packet,
+            hook,
+        )?;
         if let Some(id) = &self.opts.client_id {
             c.queue_packet(&Packet::req(
                 PacketType::SetClientId,
@@ -719,8 +1000,7 @@ impl Client {
                 PacketType::OptionReq,
                 vec![b"exceptions".to_vec()],
             ))?;
-            let deadline = Some(Instant::now() + self.opts.io_timeout);
-            let reply = c.recv(deadline, hook)?;
+            let reply = c.recv(Some(deadline), hook)?;
             match reply.kind {
                 PacketType::OptionRes => {}
                 PacketType::Error => return Err(server_error(&reply).at(addr)),
@@ -731,7 +1011,7 @@ impl Client {
                 }
             }
         } else {
-            c.flush(Some(Instant::now() + self.opts.io_timeout), hook)?;
+            c.flush(Some(deadline), hook)?;
         }
         Ok(c)
     }
@@ -739,13 +1019,27 @@ impl Client {
     /// The engine: submits `jobs` (all foreground or all background),
     /// drives every connection involved until each job has its outcome or a
     /// deadline passes, and returns one result per job in input order.
+    ///
+    /// One deadline from the start bounds connecting and failing over:
+    /// `foreground_timeout` for foreground jobs where set, else
+    /// `io_timeout`, never past `outer` or [`Options::deadline`].
     fn submit_set(
         &mut self,
         jobs: &[Job],
         background: bool,
         mut events: Option<&mut dyn FnMut(Event)>,
+        outer: Option<Instant>,
     ) -> Vec<Result<Outcome>> {
         let start = Instant::now();
+        let fg_bound = if background {
+            None
+        } else {
+            self.opts.foreground_timeout
+        };
+        let mut call_deadline = self.deadline_in(fg_bound.unwrap_or(self.opts.io_timeout));
+        if let Some(o) = outer {
+            call_deadline = call_deadline.min(o);
+        }
         let mut tasks: Vec<Task<'_>> = jobs
             .iter()
             .map(|job| Task {
@@ -774,7 +1068,7 @@ impl Client {
                 continue;
             }
             let open: Vec<&ServerAddr> = lanes.iter().map(|l| &l.addr).collect();
-            match self.pick_server(job, &open) {
+            match self.pick_server(job, &open, call_deadline) {
                 Ok(addr) => {
                     let li = match lanes.iter().position(|l| l.addr == addr) {
                         Some(li) => li,
@@ -784,6 +1078,7 @@ impl Client {
                                 backlog: VecDeque::new(),
                                 fifo: VecDeque::new(),
                                 running: HashMap::new(),
+                                discard: Default::default(),
                                 open: 0,
                             });
                             lanes.len() - 1
@@ -795,19 +1090,29 @@ impl Client {
                 Err(e) => finish(task, Err(e)),
             }
         }
+        for lane in &mut lanes {
+            // Scheduled (epoch) jobs last on each connection (stable): a
+            // server that ignores SUBMIT_JOB_EPOCH then holds up only them.
+            lane.backlog
+                .make_contiguous()
+                .sort_by_key(|&ti| tasks[ti].job.epoch.is_some());
+        }
         for lane in &lanes {
             if let Some(c) = self.conns.get_mut(&lane.addr) {
                 c.busy = true;
             }
         }
-        let submit_deadline = start + self.opts.io_timeout;
+        let submit_deadline = (start + self.opts.io_timeout).min(call_deadline);
         let fg_deadline = if background {
             None
+        } else if fg_bound.is_some() {
+            Some(call_deadline)
         } else {
-            self.opts.foreground_timeout.map(|t| start + t)
+            self.opts.deadline
         };
         let hook = self.opts.interrupt.clone();
         let window = self.opts.max_in_flight.max(1);
+        let max_result = self.opts.max_result;
 
         loop {
             // Feed each lane's window and note whether work remains.
@@ -820,9 +1125,21 @@ impl Client {
                     continue;
                 };
                 while lane.fifo.len() < window {
-                    let Some(ti) = lane.backlog.pop_front() else {
+                    let Some(&ti) = lane.backlog.front() else {
                         break;
                     };
+                    // Nothing is pipelined behind a submission type this
+                    // connection has not seen answered, and such a type is
+                    // sent only alone: a server that drops it must not have
+                    // a later JOB_CREATED credited to it.
+                    let kind = submit_kind(tasks[ti].job, background);
+                    let behind_probe = lane.fifo.back().is_some_and(|&t| {
+                        !conn.has_answered(submit_kind(tasks[t].job, background))
+                    });
+                    if behind_probe || (!lane.fifo.is_empty() && !conn.has_answered(kind)) {
+                        break;
+                    }
+                    lane.backlog.pop_front();
                     match encode_submit(tasks[ti].job, background, conn.queue()) {
                         Ok(()) => lane.fifo.push_back(ti),
                         Err(e) => {
@@ -844,8 +1161,9 @@ impl Client {
             let mut failure: Option<Error> = None;
             if awaiting_created && now >= submit_deadline {
                 failure = Some(Error::timeout(format!(
-                    "no reply to the submission within {:?}",
-                    self.opts.io_timeout
+                    "no JOB_CREATED for the submission within {:?}: the job may have been queued \
+                     (submit it with a unique key to make a retry safe)",
+                    submit_deadline.saturating_duration_since(start)
                 )));
             } else if fg_deadline.is_some_and(|d| now >= d) {
                 failure = Some(Error::timeout(format!(
@@ -858,7 +1176,21 @@ impl Client {
             if let Some(e) = failure {
                 for &li in &active {
                     let lane = &mut lanes[li];
-                    fail_lane(lane, &mut tasks, &e.clone().at(&lane.addr));
+                    let mut e = e.clone();
+                    let probe = lane
+                        .fifo
+                        .front()
+                        .map(|&t| submit_kind(tasks[t].job, background));
+                    if let (Some(kind), Some(c)) = (probe, self.conns.get(&lane.addr)) {
+                        if e.is_timeout() && !c.has_answered(kind) {
+                            e = Error::timeout(format!(
+                                "{} (the first {} on this connection: the server may not support it)",
+                                e.message(),
+                                kind.name()
+                            ));
+                        }
+                    }
+                    fail_lane(lane, &mut tasks, &e.at(&lane.addr));
                     self.conns.remove(&lane.addr);
                 }
                 break;
@@ -919,7 +1251,10 @@ impl Client {
                     }
                     conn.read_ready()?;
                     while let Some(p) = conn.next_packet()? {
-                        dispatch(lane, &mut tasks, p, &mut events)?;
+                        if let Some(kind) = dispatch(lane, &mut tasks, p, &mut events, max_result)?
+                        {
+                            conn.note_answered(kind);
+                        }
                     }
                     if conn.is_closed() && lane.open > 0 {
                         return Err(conn.closed_error());
@@ -933,6 +1268,10 @@ impl Client {
             }
         }
         for lane in &lanes {
+            if !lane.discard.is_empty() {
+                // The server may still send data of a job given up on.
+                self.conns.remove(&lane.addr);
+            }
             if let Some(c) = self.conns.get_mut(&lane.addr) {
                 c.busy = false;
                 self.router.mark_alive(&lane.addr);
@@ -954,8 +1293,13 @@ impl Client {
     /// The server for `job`: the first in routing order whose connection is
     /// (or can be) open. Connect failures put servers into back-off and move
     /// on to the next.
-    fn pick_server(&mut self, job: &Job, open: &[&ServerAddr]) -> Result<ServerAddr> {
-        self.pick_server_with(job, open, false)
+    fn pick_server(
+        &mut self,
+        job: &Job,
+        open: &[&ServerAddr],
+        deadline: Instant,
+    ) -> Result<ServerAddr> {
+        self.pick_server_with(job, open, false, deadline)
     }
 
     /// [`Client::pick_server`]; with `nowait`, a connection owing deferred
@@ -965,28 +1309,49 @@ impl Client {
         job: &Job,
         open: &[&ServerAddr],
         nowait: bool,
+        deadline: Instant,
     ) -> Result<ServerAddr> {
         let order = self.router.order(&self.servers, job.unique.as_deref());
-        let mut last = Error::new(ErrorKind::NoServers, "no job server configured");
-        for i in order {
-            let addr = self.servers.get(i).expect("index in range").clone();
-            if open.contains(&&addr) {
-                // Already connected and checked for this batch.
-                return Ok(addr);
-            }
-            let r = if nowait {
-                self.connection_nowait(&addr).map(|_| ())
-            } else {
-                self.connection(&addr).map(|_| ())
-            };
-            match r {
-                Ok(()) => return Ok(addr),
-                Err(e) if e.kind() == &ErrorKind::Interrupted => return Err(e),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        self.walk(
+            order,
+            deadline,
+            |c, addr| {
+                if open.contains(&addr) {
+                    return Ok(addr.clone());
+                }
+                if nowait {
+                    c.connection_nowait(addr, deadline).map(|_| addr.clone())
+                } else {
+                    c.connection(addr, deadline).map(|_| addr.clone())
+                }
+            },
+            |e| e.kind() != &ErrorKind::Interrupted,
+        )
     }
+}
+
+/// The error of a call whose deadline passed while failing over: which
+/// servers were tried (first five, with why) and how many were not.
+fn deadline_error(tried: &[(ServerAddr, Error)], untried: usize) -> Error {
+    let mut msg = String::from("deadline reached before a job server could be used");
+    if tried.is_empty() {
+        msg.push_str("; no server was tried");
+    } else {
+        msg.push_str("; tried ");
+        for (k, (a, e)) in tried.iter().take(5).enumerate() {
+            if k > 0 {
+                msg.push_str(", ");
+            }
+            msg.push_str(&format!("{a} ({})", e.message()));
+        }
+        if tried.len() > 5 {
+            msg.push_str(&format!(" and {} more", tried.len() - 5));
+        }
+    }
+    if untried > 0 {
+        msg.push_str(&format!("; {untried} not tried"));
+    }
+    Error::timeout(msg)
 }
 
 fn finish(task: &mut Task<'_>, outcome: Result<Outcome>) {
@@ -1024,7 +1389,8 @@ fn dispatch(
     tasks: &mut [Task<'_>],
     p: Packet,
     events: &mut Option<&mut dyn FnMut(Event)>,
-) -> Result<()> {
+    max_result: usize,
+) -> Result<Option<PacketType>> {
     let addr = lane.addr.clone();
     match p.kind {
         PacketType::JobCreated | PacketType::Error => {
@@ -1038,8 +1404,9 @@ fn dispatch(
             if p.kind == PacketType::Error {
                 finish(&mut tasks[ti], Err(server_error(&p).at(&addr)));
                 lane.open -= 1;
-                return Ok(());
+                return Ok(None);
             }
+            let answered = submit_kind(tasks[ti].job, tasks[ti].background);
             let handle = p.args.into_iter().next().unwrap_or_default();
             if tasks[ti].background {
                 let h = JobHandle {
@@ -1052,6 +1419,7 @@ fn dispatch(
                 tasks[ti].phase = Phase::Created;
                 lane.running.entry(handle).or_default().push_back(ti);
             }
+            return Ok(Some(answered));
         }
         PacketType::WorkData
         | PacketType::WorkWarning
@@ -1060,6 +1428,17 @@ fn dispatch(
         | PacketType::WorkFail
         | PacketType::WorkException => {
             let handle = p.arg(0).to_vec();
+            let terminal = matches!(
+                p.kind,
+                PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
+            );
+            if lane.discard.contains(&handle) {
+                // A job failed for a too large result: drop its data.
+                if terminal {
+                    lane.discard.remove(&handle);
+                }
+                return Ok(None);
+            }
             let Some(queue) = lane.running.get_mut(&handle) else {
                 // A job we no longer wait for (e.g. its set timed out earlier
                 // on a connection we kept): nothing to deliver it to.
@@ -1074,10 +1453,27 @@ fn dispatch(
             // packet twice (protocol.md 4.1): deliver each copy to the next
             // task in turn.
             let ti = queue.pop_front().expect("queues are never left empty");
-            let terminal = matches!(
-                p.kind,
-                PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
-            );
+            let grows = matches!(p.kind, PacketType::WorkData | PacketType::WorkComplete);
+            if grows && tasks[ti].data.len().saturating_add(p.arg(1).len()) > max_result {
+                let e = Error::new(
+                    ErrorKind::ResultTooLarge,
+                    format!(
+                        "result of job {} exceeded {max_result} bytes",
+                        String::from_utf8_lossy(&handle)
+                    ),
+                )
+                .at(&addr);
+                tasks[ti].data = Vec::new();
+                finish(&mut tasks[ti], Err(e));
+                lane.open -= 1;
+                if queue.is_empty() {
+                    lane.running.remove(&handle);
+                    if !terminal {
+                        lane.discard.insert(handle);
+                    }
+                }
+                return Ok(None);
+            }
             match p.kind {
                 PacketType::WorkData => {
                     tasks[ti].data.extend_from_slice(p.arg(1));
@@ -1148,7 +1544,15 @@ fn dispatch(
             .at(&addr))
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The packet type that submits `job`.
+fn submit_kind(job: &Job, background: bool) -> PacketType {
+    match job.epoch {
+        Some(_) => PacketType::SubmitJobEpoch,
+        None => job.priority.submit_type(background),
+    }
 }
 
 fn encode_submit(job: &Job, background: bool, out: &mut Vec<u8>) -> Result<()> {

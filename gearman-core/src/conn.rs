@@ -42,6 +42,9 @@ pub struct Connection {
     /// connection is next used, the exchange was abandoned (an unwinding
     /// interrupt, a panic) and the stream is out of step: drop it.
     pub(crate) busy: bool,
+    /// Submission packet types (bit = type number) the server has answered
+    /// with JOB_CREATED on this connection; only those are pipelined.
+    answered: u64,
 }
 
 impl std::fmt::Debug for Connection {
@@ -132,6 +135,28 @@ impl Connection {
         max_packet: usize,
         hook: Option<&Interrupt>,
     ) -> Result<Connection> {
+        Connection::connect_until(addr, timeout, None, max_packet, hook)
+    }
+
+    /// [`Connection::connect`] within an overall `deadline`: each attempt
+    /// gets at most `timeout` and never runs past the deadline. An attempt
+    /// cut short by the deadline, or a deadline already passed, is a
+    /// [`ErrorKind::Timeout`] ("deadline reached while connecting"); an
+    /// attempt that used its whole `timeout` is [`ErrorKind::ConnectFailed`].
+    /// Name resolution itself is not bounded (use addresses, or a local
+    /// resolver, where that matters).
+    pub fn connect_until(
+        addr: &ServerAddr,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        max_packet: usize,
+        hook: Option<&Interrupt>,
+    ) -> Result<Connection> {
+        let deadline_hit =
+            || Error::timeout("deadline reached while connecting to the job server").at(addr);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(deadline_hit());
+        }
         let addrs: Vec<SocketAddr> = (addr.host.as_str(), addr.port)
             .to_socket_addrs()
             .map_err(|e| {
@@ -144,7 +169,17 @@ impl Connection {
             .collect();
         let mut last = Error::new(ErrorKind::ConnectFailed, "no address").at(addr);
         for sa in &addrs {
-            match connect_one(sa, timeout, hook) {
+            let (attempt, cut) = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(deadline_hit());
+                    }
+                    (timeout.min(left), left < timeout)
+                }
+                None => (timeout, false),
+            };
+            match connect_one(sa, attempt, hook) {
                 Ok(stream) => {
                     let io_err =
                         |e: io::Error| Error::new(ErrorKind::ConnectFailed, e.to_string()).at(addr);
@@ -161,13 +196,33 @@ impl Connection {
                         max_packet,
                         closed: false,
                         busy: false,
+                        answered: 0,
                     });
                 }
                 Err(e) if e.kind() == &ErrorKind::Interrupted => return Err(e.at(addr)),
+                Err(e) if cut && deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Err(Error::timeout(format!(
+                        "deadline reached while connecting to the job server ({})",
+                        e.message()
+                    ))
+                    .at(addr))
+                }
                 Err(e) => last = e.at(addr),
             }
         }
         Err(last)
+    }
+
+    /// Whether a JOB_CREATED has answered a submission of type `kind` on
+    /// this connection (see [`Connection::note_answered`]).
+    pub(crate) fn has_answered(&self, kind: crate::proto::PacketType) -> bool {
+        self.answered & (1u64 << (kind as u32 % 64)) != 0
+    }
+
+    /// Records that the server answered a submission of type `kind` with
+    /// JOB_CREATED on this connection: it may be pipelined from now on.
+    pub(crate) fn note_answered(&mut self, kind: crate::proto::PacketType) {
+        self.answered |= 1u64 << (kind as u32 % 64);
     }
 
     /// The server this connection talks to.
@@ -294,6 +349,26 @@ impl Connection {
             }
             None => Ok(None),
         }
+    }
+
+    /// Whether received bytes are waiting to be decoded, after taking what
+    /// the socket holds now (no wait).
+    pub(crate) fn has_more_input(&mut self) -> Result<bool> {
+        if self.rpos == self.rend && !self.closed {
+            self.read_ready()?;
+        }
+        Ok(self.rpos < self.rend)
+    }
+
+    /// Drops received bytes nobody asked for (what is left of an earlier
+    /// answer), taking what the socket holds now first (no wait).
+    pub(crate) fn discard_stray(&mut self) -> Result<()> {
+        if !self.closed {
+            self.read_ready()?;
+        }
+        self.rpos = 0;
+        self.rend = 0;
+        Ok(())
     }
 
     /// The error to report when the peer closed with nothing decodable left.

@@ -38,6 +38,11 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The server list is empty.
     NoServers,
+    /// A foreground job's result (WORK_DATA chunks and WORK_COMPLETE data)
+    /// grew past [`Options::max_result`](crate::Options::max_result). The
+    /// rest of that job's data is discarded; the connection is closed once
+    /// the call ends.
+    ResultTooLarge,
 }
 
 /// An error from the Gearman core: a [`ErrorKind`], a message and, where

@@ -59,11 +59,49 @@ impl Priority {
     }
 }
 
+/// Checks a function name before it is sent (SUBMIT_JOB*, CAN_DO) or
+/// configured: 1 to 512 bytes ([`MAX_FUNCTION`]), none of them a control
+/// character or whitespace (bytes 0x00 to 0x20 and 0x7f). gearmand's text
+/// admin protocol prints names one per line and separates fields by tabs
+/// and spaces, so a name with a newline forges lines in every admin
+/// client's `status` and `workers` answers (issue 10).
+///
+/// # Errors
+/// [`crate::ErrorKind::InvalidArgument`], naming the function (escaped)
+/// and the first offending byte and its position.
+pub fn validate_function_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid_argument("function name is empty"));
+    }
+    if name.len() > MAX_FUNCTION {
+        return Err(Error::invalid_argument(format!(
+            "function name is {} bytes; at most {MAX_FUNCTION} are allowed",
+            name.len()
+        )));
+    }
+    if let Some(i) = name.iter().position(|&b| b <= 0x20 || b == 0x7f) {
+        let what = match name[i] {
+            0 => "a NUL byte".to_string(),
+            b' ' => "a space".to_string(),
+            b'\t' => "a tab".to_string(),
+            b'\n' => "a newline".to_string(),
+            b'\r' => "a carriage return".to_string(),
+            b => format!("the control character 0x{b:02x}"),
+        };
+        return Err(Error::invalid_argument(format!(
+            "function name {:?} contains {what} at byte {i}; control characters and whitespace are not allowed",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
 /// A job to submit: function name, workload, and optional unique key,
 /// priority and run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
-    /// Function name: 1 to 512 bytes, no NUL.
+    /// Function name: 1 to 512 bytes, no control character or whitespace
+    /// (see [`validate_function_name`]).
     pub function: Vec<u8>,
     /// Workload: any bytes, any length the server accepts.
     pub workload: Vec<u8>,
@@ -108,24 +146,10 @@ impl Job {
     }
 
     /// Checks what the server would mishandle, before anything is sent:
-    /// an empty or over-long function name, NUL bytes in the function name
-    /// or unique key, a unique key over 63 bytes.
+    /// a function name refused by [`validate_function_name`], NUL bytes in
+    /// the unique key, a unique key over 63 bytes.
     pub fn validate(&self) -> Result<()> {
-        let name = String::from_utf8_lossy(&self.function);
-        if self.function.is_empty() {
-            return Err(Error::invalid_argument("function name is empty"));
-        }
-        if self.function.len() > MAX_FUNCTION {
-            return Err(Error::invalid_argument(format!(
-                "function name is {} bytes; at most {MAX_FUNCTION} are allowed",
-                self.function.len()
-            )));
-        }
-        if self.function.contains(&0) {
-            return Err(Error::invalid_argument(format!(
-                "function name {name:?} contains a NUL byte"
-            )));
-        }
+        validate_function_name(&self.function)?;
         if let Some(u) = &self.unique {
             if u.len() > MAX_UNIQUE {
                 return Err(Error::invalid_argument(format!(
@@ -274,6 +298,42 @@ mod tests {
             known,
             numerator,
             ..JobStatus::default()
+        }
+    }
+
+    /// Issue 10 item 10: control characters and whitespace are refused by
+    /// the one validator, which `Job::validate` uses.
+    #[test]
+    fn function_names_without_control_characters_or_whitespace() {
+        for bad in [
+            &b""[..],
+            b"nl\n.\nx",
+            b"a b",
+            b"tab\there",
+            b"cr\r",
+            b"nul\0",
+            b"\x01",
+            b"del\x7f",
+            b" lead",
+            b"trail ",
+        ] {
+            let e = validate_function_name(bad).unwrap_err();
+            assert_eq!(e.kind(), &ErrorKind::InvalidArgument, "{bad:?}");
+            let e = Job::new(bad, "x").validate().unwrap_err();
+            assert_eq!(e.kind(), &ErrorKind::InvalidArgument, "{bad:?}");
+        }
+        let e = validate_function_name(b"nl\n.\nx").unwrap_err().to_string();
+        assert!(e.contains("\"nl\\n.\\nx\"") && e.contains("newline"), "{e}");
+        assert!(validate_function_name(&[b'a'; MAX_FUNCTION + 1]).is_err());
+        for good in [
+            &b"f"[..],
+            b"send_tweet",
+            b"a.b-c:d/e",
+            "caf\u{e9}".as_bytes(),
+            &[b'a'; MAX_FUNCTION],
+        ] {
+            validate_function_name(good).unwrap();
+            Job::new(good, "x").validate().unwrap();
         }
     }
 

@@ -12,8 +12,13 @@
 //! - [`worker::Worker`]: register, grab, sleep/wake, report, reconnect, stop.
 //! - [`admin::Admin`]: `status`, `workers`, `show jobs`, `maxqueue`, ...
 //!
-//! Every wait is bounded: connect, exchange and foreground timeouts, and an
-//! optional interrupt hook called between waits of at most 50 ms.
+//! Every wait is bounded: each call has one deadline from its start
+//! (foreground or exchange timeout, optionally an absolute
+//! [`Options::deadline`]) that connecting, failing over and waiting draw
+//! from, and an optional interrupt hook is called between waits of at most
+//! 50 ms. What is taken from the wire is bounded too: packets
+//! ([`Options::max_packet`]), job handles, names and keys (protocol errors
+//! past their limits), and each foreground result ([`Options::max_result`]).
 
 pub mod admin;
 mod client;
@@ -24,11 +29,13 @@ pub mod proto;
 mod servers;
 pub mod worker;
 
-pub use client::{Client, ClientStats, DeferredFailure, DeferredReport, Options};
+pub use client::{
+    Client, ClientStats, DeferredFailure, DeferredReport, Options, DEFAULT_MAX_RESULT,
+};
 pub use conn::{Connection, Interrupt};
 pub use error::{Error, ErrorKind, Result};
 pub use job::{
-    first_known, Event, Job, JobHandle, JobStatus, Known, Priority, UniqueStatus, MAX_FUNCTION,
-    MAX_UNIQUE,
+    first_known, validate_function_name, Event, Job, JobHandle, JobStatus, Known, Priority,
+    UniqueStatus, MAX_FUNCTION, MAX_UNIQUE,
 };
 pub use servers::{Router, ServerAddr, ServerList, DEFAULT_PORT};

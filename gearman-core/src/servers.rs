@@ -29,10 +29,20 @@ pub struct ServerAddr {
 
 impl ServerAddr {
     /// Parses one `host[:port]` entry.
+    ///
+    /// `host` is a host name or IPv4 address (ASCII letters, digits, `-`,
+    /// `.` and `_`) or an IPv6 address in brackets (`[::1]`, `[fe80::1]:4731`);
+    /// `port` is 1 to 65535 and defaults to 4730. Anything else is refused
+    /// with an error naming the entry: a bare IPv6 address (`::1`), more
+    /// than one colon outside brackets (`a:b:c`, `garbage:::`), an empty or
+    /// non-numeric port (`host:`, `127.0.0.1:4731:`), text after `]`.
     pub fn parse(s: &str) -> Result<ServerAddr> {
         let s = s.trim();
-        let bad =
-            |why: &str| Error::invalid_argument(format!("invalid server address {s:?}: {why}"));
+        let bad = |why: &str| {
+            Error::invalid_argument(format!(
+                "invalid server address {s:?}: {why} (expected host[:port] or [ipv6]:port)"
+            ))
+        };
         if s.is_empty() {
             return Err(bad("empty"));
         }
@@ -45,26 +55,57 @@ impl ServerAddr {
                 None if after.is_empty() => None,
                 None => return Err(bad("unexpected text after ']'")),
             };
+            // An IPv6 address, optionally with a zone (`fe80::1%eth0`).
+            let (ip, zone) = match host.split_once('%') {
+                Some((ip, zone)) => (ip, Some(zone)),
+                None => (host, None),
+            };
+            if ip.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("brackets must hold an IPv6 address"));
+            }
+            if zone.is_some_and(|z| {
+                z.is_empty()
+                    || !z
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            }) {
+                return Err(bad("bad IPv6 zone after '%'"));
+            }
             (host, port)
-        } else if s.matches(':').count() > 1 {
-            // A bare IPv6 address without a port.
-            (s, None)
         } else {
-            match s.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (s, None),
+            match s.matches(':').count() {
+                0 => (s, None),
+                1 => {
+                    let (h, p) = s.split_once(':').expect("one colon");
+                    (h, Some(p))
+                }
+                _ => {
+                    return Err(bad(
+                        "more than one ':' (an IPv6 address goes in brackets, e.g. [::1]:4730)",
+                    ))
+                }
             }
         };
         if host.is_empty() {
             return Err(bad("empty host"));
         }
-        if host.contains(|c: char| c.is_whitespace() || c == '/' || c == ',') {
-            return Err(bad("host contains a space, '/' or ','"));
+        if !s.starts_with('[')
+            && !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(bad(
+                "a host name may hold only ASCII letters, digits, '-', '.' and '_'",
+            ));
         }
         let port = match port {
             None => DEFAULT_PORT,
+            Some("") => return Err(bad("empty port after ':'")),
+            Some(p) if !p.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(bad("port must be a number from 1 to 65535"))
+            }
             Some(p) => match p.parse::<u16>() {
-                Ok(0) | Err(_) => return Err(bad("port must be 1 to 65535")),
+                Ok(0) | Err(_) => return Err(bad("port must be a number from 1 to 65535")),
                 Ok(p) => p,
             },
         };
@@ -271,7 +312,7 @@ mod tests {
 
     #[test]
     fn parses_hosts_ports_and_ipv6() {
-        let l = ServerList::parse("a, b:7003,[::1]:4731,[fe80::1],::1").unwrap();
+        let l = ServerList::parse("a, b:7003,[::1]:4731,[fe80::1],[::1]").unwrap();
         let got: Vec<String> = l.iter().map(|a| a.to_string()).collect();
         assert_eq!(
             got,
@@ -297,6 +338,107 @@ mod tests {
         ] {
             let e = ServerList::parse(bad).unwrap_err();
             assert_eq!(e.kind(), &crate::ErrorKind::InvalidArgument, "{bad}");
+        }
+    }
+
+    /// Issue 10 item 6: only `host[:port]` and `[ipv6][:port]`; the error
+    /// names the offending entry.
+    #[test]
+    fn refuses_what_is_not_host_port_naming_the_entry() {
+        for bad in [
+            "garbage:::",
+            "a:b:c",
+            "127.0.0.1:4731:",
+            "host:",
+            "::1",
+            "fe80::1",
+            "::",
+            "a:+1",
+            "a: 1",
+            "a:-1",
+            "[]",
+            "[]:4730",
+            "[host]:4730",
+            "[127.0.0.1]",
+            "[::1]:",
+            "[::1]:x",
+            "[::1]::4730",
+            "[::1%]",
+            "h/x",
+            "h@x",
+            "h\nx",
+            "h\u{7f}",
+            "[[::1]]",
+            "h]:1",
+            "héllo",
+        ] {
+            let list = format!("good:4730, {bad} ,other");
+            let e = ServerList::parse(&list).unwrap_err();
+            assert_eq!(e.kind(), &crate::ErrorKind::InvalidArgument, "{bad}");
+            assert!(
+                e.to_string().contains(&format!("{:?}", bad.trim())),
+                "{bad}: error does not name the entry: {e}"
+            );
+        }
+        for good in [
+            "h",
+            "h:1",
+            "h:65535",
+            "my-host.example.com:4730",
+            "under_score",
+            "10.0.0.1",
+            "[::1]",
+            "[::1]:4731",
+            "[fe80::1%eth0]:4730",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            ServerList::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Parsing never panics; whatever it accepts prints as a list
+            /// that parses back to the same servers.
+            #[test]
+            fn accepted_lists_round_trip(s in "[a-z0-9:\\[\\].,% _-]{0,40}") {
+                if let Ok(l) = ServerList::parse(&s) {
+                    let again = ServerList::parse(&l.to_string()).unwrap();
+                    prop_assert_eq!(again, l);
+                } else {
+                    let e = ServerList::parse(&s).unwrap_err();
+                    prop_assert_eq!(e.kind(), &crate::ErrorKind::InvalidArgument);
+                }
+            }
+
+            /// Two or more colons outside brackets is never a server.
+            #[test]
+            fn two_colons_without_brackets_are_refused(
+                a in "[a-z0-9.]{0,8}", b in "[a-z0-9.]{0,8}", c in "[a-z0-9:]{0,8}"
+            ) {
+                let s = format!("{a}:{b}:{c}");
+                prop_assert!(ServerAddr::parse(&s).is_err(), "{} accepted", s);
+            }
+
+            /// Every host name and port is accepted and kept as given.
+            #[test]
+            fn host_port_is_accepted(h in "[a-z0-9][a-z0-9.-]{0,20}", p in 1u16..) {
+                let a = ServerAddr::parse(&format!("{h}:{p}")).unwrap();
+                prop_assert_eq!((a.host.as_str(), a.port), (h.as_str(), p));
+            }
+
+            /// Every IPv6 address in brackets is accepted, with or without port.
+            #[test]
+            fn bracketed_ipv6_is_accepted(ip in any::<std::net::Ipv6Addr>(), p in 1u16..) {
+                let a = ServerAddr::parse(&format!("[{ip}]:{p}")).unwrap();
+                prop_assert_eq!((a.host.clone(), a.port), (ip.to_string(), p));
+                let b = ServerAddr::parse(&format!("[{ip}]")).unwrap();
+                prop_assert_eq!(b.port, DEFAULT_PORT);
+                prop_assert!(ServerAddr::parse(&ip.to_string()).is_err());
+            }
         }
     }
 

@@ -2,6 +2,12 @@
 //! sleeps and wakes per protocol.md 4.4 and 7.3, reconnects with back-off,
 //! and stops gracefully.
 //!
+//! Jobs are grabbed with GRAB_JOB_UNIQ where the server answers it, and
+//! with GRAB_JOB where it does not (Perl's Gearman::Server answers ERROR):
+//! the first GRAB_JOB_UNIQ on each connection is followed by an ECHO_REQ,
+//! and an echo that comes back with no GRAB reply before it switches that
+//! connection to GRAB_JOB.
+//!
 //! One connection per server, each served by its own thread. A connection
 //! runs one job at a time; for N jobs of a function at once run N workers.
 
@@ -26,6 +32,30 @@ pub enum WorkError {
     /// WORK_FAIL, or as WORK_EXCEPTION(message) when
     /// [`WorkerOptions::exceptions`] is set.
     Exception(Vec<u8>),
+}
+
+/// The payload of the ECHO_REQ that follows the first GRAB_JOB_UNIQ on a
+/// connection ([`Worker::probe`]).
+const PROBE_ECHO: &[u8] = b"gearman-core grab probe";
+
+/// How a connection grabs jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grab {
+    /// Not known yet: GRAB_JOB_UNIQ with an echo behind it.
+    Probe,
+    /// GRAB_JOB_UNIQ (answered on this connection).
+    Uniq,
+    /// GRAB_JOB (GRAB_JOB_UNIQ refused or dropped on this connection).
+    Plain,
+}
+
+impl Grab {
+    fn name(self) -> &'static str {
+        match self {
+            Grab::Probe | Grab::Uniq => "GRAB_JOB_UNIQ",
+            Grab::Plain => "GRAB_JOB",
+        }
+    }
 }
 
 type Handler = Arc<dyn Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync>;
@@ -124,7 +154,9 @@ impl JobContext<'_> {
         &self.function
     }
 
-    /// The unique key (empty if none).
+    /// The unique key (empty if none, and always empty on a server that
+    /// does not answer GRAB_JOB_UNIQ, such as Perl's Gearman::Server: the
+    /// worker grabs with GRAB_JOB there, whose JOB_ASSIGN carries no key).
     pub fn unique(&self) -> &[u8] {
         &self.unique
     }
@@ -200,7 +232,9 @@ impl Worker {
     }
 
     /// Registers `name` (CAN_DO) with its handler. Registering a name again
-    /// replaces its handler.
+    /// replaces its handler. The name is checked by [`Worker::run`] with
+    /// [`validate_function_name`](crate::validate_function_name) (no
+    /// control characters or whitespace; 1 to 512 bytes).
     pub fn register(
         &mut self,
         name: &str,
@@ -216,18 +250,15 @@ impl Worker {
     }
 
     /// Serves jobs until stopped. Returns `Err` only for a setup error (no
-    /// function registered, a bad function name); connection failures are
+    /// function registered, a function name refused by
+    /// [`validate_function_name`](crate::validate_function_name)); connection failures are
     /// retried with back-off for as long as the worker runs.
     pub fn run(self) -> Result<()> {
         if self.functions.is_empty() {
             return Err(Error::invalid_argument("no function registered"));
         }
         for (name, _) in &self.functions {
-            if name.is_empty() || name.contains('\0') {
-                return Err(Error::invalid_argument(format!(
-                    "invalid function name {name:?}"
-                )));
-            }
+            crate::job::validate_function_name(name.as_bytes())?;
         }
         let shared = Arc::new(self);
         let mut threads = Vec::new();
@@ -306,13 +337,39 @@ impl Worker {
     }
 
     /// The GRAB / work / PRE_SLEEP loop on one connection. `Ok` on stop.
+    ///
+    /// Grabs with GRAB_JOB_UNIQ (the unique key reaches the handler) where
+    /// the server answers it, else with GRAB_JOB (JOB_ASSIGN, no unique key):
+    /// Perl's Gearman::Server answers GRAB_JOB_UNIQ with ERROR. Which one is
+    /// decided per connection, by [`Worker::probe`], so a reconnect (maybe
+    /// to another server behind the same address) asks again.
     fn serve(&self, conn: &mut Connection) -> Result<()> {
+        let mut grab = Grab::Probe;
         loop {
             if self.stop.is_stopped() {
                 return Ok(());
             }
-            conn.queue_packet(&Packet::req(PacketType::GrabJobUniq, vec![]))?;
-            let reply = self.next_reply(conn)?;
+            let reply = match grab {
+                Grab::Probe => match self.probe(conn)? {
+                    Some(reply) => {
+                        grab = Grab::Uniq;
+                        reply
+                    }
+                    None => {
+                        grab = Grab::Plain;
+                        conn.queue_packet(&Packet::req(PacketType::GrabJob, vec![]))?;
+                        self.next_reply(conn)?
+                    }
+                },
+                Grab::Uniq => {
+                    conn.queue_packet(&Packet::req(PacketType::GrabJobUniq, vec![]))?;
+                    self.next_reply(conn)?
+                }
+                Grab::Plain => {
+                    conn.queue_packet(&Packet::req(PacketType::GrabJob, vec![]))?;
+                    self.next_reply(conn)?
+                }
+            };
             match reply.kind {
                 PacketType::JobAssignUniq | PacketType::JobAssign | PacketType::JobAssignAll => {
                     self.work(conn, reply)?;
@@ -324,8 +381,9 @@ impl Worker {
                 }
                 other => {
                     return Err(Error::protocol(format!(
-                        "unexpected {} in reply to GRAB_JOB_UNIQ",
-                        other.name()
+                        "unexpected {} in reply to {}",
+                        other.name(),
+                        grab.name()
                     ))
                     .at(conn.addr()))
                 }
@@ -333,14 +391,56 @@ impl Worker {
         }
     }
 
-    /// The reply to a GRAB: skips NOOPs and logs unsolicited ERRORs
-    /// (protocol.md 4.7: ERROR for a late WORK_* result arrives here).
+    /// The first grab on a connection: GRAB_JOB_UNIQ followed by ECHO_REQ.
+    /// A job server answers in order, so a GRAB reply (NO_JOB or a
+    /// JOB_ASSIGN*) before the echo means GRAB_JOB_UNIQ is known: that reply
+    /// is returned. The echo with no GRAB reply before it means the server
+    /// refused GRAB_JOB_UNIQ (an ERROR, as Perl's Gearman::Server sends) or
+    /// dropped it: `None`, and the caller grabs with GRAB_JOB from then on.
+    /// An ERROR alone decides nothing: it may be unsolicited (protocol.md
+    /// 4.7). The echo that follows an answered GRAB is skipped later.
+    fn probe(&self, conn: &mut Connection) -> Result<Option<Packet>> {
+        conn.queue_packet(&Packet::req(PacketType::GrabJobUniq, vec![]))?;
+        conn.queue_packet(&Packet::req(PacketType::EchoReq, vec![PROBE_ECHO.to_vec()]))?;
+        let deadline = Some(Instant::now() + self.opts.io_timeout);
+        let mut refusal = None;
+        loop {
+            let p = conn.recv(deadline, None)?;
+            match p.kind {
+                PacketType::Noop => continue,
+                PacketType::Error => {
+                    log::debug!(
+                        "job server {} sent ERROR {}: {} after GRAB_JOB_UNIQ",
+                        conn.addr(),
+                        p.arg_str(0),
+                        p.arg_str(1)
+                    );
+                    refusal = Some(format!("ERROR {}: {}", p.arg_str(0), p.arg_str(1)));
+                }
+                PacketType::EchoRes if p.arg(0) == PROBE_ECHO => {
+                    log::info!(
+                        "job server {} does not answer GRAB_JOB_UNIQ ({}); grabbing \
+                         with GRAB_JOB on this connection (handlers see no unique key)",
+                        conn.addr(),
+                        refusal.as_deref().unwrap_or("no reply")
+                    );
+                    return Ok(None);
+                }
+                PacketType::EchoRes => continue,
+                _ => return Ok(Some(p)),
+            }
+        }
+    }
+
+    /// The reply to a GRAB: skips NOOPs and the probe's echo, and logs
+    /// unsolicited ERRORs (protocol.md 4.7: ERROR for a late WORK_* result
+    /// arrives here).
     fn next_reply(&self, conn: &mut Connection) -> Result<Packet> {
         let deadline = Some(Instant::now() + self.opts.io_timeout);
         loop {
             let p = conn.recv(deadline, None)?;
             match p.kind {
-                PacketType::Noop => continue,
+                PacketType::Noop | PacketType::EchoRes => continue,
                 PacketType::Error => {
                     log::warn!(
                         "job server {} reported {}: {}",
@@ -362,6 +462,8 @@ impl Worker {
             while let Some(p) = conn.next_packet()? {
                 match p.kind {
                     PacketType::Noop => return Ok(()),
+                    // The probe's echo, when its GRAB was answered first.
+                    PacketType::EchoRes => {}
                     PacketType::Error => log::warn!(
                         "job server {} reported {}: {}",
                         conn.addr(),

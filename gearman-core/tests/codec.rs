@@ -234,6 +234,21 @@ fn any_packet() -> impl Strategy<Value = Packet> {
         (leading, last).prop_map(move |(mut args, last)| {
             if n > 0 {
                 let mut last = last;
+                // A server's handles, numbers and codes are bounded
+                // (decode refuses longer ones): keep those in bounds.
+                if !req
+                    && matches!(
+                        kind,
+                        PacketType::JobCreated
+                            | PacketType::WorkFail
+                            | PacketType::OptionRes
+                            | PacketType::StatusRes
+                            | PacketType::StatusResUnique
+                            | PacketType::WorkStatus
+                    )
+                {
+                    last.truncate(63);
+                }
                 // Received handles lose trailing NULs: keep them out of
                 // single-field handle packets so the round trip is exact.
                 if !req && n == 1 {

@@ -79,6 +79,11 @@ fn ensure_connected_does_not_wait_for_deferred_confirmations_and_proves_no_answe
     let mut g = Gearmand::start();
     let mut c = common::client(&g.addr());
     c.ensure_connected().unwrap();
+    // The first SUBMIT_JOB_BG on a connection is awaited; once answered,
+    // the type is pipelined without waiting.
+    c.submit_background_deferred(&[Job::new("ec_warm", "w")])
+        .unwrap();
+    assert_eq!(c.collect_deferred(false).confirmed, 1);
     // A stopped gearmand: the kernel still holds the connection open, so
     // the check passes although nothing will answer.
     g.pause();
@@ -86,10 +91,10 @@ fn ensure_connected_does_not_wait_for_deferred_confirmations_and_proves_no_answe
         .map(|i| Job::new("ec_stopped", format!("j{i}")).with_unique(format!("u{i}")))
         .collect();
     c.submit_background_deferred(&jobs).unwrap();
-    assert_eq!(c.deferred_written(), 3);
+    assert_eq!(c.deferred_written(), 4);
     assert_eq!(c.ensure_connected().unwrap(), addr(&g));
     c.submit_background_deferred(&jobs[..1]).unwrap();
-    assert_eq!(c.deferred_written(), 4);
+    assert_eq!(c.deferred_written(), 5);
     let r = c.take_deferred_report();
     assert_eq!((r.confirmed, r.failed.len(), r.pending), (0, 0, 4), "{r:?}");
 

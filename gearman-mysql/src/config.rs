@@ -10,17 +10,80 @@
 //!
 //! ```toml
 //! servers = "127.0.0.1:4730"      # default job servers ("host[:port],...")
-//! connect_timeout_ms = 2000       # TCP connect, per server
-//! io_timeout_ms = 5000            # one submit / status exchange
-//! foreground_timeout_ms = 30000   # gman_do*: whole wait for the result; 0 = unbounded
-//! allow_servers_set = true        # false: gman_servers_set() is refused
-//! max_idle_connections = 64       # pooled clients kept per server list
+//! connect_timeout_ms = 2000       # one TCP connect, within the call's bound below
+//! io_timeout_ms = 5000            # whole bound of a background call, gman_job_status(), gman_server_status()
+//! foreground_timeout_ms = 30000   # whole bound of gman_do* and a gman_sum group; 0 = no bound on the result wait
+//! allow_servers_set = false       # default: gman_servers_set() is refused (see below)
+//! max_idle_connections = 64       # idle pooled clients kept, all server lists together
+//! idle_timeout_ms = 60000         # an idle pooled client unused this long is closed
 //! max_sum_rows = 100000           # rows one gman_sum group may collect
+//! max_result_bytes = 16777216     # largest gman_do* result (bytes, 1 B to 1 GiB), see below
 //! background_dispatch = "round_trip"  # or "pipelined", see below
 //!
 //! [function_servers]              # per-function server lists
 //! resize_image = "10.0.0.7:4730,10.0.0.8"
 //! ```
+//!
+//! ## Timeouts: one deadline per call
+//!
+//! Every call has one deadline from its start, and connecting, failing over
+//! to the next server and waiting for replies all draw from it:
+//! `foreground_timeout_ms` for `gman_do*` and for a `gman_sum` group (all
+//! its rows and server lists together), `io_timeout_ms` for a background
+//! call (until JOB_CREATED, or until written in pipelined mode) and for the
+//! walks of `gman_job_status()` and `gman_server_status()` over every
+//! server and list (a server not reached in time is reported as an error
+//! entry). Each TCP connect takes at most `connect_timeout_ms` of it; with
+//! many unreachable servers the call ends at its deadline, not after one
+//! connect timeout per server. A background call that timed out waiting
+//! for JOB_CREATED may still have been queued: give such jobs a unique key
+//! before retrying them. With `foreground_timeout_ms = 0` a foreground call
+//! has no overall bound on its wait for the result (connecting and failing
+//! over still end within `io_timeout_ms`).
+//!
+//! ## `max_result_bytes`
+//!
+//! The largest result a `gman_do*` call accepts: the WORK_DATA chunks and
+//! the WORK_COMPLETE data of its job together, 16 MiB (16,777,216 bytes) by
+//! default, MariaDB's largest UDF string result by default; at most 1 GiB
+//! (`max_allowed_packet`'s limit). A job whose result grows past it fails
+//! as soon as it does (the rest is read and dropped, never kept): that row
+//! is NULL and `gman_last_error()` says `result of job H exceeded N bytes`.
+//! It is also the result length the functions declare to the server.
+//! `gman_sum` accepts at most [`SUM_RESULT_MAX`] bytes per row (an integer
+//! as text), so a group holds at most `max_sum_rows` times that.
+//!
+//! ## Connection pool
+//!
+//! The library keeps the connections to the job servers open between calls,
+//! in one pool shared by all sessions and all server lists (the default
+//! list, per-function lists, lists set by `gman_servers_set`). Each call
+//! uses one pooled client (a set of connections, at most one per server of
+//! the call's list); it is returned to the pool afterwards. Bounds:
+//!
+//! - idle: at most `max_idle_connections` idle clients (64), each with at
+//!   most one connection per server of the list it last served; returning a
+//!   client to a full pool closes the least recently used idle one. A server
+//!   named in many lists is reached through the same pooled client when the
+//!   lists share it (a client taken for another list keeps the connections
+//!   to the servers both lists name and closes the others), so it has one
+//!   pooled connection per concurrent caller, not one per list.
+//! - in use: one client per call running at that moment.
+//! - time: an idle client unused for `idle_timeout_ms` (60 s) is closed at
+//!   the next call of any session (there is no background thread).
+//!   `max_idle_connections = 0` closes every client after its call.
+//!
+//! ## `allow_servers_set`
+//!
+//! `false` by default: `gman_servers_set()` then fails at `_init` (the
+//! statement fails with `gman_servers_set is disabled: allow_servers_set =
+//! false ...`) for every SQL user, root included, because UDFs need no
+//! privilege and the server list it sets is process-wide: any user with
+//! only USAGE could otherwise send every session's jobs, payloads included,
+//! to a server of their choice. The server's administrator enables it by
+//! writing `allow_servers_set = true` here (and restarting mariadbd or
+//! reloading the library); the default server list and per-function lists
+//! belong in this file (`servers`, `[function_servers]`) either way.
 //!
 //! ## `background_dispatch`
 //!
@@ -32,22 +95,31 @@
 //! - `"round_trip"` (the default): each call sends SUBMIT_JOB_BG and waits for
 //!   gearmand's JOB_CREATED (one network round trip per row). The call
 //!   returns the job handle (`H:host:n`); a refusal (e.g. `QUEUE_ERROR` from
-//!   `maxqueue`) is that row's error: NULL with the error flag.
+//!   `maxqueue`) is that row's error: NULL for that row (see `gman_last_error()`).
 //! - `"pipelined"`: each call writes SUBMIT_JOB_BG and returns at once,
 //!   without waiting for JOB_CREATED; the confirmations are read later on the
 //!   same pooled connection. No job handle exists yet, so the call returns
 //!   the job's unique key: the caller's, or a generated one (36 characters,
 //!   UUID-shaped) when none was given; `gman_job_status()` accepts it. A call
-//!   still fails (NULL + error flag) when the job cannot be written (no server
-//!   reachable). A job that gearmand refuses, or whose connection is lost
-//!   before its confirmation arrives (fate unknown), is noticed only when the
+//!   still fails (NULL for that row) when the job cannot be written (no server
+//!   reachable). The first job of each kind (background, scheduled) on a
+//!   new connection waits for its confirmation (within `io_timeout_ms`), so
+//!   a server that ignores a packet type (Python `gear` ignores
+//!   SUBMIT_JOB_EPOCH) is found out before anything is pipelined behind it;
+//!   such a first job that is refused or not answered in time fails its own
+//!   row (NULL, fate unknown when unanswered). A job that gearmand refuses, or whose confirmation does
+//!   not arrive within `io_timeout_ms` of its write or whose connection is
+//!   lost first (fate unknown: it may have been queued; the connection is
+//!   then closed), is noticed only when the
 //!   confirmations are collected: at the start and end of later calls that use
 //!   the same pooled connection (from any session) and at the end of
 //!   statements that submitted pipelined jobs (without waiting). It is then
 //!   reported by the thread that collected it: one error-log line per
 //!   statement with the counts (`pipelined background dispatch: N jobs not
-//!   queued ...`) and that session's `gman_last_error()`; the row that
-//!   submitted it has already returned its key. Confirmations still unread
+//!   confirmed; R refused ...; U of unknown fate ...`); and in `gman_last_error()` of the connection that
+//!   submitted the job (only of that one, even when another session's call
+//!   collected the confirmation; the last 16,384 submitters are remembered);
+//!   the row that submitted it has already returned its key. Confirmations still unread
 //!   when mariadbd shuts down are not reported. Use it where throughput
 //!   matters more than a per-row answer (bulk `SELECT`s, busy triggers), or
 //!   use the outbox (`sql/mysql/outbox.sql`) where no job may be lost.
@@ -73,8 +145,16 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_IO_TIMEOUT_MS: u64 = 5_000;
 /// Default bound of a foreground call (`gman_do*`, `gman_sum`): 30 s.
 pub const DEFAULT_FOREGROUND_TIMEOUT_MS: u64 = 30_000;
-/// Default number of idle pooled clients kept per server list.
+/// Default number of idle pooled clients kept (all server lists together).
 pub const DEFAULT_MAX_IDLE: usize = 64;
+/// Default [`Config::max_result_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_RESULT: u64 = gearman_core::DEFAULT_MAX_RESULT as u64;
+/// Largest `max_result_bytes`: 1 GiB.
+pub const MAX_MAX_RESULT: u64 = 1 << 30;
+/// Largest result of one `gman_sum` row's job (an integer as text).
+pub const SUM_RESULT_MAX: usize = 4096;
+/// Default idle time after which a pooled client is closed: 60 s.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Default cap on the rows one `gman_sum` group collects.
 pub const DEFAULT_MAX_SUM_ROWS: usize = 100_000;
 
@@ -106,12 +186,22 @@ pub struct Config {
     pub io_timeout_ms: u64,
     #[serde(default = "d_fg")]
     pub foreground_timeout_ms: u64,
-    #[serde(default = "d_true")]
+    /// Whether `gman_servers_set()` may change the routing (default false).
+    #[serde(default)]
     pub allow_servers_set: bool,
+    /// Idle pooled clients kept, all server lists together (see the
+    /// module docs, "Connection pool").
     #[serde(default = "d_idle")]
     pub max_idle_connections: usize,
+    /// An idle pooled client unused for this long is closed (at the next
+    /// call of any session).
+    #[serde(default = "d_idle_timeout")]
+    pub idle_timeout_ms: u64,
     #[serde(default = "d_sum_rows")]
     pub max_sum_rows: usize,
+    /// Largest `gman_do*` result in bytes (see the module docs).
+    #[serde(default = "d_max_result")]
+    pub max_result_bytes: u64,
     /// `"round_trip"` (default) or `"pipelined"`.
     #[serde(default)]
     pub background_dispatch: BackgroundDispatch,
@@ -126,11 +216,14 @@ fn d_io() -> u64 {
 fn d_fg() -> u64 {
     DEFAULT_FOREGROUND_TIMEOUT_MS
 }
-fn d_true() -> bool {
-    true
-}
 fn d_idle() -> usize {
     DEFAULT_MAX_IDLE
+}
+fn d_idle_timeout() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_MS
+}
+fn d_max_result() -> u64 {
+    DEFAULT_MAX_RESULT
 }
 fn d_sum_rows() -> usize {
     DEFAULT_MAX_SUM_ROWS
@@ -144,9 +237,11 @@ impl Default for Config {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
             foreground_timeout_ms: DEFAULT_FOREGROUND_TIMEOUT_MS,
-            allow_servers_set: true,
+            allow_servers_set: false,
             max_idle_connections: DEFAULT_MAX_IDLE,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             max_sum_rows: DEFAULT_MAX_SUM_ROWS,
+            max_result_bytes: DEFAULT_MAX_RESULT,
             background_dispatch: BackgroundDispatch::RoundTrip,
         }
     }
@@ -158,6 +253,12 @@ impl Config {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if c.connect_timeout_ms == 0 || c.io_timeout_ms == 0 {
             return Err("connect_timeout_ms and io_timeout_ms must be > 0".into());
+        }
+        if c.max_result_bytes == 0 || c.max_result_bytes > MAX_MAX_RESULT {
+            return Err(format!(
+                "max_result_bytes = {} is out of range (1 to {MAX_MAX_RESULT})",
+                c.max_result_bytes
+            ));
         }
         Ok(c)
     }
@@ -204,6 +305,17 @@ mod tests {
     }
 
     #[test]
+    fn servers_set_is_off_unless_enabled() {
+        assert!(!Config::default().allow_servers_set);
+        assert!(!Config::parse("servers = \"a\"").unwrap().allow_servers_set);
+        assert!(
+            Config::parse("allow_servers_set = true")
+                .unwrap()
+                .allow_servers_set
+        );
+    }
+
+    #[test]
     fn full_file_parses() {
         let c = Config::parse(
             "servers = \"a:1,b\"\nallow_servers_set = false\nforeground_timeout_ms = 0\n\
@@ -222,6 +334,14 @@ mod tests {
         assert!(Config::parse("connect_timeout_ms = 0").is_err());
         assert!(Config::parse("servers = 5").is_err());
         assert!(Config::parse("background_dispatch = \"later\"").is_err());
+        assert!(Config::parse("max_result_bytes = 0").is_err());
+        assert!(Config::parse("max_result_bytes = 1073741825").is_err());
+        assert_eq!(
+            Config::parse("max_result_bytes = 1024")
+                .unwrap()
+                .max_result_bytes,
+            1024
+        );
     }
 
     #[test]

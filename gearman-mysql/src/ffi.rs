@@ -1,17 +1,25 @@
 //! Glue between the C calling convention and [`crate::funcs`]. Every entry
 //! point runs inside `catch_unwind`: a panic becomes an error result (init
-//! message, or NULL + error flag), never an unwind into mariadbd.
+//! message, or NULL for that row), never an unwind into mariadbd.
+//!
+//! A failing row returns NULL with the error flag left clear: MariaDB and
+//! MySQL stop calling a UDF for the rest of the statement (and every later
+//! group of an aggregate) once it sets the flag, so one bad row would turn
+//! every later row NULL without sending its job. The failure is reported by
+//! `gman_last_error()` and the statement's error-log line instead.
 
 use crate::abi::{self, UdfArgs, UdfInit};
 use crate::funcs::{check_args, servers_set_locked, Call, Kind};
-use crate::runtime::{flush_deferred_failures, log_error, runtime, set_last_error};
+use crate::runtime::{
+    clear_last_error, flush_deferred_failures, log_error, runtime, set_last_error,
+};
 use std::os::raw::{c_char, c_ulong};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Result strings may be this long; the server picks the column type from it
-/// (16 MiB: MEDIUMBLOB-sized, the default `max_allowed_packet`). Longer
-/// results are still returned whole in a plain SELECT.
-const RESULT_MAX_LENGTH: c_ulong = 16 * 1024 * 1024;
+/// Result strings may be this long unless the configuration says otherwise
+/// (`max_result_bytes`); the server picks the column type from it (16 MiB:
+/// MEDIUMBLOB-sized, the default `max_allowed_packet`).
+const RESULT_MAX_LENGTH: c_ulong = crate::config::DEFAULT_MAX_RESULT as c_ulong;
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -35,6 +43,11 @@ pub unsafe fn init(
     message: *mut c_char,
 ) -> c_char {
     let r = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+        // A statement that calls a gman_* function starts with a clean
+        // slate for its connection (see `crate::session`).
+        if kind != Kind::LastError {
+            clear_last_error();
+        }
         if initid.is_null() || args.is_null() {
             return Err(format!("{name}: called without UDF_INIT/UDF_ARGS"));
         }
@@ -58,7 +71,9 @@ pub unsafe fn init(
         initid.const_item = 0;
         initid.decimals = 0;
         if kind != Kind::Sum {
-            initid.max_length = RESULT_MAX_LENGTH;
+            initid.max_length = runtime()
+                .map(|rt| rt.config.max_result_bytes as c_ulong)
+                .unwrap_or(RESULT_MAX_LENGTH);
         } else {
             initid.max_length = 21;
         }
@@ -192,22 +207,18 @@ pub unsafe fn call_string(
             }
         }
     }));
+    if let Err(p) = &r {
+        panicked(initid, &**p);
+    }
     match r {
         Ok(Some(p)) => p,
-        Ok(None) => {
+        // A failed row (or a panic): NULL for this row only, never the
+        // error flag (see the module docs).
+        Ok(None) | Err(_) => {
             // SAFETY: the server's flag pointers.
             unsafe {
                 set_flag(is_null, 1);
-                set_flag(error, 1);
-            }
-            std::ptr::null_mut()
-        }
-        Err(p) => {
-            panicked(initid, &*p);
-            // SAFETY: the server's flag pointers.
-            unsafe {
-                set_flag(is_null, 1);
-                set_flag(error, 1);
+                set_flag(error, 0);
             }
             std::ptr::null_mut()
         }
@@ -307,10 +318,12 @@ pub unsafe fn sum_value(
     let (value, null, err) = match r {
         Ok(Ok(Some(v))) => (v, 0, 0),
         Ok(Ok(None)) => (0, 1, 0),
-        Ok(Err(())) => (0, 1, 1),
+        // This group only: NULL without the error flag, so later groups
+        // are still computed (see the module docs).
+        Ok(Err(())) => (0, 1, 0),
         Err(p) => {
             panicked(initid, &*p);
-            (0, 1, 1)
+            (0, 1, 0)
         }
     };
     // SAFETY: the server's flag pointers.
@@ -454,7 +467,7 @@ mod tests {
             )
         };
         assert!(p.is_null());
-        assert_eq!((is_null, err), (1, 1));
+        assert_eq!((is_null, err), (1, 0));
         assert_eq!(
             last_error().as_deref(),
             Some("gman_do: function name is NULL")
@@ -465,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn a_panic_becomes_null_and_error_flag() {
+    fn a_panic_becomes_null_for_that_row() {
         let mut a = fake(&[]);
         let mut i = new_init();
         let mut msg = [0 as c_char; ERRMSG_SIZE];
@@ -493,7 +506,7 @@ mod tests {
             )
         };
         assert!(p.is_null());
-        assert_eq!((is_null, err), (1, 1));
+        assert_eq!((is_null, err), (1, 0));
         let e = last_error().unwrap();
         assert!(
             e.contains("internal error") && e.contains("injected"),
@@ -530,7 +543,7 @@ mod tests {
             )
         };
         assert!(p.is_null());
-        assert_eq!((is_null, err), (1, 1));
+        assert_eq!((is_null, err), (1, 0));
         assert_eq!(
             unsafe { sum_value(null_mut(), null_mut(), &mut is_null, &mut err) },
             0

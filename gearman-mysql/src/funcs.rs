@@ -4,11 +4,13 @@
 use crate::abi::{
     Arg, ItemResult, DECIMAL_RESULT, INT_RESULT, REAL_RESULT, ROW_RESULT, STRING_RESULT,
 };
+use crate::config::SUM_RESULT_MAX;
 use crate::runtime::{
     generate_unique, last_error, note_deferred, runtime, set_last_error, Runtime,
 };
-use gearman_core::admin::Admin;
+use crate::session::{note_submitter, take_submitter};
 use gearman_core::{Job, Priority, ServerList};
+use std::time::Instant;
 
 /// Longest unique key gearmand accepts (it silently cuts longer ones; we refuse).
 pub const MAX_UNIQUE: usize = 63;
@@ -175,7 +177,7 @@ impl Call {
             Kind::Do(p) => self.do_foreground(rt, args, p).map(Some),
             Kind::Background(p) => self.do_background(rt, args, p, None).map(Some),
             Kind::Epoch => self.do_epoch(rt, args).map(Some),
-            Kind::ServersSet => self.servers_set(rt, args).map(Some),
+            Kind::ServersSet => self.servers_set(rt, args),
             Kind::JobStatus => self.job_status(rt, args).map(Some),
             Kind::ServerStatus => self.server_status(rt).map(Some),
             Kind::Sum | Kind::LastError => Err("not a string function".into()),
@@ -220,7 +222,9 @@ impl Call {
     ) -> Result<Vec<u8>, String> {
         let job = self.job(args, 2)?.with_priority(p);
         let servers = rt.servers_for(&job.function);
-        rt.with_client(&servers, |c| c.run(&job))
+        // One bound for the whole call: connecting, failing over, waiting.
+        let deadline = rt.options().foreground_timeout.map(|t| Instant::now() + t);
+        rt.with_client_until(&servers, deadline, |c| c.run(&job))
             .map_err(|e| describe(&job, &e))
     }
 
@@ -242,8 +246,15 @@ impl Call {
                 job = job.with_unique(generate_unique());
             }
             let key = job.unique_bytes().to_vec();
+            // Noted before the write: its confirmation may be collected
+            // (by any thread) as soon as it is written.
+            let fname = String::from_utf8_lossy(&job.function).into_owned();
+            note_submitter(fname.as_bytes(), &key);
             rt.with_client(&servers, |c| submit_pipelined(c, &job))
-                .map_err(|e| describe(&job, &e))?;
+                .map_err(|e| {
+                    take_submitter(fname.as_bytes(), &key);
+                    describe(&job, &e)
+                })?;
             self.pipelined += 1;
             return Ok(key);
         }
@@ -273,28 +284,29 @@ impl Call {
         self.do_background(rt, args, Priority::Normal, Some(t))
     }
 
-    fn servers_set(&mut self, rt: &Runtime, args: &[Arg<'_>]) -> Result<Vec<u8>, String> {
+    /// Returns its first argument as given (as gearman-mysql-udf did:
+    /// `'127.0.0.1'`, not `'127.0.0.1:4730'`); NULL when that argument is
+    /// NULL (the form that clears a function's own list).
+    fn servers_set(&mut self, rt: &Runtime, args: &[Arg<'_>]) -> Result<Option<Vec<u8>>, String> {
         if !rt.config.allow_servers_set {
             return Err(servers_set_locked(rt));
         }
         let function = args.get(1).and_then(Arg::to_bytes);
         if let Some(f) = &function {
-            if f.is_empty() {
-                return Err("function name is empty".into());
-            }
+            gearman_core::validate_function_name(f).map_err(|e| e.message().to_string())?;
         }
-        let list = match args.first().and_then(Arg::to_bytes) {
+        let given = args.first().and_then(Arg::to_bytes);
+        let list = match &given {
             Some(s) if !s.is_empty() => {
-                let s = std::str::from_utf8(&s)
-                    .map_err(|_| "servers is not valid UTF-8".to_string())?;
+                let s =
+                    std::str::from_utf8(s).map_err(|_| "servers is not valid UTF-8".to_string())?;
                 Some(ServerList::parse(s).map_err(|e| format!("servers '{s}': {e}"))?)
             }
             _ if function.is_some() => None,
             _ => return Err("servers is NULL or empty".into()),
         };
         rt.set_servers(function.as_deref(), list);
-        let now = rt.servers_for(function.as_deref().unwrap_or(b""));
-        Ok(now.to_string().into_bytes())
+        Ok(given)
     }
 
     fn job_status(&mut self, rt: &Runtime, args: &[Arg<'_>]) -> Result<Vec<u8>, String> {
@@ -302,6 +314,8 @@ impl Call {
             Some(k) if !k.is_empty() => k,
             _ => return Err("handle is NULL or empty".into()),
         };
+        // One bound for the whole walk over servers and lists.
+        let deadline = Some(Instant::now() + rt.options().io_timeout);
         let json = if key.starts_with(b"H:") {
             let handle =
                 String::from_utf8(key).map_err(|_| "handle is not valid UTF-8".to_string())?;
@@ -311,7 +325,7 @@ impl Call {
                     server: addr,
                     handle: handle.clone(),
                 };
-                rt.with_client(&list, |c| c.status(&jh))
+                rt.with_client_until(&list, deadline, |c| c.status(&jh))
             })
             .map_err(|e| e.to_string())?;
             serde_json::json!({
@@ -329,7 +343,7 @@ impl Call {
             // for, which the key does not tell: ask each distinct list,
             // default first, until one knows it.
             let s = gearman_core::first_known(rt.all_lists(), |list| {
-                rt.with_client(&list, |c| c.status_by_unique(&key))
+                rt.with_client_until(&list, deadline, |c| c.status_by_unique(&key))
             })
             .map_err(|e| e.to_string())?;
             serde_json::json!({
@@ -341,21 +355,28 @@ impl Call {
         Ok(json.to_string().into_bytes())
     }
 
+    /// Every server of the routing table, all within `io_timeout_ms` from
+    /// the start of the call (each connect within `connect_timeout_ms`); a
+    /// server not reached in time is an entry with its error.
     fn server_status(&mut self, rt: &Runtime) -> Result<Vec<u8>, String> {
-        let timeout = rt.options().connect_timeout.max(rt.options().io_timeout);
+        let deadline = Instant::now() + rt.options().io_timeout;
         let mut out = Vec::new();
         let mut errors = Vec::new();
         let servers = rt.all_servers();
-        for addr in &servers {
-            let r = Admin::connect(addr, timeout).and_then(|mut a| a.status());
+        let answers = gearman_core::admin::status_all(
+            servers.clone(),
+            rt.options().connect_timeout,
+            deadline,
+        );
+        for (addr, r) in answers {
             match r {
                 Ok(list) => {
                     for f in list {
                         out.push(serde_json::json!({
                             "server": addr.to_string(),
-                            "function": f.function,
+                            "function": &f.function,
                             "total": f.total,
-                            "queued": f.total.saturating_sub(f.running),
+                            "queued": f.queued(),
                             "running": f.running,
                             "workers": f.workers,
                         }));
@@ -422,6 +443,8 @@ impl Call {
             return Ok(None);
         }
         let rt = runtime()?;
+        // One bound for the whole group, over every server list it uses.
+        let deadline = rt.options().foreground_timeout.map(|t| Instant::now() + t);
         // All rows of one group share one client: the jobs are grouped by
         // server list so that per-function routing still holds.
         let mut by_list: Vec<(ServerList, Vec<usize>)> = Vec::new();
@@ -435,8 +458,16 @@ impl Call {
         let mut total: i64 = 0;
         for (list, idx) in by_list {
             let jobs: Vec<Job> = idx.iter().map(|&i| self.sum_jobs[i].clone()).collect();
+            // Each row's result is an integer: a small cap per job bounds
+            // the whole group (rows x SUM_RESULT_MAX).
             let results = rt
-                .with_client(&list, |c| Ok(c.run_all(&jobs)))
+                .with_client_until(&list, deadline, |c| {
+                    let cap = c.options().max_result;
+                    c.options_mut().max_result = cap.min(SUM_RESULT_MAX);
+                    let r = c.run_all(&jobs);
+                    c.options_mut().max_result = cap;
+                    Ok(r)
+                })
                 .map_err(|e| e.to_string())?;
             for (job, r) in jobs.iter().zip(results) {
                 let bytes = r.map_err(|e| describe(job, &e))?;
@@ -465,18 +496,28 @@ impl Call {
 /// from the client's report of failed deferred jobs, which otherwise holds
 /// the earlier jobs that the broken connection still owed a confirmation.
 fn submit_pipelined(c: &mut gearman_core::Client, job: &Job) -> gearman_core::Result<()> {
+    let mine = |f: &gearman_core::DeferredFailure| {
+        f.unique == job.unique_bytes() && f.function.as_bytes() == job.function
+    };
     let mut tries = 0;
     loop {
         tries += 1;
         let Err(e) = c.submit_background_deferred(std::slice::from_ref(job)) else {
-            return Ok(());
+            // The first job of its kind on a connection is confirmed within
+            // the call (the core awaits it): a refusal or a missing answer
+            // (a server that ignores the packet type) is this row's error,
+            // not a later report.
+            let mut report = c.take_deferred_report();
+            let failed = report.failed.iter().rposition(mine);
+            let own = failed.map(|i| report.failed.remove(i));
+            note_deferred(report);
+            return match own {
+                Some(f) => Err(f.error),
+                None => Ok(()),
+            };
         };
         let mut report = c.collect_deferred(false);
-        if let Some(i) = report
-            .failed
-            .iter()
-            .rposition(|f| f.unique == job.unique_bytes() && f.function.as_bytes() == job.function)
-        {
+        if let Some(i) = report.failed.iter().rposition(mine) {
             report.failed.remove(i);
         }
         note_deferred(report);
@@ -489,7 +530,8 @@ fn submit_pipelined(c: &mut gearman_core::Client, job: &Job) -> gearman_core::Re
 /// The error text when the configuration forbids `gman_servers_set`.
 pub fn servers_set_locked(rt: &Runtime) -> String {
     format!(
-        "gman_servers_set is disabled: allow_servers_set = false in {}",
+        "gman_servers_set is disabled: allow_servers_set = false in {} \
+         (false unless the server's administrator sets it to true there)",
         rt.config_path.display()
     )
 }

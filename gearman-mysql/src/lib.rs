@@ -8,37 +8,48 @@
 //!
 //! | SQL function | returns |
 //! |---|---|
-//! | `gman_do(function, workload [, unique])`, `gman_do_high`, `gman_do_low` | the worker's result (binary string) |
+//! | `gman_do(function, workload [, unique])`, `gman_do_high`, `gman_do_low` | the worker's result (binary string), at most `max_result_bytes` (16 MiB; a longer one fails that row) |
 //! | `gman_do_background(...)`, `gman_do_high_background`, `gman_do_low_background` | the job handle; with `background_dispatch = "pipelined"`: the job's unique key (the caller's, or a generated 36-character one) |
 //! | `gman_do_epoch(function, workload, unix_seconds [, unique])` | the job handle of a scheduled job (pipelined: its unique key) |
-//! | `gman_sum(function, workload)` (AGGREGATE) | sum of the integer results, jobs run concurrently; NULL for no rows |
-//! | `gman_servers_set(servers [, function])` | the server list now in force (default or for `function`) |
+//! | `gman_sum(function, workload)` (AGGREGATE) | sum of the integer results, jobs run concurrently; NULL for no rows. Not with `GROUP BY ... WITH ROLLUP`: MariaDB gives a UDF aggregate's rollup rows one shared state, so their totals are wrong (a plain C aggregate UDF shows the same) |
+//! | `gman_servers_set(servers [, function])` | its `servers` argument as given (`'127.0.0.1'`, not `'127.0.0.1:4730'`), as gearman-mysql-udf returned; NULL or `''` with a `function` clears that function's own list (returns the argument: NULL or `''`). Refused unless `allow_servers_set = true` |
 //! | `gman_job_status(handle_or_unique)` | JSON `{"known","running","numerator","denominator"}` (+ `"waiting"` for a unique key, e.g. the value a pipelined background call returned; a unique key is looked up on the default server list, then on each function's own list) |
-//! | `gman_server_status()` | JSON array, one object per server and function: `server, function, total, queued, running, workers` |
-//! | `gman_last_error()` | the last error message of this thread (connection), or NULL |
+//! | `gman_server_status()` | JSON array, one object per server and function: `server, function, total, queued, running, workers`; `total` is every job gearmand holds for the function, `queued` the jobs waiting for a worker (`total - running`, as in PostgreSQL), `running` those a worker has taken; a server that cannot be asked has one object `{"server", "error"}` |
+//! | `gman_last_error()` | the last error of this connection's latest statement that called another `gman_*` function, or NULL (see [`session`]) |
 //!
 //! Errors: a wrong argument count or a row-valued argument fails the
 //! statement at `_init` with a message naming the function and its arguments.
-//! Every failure at run time returns NULL with the error flag, records the
-//! message for `gman_last_error()`, and writes one `[ERROR] gearman-mysql-udf:`
-//! line to the server's error log per failing call-site and statement
-//! (identical lines within one second are folded into a count).
+//! Every failure at run time returns NULL for that row only (never the
+//! UDF error flag, after which MariaDB would return NULL for every later row
+//! of the statement without calling the function: later rows are still
+//! evaluated and their jobs sent), records the message for
+//! `gman_last_error()` of that connection (see [`session`]), and writes one
+//! `[ERROR] gearman-mysql-udf:` line to the server's error log per failing
+//! call-site and statement (identical lines within one second are folded
+//! into a count).
 //!
 //! Pipelined background dispatch (opt-in, see [`config`]): a job that
 //! gearmand refuses after its call returned its key, or whose confirmation
-//! never arrives, is reported by the server thread that collects the
-//! confirmation: one `pipelined background dispatch: N jobs not queued ...`
-//! error-log line per statement, and that session's `gman_last_error()`.
+//! does not arrive within `io_timeout_ms` of its write (unknown fate: it may
+//! have been queued), is reported when some thread collects the confirmation:
+//! one `pipelined background dispatch: N jobs not confirmed ...` error-log line
+//! per statement, and the `gman_last_error()` of the connection that
+//! submitted the job.
 //!
 //! Configuration: see [`config`]; defaults: servers `127.0.0.1:4730`, connect
 //! timeout 2 s, I/O timeout 5 s, foreground timeout 30 s, background
-//! dispatch `round_trip`.
+//! dispatch `round_trip`, `gman_servers_set` disabled, results up to 16 MiB,
+//! at most 64 idle pooled clients. Every call has one deadline from its
+//! start, connecting and failing over included (see [`config`]); a
+//! background call that timed out waiting for JOB_CREATED may still have
+//! been queued.
 
 pub mod abi;
 pub mod config;
 pub mod ffi;
 pub mod funcs;
 pub mod runtime;
+pub mod session;
 
 use abi::{UdfArgs, UdfInit};
 use funcs::Kind;

@@ -1,7 +1,9 @@
 //! Process-wide state inside mariadbd: configuration, routing table, the
-//! client pool, the per-thread last error and the error-log writer.
+//! client pool, the reports of pipelined jobs and the error-log writer
+//! (the per-connection last error is in [`crate::session`]).
 
 use crate::config::{BackgroundDispatch, Config};
+use crate::session::{set_error_of, take_submitter, ConnId};
 use gearman_core::{Client, DeferredReport, ErrorKind, Options, ServerAddr, ServerList};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,7 +22,14 @@ pub struct Runtime {
     pub config_path: PathBuf,
     opts: Options,
     routing: RwLock<Routing>,
-    pool: Mutex<HashMap<String, Vec<Client>>>,
+    pool: Mutex<Vec<Idle>>,
+}
+
+/// An idle pooled client and when it was put back.
+#[derive(Debug)]
+struct Idle {
+    client: Client,
+    since: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +71,13 @@ impl Runtime {
         };
         let mut per_function = HashMap::new();
         for (f, s) in &config.function_servers {
+            gearman_core::validate_function_name(f.as_bytes()).map_err(|e| {
+                format!(
+                    "configuration file {}: [function_servers]: {}",
+                    config_path.display(),
+                    e.message()
+                )
+            })?;
             let list = ServerList::parse(s).map_err(|e| {
                 format!(
                     "configuration file {}: function_servers.{f}: {e}",
@@ -75,6 +91,7 @@ impl Runtime {
             io_timeout: Duration::from_millis(config.io_timeout_ms),
             foreground_timeout: config.foreground_timeout(),
             client_id: Some("gearman-mysql-udf".into()),
+            max_result: config.max_result_bytes as usize,
             ..Options::default()
         };
         Ok(Runtime {
@@ -85,7 +102,7 @@ impl Runtime {
                 default,
                 per_function,
             }),
-            pool: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Vec::new()),
         })
     }
 
@@ -154,23 +171,65 @@ impl Runtime {
         self.config.background_dispatch == BackgroundDispatch::Pipelined
     }
 
-    /// Runs `f` with a pooled client for `servers`: an idle one if there is
-    /// one, else a new one. The client goes back to the pool afterwards
-    /// unless the error left its connection in an unknown state.
+    /// Runs `f` with a pooled client for `servers`, then puts the client
+    /// back unless the error left its connection in an unknown state.
+    ///
+    /// The pool is shared by every server list: it holds at most
+    /// `max_idle_connections` idle clients in all, each keeping one
+    /// connection per server of the list it last served. A call takes the
+    /// idle client that served the same list most recently, else the one
+    /// whose list shares the most servers with `servers` (it is re-pointed
+    /// with `Client::set_servers`, which keeps the connections to the
+    /// shared servers and closes the others), else a new client; so a
+    /// server named in many lists has one pooled connection per concurrent
+    /// caller, not one per list. Putting a client back into a full pool
+    /// closes the least recently used idle one; idle clients unused for
+    /// `idle_timeout_ms` are closed at the next call (no background thread:
+    /// it would outlive the library when `DROP FUNCTION` unloads it).
     ///
     /// Confirmations of pipelined background jobs that the client still owes
     /// (possibly submitted by another thread) are collected without waiting
-    /// before and after `f`, and with waiting (bounded by the I/O timeout)
-    /// before the client is dropped; failures among them are reported by
-    /// this thread (see [`note_deferred`]).
+    /// before and after `f`, and with waiting (bounded by the I/O timeout,
+    /// or the call's deadline) before a client is closed; failures among
+    /// them are reported (see [`note_deferred`]). Putting a client back into
+    /// a full pool closes the least recently used idle client that owes no
+    /// confirmation, if there is one.
     pub fn with_client<T>(
         &self,
         servers: &ServerList,
         f: impl FnOnce(&mut Client) -> gearman_core::Result<T>,
     ) -> gearman_core::Result<T> {
-        let key = servers.to_string();
-        let taken = lock(&self.pool).get_mut(&key).and_then(|v| v.pop());
-        let mut client = taken.unwrap_or_else(|| Client::new(servers.clone(), self.opts.clone()));
+        self.with_client_until(servers, None, f)
+    }
+
+    /// [`Runtime::with_client`], with every wait of `f` (and of closing
+    /// pooled clients on the way) bounded by `deadline` as well
+    /// (`Options::deadline`): for SQL functions that make several calls
+    /// within one bound.
+    pub fn with_client_until<T>(
+        &self,
+        servers: &ServerList,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&mut Client) -> gearman_core::Result<T>,
+    ) -> gearman_core::Result<T> {
+        // Closing clients on the way never waits past the call's bound.
+        let close_by = deadline.unwrap_or_else(|| Instant::now() + self.opts.io_timeout);
+        let (taken, expired) = {
+            let mut pool = lock(&self.pool);
+            let expired = self.take_expired(&mut pool);
+            (take_best(&mut pool, servers), expired)
+        };
+        close_clients(expired, close_by);
+        let mut client = match taken {
+            Some(mut c) => {
+                if c.servers() != servers {
+                    c.set_servers(servers.clone());
+                }
+                c
+            }
+            None => Client::new(servers.clone(), self.opts.clone()),
+        };
+        client.options_mut().deadline = deadline;
         note_deferred(client.collect_deferred(false));
         let r = f(&mut client);
         let reusable = match &r {
@@ -181,17 +240,47 @@ impl Runtime {
             ),
         };
         note_deferred(client.collect_deferred(false));
-        if reusable {
+        if !reusable || self.config.max_idle_connections == 0 {
+            close_clients(vec![client], close_by);
+            return r;
+        }
+        client.options_mut().deadline = None;
+        let evicted = {
             let mut pool = lock(&self.pool);
-            let idle = pool.entry(key).or_default();
-            if idle.len() < self.config.max_idle_connections {
-                idle.push(client);
-                return r;
+            pool.push(Idle {
+                client,
+                since: Instant::now(),
+            });
+            let mut evicted = Vec::new();
+            while pool.len() > self.config.max_idle_connections {
+                // The least recently used one that owes no confirmation (the
+                // pool is in return order), else the least recently used.
+                let i = pool
+                    .iter()
+                    .position(|c| c.client.deferred_pending() == 0)
+                    .unwrap_or(0);
+                evicted.push(pool.remove(i).client);
+            }
+            evicted
+        };
+        close_clients(evicted, close_by);
+        r
+    }
+
+    /// Removes the idle clients unused for longer than `idle_timeout_ms`.
+    fn take_expired(&self, pool: &mut Vec<Idle>) -> Vec<Client> {
+        let limit = Duration::from_millis(self.config.idle_timeout_ms);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < pool.len() {
+            if now.duration_since(pool[i].since) > limit {
+                out.push(pool.remove(i).client);
+            } else {
+                i += 1;
             }
         }
-        // Dropped: whatever it still owes is read now or never.
-        note_deferred(client.collect_deferred(true));
-        r
+        out
     }
 
     /// Collects, without waiting, the confirmations that idle pooled clients
@@ -200,8 +289,8 @@ impl Runtime {
         let mut reports = Vec::new();
         {
             let mut pool = lock(&self.pool);
-            for c in pool.values_mut().flatten() {
-                let r = c.collect_deferred(false);
+            for c in pool.iter_mut() {
+                let r = c.client.collect_deferred(false);
                 if !r.failed.is_empty() {
                     reports.push(r);
                 }
@@ -214,23 +303,45 @@ impl Runtime {
 
     /// Number of idle pooled clients (all server lists).
     pub fn idle_clients(&self) -> usize {
-        lock(&self.pool).values().map(Vec::len).sum()
+        lock(&self.pool).len()
     }
 }
 
-thread_local! {
-    static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+/// Takes the idle client best suited to `servers` (see
+/// [`Runtime::with_client`]): the most recent one with the same list, else
+/// the most recent one sharing the most servers with it.
+fn take_best(pool: &mut Vec<Idle>, servers: &ServerList) -> Option<Client> {
+    let mut best: Option<(usize, usize)> = None; // (score, index)
+    for (i, idle) in pool.iter().enumerate() {
+        let theirs = idle.client.servers();
+        let score = if theirs == servers {
+            usize::MAX
+        } else {
+            servers
+                .iter()
+                .filter(|a| theirs.iter().any(|b| b == *a))
+                .count()
+        };
+        // Later entries are more recent: `>=` prefers them on ties.
+        if score > 0 && best.is_none_or(|(s, _)| score >= s) {
+            best = Some((score, i));
+        }
+    }
+    best.map(|(_, i)| pool.remove(i).client)
 }
 
-/// Records `msg` as this thread's last error (see `gman_last_error()`).
-pub fn set_last_error(msg: &str) {
-    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = Some(msg.to_owned()));
+/// Closes clients outside the pool lock: the confirmations they still owe
+/// are read until `by` at the latest, the rest are reported as of unknown
+/// fate (see [`note_deferred`]).
+fn close_clients(clients: Vec<Client>, by: Instant) {
+    for mut c in clients {
+        c.options_mut().deadline = Some(by);
+        c.disconnect();
+        note_deferred(c.take_deferred_report());
+    }
 }
 
-/// This thread's last error, if any.
-pub fn last_error() -> Option<String> {
-    LAST_ERROR.try_with(|e| e.borrow().clone()).ok().flatten()
-}
+pub use crate::session::{clear_last_error, last_error, set_last_error};
 
 /// Pipelined background jobs that failed after their call returned, as
 /// collected by this thread since its last error-log line about them.
@@ -247,7 +358,8 @@ thread_local! {
     static DEFERRED: RefCell<DeferredTally> = RefCell::new(DeferredTally::default());
 }
 
-/// Pipelined background jobs not queued since the library was loaded.
+/// Pipelined background jobs not confirmed (refused or of unknown fate)
+/// since the library was loaded.
 static DEFERRED_FAILED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 /// Collection reports held back per thread for at most this long before
@@ -255,9 +367,23 @@ static DEFERRED_FAILED_TOTAL: AtomicU64 = AtomicU64::new(0);
 const DEFERRED_FLUSH_AFTER: Duration = Duration::from_secs(1);
 
 impl DeferredTally {
+    fn add(&mut self, f: &gearman_core::DeferredFailure) {
+        if matches!(f.error.kind(), ErrorKind::Server { .. }) {
+            self.refused += 1;
+            if self.first_refused.is_none() {
+                self.first_refused = Some(describe_failure(f));
+            }
+        } else {
+            self.unknown += 1;
+            if self.first_unknown.is_none() {
+                self.first_unknown = Some(describe_failure(f));
+            }
+        }
+    }
+
     fn message(&self, total: u64) -> String {
         let mut m = format!(
-            "pipelined background dispatch: {} job{} not queued",
+            "pipelined background dispatch: {} job{} not confirmed",
             self.refused + self.unknown,
             if self.refused + self.unknown == 1 {
                 ""
@@ -267,14 +393,15 @@ impl DeferredTally {
         );
         if self.refused > 0 {
             m.push_str(&format!(
-                "; {} refused by the job server (first: {})",
+                "; {} refused by the job server, not queued (first: {})",
                 self.refused,
                 self.first_refused.as_deref().unwrap_or("?")
             ));
         }
         if self.unknown > 0 {
             m.push_str(&format!(
-                "; {} of unknown fate, no confirmation (first: {})",
+                "; {} of unknown fate, no confirmation in time or connection lost: \
+                 they may have been queued (first: {})",
                 self.unknown,
                 self.first_unknown.as_deref().unwrap_or("?")
             ));
@@ -294,43 +421,50 @@ fn describe_failure(f: &gearman_core::DeferredFailure) -> String {
 }
 
 /// Takes note of a collection report of pipelined background jobs: its
-/// failures are added to this thread's tally, which becomes this thread's
-/// `gman_last_error()` and, at the end of the statement (or after a second),
-/// one error-log line.
+/// failures are added to this thread's tally, which becomes one error-log
+/// line at the end of the statement (or after a second), and each failure
+/// becomes the `gman_last_error()` of the connection that submitted the job
+/// (never of the connection that merely collected the confirmation on a
+/// shared pooled connection; see [`crate::session::note_submitter`]).
 pub fn note_deferred(report: DeferredReport) {
     if report.failed.is_empty() {
         return;
     }
     let n = report.failed.len() as u64;
     let total = DEFERRED_FAILED_TOTAL.fetch_add(n, Ordering::Relaxed) + n;
+    let mut per_conn: Vec<(ConnId, DeferredTally)> = Vec::new();
+    for f in &report.failed {
+        if let Some(c) = take_submitter(f.function.as_bytes(), &f.unique) {
+            let i = match per_conn.iter().position(|(x, _)| *x == c) {
+                Some(i) => i,
+                None => {
+                    per_conn.push((c, DeferredTally::default()));
+                    per_conn.len() - 1
+                }
+            };
+            per_conn[i].1.add(f);
+        }
+    }
+    for (c, t) in per_conn {
+        set_error_of(c, &t.message(total), true);
+    }
     let r = DEFERRED.try_with(|t| {
         let mut t = t.borrow_mut();
         for f in &report.failed {
-            if matches!(f.error.kind(), ErrorKind::Server { .. }) {
-                t.refused += 1;
-                if t.first_refused.is_none() {
-                    t.first_refused = Some(describe_failure(f));
-                }
-            } else {
-                t.unknown += 1;
-                if t.first_unknown.is_none() {
-                    t.first_unknown = Some(describe_failure(f));
-                }
-            }
+            t.add(f);
         }
         let since = *t.since.get_or_insert_with(Instant::now);
-        (t.message(total), since.elapsed() >= DEFERRED_FLUSH_AFTER)
+        since.elapsed() >= DEFERRED_FLUSH_AFTER
     });
     match r {
-        Ok((msg, flush_now)) => {
-            set_last_error(&msg);
+        Ok(flush_now) => {
             if flush_now {
                 flush_deferred_failures();
             }
         }
         // Thread-local storage is gone (thread exit): log directly.
         Err(_) => log_error(&format!(
-            "pipelined background dispatch: {n} jobs not queued; {}; {total} since the library was loaded",
+            "pipelined background dispatch: {n} jobs not confirmed; {}; {total} since the library was loaded",
             report.failed.first().map(describe_failure).unwrap_or_default()
         )),
     }
@@ -530,13 +664,16 @@ mod tests {
             })
             .collect();
         std::thread::spawn(move || {
+            for i in 0..3 {
+                crate::session::note_submitter(b"f", format!("u{i}").as_bytes());
+            }
             note_deferred(DeferredReport {
                 confirmed: 5,
                 failed,
                 pending: 0,
             });
             let m = last_error().unwrap();
-            assert!(m.contains("3 jobs not queued"), "{m}");
+            assert!(m.contains("3 jobs not confirmed"), "{m}");
             assert!(m.contains("3 refused by the job server"), "{m}");
             assert!(m.contains("QUEUE_ERROR"), "{m}");
             assert!(m.contains("unique 'u0'"), "{m}");
@@ -545,14 +682,5 @@ mod tests {
         })
         .join()
         .unwrap();
-    }
-
-    #[test]
-    fn last_error_is_per_thread() {
-        set_last_error("boom");
-        assert_eq!(last_error().as_deref(), Some("boom"));
-        std::thread::spawn(|| assert_eq!(last_error(), None))
-            .join()
-            .unwrap();
     }
 }

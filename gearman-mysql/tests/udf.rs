@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Config line for tests that call gman_servers_set (off by default).
+const ALLOW_SET: &str = "allow_servers_set = true\n";
+
 fn gearmand_accepts(g: &Gearmand) -> usize {
     g.log().matches("Accepted connection").count()
 }
@@ -484,6 +487,24 @@ const ROW_ERRORS: &[(&str, &str)] = &[
     ),
     ("SELECT gman_servers_set(NULL)", "servers is NULL"),
     ("SELECT gman_servers_set('host:notaport')", "servers"),
+    // Lists are parsed strictly when set, naming the bad entry (item 6).
+    (
+        "SELECT gman_servers_set('garbage:::')",
+        "invalid server address \"garbage:::\"",
+    ),
+    (
+        "SELECT gman_servers_set('a:b:c')",
+        "invalid server address \"a:b:c\"",
+    ),
+    (
+        "SELECT gman_servers_set('127.0.0.1:4731:')",
+        "invalid server address \"127.0.0.1:4731:\"",
+    ),
+    (
+        "SELECT gman_servers_set('127.0.0.1:4731, a:b:c', 'f')",
+        "invalid server address \"a:b:c\"",
+    ),
+    ("SELECT gman_servers_set('::1', 'f')", "\"::1\""),
     ("SELECT gman_job_status(NULL)", "handle is NULL"),
     ("SELECT gman_do(x'61006200', 'x')", "NUL"),
     (
@@ -529,7 +550,8 @@ fn garbage_server(reply: &'static [u8]) -> (u16, std::thread::JoinHandle<()>) {
 #[test]
 fn bad_input_and_faults_never_take_the_server_down() {
     let mut env = Env::start_with(
-        "connect_timeout_ms = 1000\nio_timeout_ms = 1000\nforeground_timeout_ms = 3000\n",
+        "connect_timeout_ms = 1000\nio_timeout_ms = 1000\nforeground_timeout_ms = 3000\n\
+         allow_servers_set = true\n",
         &["--max-allowed-packet=64M"],
     );
     let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
@@ -700,7 +722,7 @@ fn bad_input_and_faults_never_take_the_server_down() {
 
 #[test]
 fn servers_set_routes_per_function_and_per_row() {
-    let env = Env::start("");
+    let env = Env::start(ALLOW_SET);
     let g2 = Gearmand::start();
     let mut c = env.conn();
     assert_eq!(
@@ -710,6 +732,27 @@ fn servers_set_routes_per_function_and_per_row() {
         )
         .as_deref(),
         Some(g2.addr().as_str())
+    );
+    // The argument comes back as given, as gearman-mysql-udf returned it
+    // (deployments store and compare it).
+    for given in [
+        "127.0.0.1",
+        "localhost",
+        "localhost:4731",
+        "127.0.0.1:4731,localhost",
+    ] {
+        assert_eq!(
+            one_str(
+                &mut c,
+                &format!("SELECT gman_servers_set('{given}', 'unused_fn')")
+            )
+            .as_deref(),
+            Some(given)
+        );
+    }
+    assert_eq!(
+        one_str(&mut c, "SELECT gman_servers_set('', 'unused_fn')").as_deref(),
+        Some("")
     );
     // One statement, rows for both functions: each row is routed on its own.
     let hs: Vec<Option<String>> = c
@@ -763,9 +806,10 @@ fn servers_set_routes_per_function_and_per_row() {
     assert_eq!(count(&g2, "routed"), 2);
     // Clearing the function's list returns it to the default list.
     assert_eq!(
-        one_str(&mut c, "SELECT gman_servers_set(NULL, 'routed')").as_deref(),
-        Some(env.gearmand.addr().as_str())
+        one_str(&mut c, "SELECT gman_servers_set(NULL, 'routed')"),
+        None
     );
+    assert_eq!(last_error(&mut c), None, "clearing is not an error");
     one_str(&mut c, "SELECT gman_do_background('routed', 'y')").unwrap();
     assert_eq!(count(&env.gearmand, "routed"), 1);
     // The default list, process-wide: another session sees it.
@@ -852,6 +896,31 @@ fn config_file_locks_servers_set_and_fails_over() {
 }
 
 #[test]
+fn a_bad_server_entry_in_the_config_file_is_refused_at_load() {
+    for (config, entry) in [
+        ("servers = \"garbage:::\"\n", "garbage:::"),
+        ("servers = \"127.0.0.1:4731:\"\n", "127.0.0.1:4731:"),
+        (
+            "[function_servers]\nf = \"127.0.0.1:4731,a:b:c\"\n",
+            "a:b:c",
+        ),
+    ] {
+        let config = write_config(config);
+        let mut db = start_db(&config, &[]);
+        let log = db.error_log();
+        assert!(
+            log.contains("gearman-mysql-udf: not usable") && log.contains(&format!("{entry:?}")),
+            "{log}"
+        );
+        let mut c = common::connect(&db);
+        assert_eq!(one(&mut c, "SELECT gman_do_background('f', 'x')"), None);
+        let e = last_error(&mut c).unwrap();
+        assert!(e.contains(&format!("{entry:?}")), "{e}");
+        assert!(db.is_alive());
+    }
+}
+
+#[test]
 fn broken_config_file_fails_every_call_visibly() {
     let config = write_config("servers = \"127.0.0.1:1\"\nallow_server_set = false\n");
     let mut db = start_db(&config, &[]);
@@ -892,7 +961,7 @@ fn assert_select_1(env: &mut Env, c: &mut mysql::Conn, after: &str) {
     env.assert_alive(after);
 }
 
-/// The error-log lines about pipelined jobs that were not queued.
+/// The error-log lines about pipelined jobs that were not confirmed.
 fn not_queued_lines(env: &Env) -> Vec<String> {
     env.udf_log_lines()
         .into_iter()
@@ -900,7 +969,7 @@ fn not_queued_lines(env: &Env) -> Vec<String> {
         .collect()
 }
 
-/// `N` of "... N jobs not queued" / "N job not queued".
+/// `N` of "... N jobs not confirmed" / "N job not confirmed".
 fn not_queued_count(line: &str) -> u64 {
     let head = line
         .split("pipelined background dispatch: ")
@@ -911,7 +980,7 @@ fn not_queued_count(line: &str) -> u64 {
 
 #[test]
 fn pipelined_background_delivers_every_row_once_and_returns_unique_keys() {
-    let mut env = Env::start(PIPELINED);
+    let mut env = Env::start(&format!("{PIPELINED}{ALLOW_SET}"));
     let got = Arc::new(Mutex::new(Vec::new()));
     let _w = TestWorker::start(&env.servers(), vec![("f", recorder(&got))]);
     env.wait_workers("f", 1);
@@ -1061,7 +1130,7 @@ fn pipelined_refusals_are_counted_in_the_log_and_last_error() {
     }
     let e = last_error(&mut c).unwrap();
     assert!(
-        e.contains("not queued")
+        e.contains("not confirmed")
             && e.contains("refused by the job server")
             && e.contains("QUEUE_ERROR"),
         "{e}"
@@ -1121,4 +1190,748 @@ fn pipelined_cookbook_trigger_delivers_every_payload_once() {
     assert_eq!(seen, expected, "every payload exactly once");
     assert!(not_queued_lines(&env).is_empty());
     assert_select_1(&mut env, &mut c, "pipelined trigger");
+}
+
+// ---------------------------------------------------------------------------
+// Per-row failures (issue 10, item 13)
+
+/// A row that fails returns NULL for itself only: MariaDB stops calling a
+/// UDF for the rest of the statement once it sets the error flag, so a
+/// failure must never set it. Every later row is still evaluated and sent.
+#[test]
+fn a_failing_row_does_not_stop_the_later_rows() {
+    let dead_port = DeadPort::new();
+    let mut env = Env::start(&format!(
+        "connect_timeout_ms = 1000\n[function_servers]\ndeadfn = \"127.0.0.1:{}\"\n",
+        dead_port.port()
+    ));
+    let mut c = env.conn();
+    // Every tenth row goes to a closed port.
+    let rows: Vec<(u64, Option<String>)> = c
+        .query(
+            "SELECT seq, gman_do_background(IF(seq % 10 = 0, 'deadfn', 'okfn'), seq) \
+             FROM seq_1_to_1000",
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 1000);
+    let mut handles = 0;
+    for (seq, h) in &rows {
+        if seq % 10 == 0 {
+            assert_eq!(h, &None, "row {seq}");
+        } else {
+            assert!(
+                h.as_deref().is_some_and(|h| h.starts_with("H:")),
+                "row {seq}: {h:?}"
+            );
+            handles += 1;
+        }
+    }
+    assert_eq!(handles, 900);
+    let queued = |env: &Env, f: &str| {
+        env.admin()
+            .status()
+            .unwrap()
+            .iter()
+            .find(|s| s.function == f)
+            .map_or(0, |s| s.total)
+    };
+    assert_eq!(queued(&env, "okfn"), 900, "the 900 other jobs at gearmand");
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("'deadfn'"), "{e}");
+    assert!(
+        env.udf_log_lines()
+            .iter()
+            .any(|l| l.contains("100 of 1000 calls failed")),
+        "{:#?}",
+        env.udf_log_lines()
+    );
+    // gman_server_status(): queued = waiting for a worker (total - running).
+    let st: serde_json::Value =
+        serde_json::from_str(&one_str(&mut c, "SELECT gman_server_status()").unwrap()).unwrap();
+    let ok = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["function"] == "okfn")
+        .unwrap_or_else(|| panic!("{st}"));
+    assert_eq!(
+        (&ok["total"], &ok["queued"], &ok["running"]),
+        (&900.into(), &900.into(), &0.into()),
+        "{ok}"
+    );
+
+    // An invalid argument in some rows: the same.
+    let rows: Vec<Option<String>> = c
+        .query("SELECT gman_do_background(IF(seq % 10 = 0, '', 'okfn2'), seq) FROM seq_1_to_100")
+        .unwrap();
+    assert_eq!(rows.iter().filter(|h| h.is_none()).count(), 10);
+    assert_eq!(queued(&env, "okfn2"), 90);
+    assert!(last_error(&mut c)
+        .unwrap()
+        .contains("function name is empty"));
+
+    // Foreground calls and per-group gman_sum.
+    let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
+    let _w = TestWorker::start(
+        &env.servers(),
+        vec![("echo", echo), ("words", handler(|_| Ok(b"abc".to_vec())))],
+    );
+    env.wait_workers("echo", 1);
+    let rows: Vec<Option<String>> = c
+        .query("SELECT gman_do(IF(seq % 2 = 0, 'deadfn', 'echo'), seq) FROM seq_1_to_10")
+        .unwrap();
+    let want: Vec<Option<String>> = (1..=10)
+        .map(|i| (i % 2 == 1).then(|| i.to_string()))
+        .collect();
+    assert_eq!(rows, want);
+    let groups: Vec<(u64, Option<i64>)> = c
+        .query(
+            "SELECT seq % 3 g, gman_sum(IF(seq % 3 = 1, 'words', 'echo'), seq) \
+             FROM seq_1_to_9 GROUP BY g ORDER BY g",
+        )
+        .unwrap();
+    assert_eq!(groups, vec![(0, Some(18)), (1, None), (2, Some(15))]);
+    assert!(last_error(&mut c).unwrap().contains("not an integer"));
+    assert_select_1(&mut env, &mut c, "per-row failures");
+}
+
+// ---------------------------------------------------------------------------
+// gman_last_error() per connection (issue 10, item 8)
+
+fn user_conn(env: &Env, user: &str) -> mysql::Conn {
+    let opts = mysql::OptsBuilder::new()
+        .ip_or_hostname(Some("127.0.0.1"))
+        .tcp_port(env.db.port())
+        .user(Some(user))
+        .pass(Some("pw"))
+        .read_timeout(Some(Duration::from_secs(120)));
+    mysql::Conn::new(opts).expect("connecting as an ordinary user")
+}
+
+fn status_var(c: &mut mysql::Conn, name: &str) -> u64 {
+    let r: Option<(String, String)> = c
+        .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+        .unwrap();
+    r.expect("status variable").1.parse().unwrap()
+}
+
+/// Errors of one connection, then another user's new connection on the
+/// same (cached or pooled) server thread: it never sees them.
+fn last_error_stays_with_its_connection(env: &Env, pooled: bool) {
+    let mut admin = env.conn();
+    admin
+        .query_drop("CREATE USER bob@'%' IDENTIFIED BY 'pw'")
+        .unwrap();
+    for round in 0..5 {
+        let mut root = env.conn();
+        assert_eq!(
+            one(
+                &mut root,
+                &format!("SELECT gman_do_epoch('f', 'w', 'root-secret-{round}')")
+            ),
+            None
+        );
+        let e = last_error(&mut root).unwrap();
+        assert!(e.contains(&format!("root-secret-{round}")), "{e}");
+        drop(root);
+        if !pooled {
+            // The root connection's thread is back in the cache.
+            wait_until("a cached thread", Duration::from_secs(10), || {
+                status_var(&mut admin, "Threads_cached") > 0
+            });
+        }
+        let mut bob = user_conn(env, "bob");
+        assert_eq!(
+            last_error(&mut bob),
+            None,
+            "round {round}: bob sees root's error"
+        );
+        // Bob's own error is his, and not the admin connection's.
+        assert_eq!(
+            one(&mut bob, "SELECT gman_do_epoch('f', 'w', 'bob-secret')"),
+            None
+        );
+        assert!(last_error(&mut bob).unwrap().contains("bob-secret"));
+        assert_eq!(last_error(&mut admin), None);
+        assert!(last_error(&mut bob).unwrap().contains("bob-secret"));
+        // Cleared by the connection's next statement that calls gman_*.
+        assert!(one_str(&mut bob, "SELECT gman_do_background('nobody', 'x')").is_some());
+        assert_eq!(last_error(&mut bob), None);
+    }
+    if !pooled {
+        assert!(
+            status_var(&mut admin, "Threads_created") < 10,
+            "threads were reused"
+        );
+    }
+}
+
+#[test]
+fn last_error_is_per_connection_with_thread_cache_and_pool() {
+    let env = Env::start_with("", &["--thread-cache-size=8"]);
+    last_error_stays_with_its_connection(&env, false);
+    // One pool thread serves every connection in turn.
+    let env = Env::start_with(
+        "",
+        &["--thread-handling=pool-of-threads", "--thread-pool-size=1"],
+    );
+    last_error_stays_with_its_connection(&env, true);
+    // Two connections open at once on that one thread.
+    let (mut a, mut b) = (env.conn(), env.conn());
+    assert_eq!(
+        one(&mut a, "SELECT gman_do_epoch('f', 'w', 'a-secret')"),
+        None
+    );
+    assert_eq!(last_error(&mut b), None);
+    assert!(last_error(&mut a).unwrap().contains("a-secret"));
+}
+
+/// A pipelined job refused after its call returned is reported to the
+/// connection that submitted it, not to another session whose call happened
+/// to read the confirmation on the shared pooled connection.
+#[test]
+fn pipelined_refusals_go_to_the_submitting_connection_only() {
+    let env = Env::start(PIPELINED);
+    let mut core = gearman_core::Client::new(env.servers(), Default::default());
+    core.submit_background(&gearman_core::Job::new("capped", "creates the function"))
+        .unwrap();
+    env.admin().maxqueue("capped", Some(10)).unwrap();
+    let (mut a, mut b) = (env.conn(), env.conn());
+    // Open the pooled connection, then hold gearmand so that no
+    // confirmation arrives before a's statement has ended.
+    assert!(one_str(&mut a, "SELECT gman_do_background('capped', 'warm')").is_some());
+    env.gearmand.pause();
+    let n: Option<u64> = a
+        .query_first(
+            "SELECT COUNT(gman_do_background('capped', CONCAT('p', seq))) FROM seq_1_to_100",
+        )
+        .unwrap();
+    env.gearmand.resume();
+    assert_eq!(n, Some(100));
+    // 2 + 8 fit the queue of 10: 92 refused, read by b's calls.
+    let t0 = Instant::now();
+    while !not_queued_lines(&env)
+        .iter()
+        .any(|l| l.contains("; 92 since the library was loaded"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "92 refusals not reported: {:#?}",
+            env.udf_log_lines()
+        );
+        let _ = one_str(&mut b, "SELECT gman_job_status('probe')");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(last_error(&mut b), None, "b submitted nothing");
+    let e = last_error(&mut a).unwrap();
+    assert!(
+        e.contains("not confirmed") && e.contains("QUEUE_ERROR"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// gman_servers_set is off unless the configuration file enables it (item 9)
+
+#[test]
+fn servers_set_is_refused_by_default_for_every_user() {
+    // A configuration file without allow_servers_set.
+    let env = Env::start("");
+    let mut root = env.conn();
+    root.query_drop("CREATE USER bob@'%' IDENTIFIED BY 'pw'")
+        .unwrap();
+    let mut bob = user_conn(&env, "bob");
+    for (who, c) in [("root", &mut root), ("bob", &mut bob)] {
+        for sql in [
+            "SELECT gman_servers_set('127.0.0.1:1')",
+            "SELECT gman_servers_set('127.0.0.1:1', 'f')",
+        ] {
+            let e = c
+                .query_drop(sql)
+                .expect_err(&format!("{who}: {sql} must be refused"))
+                .to_string();
+            assert!(e.contains("allow_servers_set = false"), "{who}: {e}");
+        }
+        // Routing unchanged: jobs still go to the configured server.
+        let h = one_str(c, "SELECT gman_do_background('f', 'x')").unwrap();
+        assert!(h.starts_with("H:"), "{who}: {h}");
+    }
+    let st = env.admin().status().unwrap();
+    assert_eq!(
+        st.iter().find(|s| s.function == "f").map(|s| s.total),
+        Some(2)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// One bounded pool for every server list (item 3)
+
+/// Connections from the library that gearmand sees.
+fn udf_connections(env: &Env) -> usize {
+    env.admin()
+        .workers()
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.client_id == "gearman-mysql-udf")
+        .count()
+}
+
+/// Open socket descriptors of mariadbd.
+fn mariadbd_sockets(env: &Env) -> usize {
+    let pid = env.db.pid().expect("mariadbd pid");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn the_pool_is_bounded_across_server_lists_and_shares_servers() {
+    const BOUND: usize = 4;
+    let env = Env::start(&format!(
+        "{ALLOW_SET}max_idle_connections = {BOUND}\nidle_timeout_ms = 1500\n"
+    ));
+    let mut c = env.conn();
+    let sockets_before = mariadbd_sockets(&env);
+    // 300 calls, each under its own per-function list that names this
+    // gearmand and another (closed) port.
+    let dead: Vec<DeadPort> = (0..300).map(|_| DeadPort::new()).collect();
+    for (i, d) in dead.iter().enumerate() {
+        let list = format!("{},127.0.0.1:{}", env.gearmand.addr(), d.port());
+        assert_eq!(
+            one_str(
+                &mut c,
+                &format!("SELECT gman_servers_set('{list}', 'fn{i}')")
+            ),
+            Some(list)
+        );
+        let h = one_str(&mut c, &format!("SELECT gman_do_background('fn{i}', 'x')"));
+        assert!(h.is_some_and(|h| h.starts_with("H:")), "call {i}");
+    }
+    let open = udf_connections(&env);
+    assert!(
+        (1..=BOUND).contains(&open),
+        "300 lists left {open} connections at gearmand"
+    );
+    let sockets = mariadbd_sockets(&env);
+    assert!(
+        sockets <= sockets_before + BOUND,
+        "mariadbd holds {sockets} sockets, {sockets_before} before"
+    );
+
+    // Concurrent callers: one pooled connection each, all closed again once
+    // idle longer than idle_timeout_ms.
+    const N: usize = 3;
+    let overlap = Overlap::new(N);
+    let o = overlap.clone();
+    let _w: Vec<TestWorker> = (0..N)
+        .map(|_| {
+            let o = o.clone();
+            TestWorker::start(
+                &env.servers(),
+                vec![(
+                    "together",
+                    handler(move |ctx| Ok(o.run(|| ctx.workload().to_vec()))),
+                )],
+            )
+        })
+        .collect();
+    env.wait_workers("together", N as u64);
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let url = env.db.url();
+            std::thread::spawn(move || {
+                let mut c = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+                one_str(&mut c, &format!("SELECT gman_do('together', 't{i}')"))
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), Some(format!("t{i}")));
+    }
+    assert_eq!(overlap.peak(), N);
+    assert!(udf_connections(&env) >= N, "one per concurrent caller");
+    // Idle past idle_timeout_ms: the next call closes them.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(one_str(&mut c, "SELECT gman_do_background('fn0', 'x')").is_some());
+    wait_until("idle clients closed", Duration::from_secs(10), || {
+        udf_connections(&env) == 1
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Function names with control characters or whitespace (item 10)
+
+/// Submits a background job for `function` with a raw SUBMIT_JOB_BG packet
+/// (our clients refuse such names) and waits for JOB_CREATED.
+fn raw_submit_bg(g: &Gearmand, function: &[u8]) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut body = function.to_vec();
+    body.extend_from_slice(b"\0\0w");
+    let mut p = b"\0REQ".to_vec();
+    p.extend_from_slice(&18u32.to_be_bytes()); // SUBMIT_JOB_BG
+    p.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    p.extend_from_slice(&body);
+    s.write_all(&p).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head[4..8], &8u32.to_be_bytes(), "JOB_CREATED");
+}
+
+#[test]
+fn function_names_with_newlines_are_refused_and_forged_admin_lines_skipped() {
+    let env = Env::start(ALLOW_SET);
+    let mut c = env.conn();
+    let nl = "CONCAT('nl', CHAR(10), '.', CHAR(10), 'x')";
+    for sql in [
+        format!("SELECT gman_do_background({nl}, 'w')"),
+        format!("SELECT gman_do({nl}, 'w')"),
+        format!("SELECT gman_do_epoch({nl}, 'w', 1)"),
+        format!("SELECT gman_servers_set('{}', {nl})", env.gearmand.addr()),
+        "SELECT gman_do_background('tab\\there', 'w')".to_string(),
+        "SELECT gman_do_background('a b', 'w')".to_string(),
+    ] {
+        assert_eq!(one(&mut c, &sql), None, "{sql}");
+        let e = last_error(&mut c).unwrap_or_else(|| panic!("{sql}: no error"));
+        assert!(e.contains("function name"), "{sql}: {e}");
+    }
+    assert_eq!(
+        one(
+            &mut c,
+            &format!("SELECT gman_sum({nl}, 1) FROM (SELECT 1) t")
+        ),
+        None
+    );
+    assert!(last_error(&mut c).unwrap().contains("function name"));
+    // Nothing reached gearmand under such a name.
+    let st = env.admin().status().unwrap();
+    assert!(st.iter().all(|f| !f.function.starts_with("nl")), "{st:?}");
+
+    // Another client forges an admin line anyway: gman_server_status()
+    // still answers, with the functions it can parse.
+    one_str(&mut c, "SELECT gman_do_background('honest', 'w')").unwrap();
+    raw_submit_bg(&env.gearmand, b"nl\n.\nx");
+    let st = one_str(&mut c, "SELECT gman_server_status()")
+        .unwrap_or_else(|| panic!("NULL: {:?}", last_error(&mut c)));
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["function"] == "honest" && e["total"] == 1),
+        "{st}"
+    );
+}
+
+#[test]
+fn a_config_file_function_name_with_whitespace_is_refused_at_load() {
+    let config = write_config("[function_servers]\n\"a b\" = \"127.0.0.1:4731\"\n");
+    let mut db = start_db(&config, &[]);
+    let log = db.error_log();
+    assert!(
+        log.contains("gearman-mysql-udf: not usable") && log.contains("function name"),
+        "{log}"
+    );
+    assert!(db.is_alive());
+}
+
+// ---------------------------------------------------------------------------
+// Results are capped (item 1)
+
+/// Sends `chunks` WORK_DATA packets of 1 MiB, then completes with nothing.
+fn flood(chunks: usize) -> Handler {
+    handler(move |ctx| {
+        let mib = vec![b'f'; 1 << 20];
+        for _ in 0..chunks {
+            if ctx.send_data(&mib).is_err() {
+                break;
+            }
+        }
+        Ok(Vec::new())
+    })
+}
+
+#[test]
+fn foreground_results_are_capped() {
+    // Default: 16 MiB, MariaDB's largest UDF string result.
+    let mut env = Env::start_with("", &["--max-allowed-packet=64M"]);
+    let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
+    let _w = TestWorker::start(
+        &env.servers(),
+        vec![("flood", flood(20)), ("echo", echo.clone())],
+    );
+    env.wait_workers("flood", 1);
+    let mut c = env.conn();
+    assert_eq!(one(&mut c, "SELECT gman_do('flood', 'x')"), None);
+    let e = last_error(&mut c).unwrap();
+    assert!(
+        e.contains("gman_do") && e.contains("exceeded 16777216 bytes"),
+        "{e}"
+    );
+    // Exactly the cap still comes back whole.
+    assert_eq!(
+        one_str(
+            &mut c,
+            "SELECT LENGTH(gman_do('echo', REPEAT('x', 16777216)))"
+        )
+        .as_deref(),
+        Some("16777216")
+    );
+    assert_select_1(&mut env, &mut c, "a flood of WORK_DATA");
+
+    // Configured lower; also gman_sum and the rows after a failing one.
+    let mut env = Env::start("max_result_bytes = 1048576\n");
+    let _w = TestWorker::start(
+        &env.servers(),
+        vec![("flood", flood(3)), ("echo", echo), ("sumflood", flood(1))],
+    );
+    env.wait_workers("sumflood", 1);
+    let mut c = env.conn();
+    let rows: Vec<Option<u64>> = c
+        .query(
+            "SELECT LENGTH(gman_do(IF(seq = 2, 'flood', 'echo'), REPEAT('y', 1048573 + seq))) \
+             FROM seq_1_to_4",
+        )
+        .unwrap();
+    // Up to 1048576 bytes fit; the flood and 1048577 bytes do not.
+    assert_eq!(rows, vec![Some(1_048_574), None, Some(1_048_576), None]);
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("exceeded 1048576 bytes"), "{e}");
+    assert_eq!(
+        one(&mut c, "SELECT gman_sum('sumflood', seq) FROM seq_1_to_3"),
+        None
+    );
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("exceeded 4096 bytes"), "{e}");
+    assert_select_1(&mut env, &mut c, "capped results");
+}
+
+// ---------------------------------------------------------------------------
+// One deadline per call (item 2)
+
+/// A loopback port that drops SYNs: a listener with backlog 0 whose accept
+/// queue is full of connections nobody accepts, so a connect to it hangs
+/// until the caller's timeout.
+struct BlackHole {
+    port: u16,
+    _listener: std::net::TcpListener,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+fn black_hole() -> BlackHole {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: a listening socket we own; listen() again sets its backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        queued.push(s);
+        assert!(queued.len() < 16, "the accept queue never fills");
+    }
+    BlackHole {
+        port: addr.port(),
+        _listener: listener,
+        _queued: queued,
+    }
+}
+
+#[test]
+fn every_call_has_one_deadline_over_twenty_black_holed_servers() {
+    let holes: Vec<BlackHole> = (0..20)
+        .map(|_| std::thread::spawn(black_hole))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let list = holes
+        .iter()
+        .map(|h| format!("127.0.0.1:{}", h.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Each connect may take 1 s; every call is bounded by 2 s as a whole.
+    let mut env = Env::start(&format!(
+        "connect_timeout_ms = 1000\nio_timeout_ms = 2000\nforeground_timeout_ms = 2000\n\
+         [function_servers]\nblack = \"{list}\"\n"
+    ));
+    let mut c = env.conn();
+    let bound = Duration::from_secs(8); // 4x the deadline; 20 connects took 20 s
+    for sql in [
+        "SELECT gman_do('black', 'x')",
+        "SELECT gman_do_background('black', 'x')",
+        "SELECT gman_sum('black', seq) FROM seq_1_to_3",
+    ] {
+        let t0 = Instant::now();
+        assert_eq!(one(&mut c, sql), None, "{sql}");
+        let took = t0.elapsed();
+        assert!(took < bound, "{sql} took {took:?}");
+        let e = last_error(&mut c).unwrap();
+        assert!(
+            e.contains("deadline") || e.contains("timed out") || e.contains("within"),
+            "{sql}: {e}"
+        );
+    }
+    // Status walks over every server and list: within the bound (the live
+    // server answers "not known"; the black holes cannot).
+    for sql in [
+        "SELECT gman_job_status('some-unique-key')",
+        "SELECT gman_job_status('H:host:1')",
+    ] {
+        let t0 = Instant::now();
+        let st = one_str(&mut c, sql);
+        let took = t0.elapsed();
+        assert!(took < bound, "{sql} took {took:?}");
+        if let Some(st) = st {
+            assert!(st.contains("\"known\":false"), "{sql}: {st}");
+        }
+    }
+    // gman_server_status(): the live server's answer, the black holes as
+    // errors, all within the bound.
+    assert!(one_str(&mut c, "SELECT gman_do_background('live', 'x')").is_some());
+    let t0 = Instant::now();
+    let st = one_str(&mut c, "SELECT gman_server_status()").unwrap();
+    let took = t0.elapsed();
+    assert!(took < bound, "gman_server_status took {took:?}");
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let arr = v.as_array().unwrap();
+    assert!(
+        arr.iter()
+            .any(|e| e["server"] == env.gearmand.addr() && e["function"] == "live"),
+        "{st}"
+    );
+    assert_eq!(
+        arr.iter().filter(|e| e.get("error").is_some()).count(),
+        20,
+        "{st}"
+    );
+    assert_select_1(&mut env, &mut c, "black holes");
+}
+
+// ---------------------------------------------------------------------------
+// Owed confirmations have a deadline (item 18)
+
+/// Pipelined jobs whose JOB_CREATED does not come within io_timeout_ms
+/// (gearmand stopped after accepting them) are reported as of unknown fate
+/// (they may have been queued: they are, once gearmand resumes), to the
+/// connection that submitted them, instead of staying pending for ever.
+#[test]
+fn overdue_pipelined_confirmations_are_reported_as_unknown_fate() {
+    let mut env = Env::start(&format!("{PIPELINED}io_timeout_ms = 1000\n"));
+    let mut a = env.conn();
+    // The first job of its kind on the connection is confirmed before
+    // anything is pipelined behind it.
+    assert!(one_str(&mut a, "SELECT gman_do_background('late', 'warm')").is_some());
+    env.gearmand.pause();
+    let n: Option<u64> = a
+        .query_first("SELECT COUNT(gman_do_background('late', seq)) FROM seq_1_to_50")
+        .unwrap();
+    assert_eq!(n, Some(50), "written");
+    // A later call (any session) reads the ledger and finds them overdue.
+    let mut b = env.conn();
+    let t0 = Instant::now();
+    while !not_queued_lines(&env)
+        .iter()
+        .any(|l| l.contains("; 50 since the library was loaded"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "50 overdue jobs not reported: {:#?}",
+            env.udf_log_lines()
+        );
+        let _ = one(&mut b, "SELECT gman_job_status('probe')");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = not_queued_lines(&env);
+    assert_eq!(
+        lines.iter().map(|l| not_queued_count(l)).sum::<u64>(),
+        50,
+        "{lines:#?}"
+    );
+    for l in &lines {
+        assert!(
+            l.contains("of unknown fate") && l.contains("may have been queued"),
+            "{l}"
+        );
+    }
+    let e = last_error(&mut a).unwrap();
+    assert!(e.contains("50 of unknown fate"), "{e}");
+    // They were queued after all once gearmand runs again.
+    env.gearmand.resume();
+    wait_until(
+        "51 'late' jobs at gearmand",
+        Duration::from_secs(20),
+        || {
+            env.admin()
+                .status()
+                .unwrap()
+                .iter()
+                .any(|f| f.function == "late" && f.total == 51)
+        },
+    );
+    assert_select_1(&mut env, &mut a, "overdue confirmations");
+}
+
+/// Python's `gear` job server ignores SUBMIT_JOB_EPOCH (no reply at all).
+/// Confirmations are matched in order, so before a packet type had been
+/// seen answered on a connection, a later job's JOB_CREATED was credited to
+/// the ignored one. The first job of each kind is now confirmed before
+/// anything is pipelined behind it: the epoch call fails on its own row
+/// (unknown fate), and every background job is confirmed, none blamed.
+#[test]
+fn pipelined_dispatch_against_python_gear_blames_only_the_ignored_packet() {
+    let gear = gearman_testkit::GearServer::start();
+    let config = write_config(&format!(
+        "servers = \"{}\"\n{PIPELINED}io_timeout_ms = 1500\n",
+        gear.addr()
+    ));
+    let mut db = start_db(&config, &[]);
+    let mut c = common::connect(&db);
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT gman_do_epoch('ep', 'x', UNIX_TIMESTAMP() + 3600)"
+        ),
+        None,
+        "gear never confirms a scheduled job"
+    );
+    let e = last_error(&mut c).unwrap();
+    assert!(e.contains("gman_do_epoch") && e.contains("'ep'"), "{e}");
+    let keys: Vec<Option<String>> = c
+        .query("SELECT gman_do_background('bg', CONCAT('b', seq)) FROM seq_1_to_20")
+        .unwrap();
+    assert!(keys.iter().all(Option::is_some), "{keys:?}");
+    // Every confirmation is collected (this call waits for the ledger),
+    // and no background job is reported as failed.
+    let t0 = Instant::now();
+    loop {
+        let _ = one(&mut c, "SELECT gman_job_status('probe')");
+        let st = gearman_core::admin::Admin::connect(
+            &gearman_core::ServerAddr {
+                host: "127.0.0.1".into(),
+                port: gear.port(),
+            },
+            Duration::from_secs(2),
+        )
+        .and_then(|mut a| a.status());
+        if let Ok(st) = st {
+            if st.iter().any(|f| f.function == "bg" && f.total == 20) {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "20 bg jobs at gear");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = one(&mut c, "SELECT gman_job_status('probe')");
+    let blamed: Vec<String> = db
+        .error_log()
+        .lines()
+        .filter(|l| l.contains("pipelined background dispatch:") && l.contains("'bg'"))
+        .map(str::to_owned)
+        .collect();
+    assert!(blamed.is_empty(), "background jobs blamed: {blamed:#?}");
+    assert!(db.is_alive());
 }

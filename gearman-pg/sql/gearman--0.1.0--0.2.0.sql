@@ -15,4 +15,47 @@
 -- created again (ALTER EXTENSION ... DROP FUNCTION is not needed: DROP
 -- FUNCTION inside the script removes its membership).
 --
--- 0.1.0 -> 0.2.0: no catalog change so far.
+-- 0.1.0 -> 0.2.0: the changes below, each with its reason.
+
+-- gman_servers_set returns boolean (true), as pggearman's did, so that
+-- `IF gman_servers_set(...) THEN` runs unchanged (issue 10 item 14): the
+-- result type changes, so drop and create.
+DROP FUNCTION gman_servers_set(text);
+DROP FUNCTION gman_servers_set(text, text);
+CREATE FUNCTION "gman_servers_set"(
+	"servers" TEXT
+) RETURNS bool
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'gman_servers_set_wrapper';
+CREATE FUNCTION "gman_servers_set"(
+	"servers" TEXT,
+	"function" TEXT
+) RETURNS bool
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'gman_servers_set_function_wrapper';
+
+-- gman_trigger() first checks that it is called as a trigger (SQLSTATE
+-- 39P01 with a hint otherwise, issue 10 item 7): same function, another C
+-- symbol; replaced in place (triggers depend on it).
+CREATE OR REPLACE FUNCTION "gman_trigger"()
+	RETURNS TRIGGER
+	LANGUAGE c VOLATILE PARALLEL UNSAFE
+	AS 'MODULE_PATHNAME', 'gman_trigger_checked';
+
+-- gearman.outbox (issue 10 item 12; the table's definition is in
+-- sql/outbox.sql). Rows the relay cannot send are set aside with their error
+-- instead of being retried for ever: three columns, added last (the fresh
+-- table has them last too), and an index over the rows still to send. Who
+-- may write the outbox is the owner's decision: PUBLIC loses INSERT and the
+-- sequence's USAGE (the header of sql/outbox.sql documents the GRANT).
+ALTER TABLE gearman.outbox
+    ADD COLUMN attempts   integer     NOT NULL DEFAULT 0,
+    ADD COLUMN last_error text,
+    ADD COLUMN failed_at  timestamptz;
+COMMENT ON TABLE gearman.outbox IS
+    'Background jobs waiting for the relay (gearman.dispatch = outbox); run_at set = scheduled job (SUBMIT_JOB_EPOCH); failed_at set = set aside by the relay (last_error says why)';
+CREATE INDEX outbox_pending ON gearman.outbox (id) WHERE failed_at IS NULL;
+REVOKE INSERT ON gearman.outbox FROM PUBLIC;
+REVOKE USAGE ON SEQUENCE gearman.outbox_id_seq FROM PUBLIC;

@@ -352,7 +352,7 @@ pub fn gman_do_many(
         .iter()
         .map(|w| (function.to_string(), w.unwrap_or("").as_bytes().to_vec()))
         .collect();
-    TableIterator::new(gather(calls))
+    TableIterator::new(backend::within_deadline(|_| gather(calls)))
 }
 
 /// Scatter/gather over several functions: element `i` of `workloads` goes
@@ -397,12 +397,14 @@ pub fn gman_do_many_functions(
         };
         calls.push((f.to_string(), w.unwrap_or("").as_bytes().to_vec()));
     }
-    TableIterator::new(gather(calls))
+    TableIterator::new(backend::within_deadline(|_| gather(calls)))
 }
 
 /// Runs `(function, workload)` foreground jobs concurrently, grouped by the
 /// server list of their function; returns `(ordinality, result)` rows in
-/// input order. Bad arguments raise before anything is sent.
+/// input order. Bad arguments raise before anything is sent. Called within
+/// one deadline (`gearman.timeout`) for every group together; each job's
+/// result is capped at `gearman.max_result_size`.
 fn gather(calls: Vec<(String, Vec<u8>)>) -> Vec<(i32, Option<String>)> {
     let mut groups: Vec<(std::rc::Rc<gearman_core::ServerList>, Vec<usize>, Vec<Job>)> = Vec::new();
     let functions: Vec<String> = calls.iter().map(|(f, _)| f.clone()).collect();
@@ -454,42 +456,53 @@ fn gather(calls: Vec<(String, Vec<u8>)>) -> Vec<(i32, Option<String>)> {
 }
 
 /// Sets the server list for this session (`host[:port],...`) and returns
-/// the list now in force. The same as `SET gearman.servers = ...`, so it
-/// needs the same privilege (superuser or `GRANT SET ON PARAMETER
-/// gearman.servers`) and is undone by a rolled-back transaction.
+/// true, as pggearman's `gman_servers_set(text) RETURNS boolean` did (so
+/// `IF gman_servers_set(...) THEN` runs unchanged). The same as `SET
+/// gearman.servers = ...`, so it needs the same privilege (superuser or
+/// `GRANT SET ON PARAMETER gearman.servers`) and is undone by a rolled-back
+/// transaction. A list that does not parse raises `22023` naming the bad
+/// entry (`gearman.on_error = warning`: a WARNING and false); a missing
+/// privilege raises `42501`.
 ///
-/// `(servers text) RETURNS text`. VOLATILE, STRICT, PARALLEL UNSAFE.
+/// `(servers text) RETURNS boolean`. VOLATILE, STRICT, PARALLEL UNSAFE.
 #[pg_extern(name = "gman_servers_set", volatile, strict, parallel_unsafe)]
-pub fn gman_servers_set(servers: &str) -> String {
+pub fn gman_servers_set(servers: &str) -> bool {
     if let Err(e) = backend::parse_servers(servers) {
-        e.raise();
+        e.report();
+        return false;
     }
     set_servers_guc(servers, true);
-    gucs::servers_text()
+    true
 }
 
 /// Sets the server list for one function in this session; an empty list
 /// removes the override. Needs the privilege to set `gearman.servers`.
-/// Returns the list now in force for that function.
+/// Returns true (pggearman's per-function form returned boolean too);
+/// errors as the one-argument form.
 ///
-/// `(servers text, function text) RETURNS text`. VOLATILE, STRICT, PARALLEL UNSAFE.
+/// `(servers text, function text) RETURNS boolean`. VOLATILE, STRICT,
+/// PARALLEL UNSAFE.
 #[pg_extern(name = "gman_servers_set", volatile, strict, parallel_unsafe)]
-pub fn gman_servers_set_function(servers: &str, function: &str) -> String {
+pub fn gman_servers_set_function(servers: &str, function: &str) -> bool {
+    if let Err(e) = gearman_core::validate_function_name(function.as_bytes()) {
+        GmError::from_core(&e, function, servers).report();
+        return false;
+    }
     let list = if servers.trim().is_empty() {
         None
     } else {
         match backend::parse_servers(servers) {
             Ok(l) => Some(l),
-            Err(e) => e.raise(),
+            Err(e) => {
+                e.report();
+                return false;
+            }
         }
     };
     // Privilege check only (changeVal = false): the same rule as SET.
     set_servers_guc(&gucs::servers_text(), false);
     backend::set_function_servers(function, list);
-    match backend::servers_for(function) {
-        Ok(l) => l.to_string(),
-        Err(e) => e.raise(),
-    }
+    true
 }
 
 /// `SET gearman.servers` with the caller's privileges (as `set_config()`).

@@ -2,11 +2,27 @@
 //!
 //! All of them work in `postgresql.conf`, `ALTER DATABASE/ROLE ... SET` and
 //! `SET`. [`init`] must be called exactly once, from `_PG_init`.
+//!
+//! `gearman.servers` remembers where its value came from (the GUC source,
+//! carried through PostgreSQL's `extra` so that it follows RESET, rollback
+//! and SET LOCAL): the deprecated `pggearman.default_servers` is used only
+//! while `gearman.servers` is at its built-in default, never when it was
+//! set to any value, `127.0.0.1:4730` included.
+//!
+//! When the library is loaded after a session started (no
+//! `shared_preload_libraries`), PostgreSQL re-applies values given before the
+//! load (`PGOPTIONS='-c gearman.servers=...'`, an early `SET`). If it rejects
+//! one (the role may not set the parameter, or the value does not parse), it
+//! would leave the built-in default in force and lose the configured value;
+//! [`init`] then re-applies the configured value itself, from the server's
+//! configuration files, its command line and `ALTER DATABASE/ROLE ... SET`
+//! (see [`restore_configured`]).
 
 use gearman_core::ServerList;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::{CStr, CString};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The server list used when nothing is configured at all.
@@ -42,13 +58,39 @@ static SERVERS: GucSetting<Option<CString>> =
 static LEGACY_SERVERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+static COMMIT_SEND_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+static MAX_RESULT_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 << 20);
+
+/// Largest `gearman.max_result_size`: 1 GB, PostgreSQL's largest value.
+pub const MAX_RESULT_SIZE_LIMIT: i32 = 1 << 30;
 static DISPATCH: GucSetting<Dispatch> = GucSetting::<Dispatch>::new(Dispatch::Commit);
 static ON_ERROR: GucSetting<OnError> = GucSetting::<OnError>::new(OnError::Error);
 
+/// The source (`GucSource`) of the value of `gearman.servers` in force.
+static SERVERS_SOURCE: AtomicU32 = AtomicU32::new(pg_sys::GucSource::PGC_S_DEFAULT);
+/// The source of the value of `pggearman.default_servers` in force.
+static LEGACY_SOURCE: AtomicU32 = AtomicU32::new(pg_sys::GucSource::PGC_S_DEFAULT);
+/// Set when a rejected value must be replaced by the configured one from
+/// `ALTER DATABASE/ROLE ... SET`, which needs a transaction (done at the
+/// first use, see [`servers_text`]).
+static RESTORE_CATALOG: AtomicBool = AtomicBool::new(false);
+
+const SERVERS_NAME: &CStr = c"gearman.servers";
+const LEGACY_NAME: &CStr = c"pggearman.default_servers";
+
+/// Whether a value (placeholder) for `name` exists before the library
+/// defines the setting: a value given before the load.
+fn placeholder_exists(name: &CStr) -> bool {
+    // SAFETY: valid NUL-terminated name; missing_ok = true never raises.
+    unsafe { !pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null() }
+}
+
 /// Registers every setting. Call once, from `_PG_init`.
 pub fn init() {
-    // SAFETY: the check hook is a #[pg_guard] function that does not panic
-    // for any input; the setting is a 'static GucSetting.
+    let had_servers = placeholder_exists(SERVERS_NAME);
+    let had_legacy = placeholder_exists(LEGACY_NAME);
+    // SAFETY: the hooks are #[pg_guard] functions that do not panic for
+    // any input; the settings are 'static GucSettings.
     unsafe {
         GucRegistry::define_string_guc_with_hooks(
             c"gearman.servers",
@@ -60,7 +102,7 @@ pub fn init() {
             GucContext::Suset,
             GucFlags::default(),
             Some(check_servers),
-            None,
+            Some(assign_servers),
             None,
         );
         GucRegistry::define_string_guc_with_hooks(
@@ -71,9 +113,18 @@ pub fn init() {
             GucContext::Suset,
             GucFlags::default(),
             Some(check_servers),
-            None,
+            Some(assign_legacy),
             None,
         );
+    }
+    // A value given before the load that PostgreSQL rejected leaves the
+    // built-in default (source: default) in force: put the configured
+    // value back.
+    let lost = |had: bool, source: &AtomicU32| {
+        had && source.load(Ordering::Relaxed) == pg_sys::GucSource::PGC_S_DEFAULT
+    };
+    if lost(had_servers, &SERVERS_SOURCE) || lost(had_legacy, &LEGACY_SOURCE) {
+        restore_configured();
     }
     GucRegistry::define_int_guc(
         c"gearman.connect_timeout",
@@ -87,9 +138,37 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"gearman.timeout",
-        c"Bound on a foreground job (gman_do and friends), from submission to result (milliseconds).",
-        c"Query cancel and statement_timeout also end the wait.",
+        c"Bound on each call as a whole: a foreground job from its start to its result, a status call over every server (milliseconds).",
+        c"Connecting, failing over to the next server and waiting all draw from this one \
+          deadline, taken at the start of the call (gman_do*, gman_do_many, gman_sum, \
+          gman_job_status, gman_server_status). Query cancel and statement_timeout also end \
+          the wait.",
         &TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"gearman.max_result_size",
+        c"Largest result of one foreground job (bytes; default 16MB, at most 1GB).",
+        c"Applies to each job of gman_do*, gman_do_many and gman_sum: the worker's \
+          WORK_DATA chunks and WORK_COMPLETE data together. A larger result fails that job \
+          (SQLSTATE 54000); the rest of it is read and dropped, never kept in memory.",
+        &MAX_RESULT_SIZE,
+        1,
+        MAX_RESULT_SIZE_LIMIT,
+        GucContext::Userset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"gearman.commit_send_timeout",
+        c"Bound on sending a committed transaction's background jobs, as a whole (milliseconds).",
+        c"With gearman.dispatch = commit, the jobs are written after COMMIT, once the \
+          transaction's locks are released, without waiting for confirmations. Jobs not \
+          written by then (job server not reading, query cancel, statement_timeout) are \
+          reported in a WARNING and counted as failed in gman_dispatch_status().",
+        &COMMIT_SEND_TIMEOUT_MS,
         1,
         i32::MAX,
         GucContext::Userset,
@@ -115,24 +194,70 @@ pub fn init() {
 }
 
 /// Rejects a server list that does not parse, with the parser's message.
+/// Stores the value's source as its `extra`, which PostgreSQL hands to the
+/// assign hook whenever this value comes into force again.
 #[pg_guard]
 unsafe extern "C-unwind" fn check_servers(
     newval: *mut *mut std::ffi::c_char,
-    _extra: *mut *mut std::ffi::c_void,
-    _source: pg_sys::GucSource::Type,
+    extra: *mut *mut std::ffi::c_void,
+    source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: PostgreSQL passes a valid pointer to the candidate value,
     // which is NULL or a NUL-terminated string.
     let value = unsafe {
         if newval.is_null() || (*newval).is_null() {
-            return true;
+            None
+        } else {
+            Some(CStr::from_ptr(*newval).to_string_lossy().into_owned())
         }
-        CStr::from_ptr(*newval).to_string_lossy().into_owned()
     };
-    if value.trim().is_empty() {
-        return true;
+    let ok = match value.as_deref().map(str::trim) {
+        None | Some("") => true,
+        Some(v) => check_list(v),
+    };
+    if ok && !extra.is_null() {
+        // SAFETY: `extra` must be malloc'd (PostgreSQL frees it with
+        // free()); a u32 is written into the fresh allocation.
+        unsafe {
+            let p = libc::malloc(std::mem::size_of::<u32>()).cast::<u32>();
+            if !p.is_null() {
+                p.write(source);
+                *extra = p.cast();
+            }
+        }
     }
-    match ServerList::parse(&value) {
+    ok
+}
+
+/// Records the source of the value now in force (from the check hook's
+/// `extra`).
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_servers(
+    _newval: *const std::ffi::c_char,
+    extra: *mut std::ffi::c_void,
+) {
+    // SAFETY: `extra` is NULL or the u32 written by check_servers.
+    if let Some(source) = unsafe { extra.cast::<u32>().as_ref() } {
+        SERVERS_SOURCE.store(*source, Ordering::Relaxed);
+    }
+}
+
+/// As [`assign_servers`], for `pggearman.default_servers`.
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_legacy(
+    _newval: *const std::ffi::c_char,
+    extra: *mut std::ffi::c_void,
+) {
+    // SAFETY: `extra` is NULL or the u32 written by check_servers.
+    if let Some(source) = unsafe { extra.cast::<u32>().as_ref() } {
+        LEGACY_SOURCE.store(*source, Ordering::Relaxed);
+    }
+}
+
+/// Whether `value` parses as a server list; if not, sets the check hook's
+/// error detail to the parser's message.
+fn check_list(value: &str) -> bool {
+    match ServerList::parse(value) {
         Ok(_) => true,
         Err(e) => {
             let msg = CString::new(e.to_string().replace('\0', " ")).unwrap_or_default();
@@ -146,14 +271,19 @@ unsafe extern "C-unwind" fn check_servers(
 }
 
 /// The configured server list text: `gearman.servers`, or
-/// `pggearman.default_servers` when `gearman.servers` is at its default
-/// (or empty) and the legacy setting is set.
+/// `pggearman.default_servers` when `gearman.servers` was not set anywhere
+/// (its source is the built-in default, whatever its value) or is empty,
+/// and the legacy setting is set.
 pub fn servers_text() -> String {
+    if RESTORE_CATALOG.swap(false, Ordering::Relaxed) {
+        restore_from_catalog();
+    }
     let current = SERVERS
         .get()
         .map(|c| c.to_string_lossy().trim().to_string())
         .unwrap_or_default();
-    if current.is_empty() || current == DEFAULT_SERVERS {
+    let defaulted = SERVERS_SOURCE.load(Ordering::Relaxed) == pg_sys::GucSource::PGC_S_DEFAULT;
+    if current.is_empty() || defaulted {
         if let Some(legacy) = LEGACY_SERVERS.get() {
             let legacy = legacy.to_string_lossy().trim().to_string();
             if !legacy.is_empty() {
@@ -178,6 +308,16 @@ pub fn timeout() -> Duration {
     Duration::from_millis(TIMEOUT_MS.get().max(1) as u64)
 }
 
+/// `gearman.max_result_size` in bytes.
+pub fn max_result_size() -> usize {
+    usize::try_from(MAX_RESULT_SIZE.get().max(1)).unwrap_or(16 << 20)
+}
+
+/// `gearman.commit_send_timeout`.
+pub fn commit_send_timeout() -> Duration {
+    Duration::from_millis(COMMIT_SEND_TIMEOUT_MS.get().max(1) as u64)
+}
+
 /// `gearman.timeout` in milliseconds, for messages.
 pub fn timeout_ms() -> i32 {
     TIMEOUT_MS.get()
@@ -191,4 +331,213 @@ pub fn dispatch() -> Dispatch {
 /// `gearman.on_error`.
 pub fn on_error() -> OnError {
     ON_ERROR.get()
+}
+
+/// Where a configured value comes from, in PostgreSQL's order of
+/// precedence (later wins).
+struct Configured {
+    name: &'static CStr,
+    value: String,
+    context: pg_sys::GucContext::Type,
+    source: pg_sys::GucSource::Type,
+}
+
+/// Re-applies the configured values of `gearman.servers` and
+/// `pggearman.default_servers`, each with its own source, as PostgreSQL
+/// would have at session start had the library been loaded then: the
+/// configuration files (`postgresql.conf` with its includes, then
+/// `postgresql.auto.conf` from `ALTER SYSTEM`), the server's command line
+/// (`-c name=value`, `--name=value`), then `ALTER DATABASE/ROLE ... SET`
+/// (inside a transaction; otherwise at the first use). Values are applied
+/// with the privilege of the configuration they come from, never with the
+/// session's.
+fn restore_configured() {
+    let mut found: Vec<Configured> = Vec::new();
+    for name in [SERVERS_NAME, LEGACY_NAME] {
+        let key = name.to_string_lossy().into_owned();
+        if let Some(v) = from_files(&key) {
+            found.push(Configured {
+                name,
+                value: v,
+                context: pg_sys::GucContext::PGC_SIGHUP,
+                source: pg_sys::GucSource::PGC_S_FILE,
+            });
+        }
+        if let Some(v) = from_command_line(&key) {
+            found.push(Configured {
+                name,
+                value: v,
+                context: pg_sys::GucContext::PGC_POSTMASTER,
+                source: pg_sys::GucSource::PGC_S_ARGV,
+            });
+        }
+    }
+    apply(&found);
+    // SAFETY: plain query of the transaction state.
+    if unsafe { pg_sys::IsTransactionState() } {
+        restore_from_catalog();
+    } else {
+        RESTORE_CATALOG.store(true, Ordering::Relaxed);
+    }
+}
+
+fn apply(values: &[Configured]) {
+    for c in values {
+        let Ok(value) = CString::new(c.value.as_str()) else {
+            continue;
+        };
+        // SAFETY: valid NUL-terminated strings; elevel WARNING never
+        // raises (a value that does not parse is reported and skipped).
+        unsafe {
+            pg_sys::set_config_option(
+                c.name.as_ptr(),
+                value.as_ptr(),
+                c.context,
+                c.source,
+                pg_sys::GucAction::GUC_ACTION_SET,
+                true,
+                pg_sys::WARNING as i32,
+                false,
+            );
+        }
+    }
+}
+
+/// The last value of `name` in the configuration files, as PostgreSQL
+/// reads them (`postgresql.conf` and its includes, then
+/// `postgresql.auto.conf` in the data directory).
+fn from_files(name: &str) -> Option<String> {
+    let mut out = None;
+    // SAFETY: ConfigFileName is NULL or the server's configuration file
+    // path; ParseConfigFile reports problems at DEBUG1 (never raises at that
+    // level) and returns a palloc'd list that FreeConfigVariables frees.
+    unsafe {
+        let mut files: Vec<(*const std::ffi::c_char, bool)> = Vec::new();
+        if !pg_sys::ConfigFileName.is_null() {
+            files.push((pg_sys::ConfigFileName, true));
+        }
+        files.push((c"postgresql.auto.conf".as_ptr(), false));
+        for (file, strict) in files {
+            let mut head: *mut pg_sys::ConfigVariable = std::ptr::null_mut();
+            let mut tail: *mut pg_sys::ConfigVariable = std::ptr::null_mut();
+            pg_sys::ParseConfigFile(
+                file,
+                strict,
+                std::ptr::null(),
+                0,
+                0,
+                pg_sys::DEBUG1 as i32,
+                &mut head,
+                &mut tail,
+            );
+            let mut item = head;
+            while !item.is_null() {
+                let v = &*item;
+                if !v.ignore && !v.name.is_null() && !v.value.is_null() {
+                    let n = CStr::from_ptr(v.name).to_string_lossy();
+                    if n.eq_ignore_ascii_case(name) {
+                        out = Some(CStr::from_ptr(v.value).to_string_lossy().into_owned());
+                    }
+                }
+                item = v.next;
+            }
+            if !head.is_null() {
+                pg_sys::FreeConfigVariables(head);
+            }
+        }
+    }
+    out
+}
+
+/// The last `-c name=value` or `--name=value` of `name` on the command line
+/// of the postmaster (read from `/proc`, where available).
+fn from_command_line(name: &str) -> Option<String> {
+    // SAFETY: plain read of a global set at postmaster start.
+    let pid = unsafe { pg_sys::PostmasterPid };
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    command_line_value(&args, name)
+}
+
+/// The last value of `name` in a postgres command line.
+pub(crate) fn command_line_value(args: &[String], name: &str) -> Option<String> {
+    let mut out = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let setting = if a == "-c" {
+            i += 1;
+            args.get(i).map(String::as_str)
+        } else if let Some(rest) = a.strip_prefix("-c") {
+            Some(rest)
+        } else {
+            a.strip_prefix("--")
+        };
+        if let Some((n, v)) = setting.and_then(|s| s.split_once('=')) {
+            if n.replace('-', "_").eq_ignore_ascii_case(name) {
+                out = Some(v.to_string());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Re-applies `ALTER ROLE/DATABASE ... SET` values of the two server
+/// settings for this session's database and user, with their sources
+/// (global, database, user, database and user). Needs a transaction.
+fn restore_from_catalog() {
+    // SAFETY: plain reads of the session's database and user.
+    let (db, role) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetSessionUserId()) };
+    let rows: Vec<(bool, bool, String)> = match Spi::connect(|c| {
+        let r = c.select(
+            "SELECT s.setdatabase <> 0, s.setrole <> 0, cfg \
+             FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) cfg \
+             WHERE s.setdatabase IN (0, $1) AND s.setrole IN (0, $2)",
+            None,
+            &[db.into(), role.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in r {
+            out.push((
+                row.get::<bool>(1)?.unwrap_or(false),
+                row.get::<bool>(2)?.unwrap_or(false),
+                row.get::<String>(3)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    }) {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let mut found: Vec<Configured> = Vec::new();
+    for (has_db, has_role, cfg) in rows {
+        let Some((n, v)) = cfg.split_once('=') else {
+            continue;
+        };
+        let name = if n.eq_ignore_ascii_case("gearman.servers") {
+            SERVERS_NAME
+        } else if n.eq_ignore_ascii_case("pggearman.default_servers") {
+            LEGACY_NAME
+        } else {
+            continue;
+        };
+        let source = match (has_db, has_role) {
+            (false, false) => pg_sys::GucSource::PGC_S_GLOBAL,
+            (true, false) => pg_sys::GucSource::PGC_S_DATABASE,
+            (false, true) => pg_sys::GucSource::PGC_S_USER,
+            (true, true) => pg_sys::GucSource::PGC_S_DATABASE_USER,
+        };
+        found.push(Configured {
+            name,
+            value: v.to_string(),
+            context: pg_sys::GucContext::PGC_SUSET,
+            source,
+        });
+    }
+    found.sort_by_key(|c| c.source);
+    apply(&found);
 }

@@ -268,18 +268,69 @@ mod tests {
         let g2 = Gearmand::start();
         let _w1 = Recorder::start_with(&g1.addr(), &["who"], |_| Ok(b"one".to_vec()));
         let _w2 = Recorder::start_with(&g2.addr(), &["who"], |_| Ok(b"two".to_vec()));
+        let set = |sql: &str| Spi::get_one::<bool>(sql).unwrap();
         assert_eq!(
-            one(&format!("SELECT gman_servers_set('{}')", g1.addr())),
-            Some(g1.addr())
+            set(&format!("SELECT gman_servers_set('{}')", g1.addr())),
+            Some(true)
         );
         assert_eq!(one("SELECT gman_do('who', '')").as_deref(), Some("one"));
         assert_eq!(
-            one(&format!("SELECT gman_servers_set('{}', 'who')", g2.addr())),
-            Some(g2.addr())
+            set(&format!("SELECT gman_servers_set('{}', 'who')", g2.addr())),
+            Some(true)
         );
         assert_eq!(one("SELECT gman_do('who', '')").as_deref(), Some("two"));
-        assert_eq!(one("SELECT gman_servers_set('', 'who')"), Some(g1.addr()));
+        assert_eq!(set("SELECT gman_servers_set('', 'who')"), Some(true));
         assert_eq!(one("SELECT gman_do('who', '')").as_deref(), Some("one"));
+    }
+
+    #[pg_test]
+    fn gearman_servers_set_to_the_default_value_wins_over_the_legacy_setting() {
+        use crate::gucs::servers_text;
+        // Nothing set: the built-in default.
+        assert_eq!(servers_text(), "127.0.0.1:4730");
+        // The legacy setting applies while gearman.servers is not set.
+        Spi::run("SET pggearman.default_servers = '127.0.0.1:4999'").unwrap();
+        assert_eq!(servers_text(), "127.0.0.1:4999");
+        // Set explicitly, even to the default's value: gearman.servers wins.
+        for explicit in ["127.0.0.1:4730", " 127.0.0.1:4730 ", "127.0.0.1:4731"] {
+            Spi::run(&format!("SET gearman.servers = '{explicit}'")).unwrap();
+            assert_eq!(servers_text(), explicit.trim(), "{explicit:?}");
+        }
+        // RESET goes back to the default source: the legacy setting again.
+        Spi::run("RESET gearman.servers").unwrap();
+        assert_eq!(servers_text(), "127.0.0.1:4999");
+        Spi::run("SET LOCAL gearman.servers = '127.0.0.1:4730'").unwrap();
+        assert_eq!(servers_text(), "127.0.0.1:4730");
+        Spi::run("SET LOCAL gearman.servers TO DEFAULT").unwrap();
+        assert_eq!(servers_text(), "127.0.0.1:4999");
+        Spi::run("SELECT set_config('gearman.servers', '127.0.0.1:4730', true)").unwrap();
+        assert_eq!(servers_text(), "127.0.0.1:4730");
+    }
+
+    #[pg_test]
+    fn command_line_values_are_found_as_postgres_parses_them() {
+        use crate::gucs::command_line_value;
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cl = args(&[
+            "/usr/lib/postgresql/15/bin/postgres",
+            "-D",
+            "/x",
+            "-c",
+            "gearman.servers=a:1",
+            "-cgearman.servers=b:2",
+            "--port=5",
+        ]);
+        assert_eq!(
+            command_line_value(&cl, "gearman.servers").as_deref(),
+            Some("b:2")
+        );
+        let cl = args(&["postgres", "--gearman.servers=c:3", "-c", "other=1"]);
+        assert_eq!(
+            command_line_value(&cl, "gearman.servers").as_deref(),
+            Some("c:3")
+        );
+        assert_eq!(command_line_value(&cl, "pggearman.default_servers"), None);
+        assert_eq!(command_line_value(&args(&["postgres", "-c"]), "x"), None);
     }
 
     #[pg_test]

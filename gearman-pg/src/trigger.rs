@@ -10,22 +10,85 @@
 //! their JSON form). The job is a background job sent per
 //! `gearman.dispatch` (by default after COMMIT, so the worker can read the
 //! row). In a BEFORE trigger the row is passed through unchanged.
+//!
+//! Called any other way (`SELECT gman_trigger()`), it raises SQLSTATE
+//! `39P01` (trigger_protocol_violated) with a hint showing `CREATE TRIGGER`.
+//! Any other trigger-protocol failure (bad trigger data) raises `39P01` as
+//! well, never an internal error.
 
 use crate::error::{or_report, GmError};
 use crate::functions::background;
 use gearman_core::Priority;
 use pgrx::prelude::*;
-use pgrx::{direct_function_call, PgTriggerError};
+use pgrx::{direct_function_call, PgSqlErrorCode, PgTriggerError};
+
+const TRIGGER_USAGE: &str = "CREATE TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ON some_table \
+     FOR EACH ROW EXECUTE FUNCTION gman_trigger('function_name' [, 'high'|'normal'|'low'])";
+
+/// The trigger protocol was not followed: `39P01` with the usage as hint.
+fn protocol_error(what: &str) -> GmError {
+    GmError::new(
+        PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+        format!("gearman: {what}"),
+    )
+    .hint(format!("Use it in a trigger: {TRIGGER_USAGE}."))
+}
+
+/// The SQL function `gman_trigger()`: checks that PostgreSQL called it as
+/// a trigger before pgrx's wrapper (which would panic otherwise) runs.
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with a valid `fcinfo`.
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn gman_trigger_checked(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is valid; context is NULL or a Node (CALLED_AS_TRIGGER).
+    let as_trigger = unsafe {
+        !fcinfo.is_null()
+            && !(*fcinfo).context.is_null()
+            && (*(*fcinfo).context).type_ == pg_sys::NodeTag::T_TriggerData
+    };
+    if !as_trigger {
+        protocol_error("gman_trigger() must be called as a trigger, not as a plain function")
+            .raise();
+    }
+    // SAFETY: called as a trigger, as pgrx's wrapper requires.
+    unsafe { gman_trigger_wrapper(fcinfo) }
+}
+
+/// Version-1 calling convention record for [`gman_trigger_checked`].
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_gman_trigger_checked() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
 
 /// The trigger function. VOLATILE, PARALLEL UNSAFE (as every trigger).
-#[pg_trigger]
+#[pg_trigger(sql = r#"
+CREATE FUNCTION "gman_trigger"() RETURNS TRIGGER
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'gman_trigger_checked';
+"#)]
 pub fn gman_trigger<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
+    match run(trigger) {
+        Ok(r) => Ok(r),
+        Err(e) => protocol_error(&format!("gman_trigger: invalid trigger call: {e}")).raise(),
+    }
+}
+
+fn run<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
     let args = trigger.extra_args()?;
     let Some(function) = args.first() else {
         GmError::invalid("gearman: gman_trigger needs the function name as its first argument")
-            .hint("CREATE TRIGGER ... EXECUTE FUNCTION gman_trigger('function_name' [, 'high'|'normal'|'low'])")
+            .hint(TRIGGER_USAGE)
             .raise();
     };
     let priority = match args.get(1) {

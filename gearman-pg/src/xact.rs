@@ -10,9 +10,16 @@
 //!   connection, or a new TCP connection; no round trip), so a gearmand
 //!   that is down fails the transaction (`on_error = error`) instead of
 //!   losing its jobs;
-//! - `COMMIT` (the commit is durable and visible): the jobs are written,
-//!   pipelined, with `submit_background_deferred`, which does not wait for
-//!   gearmand's JOB_CREATED confirmations. Errors here can only be
+//! - `COMMIT` (the commit is durable and visible): the jobs are taken
+//!   over, and written once PostgreSQL has released the transaction's locks
+//!   (the resource-release callback after locks, still inside COMMIT), so
+//!   no other session waits for the write. They are written pipelined,
+//!   with `submit_background_deferred`, never waiting for gearmand's
+//!   JOB_CREATED confirmations, all within one deadline
+//!   (`gearman.commit_send_timeout`, default 5 s, from the start of the
+//!   send); a query cancel, `statement_timeout` or termination ends the
+//!   send early. Jobs not written by then are counted as failed and
+//!   reported in one WARNING per server list. Errors here can only be
 //!   WARNINGs: the transaction is already committed;
 //! - `ABORT`: the jobs are dropped;
 //! - `PREPARE TRANSACTION` with held jobs is an error that points to outbox.
@@ -28,7 +35,7 @@
 //! a gearmand that accepts connections but does not answer or refuses jobs:
 //! those show up as such deferred failures. Jobs that must not be lost
 //! belong in `gearman.dispatch = outbox`. When the backend exits with
-//! confirmations still owed, it waits for them (at most 2 s per server) and
+//! confirmations still owed, it waits for them (at most 2 s in all) and
 //! logs failures to the server log.
 
 use crate::backend;
@@ -40,9 +47,7 @@ use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
-
-/// Jobs per pipelined batch at commit.
-const COMMIT_BATCH: usize = 4096;
+use std::time::Instant;
 
 struct Held {
     subxact: pg_sys::SubTransactionId,
@@ -53,6 +58,9 @@ struct Held {
 #[derive(Default)]
 struct XactState {
     held: Vec<Held>,
+    /// Jobs of the transaction that is committing, to be written once its
+    /// locks are released.
+    committed: Vec<Held>,
     /// Functions written to the outbox in this transaction (NOTIFY at commit).
     notified: HashSet<String>,
 }
@@ -68,6 +76,34 @@ pub fn init() {
     unsafe {
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+        pg_sys::RegisterResourceReleaseCallback(Some(release_callback), std::ptr::null_mut());
+    }
+}
+
+/// Called by PostgreSQL for each resource owner and phase at the end of a
+/// (sub)transaction. After the locks of a committed top-level transaction
+/// are released (phase `AFTER_LOCKS`, still inside COMMIT), writes its
+/// jobs; then reads the confirmations owed by earlier commits that have
+/// arrived (no wait), so that failures among them are reported on this
+/// statement.
+#[pg_guard]
+unsafe extern "C-unwind" fn release_callback(
+    phase: pg_sys::ResourceReleasePhase::Type,
+    is_commit: bool,
+    is_top_level: bool,
+    _arg: *mut std::ffi::c_void,
+) {
+    if phase != pg_sys::ResourceReleasePhase::RESOURCE_RELEASE_AFTER_LOCKS
+        || !is_commit
+        || !is_top_level
+    {
+        return;
+    }
+    let committed = XACT.with(|x| std::mem::take(&mut x.borrow_mut().committed));
+    if committed.is_empty() {
+        backend::collect_owed();
+    } else {
+        send_after_commit(committed);
     }
 }
 
@@ -127,19 +163,19 @@ unsafe extern "C-unwind" fn xact_callback(
             pre_commit();
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
-            let held = XACT.with(|x| {
+            // Written after the locks are released (release_callback).
+            XACT.with(|x| {
                 let mut x = x.borrow_mut();
                 x.notified.clear();
-                std::mem::take(&mut x.held)
+                let held = std::mem::take(&mut x.held);
+                x.committed.extend(held);
             });
-            if !held.is_empty() {
-                send_after_commit(held);
-            }
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             XACT.with(|x| {
                 let mut x = x.borrow_mut();
                 x.held.clear();
+                x.committed.clear();
                 x.notified.clear();
             });
         }
@@ -188,6 +224,11 @@ fn distinct_servers(held: &[Held]) -> Vec<Rc<ServerList>> {
 /// Checks that every server list with held jobs has a reachable server
 /// (without a round trip), while the transaction can still fail.
 fn pre_commit() {
+    // One deadline (gearman.timeout) for the checks of every list together.
+    backend::within_deadline(|_| pre_commit_checks());
+}
+
+fn pre_commit_checks() {
     let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
     for list in lists {
         if let Err(e) = backend::with_client(&list, true, |c| c.ensure_connected()) {
@@ -232,10 +273,12 @@ fn pre_commit() {
 }
 
 /// Sends the committed transaction's jobs without waiting for their
-/// confirmations. Never raises: jobs that could not be written become one
-/// WARNING per server list; refusals and lost confirmations are reported
-/// later (see the module docs).
+/// confirmations, all within one deadline (`gearman.commit_send_timeout`
+/// from now). Never raises: jobs that could not be written are counted as
+/// failed and become one WARNING per server list; refusals and lost
+/// confirmations are reported later (see the module docs).
 fn send_after_commit(held: Vec<Held>) {
+    let deadline = Instant::now() + gucs::commit_send_timeout();
     // Group by server list, keeping call order within each group.
     let mut groups: Vec<(Rc<ServerList>, Vec<Job>)> = Vec::new();
     for h in held {
@@ -248,33 +291,12 @@ fn send_after_commit(held: Vec<Held>) {
         }
     }
     for (list, jobs) in groups {
-        let mut not_written = 0usize;
-        let mut first_err = None;
-        for chunk in jobs.chunks(COMMIT_BATCH) {
-            let r = backend::with_client(&list, false, |c| {
-                let before = c.deferred_written();
-                let r = c.submit_background_deferred(chunk);
-                Ok((r, c.deferred_written() - before))
-            });
-            let (r, written) = match r {
-                Ok((r, w)) => (
-                    r,
-                    usize::try_from(w).unwrap_or(chunk.len()).min(chunk.len()),
-                ),
-                Err(e) => (Err(e), 0),
-            };
-            let missing = chunk.len() - written;
-            backend::count_sent(chunk.len(), missing);
-            not_written += missing;
-            if missing > 0 {
-                if let Err(e) = r {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
+        let (written, err) = backend::send_committed(&list, &jobs, deadline);
+        let not_written = jobs.len() - written;
+        backend::count_sent(jobs.len(), not_written);
         if not_written > 0 {
             let text = list.to_string();
-            let err = first_err.unwrap_or_else(|| {
+            let err = err.unwrap_or_else(|| {
                 gearman_core::Error::new(
                     gearman_core::ErrorKind::NoServers,
                     "no job server took the jobs",
@@ -286,6 +308,14 @@ fn send_after_commit(held: Vec<Held>) {
                      commit: {err}",
                     jobs.len()
                 ),
+                hint: Some(format!(
+                    "The transaction is committed; these jobs were not sent (first unique key: \
+                     {}). Counters: SELECT * FROM gman_dispatch_status(). Raise \
+                     gearman.commit_send_timeout ({} ms) for large transactions, or use \
+                     gearman.dispatch = 'outbox' for jobs that must not be lost.",
+                    String::from_utf8_lossy(jobs[written].unique_bytes()),
+                    gucs::commit_send_timeout().as_millis()
+                )),
                 ..GmError::from_core(&err, "(background jobs held for commit)", &text)
             }
             .warn();

@@ -813,22 +813,24 @@ fn settings_servers_set_and_privileges() {
         s.one(&format!(
             "SELECT gman_servers_set('{}', 'echo')",
             other.addr()
-        )),
-        Some(other.addr())
+        ))
+        .as_deref(),
+        Some("t")
     );
     assert_eq!(
         s.one("SELECT gman_do('echo', 'x')").as_deref(),
         Some("other")
     );
     assert_eq!(
-        s.one("SELECT gman_servers_set('', 'echo')"),
-        Some(env.addr())
+        s.one("SELECT gman_servers_set('', 'echo')").as_deref(),
+        Some("t")
     );
     assert_eq!(s.one("SELECT gman_do('echo', 'x')").as_deref(), Some("x"));
     // Session list.
     assert_eq!(
-        s.one(&format!("SELECT gman_servers_set('{}')", other.addr())),
-        Some(other.addr())
+        s.one(&format!("SELECT gman_servers_set('{}')", other.addr()))
+            .as_deref(),
+        Some("t")
     );
     assert_eq!(s.one("SHOW gearman.servers"), Some(other.addr()));
     assert_eq!(
@@ -995,12 +997,26 @@ fn commit_jobs_refused_by_gearmand_are_counted_and_warned_on_a_later_statement()
     // the refusals as one WARNING.
     let st = s.rows("SELECT known FROM gman_job_status('k0')");
     assert_eq!(st, vec![vec![Some("t".to_string())]]);
-    let notices = s.take_notices();
+    let full = s.take_full_notices();
+    let notices: Vec<String> = full
+        .iter()
+        .map(|n| format!("{}: {}", n.severity, n.message))
+        .collect();
     let warnings: Vec<&String> = notices
         .iter()
         .filter(|n| n.starts_with("WARNING"))
         .collect();
     assert_eq!(warnings.len(), 1, "{notices:?}");
+    // The texts are single-spaced prose (no lost line continuation).
+    for n in &full {
+        for text in [Some(&n.message), n.detail.as_ref(), n.hint.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            assert!(!text.contains("  "), "run of spaces in {text:?}");
+        }
+    }
+    assert!(full[0].hint.is_some(), "{full:?}");
     let w = warnings[0];
     assert!(w.contains("3 background job(s)"), "{w}");
     assert!(w.contains("3 refused"), "{w}");
@@ -1165,4 +1181,564 @@ fn settings_from_alter_database_and_alter_role_reach_new_sessions() {
         Some("database")
     );
     admin.exec("ALTER ROLE postgres RESET gearman.servers");
+}
+
+#[test]
+fn gman_trigger_called_as_a_plain_function_is_a_trigger_protocol_error() {
+    let env = Env::start();
+    let mut s = env.connect();
+    // (`SELECT * FROM gman_trigger()` is refused by PostgreSQL itself.)
+    for sql in [
+        "SELECT gman_trigger()",
+        "SELECT gman_trigger() FROM (VALUES (1)) v",
+    ] {
+        let e = s.exec_err(sql);
+        assert_eq!(e.code, "39P01", "{e:?}");
+        assert!(e.message.contains("must be called as a trigger"), "{e:?}");
+        let hint = e.hint.clone().unwrap_or_default();
+        assert!(
+            hint.contains("CREATE TRIGGER") && hint.contains("gman_trigger('function_name'"),
+            "{e:?}"
+        );
+    }
+    // The session goes on; the function still works as a trigger.
+    let worker = env.worker(&["rows"]);
+    s.exec(
+        "CREATE TABLE t7 (x int);
+         CREATE TRIGGER t7_ev AFTER INSERT ON t7 FOR EACH ROW EXECUTE FUNCTION gman_trigger('rows');
+         INSERT INTO t7 VALUES (7)",
+    );
+    worker.wait_for(1, WAIT);
+    assert_eq!(worker.seen().len(), 1);
+}
+
+#[test]
+fn gman_servers_set_returns_boolean_as_pggearman_did() {
+    let env = Env::start();
+    let other = gearman_testkit::Gearmand::start();
+    let _w = TestWorker::start(&other.addr(), &["echo"], |_job| Ok(b"other".to_vec()));
+    let mut s = env.connect();
+    let types = s.rows(
+        "SELECT pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid) \
+         FROM pg_proc p WHERE p.proname = 'gman_servers_set' ORDER BY 1",
+    );
+    assert_eq!(
+        types,
+        vec![
+            vec![Some("servers text".into()), Some("boolean".into())],
+            vec![
+                Some("servers text, function text".into()),
+                Some("boolean".into())
+            ],
+        ]
+    );
+    // PL/pgSQL written for pggearman runs unchanged.
+    s.exec(&format!(
+        "DO $$ BEGIN
+           IF gman_servers_set('{a}') THEN RAISE NOTICE 'session list set'; END IF;
+           IF gman_servers_set('{a}', 'echo') THEN RAISE NOTICE 'function list set'; END IF;
+         END $$",
+        a = other.addr()
+    ));
+    let notices = s.take_notices();
+    assert!(
+        notices.iter().any(|n| n.ends_with("session list set"))
+            && notices.iter().any(|n| n.ends_with("function list set")),
+        "{notices:?}"
+    );
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'x')").as_deref(),
+        Some("other")
+    );
+    // A list that does not parse: an error, or with on_error = warning a
+    // WARNING and false; the list in force is unchanged.
+    let e = s.exec_err("SELECT gman_servers_set('host:notaport')");
+    assert_eq!(e.code, "22023", "{e:?}");
+    s.exec("SET gearman.on_error = 'warning'");
+    assert_eq!(
+        s.one("SELECT gman_servers_set('host:notaport')").as_deref(),
+        Some("f")
+    );
+    assert_eq!(
+        s.one("SELECT gman_servers_set('host:notaport', 'echo')")
+            .as_deref(),
+        Some("f")
+    );
+    assert!(s.take_notices().iter().any(|n| n.starts_with("WARNING")));
+    assert_eq!(s.one("SHOW gearman.servers"), Some(other.addr()));
+    assert_eq!(
+        s.one("SELECT gman_do('echo', 'x')").as_deref(),
+        Some("other")
+    );
+}
+
+#[test]
+fn gman_server_status_queued_counts_waiting_jobs_not_running_ones() {
+    let env = Env::start();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = Mutex::new(started_tx);
+    // One worker that holds its job until released.
+    let _w = TestWorker::start(&env.addr(), &["held"], move |job| {
+        let _ = started_tx.lock().unwrap().send(());
+        let _ = release_rx.lock().unwrap().recv_timeout(WAIT);
+        Ok(job.workload().to_vec())
+    });
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('held', 'one')");
+    started_rx
+        .recv_timeout(WAIT)
+        .expect("the worker took a job");
+    s.one("SELECT gman_do_background('held', 'two')");
+    s.one("SELECT gman_do_background('held', 'three')");
+    let rows =
+        s.rows("SELECT queued, running, workers FROM gman_server_status() WHERE function = 'held'");
+    // gearmand's total is 3; one is running, two are waiting.
+    assert_eq!(
+        rows,
+        vec![vec![Some("2".into()), Some("1".into()), Some("1".into())]]
+    );
+    for _ in 0..3 {
+        let _ = release_tx.send(());
+    }
+}
+
+/// A role's startup options (`PGOPTIONS='-c gearman.servers=...'`) that it
+/// may not set: returns the error of the connection, or the session.
+fn connect_with_options(env: &Env, user: &str, options: &str) -> Result<Session, support::DbErr> {
+    Session::try_connect_with(&env.pg.url(), Some(user), Some(options))
+        .map_err(|e| support::DbErr::from(&e))
+}
+
+/// Sessions of `app` that name other servers in their startup options keep
+/// the configured servers (`who` answers `configured` there).
+fn assert_options_cannot_divert(env: &Env, configured_addr: &str) {
+    let evil = gearman_testkit::Gearmand::start();
+    let _evil_w = TestWorker::start(&evil.addr(), &["who"], |_job| Ok(b"diverted".to_vec()));
+    for name in ["gearman.servers", "pggearman.default_servers"] {
+        let options = format!("-c {name}={}", evil.addr());
+        let mut s = match connect_with_options(env, "app", &options) {
+            Ok(s) => s,
+            Err(e) => panic!("{name}: the connection was refused: {e:?}"),
+        };
+        assert_eq!(
+            s.one("SELECT gman_do('who', '')").as_deref(),
+            Some("configured"),
+            "{name} from the startup options diverted the session"
+        );
+        let notices = s.take_notices();
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.starts_with("WARNING") && n.contains("permission denied")),
+            "{name}: {notices:?}"
+        );
+        assert_eq!(
+            s.one("SHOW gearman.servers").as_deref(),
+            Some(configured_addr)
+        );
+        // A role that may set it gets its own value.
+        let mut su = Session::try_connect_with(&env.pg.url(), None, Some(&options)).unwrap();
+        assert_eq!(
+            su.one("SELECT gman_do('who', '')").as_deref(),
+            Some(if name == "gearman.servers" {
+                "diverted"
+            } else {
+                "configured"
+            }),
+            "{name}: superuser"
+        );
+    }
+}
+
+fn create_app_role(env: &Env) {
+    let mut admin = env.connect();
+    admin.exec("CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA public TO app");
+}
+
+#[test]
+fn startup_options_cannot_divert_a_lazily_loaded_library_configured_on_the_command_line() {
+    // gearman.servers on the server's command line (-c), library loaded at
+    // the first gman_* call.
+    let env = Env::start();
+    let _w = TestWorker::start(&env.addr(), &["who"], |_job| Ok(b"configured".to_vec()));
+    create_app_role(&env);
+    assert_options_cannot_divert(&env, &env.addr());
+}
+
+#[test]
+fn startup_options_cannot_divert_a_lazily_loaded_library_configured_in_files_or_roles() {
+    // No command-line setting: ALTER SYSTEM (postgresql.auto.conf), then
+    // ALTER ROLE, which wins over the file.
+    let env = Env::start_raw(&[]);
+    let role_gearmand = gearman_testkit::Gearmand::start();
+    let _w = TestWorker::start(&env.addr(), &["who"], |_job| Ok(b"configured".to_vec()));
+    let _w2 = TestWorker::start(&role_gearmand.addr(), &["who"], |_job| {
+        Ok(b"configured".to_vec())
+    });
+    create_app_role(&env);
+    let mut admin = env.connect();
+    // ALTER SYSTEM checks the value: the setting must be defined.
+    admin.exec("LOAD 'gearman'");
+    admin.exec(&format!(
+        "ALTER SYSTEM SET gearman.servers = '{}'",
+        env.addr()
+    ));
+    admin.exec("SELECT pg_reload_conf()");
+    // The reload reaches new sessions.
+    let deadline = Instant::now() + WAIT;
+    while env
+        .connect()
+        .one("SELECT current_setting('gearman.servers', true)")
+        != Some(env.addr())
+    {
+        assert!(Instant::now() < deadline, "ALTER SYSTEM not in force");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_options_cannot_divert(&env, &env.addr());
+    admin.exec(&format!(
+        "ALTER ROLE app SET gearman.servers = '{}'",
+        role_gearmand.addr()
+    ));
+    assert_options_cannot_divert(&env, &role_gearmand.addr());
+}
+
+#[test]
+fn startup_options_cannot_divert_a_preloaded_library() {
+    let env = Env::start_with(&["shared_preload_libraries=gearman"]);
+    let _w = TestWorker::start(&env.addr(), &["who"], |_job| Ok(b"configured".to_vec()));
+    create_app_role(&env);
+    let evil = gearman_testkit::Gearmand::start();
+    let _evil_w = TestWorker::start(&evil.addr(), &["who"], |_job| Ok(b"diverted".to_vec()));
+    for name in ["gearman.servers", "pggearman.default_servers"] {
+        let options = format!("-c {name}={}", evil.addr());
+        // PostgreSQL checks the privilege at connection time: refused.
+        match connect_with_options(&env, "app", &options) {
+            Ok(mut s) => panic!(
+                "{name}: connected; gman_do answered {:?}",
+                s.one("SELECT gman_do('who', '')")
+            ),
+            Err(e) => {
+                assert_eq!(e.code, "42501", "{name}: {e:?}");
+                assert!(e.message.contains("permission denied"), "{e:?}");
+            }
+        }
+    }
+    // Without the options the role is served by the configured servers.
+    let mut s = connect_with_options(&env, "app", "").unwrap();
+    assert_eq!(
+        s.one("SELECT gman_do('who', '')").as_deref(),
+        Some("configured")
+    );
+}
+
+#[test]
+fn commit_against_a_server_that_never_reads_is_bounded_and_releases_locks_first() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct VALUES (1, 0)");
+    // Open the backend's connection to gearmand, then stop gearmand: the
+    // kernel still accepts what fits into the socket buffers, nobody reads
+    // or confirms.
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('never', 'warm')");
+    s.exec("RESET gearman.dispatch");
+    s.exec("SET gearman.commit_send_timeout = '3s'");
+    assert_eq!(
+        s.one("SHOW gearman.commit_send_timeout").as_deref(),
+        Some("3s")
+    );
+    env.gearmand.pause();
+    // 4,096 jobs of 4 KiB: more than the socket buffers take.
+    s.exec(
+        "BEGIN;
+         UPDATE acct SET n = n + 1 WHERE id = 1;
+         SELECT count(gman_do_background('never', repeat('x', 4096), 'nv-' || i))
+         FROM generate_series(1, 4096) i",
+    );
+    // Another session waits for the row.
+    let url = env.pg.url();
+    let other = std::thread::spawn(move || {
+        let mut o = Session::connect(&url);
+        o.exec("UPDATE acct SET n = n + 10 WHERE id = 1");
+        Instant::now()
+    });
+    let mut watch = env.connect();
+    let t = Instant::now();
+    while watch
+        .one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE acct%'",
+        )
+        .as_deref()
+        != Some("1")
+    {
+        assert!(t.elapsed() < WAIT, "the other UPDATE never waited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    s.exec("COMMIT");
+    let commit_returned = Instant::now();
+    let other_done = other.join().unwrap();
+    // Bounded as a whole: the old code waited 5 s per 1,024 jobs (20 s).
+    assert!(
+        commit_returned - started < Duration::from_secs(10),
+        "COMMIT took {:?}",
+        commit_returned - started
+    );
+    // The other session got the row while COMMIT was still sending: the
+    // locks were released before the write.
+    assert!(
+        other_done < commit_returned,
+        "the other UPDATE finished {:?} after COMMIT returned",
+        other_done - commit_returned
+    );
+    assert_eq!(
+        watch.one("SELECT n FROM acct").as_deref(),
+        Some("11"),
+        "both updates committed"
+    );
+    // What was not written is counted and reported, never dropped silently.
+    let notices = s.take_notices();
+    // (Jobs handed to the connection whose write then timed out may have
+    // partly reached the server: their fate is unknown.)
+    let warning = notices
+        .iter()
+        .find(|n| {
+            n.starts_with("WARNING")
+                && (n.contains("could not be sent after commit") || n.contains("not confirmed"))
+        })
+        .unwrap_or_else(|| panic!("no WARNING about unsent jobs: {notices:?}"));
+    let (sent, confirmed, failed, pending) = dispatch_status(&mut s);
+    assert_eq!(sent, 4096, "{warning}");
+    assert_eq!(confirmed, 0);
+    assert!(failed > 0, "{warning}");
+    assert!(warning.contains(&failed.to_string()), "{failed}: {warning}");
+    assert_eq!(sent, confirmed + failed + pending);
+    env.gearmand.resume();
+}
+
+#[test]
+fn overdue_commit_confirmations_are_reported_as_unknown_fate_on_a_later_statement() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('owed', 'warm')");
+    s.exec("RESET gearman.dispatch");
+    // Confirmations are due within gearman.commit_send_timeout of the write.
+    s.exec("SET gearman.commit_send_timeout = '500ms'");
+    // gearmand stopped: it takes the bytes (kernel) and never answers.
+    env.gearmand.pause();
+    s.exec(
+        "BEGIN; SELECT count(gman_do_background('owed', i::text, 'ow-' || i)) \
+         FROM generate_series(1, 10) i; COMMIT",
+    );
+    // A later statement that calls no gman_* function reports them once
+    // they are overdue.
+    let deadline = Instant::now() + WAIT;
+    let warning = loop {
+        s.exec("SELECT 1");
+        let notices = s.take_notices();
+        if let Some(w) = notices.into_iter().find(|n| n.starts_with("WARNING")) {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "no WARNING about overdue jobs");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(warning.contains("10 background job(s)"), "{warning}");
+    assert!(warning.contains("10 of unknown fate"), "{warning}");
+    assert!(warning.contains("ow-1, ow-2"), "{warning}");
+    assert!(
+        warning.contains("10 of them not confirmed in time"),
+        "{warning}"
+    );
+    assert_eq!(dispatch_status(&mut s), (10, 0, 10, 0));
+    env.gearmand.resume();
+}
+
+#[test]
+fn foreground_results_are_capped_by_gearman_max_result_size() {
+    let env = Env::start();
+    // `big` answers with as many bytes as its workload says; `bignum` with
+    // the integer 1 padded with spaces to that size.
+    let _w = TestWorker::start(&env.addr(), &["big", "bignum"], |job| {
+        let n: usize = String::from_utf8_lossy(job.workload()).parse().unwrap_or(0);
+        if job.function() == "bignum" {
+            let mut v = vec![b' '; n.max(1)];
+            v[0] = b'1';
+            return Ok(v);
+        }
+        Ok(vec![b'x'; n])
+    });
+    let mut s = env.connect();
+    s.exec("LOAD 'gearman'");
+    assert_eq!(
+        s.one("SHOW gearman.max_result_size").as_deref(),
+        Some("16MB")
+    );
+    let e = s.exec_err("SET gearman.max_result_size = '2GB'");
+    assert_eq!(e.code, "22023", "{e:?}");
+    s.exec("SET gearman.max_result_size = '1GB'");
+    s.exec("SET gearman.max_result_size = '1MB'");
+    assert_eq!(
+        s.one("SELECT length(gman_do('big', '1048576'))").as_deref(),
+        Some("1048576")
+    );
+    let check = |e: support::DbErr| {
+        assert_eq!(e.code, "54000", "{e:?}");
+        assert!(e.message.contains("1048576 bytes"), "{e:?}");
+        assert!(
+            e.hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("gearman.max_result_size"),
+            "{e:?}"
+        );
+    };
+    check(s.exec_err("SELECT gman_do('big', '1048577')"));
+    check(s.exec_err("SELECT gman_do_high('big', convert_to('2000000', 'UTF8'))"));
+    check(s.exec_err("SELECT * FROM gman_do_many('big', ARRAY['10', '2000000'])"));
+    check(s.exec_err("SELECT gman_sum('bignum', x) FROM (VALUES ('10'), ('2000000')) v(x)"));
+    // The session goes on; with on_error = warning only that row is NULL.
+    s.exec("SET gearman.on_error = 'warning'");
+    let rows = s
+        .rows("SELECT ordinality, length(result) FROM gman_do_many('big', ARRAY['10', '2000000'])");
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("1".into()), Some("10".into())],
+            vec![Some("2".into()), None]
+        ]
+    );
+    assert_eq!(
+        s.one("SELECT gman_sum('bignum', x) FROM (VALUES ('10'), ('2000000')) v(x)")
+            .as_deref(),
+        Some("1")
+    );
+}
+
+#[test]
+fn one_deadline_bounds_each_call_over_black_holed_servers() {
+    let holes = support::black_holes(10);
+    let list = holes
+        .iter()
+        .map(|h| h.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec(&format!(
+        "SET gearman.servers = '{list}'; SET gearman.connect_timeout = '1s'; \
+         SET gearman.timeout = '1s'"
+    ));
+    // Ten connect timeouts would be 10 s; one deadline is 1 s (asserted at
+    // < 4 s only to rule out one connect timeout per server).
+    let bound = Duration::from_secs(4);
+    for sql in [
+        "SELECT gman_do('f', 'x')",
+        "SELECT * FROM gman_job_status('H:nowhere:1')",
+        "SELECT * FROM gman_job_status('some-unique-key')",
+        "SELECT * FROM gman_server_status()",
+    ] {
+        let t = Instant::now();
+        let r = s.client.batch_execute(sql);
+        let took = t.elapsed();
+        assert!(took < bound, "{sql} took {took:?}");
+        let e = support::DbErr::from(&r.expect_err(sql));
+        assert!(
+            e.code == "57014" || e.code.starts_with("08"),
+            "{sql}: {e:?}"
+        );
+    }
+    // statement_timeout ends the wait too.
+    s.exec("SET gearman.timeout = '30s'; SET statement_timeout = '500ms'");
+    let t = Instant::now();
+    let e = s.exec_err("SELECT gman_do('f', 'x')");
+    assert!(t.elapsed() < bound, "took {:?}", t.elapsed());
+    assert_eq!(e.code, "57014", "{e:?}");
+}
+
+#[test]
+fn server_lists_and_function_names_are_checked_when_given() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("LOAD 'gearman'");
+    for bad in ["garbage:::", "a:b:c", "127.0.0.1:4731:", "10.0.0.1:1,::1"] {
+        let e = s.exec_err(&format!("SET gearman.servers = '{bad}'"));
+        assert_eq!(e.code, "22023", "{bad}: {e:?}");
+        let text = format!("{} {}", e.message, e.detail.clone().unwrap_or_default());
+        let entry = bad.rsplit(',').next().unwrap();
+        assert!(text.contains(entry), "{bad}: {e:?}");
+        for sql in [
+            format!("SELECT gman_servers_set('{bad}')"),
+            format!("SELECT gman_servers_set('{bad}', 'f')"),
+        ] {
+            let e = s.exec_err(&sql);
+            assert_eq!(e.code, "22023", "{sql}: {e:?}");
+            assert!(e.message.contains(entry), "{sql}: {e:?}");
+        }
+    }
+    // IPv6 in brackets is fine (nothing is contacted by SET).
+    s.exec("SET gearman.servers = '[::1]:4731,127.0.0.1:4732'");
+    s.exec("RESET gearman.servers");
+    // Function names with control characters or whitespace are refused
+    // before anything is sent, in every dispatch mode.
+    for sql in [
+        "SELECT gman_do(E'nl\\n.\\nx', 'x')",
+        "SELECT gman_do_background(E'nl\\n.\\nx', 'x')",
+        "SELECT * FROM gman_do_many(E'tab\\tx', ARRAY['a'])",
+        "SELECT gman_do_background('two words', 'x')",
+        "SELECT gman_servers_set('127.0.0.1:4731', E'nl\\nx')",
+    ] {
+        let e = s.exec_err(sql);
+        assert_eq!(e.code, "22023", "{sql}: {e:?}");
+        assert!(e.message.contains("function name"), "{sql}: {e:?}");
+    }
+    s.exec("SET gearman.dispatch = 'outbox'");
+    let e = s.exec_err("SELECT gman_do_background(E'nl\\nx', 'x')");
+    assert_eq!(e.code, "22023", "{e:?}");
+    assert_eq!(
+        s.one("SELECT count(*) FROM gearman.outbox").as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
+fn gman_server_status_skips_an_admin_line_it_cannot_parse() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('normal_fn', 'x')");
+    // A client that is not us queues a job whose function name holds
+    // newlines: gearmand's text `status` then has lines that are not
+    // `function\ttotal\trunning\tworkers`.
+    let mut raw = Vec::new();
+    gearman_core::proto::encode(
+        gearman_core::proto::Magic::Req,
+        gearman_core::proto::PacketType::SubmitJobBg,
+        &[b"nl\n.\nx", b"", b"w"],
+        &mut raw,
+    )
+    .unwrap();
+    let mut c = std::net::TcpStream::connect(env.addr()).unwrap();
+    std::io::Write::write_all(&mut c, &raw).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = [0u8; 12];
+    std::io::Read::read_exact(&mut c, &mut reply).expect("JOB_CREATED");
+    let rows = s.rows(
+        "SELECT function, queued, running, workers FROM gman_server_status() \
+         WHERE function = 'normal_fn'",
+    );
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("normal_fn".into()),
+            Some("1".into()),
+            Some("0".into()),
+            Some("0".into())
+        ]]
+    );
+    assert!(s.take_notices().is_empty());
 }

@@ -9,7 +9,7 @@
 # flight each, every result checked).
 #
 # Usage: gearman-worker/bench/run.sh [JOBS] [EXEC_JOBS]   (defaults 20000, 2000)
-# Env:   CARGO_TARGET_DIR (default target), CLIENTS (4), WINDOW (16), PAYLOAD (64)
+# Env:   CARGO_TARGET_DIR (default target; relative to the workspace root), CLIENTS (4), WINDOW (16), PAYLOAD (64)
 # Prints a Markdown table; also appends it to gearman-worker/bench/RESULTS.md.
 set -euo pipefail
 
@@ -20,13 +20,17 @@ EXEC_JOBS="${2:-2000}"
 CLIENTS="${CLIENTS:-4}"
 WINDOW="${WINDOW:-16}"
 PAYLOAD="${PAYLOAD:-64}"
-target="${CARGO_TARGET_DIR:-$root/target}"
+target="$(bash "$root/scripts/target-dir")"
 
-for b in gearmand gearman gearadmin; do
-  command -v "$b" >/dev/null || [ -x "/usr/sbin/$b" ] || {
-    echo "bench: $b missing: install gearman-job-server and gearman-tools (scripts/setup)" >&2; exit 1; }
+# The C job server by absolute path: Debian's gearman-server (the Perl job
+# server) installs another gearmand as /usr/bin/gearmand.
+GEARMAND=/usr/sbin/gearmand
+[ -x "$GEARMAND" ] || {
+  echo "bench: $GEARMAND missing: install gearman-job-server (scripts/setup)" >&2; exit 1; }
+for b in gearman gearadmin; do
+  command -v "$b" >/dev/null || {
+    echo "bench: $b missing: install gearman-tools (scripts/setup)" >&2; exit 1; }
 done
-GEARMAND="$(command -v gearmand || echo /usr/sbin/gearmand)"
 
 (cd "$root" && cargo build --release -q -p gearman-worker --bin gearman-worker \
    --example raw_echo_worker --example bench_client)

@@ -12,10 +12,19 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PG_OUTBOX_DDL: &str = "CREATE SCHEMA gearman;
-CREATE TABLE gearman.outbox (id bigserial primary key, function text not null,
-  workload bytea not null, unique_key text, priority text not null default 'normal',
-  run_at timestamptz, created_at timestamptz default now());";
+/// The extension's outbox SQL without the calls only an extension script
+/// may make (the relay needs the table's current columns).
+fn pg_outbox_ddl() -> String {
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../gearman-pg/sql/outbox.sql"
+    ))
+    .expect("gearman-pg/sql/outbox.sql");
+    sql.lines()
+        .filter(|l| !l.contains("pg_extension_config_dump"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 fn relay_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -81,7 +90,7 @@ fn main() {
     let rows: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let batch: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let pg = Postgres::start();
-    pg.psql(PG_OUTBOX_DDL);
+    pg.psql(&pg_outbox_ddl());
     let my = MariaDb::start();
     let ddl = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sql/mysql/outbox.sql"),

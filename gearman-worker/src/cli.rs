@@ -120,6 +120,17 @@ pub struct RelayArgs {
     /// Rows fetched, submitted (pipelined) and deleted per transaction.
     #[arg(long, value_name = "ROWS", default_value_t = 100)]
     pub batch_size: u32,
+
+    /// ERROR answers from the job servers after which a row is set aside
+    /// (failed_at set; lost connections and timeouts do not count; a row that
+    /// cannot be sent at all is set aside at once). At least 1.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = crate::relay::DEFAULT_MAX_ATTEMPTS,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_attempts: u32,
 }
 
 impl Cli {

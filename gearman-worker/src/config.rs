@@ -111,7 +111,8 @@ pub struct RawFunction {
     pub concurrency: Option<u32>,
     /// Per-job timeout in milliseconds (exec default 300000, sql default 30000; 0 = none for exec).
     pub timeout_ms: Option<u64>,
-    /// Largest result in bytes (default 67108864).
+    /// Largest result in bytes (default and most 67108864). Past it the job
+    /// fails at once and the rest is discarded (exec: the command is killed).
     pub max_result_bytes: Option<u64>,
     /// exec: extra environment variables for the command.
     pub env: Option<BTreeMap<String, String>>,
@@ -484,18 +485,11 @@ pub fn check_client_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a Gearman function name: non-empty, no NUL, at most 512 bytes.
+/// Checks a Gearman function name: 1 to 512 bytes, no control character or
+/// whitespace (bytes 0x00 to 0x20 and 0x7f), as
+/// [`gearman_core::validate_function_name`] checks it.
 pub fn check_function_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("function name is empty".into());
-    }
-    if name.contains('\0') {
-        return Err("function name contains a NUL byte".into());
-    }
-    if name.len() > 512 {
-        return Err("function name is longer than 512 bytes".into());
-    }
-    Ok(())
+    gearman_core::validate_function_name(name.as_bytes()).map_err(|e| e.message().to_string())
 }
 
 impl RawConfig {
@@ -989,6 +983,63 @@ mod tests {
         ] {
             assert!(!redact_url(url).contains("secret"), "{url}");
         }
+    }
+
+    /// Writes `text` to a fresh file and loads it as the daemon does.
+    fn load_text(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let path = std::env::temp_dir().join(format!(
+            "gearman-worker-config-{}-{name}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let r = load(&path, &[]);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    /// Issue 10 item 6: a `servers` entry that is not `host[:port]` (an
+    /// IPv6 address needs brackets) is refused at load, naming the entry.
+    #[test]
+    fn bad_servers_entry_is_refused_at_load_with_the_entry_named() {
+        for bad in ["garbage:::", "a:b:c", "127.0.0.1:4731:", "host:", "::1"] {
+            for servers in [
+                format!("servers = \"good:4730,{bad}\"\n"),
+                format!("servers = [\"good\", \"{bad}\"]\n"),
+            ] {
+                let text = format!("{servers}[function.echo]\nbuiltin = \"echo\"\n");
+                let e = load_text("servers", &text).unwrap_err().to_string();
+                assert!(e.contains("servers:"), "{bad}: {e}");
+                assert!(
+                    e.contains(&format!("{bad:?}")),
+                    "{bad}: entry not named: {e}"
+                );
+            }
+        }
+        let c = load_text(
+            "servers-ok",
+            "servers = [\"[::1]:4731\", \"[::1]\", \"h:1\"]\n[function.echo]\nbuiltin = \"echo\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers.to_string(), "[::1]:4731,[::1]:4730,h:1");
+    }
+
+    /// Issue 10 item 10: a function name with a control character or
+    /// whitespace is refused at load, naming the table.
+    #[test]
+    fn function_names_with_control_characters_or_whitespace_are_refused() {
+        for (quoted, what) in [
+            ("\"nl\\n.\\nx\"", "newline"),
+            ("\"a b\"", "space"),
+            ("\"tab\\tx\"", "tab"),
+            ("\"del\\u007f\"", "0x7f"),
+            ("\"bell\\u0007\"", "0x07"),
+        ] {
+            let text = format!("[function.{quoted}]\nbuiltin = \"echo\"\n");
+            let e = load_text("fname", &text).unwrap_err().to_string();
+            assert!(e.contains("function."), "{quoted}: {e}");
+            assert!(e.contains(what), "{quoted}: {e}");
+        }
+        assert!(check_function_name("ok.name-1").is_ok());
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! Sources: the PostgreSQL table `gearman.outbox` (created by the gearman-pg
 //! extension; it runs `pg_notify('gearman_outbox', '')` at commit) and the
 //! MySQL/MariaDB table `gearman_outbox` (`sql/mysql/outbox.sql`). Both have
-//! `id, function, workload, unique_key, priority, run_at, created_at`.
+//! `id, function, workload, unique_key, priority, run_at, created_at,
+//! attempts, last_error, failed_at`; a table without the last three is
+//! refused at connect with the statement that adds them.
 //!
 //! One thread per source repeats, in one transaction:
-//! 1. `SELECT ... ORDER BY id LIMIT batch FOR UPDATE SKIP LOCKED`: rows
+//! 1. `SELECT ... WHERE failed_at IS NULL ORDER BY id LIMIT batch FOR UPDATE
+//!    SKIP LOCKED`: rows
 //!    another relay holds are skipped, so several relays share a table and
 //!    no row is sent twice in normal operation;
 //! 2. submit them as background jobs, pipelined
@@ -25,10 +28,25 @@
 //! session runs at READ COMMITTED (record locks only, no gap locks), which
 //! keeps relays and producers from deadlocking.
 //!
-//! Rows whose submit failed stay (the batch is retried after the poll
-//! interval, with a fresh connection to the job servers). Rows that can never
-//! be submitted (empty function name, unique key over 63 bytes, unknown
-//! priority) are logged at warn once and left in the table for a human.
+//! What becomes of a row that was not sent:
+//! - a lost connection, a timeout (any failure of the job servers rather
+//!   than of the row): the row stays as it is and is retried after the poll
+//!   interval, with a fresh connection to the job servers, for as long as it
+//!   takes;
+//! - the job servers answered it with ERROR (e.g. `QUEUE_ERROR`, the
+//!   function's queue is full): `attempts` is counted up and `last_error`
+//!   set; after `--max-attempts` such answers (default 3) the row is set
+//!   aside (`failed_at` set);
+//! - a row that can never be sent (empty or invalid function name, unique
+//!   key over 63 bytes, unknown priority) is set aside at once.
+//!
+//! The relay reads only rows with `failed_at IS NULL`, so set-aside rows
+//! never hold up the rows behind them, and it keeps no per-row state in
+//! memory. They stay in the table with their error for a human (`UPDATE ...
+//! SET failed_at = NULL, attempts = 0` sends them again). Log lines that
+//! repeat (the same error every poll interval) are written at most once per
+//! 30 s per kind, with the count of those left out.
+//!
 //! A `run_at` in the future becomes a scheduled job (SUBMIT_JOB_EPOCH; for
 //! MySQL `run_at` is read in the server's default time zone).
 //!
@@ -39,17 +57,25 @@
 //! exits at once (uncommitted rows stay in the table).
 
 use crate::cli::RelayArgs;
-use gearman_core::{Client, Job, Options, Priority, ServerList};
+use gearman_core::{Client, ErrorKind, Job, Options, Priority, ServerList};
 use postgres::fallible_iterator::FallibleIterator;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// What adds the set-aside columns to a `gearman.outbox` made by an older
+/// version of the extension (run by the table's owner).
+pub const PG_UPGRADE: &str = "ALTER TABLE gearman.outbox ADD COLUMN attempts integer NOT NULL \
+     DEFAULT 0, ADD COLUMN last_error text, ADD COLUMN failed_at timestamptz; CREATE INDEX \
+     outbox_pending ON gearman.outbox (id) WHERE failed_at IS NULL";
+
 /// The channel the PostgreSQL extension notifies at commit.
 pub const PG_CHANNEL: &str = "gearman_outbox";
-/// Largest number of known-bad row ids remembered per source.
-const MAX_BAD_IDS: usize = 10_000;
+/// Longest `last_error` text stored, in bytes.
+const MAX_ERROR_TEXT: usize = 1000;
+/// Default of `--max-attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const SLICE: Duration = Duration::from_millis(100);
 
 /// Settings shared by every source.
@@ -63,6 +89,8 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     /// Rows per transaction.
     pub batch_size: u32,
+    /// ERROR answers after which a row is set aside (at least 1).
+    pub max_attempts: u32,
 }
 
 impl RelaySettings {
@@ -73,6 +101,7 @@ impl RelaySettings {
             client_id,
             poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
             batch_size: args.batch_size.clamp(1, 10_000),
+            max_attempts: args.max_attempts.max(1),
         }
     }
 
@@ -100,6 +129,8 @@ pub struct OutboxRow {
     pub priority: String,
     /// `run_at` as Unix seconds, if set.
     pub run_at: Option<i64>,
+    /// Times the row was refused before.
+    pub attempts: i64,
 }
 
 /// Short tag naming a database, used in generated unique keys: 32-bit
@@ -156,65 +187,249 @@ pub struct BatchResult {
     pub fetched: usize,
     /// Rows submitted and deleted.
     pub sent: usize,
-    /// Rows whose submit failed (left in the table).
+    /// Rows not sent for a reason that is not theirs (connection, timeout):
+    /// left as they are.
     pub failed: usize,
+    /// Rows refused (an ERROR answer, or a row that cannot be sent):
+    /// `attempts` counted up, `last_error` set.
+    pub refused: usize,
+    /// Of the refused rows, those set aside now (`failed_at` set).
+    pub set_aside: usize,
 }
 
-/// Submits the rows; returns ids that got JOB_CREATED, and the first error.
-fn submit_rows(
-    rows: &[OutboxRow],
-    tag: &str,
-    client: &mut Client,
-    bad: &mut BTreeSet<i64>,
-    source: &str,
-) -> (Vec<i64>, usize, Option<String>) {
-    let now = now_unix();
-    let mut jobs = Vec::new();
-    let mut ids = Vec::new();
-    for row in rows {
-        if bad.contains(&row.id) {
-            continue;
+impl BatchResult {
+    /// Rows that will be tried again: worth a pause before the next batch.
+    pub fn to_retry(&self) -> usize {
+        self.failed + self.refused - self.set_aside
+    }
+}
+
+/// A refused row: what the table records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Row id.
+    pub id: i64,
+    /// The new `attempts`.
+    pub attempts: i64,
+    /// The new `last_error` (at most 1000 bytes, no NUL).
+    pub error: String,
+    /// Whether the row is set aside now (`failed_at` set).
+    pub set_aside: bool,
+}
+
+impl Refusal {
+    fn new(row: &OutboxRow, error: &str, permanent: bool, max_attempts: u32) -> Refusal {
+        let attempts = row.attempts.saturating_add(1);
+        Refusal {
+            id: row.id,
+            attempts,
+            error: error_text(error),
+            set_aside: permanent || attempts >= i64::from(max_attempts),
         }
+    }
+}
+
+/// `e` fit for a text column: NUL bytes shown as `\0`, at most
+/// [`MAX_ERROR_TEXT`] bytes (cut at a character boundary).
+fn error_text(e: &str) -> String {
+    let mut t = e.replace('\0', "\\0");
+    if t.len() > MAX_ERROR_TEXT {
+        let mut cut = MAX_ERROR_TEXT;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
+    }
+    t
+}
+
+/// What became of a batch's rows.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Ids that got JOB_CREATED.
+    sent: Vec<i64>,
+    /// Rows refused.
+    refused: Vec<Refusal>,
+    /// Rows not sent for a passing reason, and the first such error.
+    transient: usize,
+    first_transient: Option<String>,
+}
+
+impl Outcome {
+    fn result(&self, fetched: usize) -> BatchResult {
+        BatchResult {
+            fetched,
+            sent: self.sent.len(),
+            failed: self.transient,
+            refused: self.refused.len(),
+            set_aside: self.refused.iter().filter(|r| r.set_aside).count(),
+        }
+    }
+}
+
+/// Submits the rows and sorts them by fate.
+fn submit_rows(rows: &[OutboxRow], tag: &str, client: &mut Client, max_attempts: u32) -> Outcome {
+    let now = now_unix();
+    let mut out = Outcome::default();
+    let mut jobs = Vec::new();
+    let mut sent_rows = Vec::new();
+    for row in rows {
         match row_to_job(row, tag, now) {
             Ok(j) => {
                 jobs.push(j);
-                ids.push(row.id);
+                sent_rows.push(row);
             }
-            Err(e) => {
-                crate::warn!(
-                    "{source}: outbox row id={} cannot be sent and stays in the table: {e}",
-                    row.id
-                );
-                if bad.len() < MAX_BAD_IDS {
-                    bad.insert(row.id);
-                }
-            }
+            Err(e) => out.refused.push(Refusal::new(
+                row,
+                &format!("cannot be sent: {e}"),
+                true,
+                max_attempts,
+            )),
         }
     }
     if jobs.is_empty() {
-        return (Vec::new(), 0, None);
+        return out;
     }
     let results = client.submit_background_all(&jobs);
-    let mut ok = Vec::new();
-    let mut failed = 0;
-    let mut first_err = None;
-    for (id, r) in ids.iter().zip(results) {
+    for (row, r) in sent_rows.into_iter().zip(results) {
         match r {
-            Ok(_) => ok.push(*id),
-            Err(e) => {
-                failed += 1;
-                first_err.get_or_insert_with(|| e.to_string());
-            }
+            Ok(_) => out.sent.push(row.id),
+            Err(e) => match e.kind() {
+                ErrorKind::InvalidArgument => out.refused.push(Refusal::new(
+                    row,
+                    &format!("cannot be sent: {e}"),
+                    true,
+                    max_attempts,
+                )),
+                ErrorKind::Server { .. } => out.refused.push(Refusal::new(
+                    row,
+                    &format!("refused by the job server: {e}"),
+                    false,
+                    max_attempts,
+                )),
+                _ => {
+                    out.transient += 1;
+                    out.first_transient.get_or_insert_with(|| e.to_string());
+                }
+            },
         }
     }
-    (ok, failed, first_err)
+    out
+}
+
+/// Logs what a batch did not send: the passing failures and the rows set
+/// aside, each kind of line at most once per [`REPEAT_WARNING_EVERY`].
+fn log_outcome(kind: &str, out: &Outcome, log: &mut LogLimiter) {
+    if let Some(e) = &out.first_transient {
+        log.warn(
+            &format!("{kind} transient {e}"),
+            format_args!(
+                "{kind}: {} outbox row(s) not sent, retrying later: {e}",
+                out.transient
+            ),
+        );
+    }
+    let aside: Vec<&Refusal> = out.refused.iter().filter(|r| r.set_aside).collect();
+    if let Some(first) = aside.first() {
+        log.warn(
+            &format!("{kind} set aside"),
+            format_args!(
+                "{kind}: set aside {} outbox row(s) (failed_at set; first id={}: {})",
+                aside.len(),
+                first.id,
+                first.error
+            ),
+        );
+    }
+    let again = out.refused.len() - aside.len();
+    if let Some(first) = out.refused.iter().find(|r| !r.set_aside) {
+        log.warn(
+            &format!("{kind} refused"),
+            format_args!(
+                "{kind}: {again} outbox row(s) refused, tried again later (first id={}, \
+                 attempt {}: {})",
+                first.id, first.attempts, first.error
+            ),
+        );
+    }
+}
+
+/// Warnings of one kind at most once per period: the first is written, the
+/// repeats within the period are counted, and the next one written after it
+/// says how many were left out. Bounded: at most [`LogLimiter::MAX_KEYS`]
+/// kinds are remembered.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: Duration,
+    seen: HashMap<String, (Instant, u64)>,
+}
+
+impl LogLimiter {
+    /// Kinds remembered at most; older ones are forgotten first.
+    pub const MAX_KEYS: usize = 256;
+
+    /// A limiter that writes each kind at most once per `every`.
+    pub fn new(every: Duration) -> LogLimiter {
+        LogLimiter {
+            every,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Whether a line of kind `key` is written at `now`: `Some(n)` with the
+    /// number of lines of that kind left out since the last one written, or
+    /// `None` (left out, counted).
+    pub fn check(&mut self, key: &str, now: Instant) -> Option<u64> {
+        if let Some((last, left_out)) = self.seen.get_mut(key) {
+            if now.saturating_duration_since(*last) < self.every {
+                *left_out += 1;
+                return None;
+            }
+            let n = *left_out;
+            *last = now;
+            *left_out = 0;
+            return Some(n);
+        }
+        if self.seen.len() >= Self::MAX_KEYS {
+            let every = self.every;
+            self.seen
+                .retain(|_, (last, _)| now.saturating_duration_since(*last) < every);
+            if self.seen.len() >= Self::MAX_KEYS {
+                if let Some(oldest) = self
+                    .seen
+                    .iter()
+                    .min_by_key(|(_, (last, _))| *last)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.seen.remove(&oldest);
+                }
+            }
+        }
+        self.seen.insert(key.to_string(), (now, 0));
+        Some(0)
+    }
+
+    /// Writes `msg` at warn level unless a line of kind `key` was written
+    /// within the period (then nothing is written, at any level).
+    pub fn warn(&mut self, key: &str, msg: std::fmt::Arguments<'_>) {
+        match self.check(key, Instant::now()) {
+            None => {}
+            Some(0) => crate::warn!(
+                "{msg} (repeats within {} s are not logged at warn)",
+                self.every.as_secs()
+            ),
+            Some(n) => crate::warn!(
+                "{msg} ({n} more like this in the last {} s were not logged at warn)",
+                self.every.as_secs()
+            ),
+        }
+    }
 }
 
 /// A PostgreSQL outbox source.
 #[derive(Debug)]
 pub struct PgSource {
     url: String,
-    bad: BTreeSet<i64>,
     tag: String,
 }
 
@@ -223,7 +438,6 @@ impl PgSource {
     pub fn new(url: &str) -> PgSource {
         PgSource {
             url: url.to_string(),
-            bad: BTreeSet::new(),
             tag: String::new(),
         }
     }
@@ -262,6 +476,22 @@ impl PgSource {
             .and_then(|row| row.try_get(0))
             .map_err(|e| crate::handlers::sql::pg_error(&e))?;
         self.tag = source_tag(&["pg", &ident, &db]);
+        let have: i64 = c
+            .query_one(
+                "SELECT count(*) FROM information_schema.columns \
+                 WHERE table_schema = 'gearman' AND table_name = 'outbox' \
+                   AND column_name IN ('attempts', 'last_error', 'failed_at')",
+                &[],
+            )
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
+        if have != 3 {
+            return Err(format!(
+                "database {db} has no table gearman.outbox with the columns attempts, \
+                 last_error and failed_at (CREATE EXTENSION gearman makes it; a table made \
+                 by an older version gets them from its owner with: {PG_UPGRADE})"
+            ));
+        }
         c.batch_execute(&format!("LISTEN {PG_CHANNEL}"))
             .map_err(|e| crate::handlers::sql::pg_error(&e))?;
         Ok(c)
@@ -275,15 +505,16 @@ impl PgSource {
         &mut self,
         db: &mut postgres::Client,
         client: &mut Client,
-        batch_size: u32,
+        settings: &RelaySettings,
+        log: &mut LogLimiter,
     ) -> Result<BatchResult, postgres::Error> {
         let mut tx = db.transaction()?;
-        let limit = i64::from(batch_size) + self.bad.len() as i64;
         let rows = tx.query(
             "SELECT id, function, workload, unique_key, priority::text, \
-                    extract(epoch FROM run_at)::int8 \
-             FROM gearman.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&limit],
+                    extract(epoch FROM run_at)::int8, attempts::int8 \
+             FROM gearman.outbox WHERE failed_at IS NULL \
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&i64::from(settings.batch_size)],
         )?;
         let rows = rows
             .iter()
@@ -295,23 +526,38 @@ impl PgSource {
                     unique_key: r.try_get::<_, Option<String>>(3)?.map(String::into_bytes),
                     priority: r.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
                     run_at: r.try_get(5)?,
+                    attempts: r.try_get(6)?,
                 })
             })
             .collect::<Result<Vec<OutboxRow>, postgres::Error>>()?;
-        let fetched = rows.iter().filter(|r| !self.bad.contains(&r.id)).count();
-        let (ok, failed, err) = submit_rows(&rows, &self.tag, client, &mut self.bad, "postgres");
-        if !ok.is_empty() {
-            tx.execute("DELETE FROM gearman.outbox WHERE id = ANY($1)", &[&ok])?;
+        let out = submit_rows(&rows, &self.tag, client, settings.max_attempts);
+        if !out.sent.is_empty() {
+            tx.execute(
+                "DELETE FROM gearman.outbox WHERE id = ANY($1)",
+                &[&out.sent],
+            )?;
+        }
+        if !out.refused.is_empty() {
+            let ids: Vec<i64> = out.refused.iter().map(|r| r.id).collect();
+            let attempts: Vec<i32> = out
+                .refused
+                .iter()
+                .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
+                .collect();
+            let errors: Vec<&str> = out.refused.iter().map(|r| r.error.as_str()).collect();
+            let aside: Vec<bool> = out.refused.iter().map(|r| r.set_aside).collect();
+            tx.execute(
+                "UPDATE gearman.outbox o SET attempts = u.attempts, last_error = u.err, \
+                        failed_at = CASE WHEN u.aside THEN now() END \
+                 FROM unnest($1::int8[], $2::int4[], $3::text[], $4::bool[]) \
+                      AS u(id, attempts, err, aside) \
+                 WHERE o.id = u.id",
+                &[&ids, &attempts, &errors, &aside],
+            )?;
         }
         tx.commit()?;
-        if let Some(e) = err {
-            crate::warn!("postgres: {failed} outbox row(s) not sent, retrying later: {e}");
-        }
-        Ok(BatchResult {
-            fetched,
-            sent: ok.len(),
-            failed,
-        })
+        log_outcome("postgres", &out, log);
+        Ok(out.result(rows.len()))
     }
 }
 
@@ -319,7 +565,6 @@ impl PgSource {
 #[derive(Debug)]
 pub struct MySource {
     url: String,
-    bad: BTreeSet<i64>,
     tag: String,
 }
 
@@ -332,7 +577,6 @@ impl MySource {
         };
         MySource {
             url,
-            bad: BTreeSet::new(),
             tag: String::new(),
         }
     }
@@ -359,6 +603,20 @@ impl MySource {
             .map_err(|e| e.to_string())?;
         let (h, p, d) = row.unwrap_or_default();
         self.tag = source_tag(&["my", &h, &p, &d]);
+        let have: Option<u64> = c
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'gearman_outbox' \
+                   AND COLUMN_NAME IN ('attempts', 'last_error', 'failed_at')",
+            )
+            .map_err(|e| e.to_string())?;
+        if have != Some(3) {
+            return Err(format!(
+                "database `{d}` has no table gearman_outbox with the columns attempts, \
+                 last_error and failed_at: run sql/mysql/outbox.sql in it (it makes the \
+                 table, or adds those columns to one made by an older version)"
+            ));
+        }
         Ok(c)
     }
 
@@ -370,21 +628,24 @@ impl MySource {
         &mut self,
         db: &mut mysql::Conn,
         client: &mut Client,
-        batch_size: u32,
+        settings: &RelaySettings,
+        log: &mut LogLimiter,
     ) -> Result<BatchResult, String> {
         use mysql::prelude::Queryable;
         let err = |e: mysql::Error| e.to_string();
         let mut tx = db
             .start_transaction(mysql::TxOpts::default())
             .map_err(err)?;
-        let limit = u64::from(batch_size) + self.bad.len() as u64;
-        let raw: Vec<mysql::Row> = tx.exec(
-            "SELECT CAST(id AS SIGNED), `function`, workload, unique_key, CAST(priority AS CHAR), \
-                    CAST(UNIX_TIMESTAMP(run_at) AS SIGNED) \
-             FROM gearman_outbox ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
-            (limit,),
-        )
-        .map_err(err)?;
+        let raw: Vec<mysql::Row> = tx
+            .exec(
+                "SELECT CAST(id AS SIGNED), `function`, workload, unique_key, \
+                        CAST(priority AS CHAR), CAST(UNIX_TIMESTAMP(run_at) AS SIGNED), \
+                        CAST(attempts AS SIGNED) \
+                 FROM gearman_outbox WHERE failed_at IS NULL \
+                 ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+                (u64::from(settings.batch_size),),
+            )
+            .map_err(err)?;
         let rows = raw
             .iter()
             .map(|r| {
@@ -395,14 +656,11 @@ impl MySource {
                     unique_key: my_get(r, 3)?,
                     priority: my_get::<Option<String>>(r, 4)?.unwrap_or_default(),
                     run_at: my_get(r, 5)?,
+                    attempts: my_get(r, 6)?,
                 })
             })
             .collect::<Result<Vec<OutboxRow>, String>>()?;
-        let claim: Vec<i64> = rows
-            .iter()
-            .map(|r| r.id)
-            .filter(|id| !self.bad.contains(id))
-            .collect();
+        let claim: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let fetched = claim.len();
         if claim.is_empty() {
             tx.commit().map_err(err)?;
@@ -424,31 +682,36 @@ impl MySource {
             drop(tx); // rolls back
             return Ok(BatchResult::default());
         }
-        let (ok, failed, send_err) = submit_rows(&rows, &self.tag, client, &mut self.bad, "mysql");
-        if ok.len() != claim.len() {
+        let out = submit_rows(&rows, &self.tag, client, settings.max_attempts);
+        if out.sent.len() != claim.len() {
             // Some rows were not sent: put every row back (the savepoint
-            // keeps them locked) and delete just the sent ones.
+            // keeps them locked), delete just the sent ones and record the
+            // refused ones.
             tx.query_drop("ROLLBACK TO SAVEPOINT gearman_claim")
                 .map_err(err)?;
-            if !ok.is_empty() {
-                tx.query_drop(delete_sql(&ok)).map_err(err)?;
+            if !out.sent.is_empty() {
+                tx.query_drop(delete_sql(&out.sent)).map_err(err)?;
+            }
+            if !out.refused.is_empty() {
+                tx.exec_batch(
+                    "UPDATE gearman_outbox SET attempts = ?, last_error = ?, \
+                            failed_at = IF(?, NOW(), NULL) WHERE id = ?",
+                    out.refused
+                        .iter()
+                        .map(|r| (r.attempts, r.error.as_str(), r.set_aside, r.id)),
+                )
+                .map_err(err)?;
             }
         }
         tx.commit().map_err(|e| {
             format!(
                 "{e}; {} sent row(s) may be sent again (their unique keys coalesce with jobs \
                  still queued)",
-                ok.len()
+                out.sent.len()
             )
         })?;
-        if let Some(e) = send_err {
-            crate::warn!("mysql: {failed} outbox row(s) not sent, retrying later: {e}");
-        }
-        Ok(BatchResult {
-            fetched,
-            sent: ok.len(),
-            failed,
-        })
+        log_outcome("mysql", &out, log);
+        Ok(out.result(fetched))
     }
 }
 
@@ -498,7 +761,8 @@ trait Source {
         &mut self,
         db: &mut Self::Conn,
         client: &mut Client,
-        batch_size: u32,
+        settings: &RelaySettings,
+        log: &mut LogLimiter,
     ) -> Result<BatchResult, String>;
     /// Waits up to `d` for new rows (or `stop`) once the table is drained.
     fn idle(&mut self, db: &mut Self::Conn, d: Duration, stop: &AtomicBool) -> Result<(), String>;
@@ -521,9 +785,10 @@ impl Source for PgSource {
         &mut self,
         db: &mut postgres::Client,
         client: &mut Client,
-        batch_size: u32,
+        settings: &RelaySettings,
+        log: &mut LogLimiter,
     ) -> Result<BatchResult, String> {
-        PgSource::batch(self, db, client, batch_size)
+        PgSource::batch(self, db, client, settings, log)
             .map_err(|e| crate::handlers::sql::pg_error(&e))
     }
 
@@ -573,9 +838,10 @@ impl Source for MySource {
         &mut self,
         db: &mut mysql::Conn,
         client: &mut Client,
-        batch_size: u32,
+        settings: &RelaySettings,
+        log: &mut LogLimiter,
     ) -> Result<BatchResult, String> {
-        MySource::batch(self, db, client, batch_size)
+        MySource::batch(self, db, client, settings, log)
     }
 
     /// MySQL has no notifications: poll.
@@ -590,7 +856,7 @@ impl Source for MySource {
     }
 }
 
-/// How often the relay repeats the same connect error at warn level.
+/// How often the relay writes the same kind of warning.
 const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(30);
 
 /// Drains one source until `stop` is set; counts rows sent in `sent`.
@@ -600,29 +866,23 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
     let redacted = crate::config::redact_url(url);
     let kind = S::KIND;
     let mut client = s.client();
-    // The same connect error again within REPEAT_WARNING_EVERY is logged
-    // at debug only (a wrong password fails every poll interval, for ever).
-    let mut last_failure: Option<(String, Instant)> = None;
+    // A wrong password fails every poll interval, for ever; a job server
+    // that is down fails every batch: each kind of line is written at most
+    // once per REPEAT_WARNING_EVERY, with the count of those left out.
+    let mut log = LogLimiter::new(REPEAT_WARNING_EVERY);
     let mut failures = 0u64;
     'connect: while !stop.load(Ordering::SeqCst) {
         let mut db = match src.connect() {
             Ok(db) => db,
             Err(e) => {
                 failures += 1;
-                let repeat = last_failure
-                    .as_ref()
-                    .is_some_and(|(m, at)| *m == e && at.elapsed() < REPEAT_WARNING_EVERY);
-                if repeat {
-                    crate::debug!("{kind} {redacted}: {e} (attempt {failures})");
-                } else {
-                    crate::warn!(
-                        "{kind} {redacted}: {e}; retrying every {} ms (attempt {failures}; \
-                         the same error is logged again after {} s)",
-                        s.poll_interval.as_millis(),
-                        REPEAT_WARNING_EVERY.as_secs()
-                    );
-                    last_failure = Some((e, Instant::now()));
-                }
+                log.warn(
+                    &format!("connect {e}"),
+                    format_args!(
+                        "{kind} {redacted}: {e}; retrying every {} ms (attempt {failures})",
+                        s.poll_interval.as_millis()
+                    ),
+                );
                 nap(s.poll_interval, stop);
                 continue;
             }
@@ -630,7 +890,6 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
         if failures > 0 {
             crate::info!("{kind} {redacted}: connected after {failures} failed attempt(s)");
             failures = 0;
-            last_failure = None;
         }
         crate::info!(
             "relaying {redacted} ({}, source tag {})",
@@ -638,13 +897,16 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
             src.tag()
         );
         while !stop.load(Ordering::SeqCst) {
-            let step = src.batch(&mut db, &mut client, s.batch_size).and_then(|r| {
+            let step = src.batch(&mut db, &mut client, s, &mut log).and_then(|r| {
                 sent.fetch_add(r.sent as u64, Ordering::Relaxed);
                 if r.sent > 0 {
                     crate::debug!("{kind}: relayed {} row(s)", r.sent);
                 }
                 if r.failed > 0 {
+                    // Forget the job servers' back-off: try them all again.
                     client = s.client();
+                }
+                if r.to_retry() > 0 {
                     nap(s.poll_interval, stop);
                 } else if r.fetched < s.batch_size as usize {
                     src.idle(&mut db, s.poll_interval, stop)?;
@@ -652,7 +914,10 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
                 Ok(())
             });
             if let Err(e) = step {
-                crate::warn!("{kind} {redacted}: {e}; reconnecting");
+                log.warn(
+                    &format!("database {e}"),
+                    format_args!("{kind} {redacted}: {e}; reconnecting"),
+                );
                 nap(s.poll_interval, stop);
                 continue 'connect;
             }
@@ -753,6 +1018,7 @@ mod tests {
             unique_key: None,
             priority: "normal".into(),
             run_at: None,
+            attempts: 0,
         }
     }
 
@@ -789,6 +1055,46 @@ mod tests {
         let mut r = row(1);
         r.function = String::new();
         assert!(row_to_job(&r, "t", 0).is_err());
+    }
+
+    #[test]
+    fn a_refusal_sets_the_row_aside_after_max_attempts_or_at_once() {
+        let mut r = row(7);
+        let f = Refusal::new(&r, "QUEUE_ERROR", false, 3);
+        assert_eq!((f.attempts, f.set_aside), (1, false));
+        r.attempts = 2;
+        let f = Refusal::new(&r, "QUEUE_ERROR", false, 3);
+        assert_eq!((f.attempts, f.set_aside), (3, true));
+        r.attempts = 0;
+        assert!(Refusal::new(&r, "bad key", true, 3).set_aside);
+        assert!(Refusal::new(&r, "x", false, 1).set_aside);
+    }
+
+    #[test]
+    fn error_text_is_bounded_and_has_no_nul() {
+        let e = error_text(&format!("a\0b{}", "é".repeat(2000)));
+        assert!(e.len() <= MAX_ERROR_TEXT);
+        assert!(e.starts_with("a\\0b"));
+        assert!(!e.contains('\0'));
+    }
+
+    #[test]
+    fn the_limiter_writes_a_kind_once_per_period_and_counts_the_rest() {
+        let mut l = LogLimiter::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(l.check("a", t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(l.check("a", t0 + Duration::from_secs(i)), None);
+        }
+        // Another kind is not held back by the first.
+        assert_eq!(l.check("b", t0 + Duration::from_secs(2)), Some(0));
+        assert_eq!(l.check("a", t0 + Duration::from_secs(31)), Some(5));
+        assert_eq!(l.check("a", t0 + Duration::from_secs(32)), None);
+        // Bounded: many kinds never grow it past MAX_KEYS.
+        for i in 0..(LogLimiter::MAX_KEYS * 3) {
+            l.check(&format!("k{i}"), t0 + Duration::from_secs(40));
+        }
+        assert!(l.seen.len() <= LogLimiter::MAX_KEYS);
     }
 
     #[test]

@@ -23,6 +23,52 @@ fn start_daemon(g: &Gearmand, body: &str) -> (WorkerProc, tempfile::TempDir, std
     (w, dir, cfg)
 }
 
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb * 1024
+}
+
+#[test]
+fn a_command_writing_past_max_result_bytes_fails_its_job_at_once() {
+    // `yes` writes for ever and the function has no timeout: before, the
+    // job ran until the client gave up (the worker read and discarded
+    // stdout for ever); now it fails at the cap, with the cap named.
+    let g = Gearmand::start();
+    let (w, _d, _) = start_daemon(
+        &g,
+        r#"
+[function.flood]
+exec = ["yes", "0123456789abcdef"]
+timeout_ms = 0
+max_result_bytes = 4096
+[function.small]
+exec = ["head", "-c", "4096", "/dev/zero"]
+max_result_bytes = 4096
+"#,
+    );
+    for f in ["flood", "small"] {
+        wait_workers(&g.addr(), f, 1, &|| w.log());
+    }
+    let mut c = client(&g.addr());
+    // Exactly the cap is allowed.
+    assert_eq!(c.run(&Job::new("small", "")).unwrap(), vec![0u8; 4096]);
+    let e = c.run(&Job::new("flood", "")).unwrap_err();
+    let m = failure_text(&e);
+    assert!(
+        m.contains("wrote more than 4096 bytes to stdout") && m.contains("max_result_bytes"),
+        "{m}"
+    );
+    // Memory stayed bounded and the worker goes on serving.
+    assert!(peak_rss(w.pid()) < 64 << 20, "{} bytes", peak_rss(w.pid()));
+    assert_eq!(c.run(&Job::new("small", "")).unwrap().len(), 4096);
+}
+
 #[test]
 fn builtins_and_exec_are_served() {
     let g = Gearmand::start();

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use gearman_core::{ErrorKind, Job};
-use gearman_testkit::Gearmand;
+use gearman_testkit::{Gearmand, PerlGearmand};
 use std::time::Duration;
 
 #[test]
@@ -15,6 +15,19 @@ fn quick_mode_serves_a_real_command() {
     let mut c = client(&g.addr());
     assert_eq!(c.run(&Job::new("reverse", "hello\n")).unwrap(), b"olleh\n");
     // Byte-exact: the workload without a trailing newline stays without one.
+    assert_eq!(c.run(&Job::new("reverse", "abc")).unwrap(), b"cba");
+}
+
+#[test]
+fn quick_mode_serves_on_the_perl_job_server() {
+    // Perl's Gearman::Server answers GRAB_JOB_UNIQ with ERROR; the worker
+    // grabs with GRAB_JOB there (before: it logged the ERROR and never
+    // served a job).
+    let p = PerlGearmand::start();
+    let w = WorkerProc::spawn(&["-s", &p.addr(), "-f", "reverse", "--", "rev"], &[]);
+    wait_workers(&p.addr(), "reverse", 1, &|| w.log());
+    let mut c = client(&p.addr());
+    assert_eq!(c.run(&Job::new("reverse", "hello\n")).unwrap(), b"olleh\n");
     assert_eq!(c.run(&Job::new("reverse", "abc")).unwrap(), b"cba");
 }
 

@@ -113,6 +113,57 @@ timeout_ms = 300
 }
 
 #[test]
+fn a_postgres_result_past_max_result_bytes_fails_with_memory_bounded() {
+    // 300,000 rows of 1 kB: before, every row was fetched into memory
+    // (hundreds of MB) before the cap was checked; now rows are read one
+    // at a time and the job fails at the cap.
+    let g = Gearmand::start();
+    let pg = Postgres::start();
+    let url = pg.url();
+    let (w, _d) = start_daemon(
+        &g,
+        &format!(
+            r#"
+[function.rows]
+sql = "SELECT repeat('x', 1000) AS v FROM generate_series(1, $1::int)"
+database = "{url}"
+rows = "json_lines"
+max_result_bytes = 65536
+
+[function.first]
+sql = "SELECT repeat('y', $1::int)"
+database = "{url}"
+max_result_bytes = 65536
+"#
+        ),
+    );
+    for f in ["rows", "first"] {
+        wait_workers(&g.addr(), f, 1, &|| w.log());
+    }
+    let mut c = client(&g.addr());
+    assert_eq!(c.run(&Job::new("rows", "10")).unwrap().len(), 10 * 1009);
+    let e = c.run(&Job::new("rows", "300000")).unwrap_err();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(peak_kb < 100 * 1024, "worker peak RSS {peak_kb} kB");
+    let m = failure_text(&e);
+    assert!(
+        m.contains("larger than 65536 bytes") && m.contains("max_result_bytes"),
+        "{m}"
+    );
+    // rows = "first": one value past the cap fails too.
+    assert_eq!(c.run(&Job::new("first", "65536")).unwrap().len(), 65536);
+    let e = c.run(&Job::new("first", "65537")).unwrap_err();
+    assert!(failure_text(&e).contains("larger than 65536 bytes"), "{e}");
+    // The daemon still serves (on a new connection).
+    assert_eq!(c.run(&Job::new("rows", "1")).unwrap().len(), 1009);
+}
+
+#[test]
 fn postgres_restart_is_survived() {
     let g = Gearmand::start();
     let mut pg = Postgres::start();

@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -q -p gearman-worker --bin gearman-worker --example relay_bench
-target/release/examples/relay_bench "${RELAY_ROWS:-100000}" "${RELAY_BATCH:-1000}"
+"$(bash scripts/target-dir)/release/examples/relay_bench" "${RELAY_ROWS:-100000}" "${RELAY_BATCH:-1000}"

@@ -16,8 +16,43 @@
 -- file (gearman-udf.toml) they return without waiting for gearmand's
 -- confirmation and give the job's unique key instead (the caller's, or a
 -- generated 36-character one); gman_job_status() accepts either. Jobs that
--- gearmand refuses later are reported in the error log and by
--- gman_last_error() of the session that collects the confirmation.
+-- gearmand refuses later, or whose confirmation does not come within
+-- io_timeout_ms (fate unknown: they may have been queued), are reported in
+-- the error log and by gman_last_error() of the connection that submitted
+-- them.
+--
+-- gman_servers_set() is disabled by default: it fails for every SQL user
+-- (root included) unless the configuration file (/etc/mysql/gearman-udf.toml,
+-- or the file named by GEARMAN_UDF_CONFIG) says allow_servers_set = true.
+-- UDFs need no privilege and the list it sets is process-wide, so any user
+-- could otherwise send every session's jobs to a server of their choice. Put
+-- the job servers in that file instead (servers = "...", [function_servers]).
+-- When enabled it returns its argument as given ('127.0.0.1', not
+-- '127.0.0.1:4730'), as gearman-mysql-udf did; a list that is not
+-- host[:port],... (IPv6 in brackets) is refused, naming the bad entry.
+--
+-- gman_server_status(): JSON, one object per server and function with total
+-- (jobs gearmand holds), queued (jobs waiting for a worker: total - running),
+-- running and workers.
+-- gman_sum(): do not use it with GROUP BY ... WITH ROLLUP: MariaDB shares one
+-- aggregate state between the rollup rows of a UDF aggregate, so their
+-- totals are wrong (a plain C aggregate UDF does the same).
+--
+-- Time: every call has one deadline from its start (connecting and failing
+-- over included): foreground_timeout_ms (30 s) for gman_do* and a gman_sum
+-- group, io_timeout_ms (5 s) for background calls, gman_job_status() and
+-- gman_server_status(). A background call that timed out waiting for
+-- gearmand's confirmation may still have been queued: give the job a unique
+-- key before retrying it, or the retry may run it twice.
+-- Size: a gman_do* result is at most max_result_bytes (16 MiB); a longer
+-- one makes that row NULL.
+--
+-- Errors: a failing row returns NULL for that row only (later rows still
+-- run); gman_last_error() returns the last error of this connection's latest
+-- statement that called another gman_* function (NULL if none failed), or
+-- a later report of pipelined jobs it submitted that were refused (kept
+-- until its next error); never another connection's (identified by its
+-- connection id, also with the thread cache and the thread pool).
 CREATE FUNCTION gman_do RETURNS STRING SONAME "libgearman_mysql_udf.so";
 CREATE FUNCTION gman_do_high RETURNS STRING SONAME "libgearman_mysql_udf.so";
 CREATE FUNCTION gman_do_low RETURNS STRING SONAME "libgearman_mysql_udf.so";

@@ -26,6 +26,28 @@
 --   run_at      NULL = now; a later time (server default time zone) makes a
 --               scheduled job (SUBMIT_JOB_EPOCH)
 --   created_at  when the row was written
+--   attempts    times the job servers answered the row with ERROR (e.g.
+--               QUEUE_ERROR: the function's queue is full); a lost
+--               connection or a timeout is not counted and retried
+--   last_error  why the row was last refused, or cannot be sent at all (a
+--               unique key over 63 bytes, an invalid function name)
+--   failed_at   set when the relay set the row aside: at once for a row that
+--               cannot be sent, after `gearman-worker relay --max-attempts`
+--               (default 3) ERROR answers otherwise. The relay skips such
+--               rows; they never hold up the rows behind them. To send them
+--               again: UPDATE gearman_outbox SET failed_at = NULL,
+--               attempts = 0, last_error = NULL WHERE failed_at IS NOT NULL ...
+--
+-- Who may write the outbox is the owner's decision: grant it only to the
+-- accounts that queue jobs. The procedure runs with its definer's rights
+-- (SQL SECURITY DEFINER, the default) and checks its arguments, so
+--   GRANT EXECUTE ON PROCEDURE app.gearman_outbox_enqueue TO 'app'@'%';
+-- is enough for them, without any right on the table; or, for direct INSERTs,
+--   GRANT INSERT (`function`, workload, unique_key, priority, run_at)
+--     ON app.gearman_outbox TO 'app'@'%';
+-- The relay's account needs SELECT, UPDATE and DELETE on gearman_outbox.
+-- Running this file again keeps the rows and adds the columns above to a
+-- table made by an older version.
 
 CREATE TABLE IF NOT EXISTS gearman_outbox (
   id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -34,8 +56,34 @@ CREATE TABLE IF NOT EXISTS gearman_outbox (
   unique_key  VARBINARY(63) NULL,
   priority    ENUM('high', 'normal', 'low') NOT NULL DEFAULT 'normal',
   run_at      DATETIME NULL,
-  created_at  TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+  created_at  TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  attempts    INT UNSIGNED NOT NULL DEFAULT 0,
+  last_error  TEXT NULL,
+  failed_at   DATETIME NULL,
+  -- The relay reads the rows still to send (failed_at IS NULL) in id order.
+  KEY gearman_outbox_pending (failed_at, id)
 ) ENGINE = InnoDB;
+
+-- A table made by an older version of this file: add the set-aside columns.
+-- (MySQL 8 has no ADD COLUMN IF NOT EXISTS; a procedure checks first.)
+DROP PROCEDURE IF EXISTS gearman_outbox_upgrade;
+DELIMITER //
+CREATE PROCEDURE gearman_outbox_upgrade()
+MODIFIES SQL DATA
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM information_schema.COLUMNS
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'gearman_outbox'
+                   AND COLUMN_NAME = 'failed_at') THEN
+    ALTER TABLE gearman_outbox
+      ADD COLUMN attempts INT UNSIGNED NOT NULL DEFAULT 0,
+      ADD COLUMN last_error TEXT NULL,
+      ADD COLUMN failed_at DATETIME NULL,
+      ADD KEY gearman_outbox_pending (failed_at, id);
+  END IF;
+END //
+DELIMITER ;
+CALL gearman_outbox_upgrade();
+DROP PROCEDURE gearman_outbox_upgrade;
 
 DROP PROCEDURE IF EXISTS gearman_outbox_enqueue;
 
@@ -52,6 +100,7 @@ CREATE PROCEDURE gearman_outbox_enqueue(
   IN p_run_at     DATETIME
 )
 MODIFIES SQL DATA
+SQL SECURITY DEFINER
 BEGIN
   DECLARE v_unique VARBINARY(255) DEFAULT p_unique_key;
   IF p_function IS NULL OR p_function = '' THEN

@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The C job server (Debian `gearman-job-server`). Always started by this
+/// absolute path: Debian's `gearman-server` installs the Perl job server as
+/// `/usr/bin/gearmand`, which may come first on PATH.
+pub const C_GEARMAND: &str = "/usr/sbin/gearmand";
+
 /// A private gearmand on a free loopback port, killed on drop.
 #[derive(Debug)]
 pub struct Gearmand {
@@ -52,9 +57,16 @@ impl Gearmand {
 
     /// Runs gearmand on `self.port`; true once it accepts connections.
     fn launch(&mut self, timeout: Duration) -> bool {
-        let bin = require_binary("gearmand", &["/usr/sbin"], "gearman-job-server");
+        // The C server by absolute path: Debian's `gearman-server` (the Perl
+        // server) installs another `gearmand` in /usr/bin.
+        let bin = std::path::Path::new(C_GEARMAND);
+        assert!(
+            bin.is_file(),
+            "the C job server {C_GEARMAND} is not installed: install the Debian package \
+             `gearman-job-server` (run `sudo scripts/setup`, which installs every test dependency)"
+        );
         let pid = self.dir.path().join("gearmand.pid");
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={}", self.port))
             .arg(format!("--log-file={}", self.log_path().display()))
@@ -65,7 +77,7 @@ impl Gearmand {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("spawning {C_GEARMAND}: {e}"));
         let our_pid = child.id();
         self.child = Some(child);
         // Something accepting on the port is not enough: between picking a

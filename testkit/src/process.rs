@@ -28,6 +28,41 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Whether process `pid` holds the socket listening on TCP `port`
+/// (IPv4 or IPv6), from `/proc/net/tcp*` and `/proc/PID/fd`. Tells our
+/// server from a stranger that took the port between picking and binding.
+pub fn listener_owned_by(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let local_port = f[1]
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+    })
+}
+
 /// Finds `name` in the given directories or on PATH, or panics naming the
 /// Debian package that provides it.
 pub fn require_binary(name: &str, extra_dirs: &[&str], package: &str) -> PathBuf {
@@ -128,5 +163,16 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
         // And nobody else can bind it meanwhile.
         assert!(TcpListener::bind(d.addr()).is_err());
+    }
+
+    #[test]
+    fn a_listener_is_told_to_belong_to_its_process() {
+        let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listener_owned_by(std::process::id(), port));
+        // Not ours: pid 1 holds no socket of this test.
+        assert!(!listener_owned_by(1, port));
+        drop(l);
+        assert!(!listener_owned_by(std::process::id(), port));
     }
 }

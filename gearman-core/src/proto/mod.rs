@@ -12,5 +12,6 @@ mod packet;
 
 pub use admin::{decode_line, decode_list, encode_admin_command};
 pub use packet::{
-    decode, encode, Decoded, Magic, Packet, PacketType, DEFAULT_MAX_PACKET, HEADER_LEN,
+    decode, encode, Decoded, Magic, Packet, PacketType, DEFAULT_MAX_PACKET, HEADER_LEN, MAX_HANDLE,
+    MAX_WIRE_UNIQUE,
 };

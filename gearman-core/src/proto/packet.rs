@@ -239,8 +239,11 @@ pub enum Decoded {
 /// Errors (all [`crate::ErrorKind::Protocol`]): the first byte is not 0 (text
 /// where a binary packet was expected), a bad magic, an unknown type (0, 5 or
 /// above 42), a size above `max_packet`, or fewer NUL separators than the
-/// type needs. Trailing NULs are stripped from received job handles. Never
-/// panics, whatever the input.
+/// type needs, or (in a `\0RES` packet) a field that is not a payload
+/// longer than its bound: a job handle over [`MAX_HANDLE`] bytes, a function
+/// name over 512, a unique key over [`MAX_WIRE_UNIQUE`], a number, flag,
+/// error code or option name over 64, an ERROR text over 4096. Trailing NULs
+/// are stripped from received job handles. Never panics, whatever the input.
 pub fn decode(buf: &[u8], max_packet: usize) -> Result<Decoded> {
     if let Some(&b) = buf.first() {
         if b != 0 {
@@ -309,5 +312,86 @@ pub fn decode(buf: &[u8], max_packet: usize) -> Result<Decoded> {
             }
         }
     }
+    if magic == Magic::Res {
+        check_res_fields(kind, &args)?;
+    }
     Ok(Decoded::Packet(Packet { magic, kind, args }, total))
+}
+
+/// Longest job handle accepted from a server: 63 bytes (gearmand's
+/// `GEARMAND_JOB_HANDLE_SIZE` is 64 with the NUL; GET_STATUS needs < 64).
+pub const MAX_HANDLE: usize = 63;
+
+/// Longest unique key accepted from a server: 64 bytes (gearmand's limit;
+/// we send at most 63, see [`crate::MAX_UNIQUE`]).
+pub const MAX_WIRE_UNIQUE: usize = 64;
+
+/// Longest number or flag field (STATUS_RES, WORK_STATUS) and error code
+/// or option name accepted from a server.
+const MAX_SMALL_FIELD: usize = 64;
+
+/// Longest ERROR text accepted from a server.
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// Bounds every field of a server's packet that is not a payload: job
+/// handles, function names, unique keys, numbers, error codes and texts
+/// (issue 10 item 4). Longer is a protocol error, never a result.
+fn check_res_fields(kind: PacketType, args: &[Vec<u8>]) -> Result<()> {
+    use crate::job::MAX_FUNCTION;
+    let limits: &[(&str, usize)] = match kind {
+        PacketType::JobCreated
+        | PacketType::WorkData
+        | PacketType::WorkWarning
+        | PacketType::WorkComplete
+        | PacketType::WorkFail
+        | PacketType::WorkException => &[("job handle", MAX_HANDLE)],
+        PacketType::WorkStatus => &[
+            ("job handle", MAX_HANDLE),
+            ("numerator", MAX_SMALL_FIELD),
+            ("denominator", MAX_SMALL_FIELD),
+        ],
+        PacketType::StatusRes => &[
+            ("job handle", MAX_HANDLE),
+            ("known flag", MAX_SMALL_FIELD),
+            ("running flag", MAX_SMALL_FIELD),
+            ("numerator", MAX_SMALL_FIELD),
+            ("denominator", MAX_SMALL_FIELD),
+        ],
+        PacketType::StatusResUnique => &[
+            ("unique key", MAX_WIRE_UNIQUE),
+            ("known flag", MAX_SMALL_FIELD),
+            ("running flag", MAX_SMALL_FIELD),
+            ("numerator", MAX_SMALL_FIELD),
+            ("denominator", MAX_SMALL_FIELD),
+            ("waiting count", MAX_SMALL_FIELD),
+        ],
+        PacketType::JobAssign => &[("job handle", MAX_HANDLE), ("function name", MAX_FUNCTION)],
+        PacketType::JobAssignUniq => &[
+            ("job handle", MAX_HANDLE),
+            ("function name", MAX_FUNCTION),
+            ("unique key", MAX_WIRE_UNIQUE),
+        ],
+        PacketType::JobAssignAll => &[
+            ("job handle", MAX_HANDLE),
+            ("function name", MAX_FUNCTION),
+            ("unique key", MAX_WIRE_UNIQUE),
+            ("reducer", MAX_FUNCTION),
+        ],
+        PacketType::Error => &[
+            ("error code", MAX_SMALL_FIELD),
+            ("error text", MAX_ERROR_TEXT),
+        ],
+        PacketType::OptionRes => &[("option name", MAX_SMALL_FIELD)],
+        _ => &[],
+    };
+    for ((what, max), a) in limits.iter().zip(args) {
+        if a.len() > *max {
+            return Err(Error::protocol(format!(
+                "{} from the job server carries a {what} of {} bytes; at most {max} are allowed",
+                kind.name(),
+                a.len()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -206,7 +206,7 @@ pub fn last_error(conn: &mut mysql::Conn) -> Option<String> {
     one_str(conn, "SELECT gman_last_error()")
 }
 
-type Handler = Arc<dyn Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync>;
+pub type Handler = Arc<dyn Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync>;
 
 /// A gearman-core worker in a thread of this process; stopped on drop.
 pub struct TestWorker {

@@ -78,26 +78,53 @@ impl Env {
     }
 }
 
+/// A notice (WARNING, NOTICE, ...) as received, with its hint.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub severity: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
 /// A client session that keeps the notices (WARNINGs) it receives.
 pub struct Session {
     pub client: postgres::Client,
-    notices: Arc<Mutex<Vec<String>>>,
+    notices: Arc<Mutex<Vec<Notice>>>,
 }
 
 impl Session {
     pub fn connect(url: &str) -> Session {
+        Session::try_connect_with(url, None, None)
+            .unwrap_or_else(|e| panic!("connecting to {url}: {}", describe(&e)))
+    }
+
+    /// Connects as `user` (if given) with startup `options` (as
+    /// `PGOPTIONS`, e.g. `-c gearman.servers=...`).
+    pub fn try_connect_with(
+        url: &str,
+        user: Option<&str>,
+        options: Option<&str>,
+    ) -> Result<Session, postgres::Error> {
         let notices = Arc::new(Mutex::new(Vec::new()));
         let sink = notices.clone();
         let mut config: postgres::Config = url.parse().expect("valid URL");
+        if let Some(u) = user {
+            config.user(u);
+        }
+        if let Some(o) = options {
+            config.options(o);
+        }
         config.notice_callback(move |n| {
-            sink.lock()
-                .unwrap()
-                .push(format!("{}: {}", n.severity(), n.message()))
+            sink.lock().unwrap().push(Notice {
+                severity: n.severity().to_string(),
+                message: n.message().to_string(),
+                detail: n.detail().map(str::to_string),
+                hint: n.hint().map(str::to_string),
+            })
         });
-        let client = config
-            .connect(postgres::NoTls)
-            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
-        Session { client, notices }
+        let client = config.connect(postgres::NoTls)?;
+        Ok(Session { client, notices })
     }
 
     /// Runs statements (simple query protocol); panics with the error.
@@ -148,8 +175,17 @@ impl Session {
         out
     }
 
-    /// The notices received so far (and forgets them).
+    /// The notices received so far as `SEVERITY: message` (and forgets
+    /// them).
     pub fn take_notices(&self) -> Vec<String> {
+        self.take_full_notices()
+            .into_iter()
+            .map(|n| format!("{}: {}", n.severity, n.message))
+            .collect()
+    }
+
+    /// The notices received so far, with detail and hint (and forgets them).
+    pub fn take_full_notices(&self) -> Vec<Notice> {
         std::mem::take(&mut *self.notices.lock().unwrap())
     }
 }
@@ -352,4 +388,40 @@ impl Drop for TestWorker {
             }
         }
     }
+}
+
+/// A black hole on loopback: a listener with backlog 0 whose accept queue
+/// is filled with connections nobody accepts, so Linux drops further SYNs
+/// (no RST) and a connect hangs until its timeout.
+pub struct BlackHole {
+    pub addr: String,
+    _listener: std::net::TcpListener,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+fn black_hole() -> BlackHole {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: a valid listening socket; listen() again only sets its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let sa = l.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 16, "the accept queue does not fill");
+    }
+    BlackHole {
+        addr: sa.to_string(),
+        _listener: l,
+        _fillers: fillers,
+    }
+}
+
+/// `n` black holes, made in parallel.
+pub fn black_holes(n: usize) -> Vec<BlackHole> {
+    let ts: Vec<_> = (0..n).map(|_| std::thread::spawn(black_hole)).collect();
+    ts.into_iter().map(|t| t.join().unwrap()).collect()
 }

@@ -9,6 +9,11 @@
 //! second later, and the job fails. [`kill_all`] kills every running
 //! command's group (used when the daemon stops at once).
 //!
+//! stdout is the result, capped at the function's `max_result_bytes`: the
+//! first byte past it fails the job at once ("wrote more than N bytes to
+//! stdout"), the command's process group is killed and what it wrote is
+//! discarded, so neither memory nor time grows with what a command writes.
+//!
 //! The pipes are served with poll(2) on the worker's own thread (no helper
 //! threads per job: thread creation cost as much as the fork itself). The
 //! job ends when stdout and stderr are closed and the command has exited; a
@@ -165,6 +170,26 @@ fn kill_and_reap(child: &mut Child, pgid: i32) {
     let _ = child.wait();
 }
 
+/// Why a command's run ended early.
+enum Stopped {
+    TimedOut,
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// The failure message for a result past `max_result_bytes`.
+fn too_large(program: &str, limit: usize, killed: bool) -> String {
+    format!(
+        "`{program}` wrote more than {limit} bytes to stdout (the function's \
+         max_result_bytes); the result was discarded{}",
+        if killed {
+            " and the command's process group killed"
+        } else {
+            ""
+        }
+    )
+}
+
 fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit status {c}"),
@@ -210,17 +235,32 @@ impl Handler for ExecHandler {
         let deadline = spec.timeout.map(|t| start + t);
         let outcome = pump(&mut child, workload, limit, deadline);
         let status = match outcome {
-            Ok((out, err, false)) => match wait_until(&mut child, deadline) {
+            Ok(Pumped {
+                out,
+                err,
+                end: PumpEnd::Closed,
+            }) => match wait_until(&mut child, deadline) {
                 Ok(Some(st)) => Ok((st, out, err)),
-                Ok(None) => Err(None),
-                Err(e) => Err(Some(e)),
+                Ok(None) => Err(Stopped::TimedOut),
+                Err(e) => Err(Stopped::Io(e)),
             },
-            Ok((_, _, true)) => Err(None),
-            Err(e) => Err(Some(e)),
+            Ok(Pumped {
+                end: PumpEnd::TimedOut,
+                ..
+            }) => Err(Stopped::TimedOut),
+            Ok(Pumped {
+                end: PumpEnd::ResultTooLarge,
+                ..
+            }) => Err(Stopped::TooLarge),
+            Err(e) => Err(Stopped::Io(e)),
         };
         let result = match status {
             Ok(v) => Ok(v),
-            Err(None) => {
+            Err(Stopped::TooLarge) => {
+                kill_and_reap(&mut child, pgid);
+                Err(JobError::exception(too_large(program, limit, true)))
+            }
+            Err(Stopped::TimedOut) => {
                 // Exited already, but its output pipes stayed open: a
                 // process it started in the background still holds them.
                 let exited = child.try_wait().ok().flatten();
@@ -237,7 +277,7 @@ impl Handler for ExecHandler {
                     None => format!("`{program}` timed out after {ms} ms and was killed"),
                 }))
             }
-            Err(Some(e)) => {
+            Err(Stopped::Io(e)) => {
                 kill_and_reap(&mut child, pgid);
                 Err(JobError::exception(format!("running `{program}`: {e}")))
             }
@@ -272,26 +312,41 @@ impl Handler for ExecHandler {
             });
         }
         if out_overflow {
-            return Err(JobError::exception(format!(
-                "`{program}` wrote more than {limit} bytes to stdout"
-            )));
+            return Err(JobError::exception(too_large(program, limit, false)));
         }
         Ok(out)
     }
 }
 
-type Collected = ((Vec<u8>, bool), (Vec<u8>, bool), bool);
+/// Why [`pump`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PumpEnd {
+    /// stdout and stderr are closed.
+    Closed,
+    /// The deadline passed first.
+    TimedOut,
+    /// stdout passed the limit (the bytes past it were discarded).
+    ResultTooLarge,
+}
+
+/// What [`pump`] collected: (data, overflow) of stdout and stderr.
+struct Pumped {
+    out: (Vec<u8>, bool),
+    err: (Vec<u8>, bool),
+    end: PumpEnd,
+}
 
 /// Feeds `workload` to the child's stdin and collects stdout (up to `limit`
 /// bytes) and stderr (up to [`MAX_STDERR_BYTES`]) with poll(2) on this
-/// thread, until both output pipes close or `deadline` passes. Returns
-/// (stdout, overflow), (stderr, overflow), timed out.
+/// thread, until both output pipes close, `deadline` passes, or stdout
+/// passes `limit` (then it stops at once: memory and time stay bounded
+/// whatever the command writes).
 fn pump(
     child: &mut Child,
     workload: &[u8],
     limit: usize,
     deadline: Option<Instant>,
-) -> std::io::Result<Collected> {
+) -> std::io::Result<Pumped> {
     let mut stdin = child.stdin.take().filter(|_| !workload.is_empty());
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
@@ -315,7 +370,11 @@ fn pump(
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Ok(((out.data, out.overflow), (err.data, err.overflow), true));
+                    return Ok(Pumped {
+                        out: (out.data, out.overflow),
+                        err: (err.data, err.overflow),
+                        end: PumpEnd::TimedOut,
+                    });
                 }
                 // Round up so a sub-millisecond rest does not spin.
                 i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
@@ -386,6 +445,16 @@ fn pump(
                             stdout = None;
                         }
                     }
+                    if out.overflow {
+                        // Past max_result_bytes: the result is lost anyway;
+                        // stop now instead of reading (and discarding) for
+                        // as long as the command writes.
+                        return Ok(Pumped {
+                            out: (out.data, true),
+                            err: (err.data, err.overflow),
+                            end: PumpEnd::ResultTooLarge,
+                        });
+                    }
                 }
                 _ => {
                     if let Some(p) = stderr.as_mut() {
@@ -397,7 +466,11 @@ fn pump(
             }
         }
     }
-    Ok(((out.data, out.overflow), (err.data, err.overflow), false))
+    Ok(Pumped {
+        out: (out.data, out.overflow),
+        err: (err.data, err.overflow),
+        end: PumpEnd::Closed,
+    })
 }
 
 #[cfg(test)]
@@ -543,6 +616,20 @@ mod tests {
         h.spec.max_result_bytes = 1000;
         let e = h.call(&[b'a'; 4000]).unwrap_err();
         assert!(e.reason().contains("more than 1000 bytes"), "{e:?}");
+    }
+
+    #[test]
+    fn an_endless_writer_is_stopped_at_the_result_cap() {
+        // `yes` never ends: before, the job ran until its timeout (for ever
+        // with timeout_ms = 0) reading and discarding; now it fails at the
+        // cap, long before its 60 s timeout, with the cap named.
+        let mut h = handler(&["yes"], Some(60_000));
+        h.spec.max_result_bytes = 4096;
+        let e = h.call(b"").unwrap_err();
+        let r = e.reason();
+        assert!(r.contains("more than 4096 bytes to stdout"), "{r}");
+        assert!(r.contains("max_result_bytes"), "{r}");
+        assert!(r.contains("killed"), "{r}");
     }
 
     #[test]

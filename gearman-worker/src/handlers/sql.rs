@@ -24,6 +24,7 @@
 use super::{Handler, JobError};
 use crate::config::{DatabaseUrl, ParamType, RowsMode, SqlSpec};
 use crate::logging::civil_from_days;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, ToSql, Type};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -205,7 +206,33 @@ pub struct SqlHandler {
 /// A statement error plus whether the connection is now unusable.
 struct RunError {
     message: String,
+    /// The connection broke: a pooled one is replaced and the job retried
+    /// once.
     broken: bool,
+    /// The connection is closed, the job not retried (a result past
+    /// max_result_bytes left unread on it).
+    discard: bool,
+}
+
+/// A failure inside the row loop: a driver error (classified once the rows
+/// are dropped, with the client's state) or a finished [`RunError`].
+enum PgFail {
+    Pg(postgres::Error),
+    Run(RunError),
+}
+
+impl From<postgres::Error> for PgFail {
+    fn from(e: postgres::Error) -> PgFail {
+        PgFail::Pg(e)
+    }
+}
+
+/// The failure message for a result past `max_result_bytes`.
+fn result_too_large(limit: usize) -> String {
+    format!(
+        "result is larger than {limit} bytes (the function's max_result_bytes); the rest \
+         was discarded"
+    )
 }
 
 impl SqlHandler {
@@ -231,6 +258,7 @@ impl SqlHandler {
         let fail = |e: postgres::Error, client: &postgres::Client| RunError {
             message: pg_error(&e),
             broken: client.is_closed() || e.is_closed(),
+            discard: false,
         };
         let bytea = self.spec.param == ParamType::Bytea;
         let key = (self.spec.statement.clone(), bytea);
@@ -253,6 +281,7 @@ impl SqlHandler {
                 message: "workload is not valid UTF-8 (set param = \"bytea\" for binary workloads)"
                     .into(),
                 broken: false,
+                discard: false,
             })?;
             &text
         };
@@ -261,39 +290,70 @@ impl SqlHandler {
         } else {
             std::slice::from_ref(&param)
         };
-        let rows = client.query(&stmt, params).map_err(|e| fail(e, client))?;
         let limit = self.spec.max_result_bytes as usize;
-        let conv = |e: String| RunError {
-            message: e,
-            broken: false,
-        };
-        match self.spec.rows {
-            RowsMode::First => {
-                let Some(row) = rows.first() else {
-                    return Ok(Vec::new());
-                };
-                if row.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let cell: PgCell = row.try_get(0).map_err(|e| conv(e.to_string()))?;
-                cell.to_bytes().map_err(conv)
-            }
-            RowsMode::JsonLines => {
-                let mut out = Vec::new();
-                for row in &rows {
-                    let mut obj = serde_json::Map::new();
-                    for (i, col) in row.columns().iter().enumerate() {
-                        let cell: PgCell = row.try_get(i).map_err(|e| conv(e.to_string()))?;
-                        obj.insert(col.name().to_string(), cell.to_json().map_err(conv)?);
+        let rows_mode = self.spec.rows;
+        // Rows are read one at a time as they arrive (never the whole
+        // result at once), so max_result_bytes bounds memory.
+        let res = (|| -> Result<Vec<u8>, PgFail> {
+            let mut rows = client.query_raw(&stmt, params.iter().copied())?;
+            let conv = |e: String| {
+                PgFail::Run(RunError {
+                    message: e,
+                    broken: false,
+                    discard: false,
+                })
+            };
+            // Past the limit: the rest of the result is not read; the
+            // connection, with its unread rows, is closed rather than reused.
+            let too_large = || {
+                PgFail::Run(RunError {
+                    message: result_too_large(limit),
+                    broken: false,
+                    discard: true,
+                })
+            };
+            match rows_mode {
+                RowsMode::First => {
+                    // (A row stream is never polled again after its end:
+                    // tokio-postgres then reports "connection closed".)
+                    let Some(row) = rows.next()? else {
+                        return Ok(Vec::new());
+                    };
+                    let mut out = Vec::new();
+                    if !row.is_empty() {
+                        let cell: PgCell = row.try_get(0).map_err(|e| conv(e.to_string()))?;
+                        out = cell.to_bytes().map_err(conv)?;
                     }
-                    serde_json::to_writer(&mut out, &obj).map_err(|e| conv(e.to_string()))?;
-                    out.push(b'\n');
                     if out.len() > limit {
-                        return Err(conv(format!("result is larger than {limit} bytes")));
+                        return Err(too_large());
                     }
+                    // The statement runs to its end; later rows are read and
+                    // dropped one by one.
+                    while rows.next()?.is_some() {}
+                    Ok(out)
                 }
-                Ok(out)
+                RowsMode::JsonLines => {
+                    let mut out = Vec::new();
+                    while let Some(row) = rows.next()? {
+                        let mut obj = serde_json::Map::new();
+                        for (i, col) in row.columns().iter().enumerate() {
+                            let cell: PgCell = row.try_get(i).map_err(|e| conv(e.to_string()))?;
+                            obj.insert(col.name().to_string(), cell.to_json().map_err(conv)?);
+                        }
+                        serde_json::to_writer(&mut out, &obj).map_err(|e| conv(e.to_string()))?;
+                        out.push(b'\n');
+                        if out.len() > limit {
+                            return Err(too_large());
+                        }
+                    }
+                    Ok(out)
+                }
             }
+        })();
+        match res {
+            Ok(v) => Ok(v),
+            Err(PgFail::Run(e)) => Err(e),
+            Err(PgFail::Pg(e)) => Err(fail(e, client)),
         }
     }
 
@@ -301,6 +361,7 @@ impl SqlHandler {
         use mysql::prelude::Queryable;
         let fail = |e: mysql::Error| RunError {
             broken: !matches!(e, mysql::Error::MySqlError(_)),
+            discard: false,
             message: match &e {
                 mysql::Error::MySqlError(m) => {
                     format!("ERROR {} ({}): {}", m.code, m.state, m.message)
@@ -339,14 +400,18 @@ impl SqlHandler {
                     serde_json::to_writer(&mut out, &obj).map_err(|e| RunError {
                         message: e.to_string(),
                         broken: false,
+                        discard: false,
                     })?;
                     out.push(b'\n');
                 }
             }
             if out.len() > limit {
+                // Dropping the result reads the rest of it off the wire
+                // row by row, keeping none; the connection is closed after.
                 return Err(RunError {
-                    message: format!("result is larger than {limit} bytes"),
+                    message: result_too_large(limit),
                     broken: false,
+                    discard: true,
                 });
             }
         }
@@ -365,6 +430,10 @@ impl Handler for SqlHandler {
                 Ok(v) => {
                     self.pool.give_back(conn);
                     return Ok(v);
+                }
+                Err(e) if e.discard => {
+                    drop(conn);
+                    return Err(JobError::exception(e.message));
                 }
                 Err(e) if e.broken => {
                     drop(conn);

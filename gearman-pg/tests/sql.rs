@@ -1601,6 +1601,19 @@ fn foreground_results_are_capped_by_gearman_max_result_size() {
     check(s.exec_err("SELECT gman_do_high('big', convert_to('2000000', 'UTF8'))"));
     check(s.exec_err("SELECT * FROM gman_do_many('big', ARRAY['10', '2000000'])"));
     check(s.exec_err("SELECT gman_sum('bignum', x) FROM (VALUES ('10'), ('2000000')) v(x)"));
+    // A worker that streams WORK_DATA (64 chunks of 1 MiB) is cut at the
+    // cap as well; the rest is read and dropped, not kept.
+    let _flood = TestWorker::start(&env.addr(), &["flood"], |job| {
+        let chunk = vec![b'f'; 1 << 20];
+        for _ in 0..64 {
+            if job.send_data(&chunk).is_err() {
+                break;
+            }
+        }
+        Ok(Vec::new())
+    });
+    check(s.exec_err("SELECT gman_do('flood', '')"));
+    assert_eq!(s.one("SELECT gman_do('big', '3')").as_deref(), Some("xxx"));
     // The session goes on; with on_error = warning only that row is NULL.
     s.exec("SET gearman.on_error = 'warning'");
     let rows = s

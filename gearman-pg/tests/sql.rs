@@ -1323,10 +1323,19 @@ fn assert_options_cannot_divert(env: &Env, configured_addr: &str) {
             Ok(s) => s,
             Err(e) => panic!("{name}: the connection was refused: {e:?}"),
         };
+        // The library loads in a transaction that rolls back: the
+        // configured value stays in force afterwards too.
+        s.exec("BEGIN");
         assert_eq!(
             s.one("SELECT gman_do('who', '')").as_deref(),
             Some("configured"),
             "{name} from the startup options diverted the session"
+        );
+        s.exec("ROLLBACK");
+        assert_eq!(
+            s.one("SELECT gman_do('who', '')").as_deref(),
+            Some("configured"),
+            "{name}: after the rollback"
         );
         let notices = s.take_notices();
         assert!(
@@ -1754,4 +1763,28 @@ fn gman_server_status_skips_an_admin_line_it_cannot_parse() {
         ]]
     );
     assert!(s.take_notices().is_empty());
+}
+
+#[test]
+fn startup_options_cannot_divert_a_library_loaded_at_session_start() {
+    // session_preload_libraries loads the library after the startup
+    // options, outside any transaction: the role's ALTER ROLE setting is put
+    // back at the first use.
+    let env = Env::start_raw(&["session_preload_libraries=gearman"]);
+    let _w = TestWorker::start(&env.addr(), &["who"], |_job| Ok(b"configured".to_vec()));
+    create_app_role(&env);
+    let mut admin = env.connect();
+    admin.exec(&format!(
+        "ALTER ROLE app SET gearman.servers = '{}'",
+        env.addr()
+    ));
+    let evil = gearman_testkit::Gearmand::start();
+    let _evil_w = TestWorker::start(&evil.addr(), &["who"], |_job| Ok(b"diverted".to_vec()));
+    let options = format!("-c gearman.servers={}", evil.addr());
+    let mut s = connect_with_options(&env, "app", &options).unwrap();
+    assert_eq!(
+        s.one("SELECT gman_do('who', '')").as_deref(),
+        Some("configured")
+    );
+    assert_eq!(s.one("SHOW gearman.servers"), Some(env.addr()));
 }

@@ -86,6 +86,16 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub exceptions: bool,
 
+    /// Serve `/metrics` (Prometheus) and `/healthz` over HTTP on HOST:PORT
+    /// (overrides the file's `metrics_addr`; default off).
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub metrics_addr: Option<String>,
+
+    /// Log line format: `text` or `json` (one object per line; overrides
+    /// the file's `log_format`).
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<crate::logjson::LogFormat>,
+
     /// Quick mode: the command run per job (workload on stdin, stdout is the result).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -150,6 +160,9 @@ impl Cli {
     pub fn check_common(&self) -> Result<(), ConfigError> {
         if let Some(id) = &self.client_id {
             config::check_client_id(id).map_err(|e| ConfigError::key("-i/--client-id", e))?;
+        }
+        if let Some(a) = &self.metrics_addr {
+            config::check_metrics_addr(a).map_err(|e| ConfigError::key("--metrics-addr", e))?;
         }
         Ok(())
     }
@@ -222,18 +235,27 @@ impl Cli {
             log_level: self.effective_level(Level::Info),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             exceptions: self.exceptions,
+            metrics_addr: self.metrics_addr.clone(),
+            log_format: self.log_format.unwrap_or_default(),
             functions,
         })
     }
 
     /// Applies flag overrides (`--client-id`, `--log-level`, `-v`,
-    /// `--exceptions`) to a file configuration.
+    /// `--exceptions`, `--metrics-addr`, `--log-format`) to a file
+    /// configuration.
     pub fn apply_overrides(&self, mut cfg: Config) -> Config {
         if self.client_id.is_some() {
             cfg.client_id = self.client_id.clone();
         }
         cfg.log_level = self.effective_level(cfg.log_level);
         cfg.exceptions |= self.exceptions;
+        if self.metrics_addr.is_some() {
+            cfg.metrics_addr = self.metrics_addr.clone();
+        }
+        if let Some(f) = self.log_format {
+            cfg.log_format = f;
+        }
         cfg
     }
 }

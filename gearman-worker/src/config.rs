@@ -91,6 +91,10 @@ pub struct RawConfig {
     /// Report failures that carry a message as WORK_EXCEPTION (default
     /// false: WORK_WARNING with the message, then WORK_FAIL).
     pub exceptions: Option<bool>,
+    /// `HOST:PORT` serving `/metrics` and `/healthz` over HTTP (default: off).
+    pub metrics_addr: Option<String>,
+    /// `text` (default) or `json` (one object per line).
+    pub log_format: Option<String>,
     /// The functions served, by name.
     #[serde(default)]
     pub function: BTreeMap<String, RawFunction>,
@@ -142,6 +146,10 @@ pub struct Config {
     /// Failures with a message go out as WORK_EXCEPTION instead of
     /// WORK_WARNING + WORK_FAIL (see `WorkerOptions::exceptions`).
     pub exceptions: bool,
+    /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
+    pub metrics_addr: Option<String>,
+    /// Log line format.
+    pub log_format: crate::logjson::LogFormat,
     /// Functions, sorted by name.
     pub functions: Vec<FunctionSpec>,
 }
@@ -476,6 +484,20 @@ pub fn program_exists(program: &str, path: Option<&str>, cwd: Option<&Path>) -> 
         .any(|d| executable(&Path::new(d).join(program)))
 }
 
+/// Checks a `HOST:PORT` listen address (`metrics_addr`, `--metrics-addr`);
+/// returns it unchanged.
+///
+/// # Errors
+/// No `:PORT`, or a port that is not a number up to 65535.
+pub fn check_metrics_addr(addr: &str) -> Result<String, String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(addr.to_string())
+        }
+        _ => Err(format!("`{addr}` is not HOST:PORT (e.g. 127.0.0.1:9464)")),
+    }
+}
+
 /// Checks a client id (SET_CLIENT_ID): non-empty, no whitespace or NUL, as
 /// admin `workers` separates fields by spaces.
 pub fn check_client_id(id: &str) -> Result<(), String> {
@@ -528,6 +550,16 @@ impl RawConfig {
             log_level,
             shutdown_grace: Duration::from_millis(grace_ms),
             exceptions: self.exceptions.unwrap_or(false),
+            metrics_addr: match &self.metrics_addr {
+                Some(a) => {
+                    Some(check_metrics_addr(a).map_err(|e| ConfigError::key("metrics_addr", e))?)
+                }
+                None => None,
+            },
+            log_format: match &self.log_format {
+                Some(f) => f.parse().map_err(|e| ConfigError::key("log_format", e))?,
+                None => crate::logjson::LogFormat::Text,
+            },
             functions,
         })
     }

@@ -15,11 +15,13 @@
 //! binary (`src/main.rs`) is a thin `main → run → exit code` wrapper.
 
 pub mod logging;
+pub mod logjson;
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod handlers;
+pub mod metrics;
 pub mod relay;
 
 use clap::Parser;
@@ -55,6 +57,9 @@ fn usage_error(msg: impl std::fmt::Display) -> u8 {
 pub fn run(cli: cli::Cli) -> u8 {
     if let Err(e) = cli.check_common() {
         return usage_error(e);
+    }
+    if let Some(f) = cli.log_format {
+        logjson::set_format(f);
     }
     if let Some(cli::Sub::Relay(args)) = &cli.sub {
         logging::set_level(cli.effective_level(logging::Level::Info));
@@ -96,6 +101,13 @@ pub fn run(cli: cli::Cli) -> u8 {
             println!("  {} (concurrency {})", f.name, f.concurrency);
         }
         return EXIT_OK;
+    }
+    logjson::set_format(cfg.log_format);
+    if let Some(addr) = &cfg.metrics_addr {
+        match metrics::serve(addr) {
+            Ok(m) => m.set_servers(cfg.servers.clone()),
+            Err(e) => return usage_error(e),
+        }
     }
     let overrides = |c: config::Config| cli.apply_overrides(c);
     match daemon::run(cfg, reload_from, &overrides) {

@@ -92,12 +92,26 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let line = format!(
-        "{} {:<5} {}\n",
-        timestamp(SystemTime::now()),
-        level.as_str(),
-        args
-    );
+    emit(level, None, args);
+}
+
+/// Writes one line about a job at `level` (if enabled): in the JSON format
+/// its fields are keys of their own ([`crate::logjson`]).
+pub fn write_job(level: Level, job: &crate::logjson::JobFields<'_>, args: fmt::Arguments<'_>) {
+    if !enabled(level) {
+        return;
+    }
+    emit(level, Some(job), args);
+}
+
+fn emit(level: Level, job: Option<&crate::logjson::JobFields<'_>>, args: fmt::Arguments<'_>) {
+    let time = timestamp(SystemTime::now());
+    let line = match crate::logjson::format() {
+        crate::logjson::LogFormat::Text => format!("{time} {:<5} {args}\n", level.as_str()),
+        crate::logjson::LogFormat::Json => {
+            crate::logjson::json_line(&time, level.as_str(), job, &args.to_string())
+        }
+    };
     // One write call per line keeps lines from different threads whole.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

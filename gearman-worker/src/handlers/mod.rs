@@ -9,11 +9,13 @@ pub mod exec;
 pub mod sql;
 
 use crate::config::{Backend, FunctionSpec};
-use crate::logging::{fmt_duration, Stats};
+use crate::logging::{fmt_duration, write_job, Level, Stats};
+use crate::logjson::JobFields;
+use crate::metrics::Outcome;
 use gearman_core::worker::{JobContext, WorkError, WorkResult};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +91,45 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// What is known about a function beyond its handler: its metrics series
+/// (when `--metrics-addr` is on) and its timeout, which tells a timed-out
+/// failure from another one.
+#[derive(Debug, Clone, Default)]
+pub struct Observe {
+    /// The function's series, when metrics are on.
+    pub metrics: Option<crate::metrics::FunctionMetrics>,
+    /// The function's timeout: a failure after at least this long counts
+    /// as `timeout`, not `failed`.
+    pub timeout: Option<Duration>,
+}
+
+impl Observe {
+    /// For `spec`, with series from the process's metrics if they are on.
+    pub fn for_spec(spec: &FunctionSpec) -> Observe {
+        Observe {
+            metrics: crate::metrics::global().map(|m| m.function(&spec.name)),
+            timeout: match &spec.backend {
+                Backend::Builtin(_) => None,
+                Backend::Exec(e) => e.timeout,
+                Backend::Sql(s) => Some(s.timeout),
+            },
+        }
+    }
+}
+
+/// One job as the core handed it over.
+#[derive(Debug, Clone, Copy)]
+pub struct JobInfo<'a> {
+    /// Function name.
+    pub function: &'a str,
+    /// Job handle.
+    pub handle: &'a str,
+    /// Unique key (empty when the server sent none).
+    pub unique: &'a [u8],
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
+
 /// Runs `handler` on one job: times it, logs one debug line on success and a
 /// warn line on failure (function, handle, duration, reason), records it in
 /// `stats`, and turns a panic into a failed job.
@@ -99,35 +140,85 @@ pub fn run_job(
     handle: &str,
     workload: &[u8],
 ) -> WorkResult {
+    let job = JobInfo {
+        function,
+        handle,
+        unique: b"",
+        attempt: 1,
+    };
+    run_observed(handler, stats, &Observe::default(), &job, workload)
+}
+
+/// [`run_job`] that also counts the job in its metrics series and writes
+/// the job's fields (unique key, attempt, outcome) into JSON log lines.
+pub fn run_observed(
+    handler: &dyn Handler,
+    stats: &Stats,
+    observe: &Observe,
+    job: &JobInfo<'_>,
+    workload: &[u8],
+) -> WorkResult {
+    let (function, handle) = (job.function, job.handle);
+    if let Some(m) = &observe.metrics {
+        m.start();
+    }
     let start = Instant::now();
     let outcome = catch_unwind(AssertUnwindSafe(|| handler.call(workload)));
     let took = start.elapsed();
+    let failure = match &outcome {
+        Ok(Ok(_)) => Outcome::Ok,
+        _ if observe.timeout.is_some_and(|t| took >= t) => Outcome::Timeout,
+        _ => Outcome::Failed,
+    };
+    if let Some(m) = &observe.metrics {
+        m.finish(failure, took);
+    }
+    let fields = JobFields {
+        function,
+        handle,
+        unique: job.unique,
+        attempt: job.attempt,
+        duration_ms: took.as_secs_f64() * 1000.0,
+        outcome: failure.as_str(),
+    };
     match outcome {
         Ok(Ok(result)) => {
             stats.record(function, true, took);
-            crate::debug!(
-                "job done function={function} handle={handle} in={}B out={}B took={}",
-                workload.len(),
-                result.len(),
-                fmt_duration(took)
+            write_job(
+                Level::Debug,
+                &fields,
+                format_args!(
+                    "job done function={function} handle={handle} in={}B out={}B took={}",
+                    workload.len(),
+                    result.len(),
+                    fmt_duration(took)
+                ),
             );
             Ok(result)
         }
         Ok(Err(e)) => {
             stats.record(function, false, took);
-            crate::warn!(
-                "job failed function={function} handle={handle} took={}: {}",
-                fmt_duration(took),
-                e.reason()
+            write_job(
+                Level::Warn,
+                &fields,
+                format_args!(
+                    "job failed function={function} handle={handle} took={}: {}",
+                    fmt_duration(took),
+                    e.reason()
+                ),
             );
             Err(e.into_work_error())
         }
         Err(panic) => {
             stats.record(function, false, took);
-            crate::warn!(
-                "job failed function={function} handle={handle} took={}: handler panicked: {}",
-                fmt_duration(took),
-                panic_message(panic.as_ref())
+            write_job(
+                Level::Warn,
+                &fields,
+                format_args!(
+                    "job failed function={function} handle={handle} took={}: handler panicked: {}",
+                    fmt_duration(took),
+                    panic_message(panic.as_ref())
+                ),
             );
             Err(WorkError::Fail)
         }
@@ -139,14 +230,23 @@ pub fn wrap(
     handler: Arc<dyn Handler>,
     stats: Arc<Stats>,
 ) -> impl Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync + 'static {
+    wrap_observed(handler, stats, Observe::default())
+}
+
+/// [`wrap`] with metrics and the function's timeout ([`Observe`]).
+pub fn wrap_observed(
+    handler: Arc<dyn Handler>,
+    stats: Arc<Stats>,
+    observe: Observe,
+) -> impl Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync + 'static {
     move |ctx: &mut JobContext<'_>| {
-        run_job(
-            handler.as_ref(),
-            &stats,
-            ctx.function(),
-            ctx.handle(),
-            ctx.workload(),
-        )
+        let job = JobInfo {
+            function: ctx.function(),
+            handle: ctx.handle(),
+            unique: ctx.unique(),
+            attempt: 1,
+        };
+        run_observed(handler.as_ref(), &stats, &observe, &job, ctx.workload())
     }
 }
 

@@ -71,6 +71,12 @@ pub fn run(cli: cli::Cli) -> u8 {
             Ok(s) => s,
             Err(e) => return usage_error(e),
         };
+        if let Some(addr) = &cli.metrics_addr {
+            match metrics::serve(addr) {
+                Ok(m) => m.set_servers(servers.clone()),
+                Err(e) => return usage_error(e),
+            }
+        }
         let settings = relay::RelaySettings::from_args(args, servers, cli.client_id.clone());
         return match relay::run(args, settings) {
             Ok(_) => EXIT_OK,

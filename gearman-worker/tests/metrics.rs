@@ -11,7 +11,18 @@ use std::time::Duration;
 
 /// `GET path` on `addr`: (status code, body). Plain HTTP/1.0 by hand.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    // The process may still be starting: connect for up to 10 s.
+    let start = std::time::Instant::now();
+    let mut s = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut text = String::new();
@@ -246,4 +257,132 @@ fn json_logs_carry_job_fields_and_keep_passwords_redacted() {
                 .contains("via sql on postgres://app:***@")),
         "{log}"
     );
+}
+
+/// Value of the series `name{labels}` in a scrape (panics when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn relay_series_per_source_and_healthz_follow_gearmand_and_the_databases() {
+    use gearman_testkit::{MariaDb, Postgres};
+    use gearman_worker::config::redact_url;
+    let mut g = Gearmand::start();
+    g.kill();
+    let mut pg = Postgres::start();
+    let ddl = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../gearman-pg/sql/outbox.sql"
+    ))
+    .unwrap();
+    pg.psql(
+        &ddl.lines()
+            .filter(|l| !l.contains("pg_extension_config_dump"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    pg.psql("INSERT INTO gearman.outbox (function, workload) SELECT 'm_pg', convert_to('r' || i, 'UTF8') FROM generate_series(1, 5) i");
+    let my = MariaDb::start();
+    my.sql(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../sql/mysql/outbox.sql"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    my.sql("INSERT INTO gearman_outbox (`function`, workload) SELECT 'm_my', CONCAT('r', seq) FROM seq_1_to_3").unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let r = WorkerProc::spawn(
+        &[
+            "relay",
+            "--poll-interval-ms",
+            "200",
+            "-s",
+            &g.addr(),
+            "--metrics-addr",
+            &metrics,
+            "--postgres",
+            &pg.url(),
+            "--mysql",
+            &my.url(),
+        ],
+        &[],
+    );
+    let (pg_src, my_src) = (redact_url(&pg.url()), redact_url(&my.url()));
+    let rows = |src: &str| format!("gearman_relay_outbox_rows{{source=\"{src}\"}}");
+    // gearmand down: nothing relayed, the rows are counted as waiting.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let t = http_get(&metrics, "/metrics").1;
+            t.contains(&format!("{} 5", rows(&pg_src)))
+                && t.contains(&format!("{} 3", rows(&my_src)))
+        }),
+        "{}\n{}",
+        http_get(&metrics, "/metrics").1,
+        r.log()
+    );
+    let t = http_get(&metrics, "/metrics").1;
+    assert_eq!(
+        sample(
+            &t,
+            &format!("gearman_relay_rows_total{{source=\"{pg_src}\"}}")
+        ),
+        0.0
+    );
+    assert!(
+        sample(
+            &t,
+            &format!("gearman_relay_errors_total{{source=\"{pg_src}\"}}")
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &t,
+            &format!("gearman_relay_oldest_row_age_seconds{{source=\"{my_src}\"}}")
+        ) >= 0.0
+    );
+    let (code, body) = http_get(&metrics, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("no job server reachable"), "{body}");
+
+    g.restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let t = http_get(&metrics, "/metrics").1;
+            t.contains(&format!(
+                "gearman_relay_rows_total{{source=\"{pg_src}\"}} 5"
+            )) && t.contains(&format!(
+                "gearman_relay_rows_total{{source=\"{my_src}\"}} 3"
+            ))
+        }),
+        "{}\n{}",
+        http_get(&metrics, "/metrics").1,
+        r.log()
+    );
+    let t = http_get(&metrics, "/metrics").1;
+    assert_eq!(sample(&t, &rows(&pg_src)), 0.0);
+    assert_eq!(
+        sample(
+            &t,
+            &format!("gearman_relay_oldest_row_age_seconds{{source=\"{pg_src}\"}}")
+        ),
+        0.0
+    );
+    assert_eq!(http_get(&metrics, "/healthz"), (200, "ok\n".to_string()));
+
+    // A database going away turns /healthz to 503, naming it.
+    pg.stop();
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(&metrics, "/healthz").0
+            == 503),
+        "{}",
+        r.log()
+    );
+    let body = http_get(&metrics, "/healthz").1;
+    assert!(body.starts_with("database not reachable ("), "{body}");
+    assert!(body.contains(&pg_src), "{body}");
 }

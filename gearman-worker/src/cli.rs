@@ -227,6 +227,7 @@ impl Cli {
                     timeout: (self.timeout_ms > 0).then(|| Duration::from_millis(self.timeout_ms)),
                     max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
                 }),
+                retry: crate::retry::RetryPolicy::default(),
             });
         }
         Ok(Config {

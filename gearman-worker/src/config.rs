@@ -130,6 +130,12 @@ pub struct RawFunction {
     pub rows: Option<String>,
     /// sql (PostgreSQL): type of `$1`: `text` (default) or `bytea`.
     pub param: Option<String>,
+    /// Times a failed job is tried again (default 0; see `retry`).
+    pub retries: Option<u32>,
+    /// Back-off before the first retry, in milliseconds (default 1000).
+    pub retry_backoff_ms: Option<u64>,
+    /// Longest back-off, in milliseconds (default 300000).
+    pub retry_backoff_max_ms: Option<u64>,
 }
 
 /// The validated configuration (stage two).
@@ -163,6 +169,8 @@ pub struct FunctionSpec {
     pub concurrency: u32,
     /// What runs a job.
     pub backend: Backend,
+    /// Retries of failed jobs ([`crate::retry`]).
+    pub retry: crate::retry::RetryPolicy,
 }
 
 /// What runs a job.
@@ -747,10 +755,49 @@ impl RawFunction {
                 max_result_bytes,
             })
         };
+        let retry = self.retry_policy(name)?;
         Ok(FunctionSpec {
             name: name.to_string(),
             concurrency,
             backend,
+            retry,
+        })
+    }
+
+    /// `retries`, `retry_backoff_ms`, `retry_backoff_max_ms`.
+    fn retry_policy(&self, name: &str) -> Result<crate::retry::RetryPolicy, ConfigError> {
+        use crate::retry::{RetryPolicy, DEFAULT_BACKOFF_MAX_MS, DEFAULT_BACKOFF_MS, MAX_RETRIES};
+        let key = |k: &str| format!("function.{name}.{k}");
+        let retries = self.retries.unwrap_or(0);
+        if retries > MAX_RETRIES {
+            return Err(ConfigError::key(
+                &key("retries"),
+                format!("must be at most {MAX_RETRIES}, got {retries}"),
+            ));
+        }
+        let backoff = self.retry_backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS);
+        let max = self
+            .retry_backoff_max_ms
+            .unwrap_or(DEFAULT_BACKOFF_MAX_MS.max(backoff));
+        check_timeout(&key("retry_backoff_ms"), backoff)?;
+        check_timeout(&key("retry_backoff_max_ms"), max)?;
+        if max < backoff {
+            return Err(ConfigError::key(
+                &key("retry_backoff_max_ms"),
+                format!("is less than retry_backoff_ms ({max} < {backoff})"),
+            ));
+        }
+        if retries == 0 && (self.retry_backoff_ms.is_some() || self.retry_backoff_max_ms.is_some())
+        {
+            return Err(ConfigError::key(
+                &key("retries"),
+                "retry_backoff_ms / retry_backoff_max_ms need retries = 1 or more",
+            ));
+        }
+        Ok(RetryPolicy {
+            retries,
+            backoff: Duration::from_millis(backoff),
+            backoff_max: Duration::from_millis(max),
         })
     }
 }
@@ -947,6 +994,38 @@ mod tests {
     fn no_functions_is_an_error() {
         let e = validate("log_level = \"debug\"\n").unwrap_err();
         assert!(e.to_string().starts_with("function:"), "{e}");
+    }
+
+    #[test]
+    fn retry_keys_are_read_and_checked() {
+        let f = "[function.f]\nbuiltin = \"echo\"\n";
+        let c = validate(&format!(
+            "{f}retries = 3\nretry_backoff_ms = 200\nretry_backoff_max_ms = 800\n"
+        ))
+        .unwrap();
+        let r = c.functions[0].retry;
+        assert_eq!(
+            (r.retries, r.backoff.as_millis(), r.backoff_max.as_millis()),
+            (3, 200, 800)
+        );
+        assert_eq!(validate(f).unwrap().functions[0].retry.retries, 0);
+        let e = validate(&format!("{f}retries = 101\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("function.f.retries: must be at most 100"),
+            "{e}"
+        );
+        let e = validate(&format!(
+            "{f}retries = 1\nretry_backoff_ms = 900\nretry_backoff_max_ms = 100\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("function.f.retry_backoff_max_ms:"), "{e}");
+        let e = validate(&format!("{f}retry_backoff_ms = 900\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("function.f.retries:"), "{e}");
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl Generation {
         let mut threads = Vec::new();
         for f in &cfg.functions {
             let handler = handlers::build(f, pools);
-            let observe = handlers::Observe::for_spec(f);
+            let observe = handlers::Observe::for_spec(f, &cfg.servers);
             for i in 0..f.concurrency {
                 let slot = Arc::new(Slot::default());
                 let servers = cfg.servers.clone();

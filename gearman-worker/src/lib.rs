@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod handlers;
 pub mod metrics;
 pub mod relay;
+pub mod retry;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -158,6 +158,13 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Seconds since 1970-01-01 UTC.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Formats a duration for log lines: `12.3ms`, `1.204s`.
 pub fn fmt_duration(d: Duration) -> String {
     if d < Duration::from_secs(1) {

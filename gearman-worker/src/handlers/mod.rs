@@ -12,7 +12,9 @@ use crate::config::{Backend, FunctionSpec};
 use crate::logging::{fmt_duration, write_job, Level, Stats};
 use crate::logjson::JobFields;
 use crate::metrics::Outcome;
+use crate::retry::{self, Envelope, RetryPolicy};
 use gearman_core::worker::{JobContext, WorkError, WorkResult};
+use gearman_core::ServerList;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,12 +103,16 @@ pub struct Observe {
     /// The function's timeout: a failure after at least this long counts
     /// as `timeout`, not `failed`.
     pub timeout: Option<Duration>,
+    /// Retries of failed jobs, and the job servers they are scheduled on.
+    pub retry: Option<(RetryPolicy, ServerList)>,
 }
 
 impl Observe {
-    /// For `spec`, with series from the process's metrics if they are on.
-    pub fn for_spec(spec: &FunctionSpec) -> Observe {
+    /// For `spec` served on `servers`, with series from the process's
+    /// metrics if they are on.
+    pub fn for_spec(spec: &FunctionSpec, servers: &ServerList) -> Observe {
         Observe {
+            retry: (spec.retry.retries > 0).then(|| (spec.retry, servers.clone())),
             metrics: crate::metrics::global().map(|m| m.function(&spec.name)),
             timeout: match &spec.backend {
                 Backend::Builtin(_) => None,
@@ -240,13 +246,88 @@ pub fn wrap_observed(
     observe: Observe,
 ) -> impl Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync + 'static {
     move |ctx: &mut JobContext<'_>| {
+        let Some((policy, servers)) = &observe.retry else {
+            let job = JobInfo {
+                function: ctx.function(),
+                handle: ctx.handle(),
+                unique: ctx.unique(),
+                attempt: 1,
+            };
+            return run_observed(handler.as_ref(), &stats, &observe, &job, ctx.workload());
+        };
+        // A retry carries its attempt and the original job in an envelope.
+        let env = match Envelope::decode(ctx.workload()) {
+            Ok(Some(e)) => e,
+            Ok(None) => Envelope {
+                attempt: 1,
+                first_failure: 0,
+                unique: ctx.unique().to_vec(),
+                workload: ctx.take_workload(),
+            },
+            Err(e) => {
+                crate::warn!(
+                    "job failed function={} handle={}: {e}",
+                    ctx.function(),
+                    ctx.handle()
+                );
+                return Err(JobError::exception(e).into_work_error());
+            }
+        };
         let job = JobInfo {
             function: ctx.function(),
             handle: ctx.handle(),
-            unique: ctx.unique(),
-            attempt: 1,
+            unique: &env.unique,
+            attempt: env.attempt,
         };
-        run_observed(handler.as_ref(), &stats, &observe, &job, ctx.workload())
+        retry::set_current_attempt(env.attempt);
+        let result = run_observed(handler.as_ref(), &stats, &observe, &job, &env.workload);
+        retry::set_current_attempt(1);
+        if result.is_ok() || env.attempt > policy.retries {
+            return result;
+        }
+        let failed = Envelope {
+            first_failure: if env.first_failure == 0 {
+                crate::logging::unix_now()
+            } else {
+                env.first_failure
+            },
+            ..env.clone()
+        };
+        let fields = JobFields {
+            function: job.function,
+            handle: job.handle,
+            unique: &failed.unique,
+            attempt: failed.attempt,
+            duration_ms: 0.0,
+            outcome: Outcome::Retried.as_str(),
+        };
+        match retry::schedule(servers, job.function, job.handle, policy, &failed) {
+            Ok(delay) => {
+                if let Some(m) = &observe.metrics {
+                    m.count(Outcome::Retried);
+                }
+                write_job(
+                    Level::Info,
+                    &fields,
+                    format_args!(
+                        "job retry scheduled function={} handle={}: attempt {} of {} in {}",
+                        job.function,
+                        job.handle,
+                        failed.attempt + 1,
+                        policy.retries + 1,
+                        fmt_duration(delay)
+                    ),
+                );
+            }
+            Err(e) => crate::error!(
+                "job function={} handle={} failed on attempt {} and its retry could not be \
+                 scheduled, so it is not tried again: {e}",
+                job.function,
+                job.handle,
+                failed.attempt
+            ),
+        }
+        result
     }
 }
 

@@ -110,6 +110,52 @@ pub struct Cli {
 pub enum Sub {
     /// Drain outbox tables (PostgreSQL `gearman.outbox`, MySQL `gearman_outbox`) into gearmand.
     Relay(RelayArgs),
+    /// List, replay or purge the dead-letter table (`gearman.dead_letter` / `gearman_dead_letter`).
+    #[command(name = "dead-letter")]
+    DeadLetter(DeadLetterArgs),
+}
+
+/// `gearman-worker dead-letter ACTION`.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: DeadLetterAction,
+}
+
+/// The dead-letter actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLetterAction {
+    /// Print the rows, one per line (tab-separated: id, function, attempts,
+    /// first and last failure, unique key, workload size, last error).
+    List(DeadLetterFilter),
+    /// Resubmit the rows as background jobs; each row is deleted only after
+    /// the job server confirmed its job.
+    Replay(DeadLetterFilter),
+    /// Delete the rows.
+    Purge(DeadLetterFilter),
+}
+
+/// Which table and rows.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterFilter {
+    /// PostgreSQL database holding `gearman.dead_letter`.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "mysql",
+        required_unless_present = "mysql"
+    )]
+    pub postgres: Option<String>,
+    /// MySQL/MariaDB database holding `gearman_dead_letter`.
+    #[arg(long, value_name = "URL")]
+    pub mysql: Option<String>,
+    /// Only rows of this function.
+    #[arg(short = 'f', long, value_name = "NAME")]
+    pub function: Option<String>,
+    /// Only this row id (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub id: Vec<i64>,
 }
 
 /// Flags of `gearman-worker relay`.
@@ -228,6 +274,7 @@ impl Cli {
                     max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
                 }),
                 retry: crate::retry::RetryPolicy::default(),
+                dead_letter: None,
             });
         }
         Ok(Config {

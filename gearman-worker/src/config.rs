@@ -136,6 +136,8 @@ pub struct RawFunction {
     pub retry_backoff_ms: Option<u64>,
     /// Longest back-off, in milliseconds (default 300000).
     pub retry_backoff_max_ms: Option<u64>,
+    /// Dead-letter table: `postgres://...` or `mysql://...` (default none).
+    pub dead_letter: Option<String>,
 }
 
 /// The validated configuration (stage two).
@@ -171,6 +173,8 @@ pub struct FunctionSpec {
     pub backend: Backend,
     /// Retries of failed jobs ([`crate::retry`]).
     pub retry: crate::retry::RetryPolicy,
+    /// Where jobs that failed for good go ([`crate::deadletter`]).
+    pub dead_letter: Option<DatabaseUrl>,
 }
 
 /// What runs a job.
@@ -756,11 +760,18 @@ impl RawFunction {
             })
         };
         let retry = self.retry_policy(name)?;
+        let dead_letter = match &self.dead_letter {
+            Some(u) => {
+                Some(DatabaseUrl::parse(u).map_err(|e| ConfigError::key(&key("dead_letter"), e))?)
+            }
+            None => None,
+        };
         Ok(FunctionSpec {
             name: name.to_string(),
             concurrency,
             backend,
             retry,
+            dead_letter,
         })
     }
 
@@ -1022,6 +1033,18 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("function.f.retry_backoff_max_ms:"), "{e}");
+        let c = validate(&format!("{f}dead_letter = \"mysql://u:pw@h/db\"\n")).unwrap();
+        assert!(matches!(
+            c.functions[0].dead_letter,
+            Some(DatabaseUrl::Mysql(_))
+        ));
+        let e = validate(&format!("{f}dead_letter = \"redis://h\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("function.f.dead_letter: must start with"),
+            "{e}"
+        );
         let e = validate(&format!("{f}retry_backoff_ms = 900\n"))
             .unwrap_err()
             .to_string();

@@ -29,7 +29,11 @@
 //! When the retry cannot be scheduled (job server down, or one without
 //! scheduled jobs: Perl's Gearman::Server answers ERROR, Python's gear drops
 //! the packet and the submission times out), the failure is logged at error
-//! level with the reason and the job is not retried (counted `failed`).
+//! level with the reason and the job is not retried (counted `failed`; it
+//! goes to the dead-letter table if the function has one).
+//!
+//! After the last attempt a function with `dead_letter` writes the job to
+//! its dead-letter table ([`crate::deadletter`]).
 //!
 //! Foreground callers: the protocol does not say whether a job is
 //! foreground or background, so a foreground call of a function with

@@ -103,8 +103,11 @@ pub struct Observe {
     /// The function's timeout: a failure after at least this long counts
     /// as `timeout`, not `failed`.
     pub timeout: Option<Duration>,
-    /// Retries of failed jobs, and the job servers they are scheduled on.
+    /// Retries of failed jobs, and the job servers they are scheduled on
+    /// (set when the function has retries or a dead-letter table).
     pub retry: Option<(RetryPolicy, ServerList)>,
+    /// Where jobs that failed for good go.
+    pub dead_letter: Option<Arc<crate::deadletter::Store>>,
 }
 
 impl Observe {
@@ -112,7 +115,12 @@ impl Observe {
     /// metrics if they are on.
     pub fn for_spec(spec: &FunctionSpec, servers: &ServerList) -> Observe {
         Observe {
-            retry: (spec.retry.retries > 0).then(|| (spec.retry, servers.clone())),
+            retry: (spec.retry.retries > 0 || spec.dead_letter.is_some())
+                .then(|| (spec.retry, servers.clone())),
+            dead_letter: spec
+                .dead_letter
+                .clone()
+                .map(|u| Arc::new(crate::deadletter::Store::new(u))),
             metrics: crate::metrics::global().map(|m| m.function(&spec.name)),
             timeout: match &spec.backend {
                 Backend::Builtin(_) => None,
@@ -164,6 +172,17 @@ pub fn run_observed(
     job: &JobInfo<'_>,
     workload: &[u8],
 ) -> WorkResult {
+    run_observed_reason(handler, stats, observe, job, workload).0
+}
+
+/// [`run_observed`], also returning the failure's log text.
+fn run_observed_reason(
+    handler: &dyn Handler,
+    stats: &Stats,
+    observe: &Observe,
+    job: &JobInfo<'_>,
+    workload: &[u8],
+) -> (WorkResult, Option<String>) {
     let (function, handle) = (job.function, job.handle);
     if let Some(m) = &observe.metrics {
         m.start();
@@ -200,7 +219,7 @@ pub fn run_observed(
                     fmt_duration(took)
                 ),
             );
-            Ok(result)
+            (Ok(result), None)
         }
         Ok(Err(e)) => {
             stats.record(function, false, took);
@@ -213,20 +232,21 @@ pub fn run_observed(
                     e.reason()
                 ),
             );
-            Err(e.into_work_error())
+            let reason = e.reason().to_string();
+            (Err(e.into_work_error()), Some(reason))
         }
         Err(panic) => {
             stats.record(function, false, took);
+            let reason = format!("handler panicked: {}", panic_message(panic.as_ref()));
             write_job(
                 Level::Warn,
                 &fields,
                 format_args!(
-                    "job failed function={function} handle={handle} took={}: handler panicked: {}",
+                    "job failed function={function} handle={handle} took={}: {reason}",
                     fmt_duration(took),
-                    panic_message(panic.as_ref())
                 ),
             );
-            Err(WorkError::Fail)
+            (Err(WorkError::Fail), Some(reason))
         }
     }
 }
@@ -280,9 +300,10 @@ pub fn wrap_observed(
             attempt: env.attempt,
         };
         retry::set_current_attempt(env.attempt);
-        let result = run_observed(handler.as_ref(), &stats, &observe, &job, &env.workload);
+        let (result, reason) =
+            run_observed_reason(handler.as_ref(), &stats, &observe, &job, &env.workload);
         retry::set_current_attempt(1);
-        if result.is_ok() || env.attempt > policy.retries {
+        if result.is_ok() {
             return result;
         }
         let failed = Envelope {
@@ -301,6 +322,11 @@ pub fn wrap_observed(
             duration_ms: 0.0,
             outcome: Outcome::Retried.as_str(),
         };
+        let reason = reason.unwrap_or_default();
+        if failed.attempt > policy.retries {
+            dead_letter(&observe, &job, &failed, &reason);
+            return result;
+        }
         match retry::schedule(servers, job.function, job.handle, policy, &failed) {
             Ok(delay) => {
                 if let Some(m) = &observe.metrics {
@@ -319,15 +345,70 @@ pub fn wrap_observed(
                     ),
                 );
             }
-            Err(e) => crate::error!(
-                "job function={} handle={} failed on attempt {} and its retry could not be \
-                 scheduled, so it is not tried again: {e}",
-                job.function,
-                job.handle,
-                failed.attempt
-            ),
+            Err(e) => {
+                crate::error!(
+                    "job function={} handle={} failed on attempt {} and its retry could not be \
+                     scheduled, so it is not tried again: {e}",
+                    job.function,
+                    job.handle,
+                    failed.attempt
+                );
+                let why = format!("{reason} (and its retry could not be scheduled: {e})");
+                dead_letter(&observe, &job, &failed, &why);
+            }
         }
         result
+    }
+}
+
+/// Writes a job that failed for good to the function's dead-letter table,
+/// if it has one; counts it as `dead_letter` once written.
+fn dead_letter(observe: &Observe, job: &JobInfo<'_>, failed: &Envelope, reason: &str) {
+    let Some(store) = &observe.dead_letter else {
+        return;
+    };
+    let row = crate::deadletter::NewDeadLetter {
+        function: job.function,
+        unique_key: &failed.unique,
+        workload: &failed.workload,
+        last_error: reason,
+        attempts: failed.attempt,
+        first_failed_unix: failed.first_failure,
+    };
+    let fields = JobFields {
+        function: job.function,
+        handle: job.handle,
+        unique: &failed.unique,
+        attempt: failed.attempt,
+        duration_ms: 0.0,
+        outcome: Outcome::DeadLetter.as_str(),
+    };
+    match store.insert(&row) {
+        Ok(()) => {
+            if let Some(m) = &observe.metrics {
+                m.count(Outcome::DeadLetter);
+            }
+            write_job(
+                Level::Warn,
+                &fields,
+                format_args!(
+                    "job dead-lettered function={} handle={} after {} attempt(s) into {}",
+                    job.function,
+                    job.handle,
+                    failed.attempt,
+                    store.redacted()
+                ),
+            );
+        }
+        Err(e) => crate::error!(
+            "job function={} handle={} failed for good and could not be written to the \
+             dead-letter table {}, so it is lost (unique key {:?}, {} byte workload): {e}",
+            job.function,
+            job.handle,
+            store.redacted(),
+            String::from_utf8_lossy(&failed.unique),
+            failed.workload.len()
+        ),
     }
 }
 

@@ -275,6 +275,7 @@ impl Cli {
                 }),
                 retry: crate::retry::RetryPolicy::default(),
                 dead_letter: None,
+                dead_letter_function: None,
             });
         }
         Ok(Config {

@@ -138,6 +138,8 @@ pub struct RawFunction {
     pub retry_backoff_max_ms: Option<u64>,
     /// Dead-letter table: `postgres://...` or `mysql://...` (default none).
     pub dead_letter: Option<String>,
+    /// Dead-letter Gearman function (default none; not with `dead_letter`).
+    pub dead_letter_function: Option<String>,
 }
 
 /// The validated configuration (stage two).
@@ -175,6 +177,8 @@ pub struct FunctionSpec {
     pub retry: crate::retry::RetryPolicy,
     /// Where jobs that failed for good go ([`crate::deadletter`]).
     pub dead_letter: Option<DatabaseUrl>,
+    /// Or the Gearman function that receives them as background jobs.
+    pub dead_letter_function: Option<String>,
 }
 
 /// What runs a job.
@@ -766,12 +770,29 @@ impl RawFunction {
             }
             None => None,
         };
+        if let Some(f) = &self.dead_letter_function {
+            if dead_letter.is_some() {
+                return Err(ConfigError::key(
+                    &key("dead_letter_function"),
+                    "give either dead_letter or dead_letter_function, not both",
+                ));
+            }
+            check_function_name(f)
+                .map_err(|e| ConfigError::key(&key("dead_letter_function"), e))?;
+            if f == name {
+                return Err(ConfigError::key(
+                    &key("dead_letter_function"),
+                    "must not be the function itself",
+                ));
+            }
+        }
         Ok(FunctionSpec {
             name: name.to_string(),
             concurrency,
             backend,
             retry,
             dead_letter,
+            dead_letter_function: self.dead_letter_function.clone(),
         })
     }
 
@@ -1045,6 +1066,19 @@ mod tests {
             e.starts_with("function.f.dead_letter: must start with"),
             "{e}"
         );
+        let e = validate(&format!("{f}dead_letter_function = \"f\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("function.f.dead_letter_function: must not be"),
+            "{e}"
+        );
+        let e = validate(&format!(
+            "{f}dead_letter_function = \"g\"\ndead_letter = \"mysql://h/d\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
         let e = validate(&format!("{f}retry_backoff_ms = 900\n"))
             .unwrap_err()
             .to_string();

@@ -324,6 +324,74 @@ impl Store {
     }
 }
 
+/// Where a function's jobs that failed for good go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A row of a dead-letter table (`dead_letter = URL`).
+    Table(Store),
+    /// A background job of a Gearman function (`dead_letter_function`),
+    /// submitted to `servers`; its workload is [`function_payload`].
+    Function {
+        /// The receiving function.
+        name: String,
+        /// The job servers.
+        servers: ServerList,
+    },
+}
+
+impl Destination {
+    /// Writes or submits one dead letter.
+    ///
+    /// # Errors
+    /// The database or job server did not take it (named).
+    pub fn write(&self, row: &NewDeadLetter<'_>) -> Result<(), String> {
+        match self {
+            Destination::Table(t) => t.insert(row),
+            Destination::Function { name, servers } => {
+                let job = Job::new(
+                    name.as_str(),
+                    function_payload(row, crate::logging::unix_now()),
+                );
+                Client::new(servers.clone(), Options::default())
+                    .submit_background(&job)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// For log lines: the redacted URL, or `function NAME`.
+    pub fn describe(&self) -> String {
+        match self {
+            Destination::Table(t) => t.redacted(),
+            Destination::Function { name, .. } => format!("function {name}"),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The workload a `dead_letter_function` receives: one JSON object,
+/// `{"function", "unique_key_hex", "workload_hex", "last_error", "attempts",
+/// "first_failed_at", "last_failed_at"}`; bytes as lower-case hex (binary
+/// safe; `unique_key_hex` is `null` when the job had no key), times as Unix
+/// seconds.
+pub fn function_payload(row: &NewDeadLetter<'_>, now_unix: i64) -> Vec<u8> {
+    serde_json::json!({
+        "function": row.function,
+        "unique_key_hex": (!row.unique_key.is_empty()).then(|| hex(row.unique_key)),
+        "workload_hex": hex(row.workload),
+        "last_error": row.last_error,
+        "attempts": row.attempts,
+        "first_failed_at": row.first_failed_unix,
+        "last_failed_at": now_unix,
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// One `list` output line: id, function, attempts, first and last failure,
 /// unique key, workload size, last error (tab-separated; the key lossily as
 /// UTF-8, tabs and newlines in the error escaped).
@@ -346,4 +414,33 @@ pub fn format_row(r: &DeadLetter) -> String {
         r.workload.len(),
         esc(&r.last_error)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_payload_is_json_with_hex_bytes() {
+        let row = NewDeadLetter {
+            function: "f",
+            unique_key: b"",
+            workload: b"\0\xff",
+            last_error: "boom \"x\"",
+            attempts: 3,
+            first_failed_unix: 10,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&function_payload(&row, 20)).unwrap();
+        assert_eq!(v["workload_hex"], "00ff");
+        assert!(v["unique_key_hex"].is_null());
+        assert_eq!(v["last_error"], "boom \"x\"");
+        assert_eq!(
+            (
+                v["attempts"].as_i64(),
+                v["first_failed_at"].as_i64(),
+                v["last_failed_at"].as_i64()
+            ),
+            (Some(3), Some(10), Some(20))
+        );
+    }
 }

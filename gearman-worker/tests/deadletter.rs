@@ -218,3 +218,48 @@ fn mysql_dead_letter_row_list_and_replay() {
         (&b"a\0b\xff"[..], &b"dl-key"[..])
     );
 }
+
+#[test]
+fn dead_letter_function_receives_the_job_as_a_background_json_job() {
+    let g = Gearmand::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "worker.toml",
+        &format!(
+            "servers = [\"{}\"]\nlog_level = \"debug\"\n\
+             [function.doomed]\n\
+             exec = [\"sh\", \"-c\", \"echo boom-attempt-$GEARMAN_ATTEMPT >&2; exit 1\"]\n\
+             dead_letter_function = \"graveyard\"\n",
+            g.addr()
+        ),
+    );
+    let w = WorkerProc::spawn(&["--config", cfg.to_str().unwrap()], &[]);
+    wait_workers(&g.addr(), "doomed", 1, &|| w.log());
+    let (rx, stop) = catcher(&g.addr(), "graveyard");
+    client(&g.addr())
+        .submit_background(&Job::new("doomed", b"a\0b\xff".to_vec()).with_unique("dl-key"))
+        .unwrap();
+    let (payload, _) = rx
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}: {}", w.log()));
+    stop.stop();
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["function"], "doomed");
+    assert_eq!(v["unique_key_hex"], "646c2d6b6579");
+    assert_eq!(v["workload_hex"], "610062ff");
+    assert_eq!(v["attempts"], 1);
+    assert!(
+        v["last_error"]
+            .as_str()
+            .unwrap()
+            .ends_with("boom-attempt-1"),
+        "{v}"
+    );
+    assert!(
+        w.log().contains("job dead-lettered function=doomed"),
+        "{}",
+        w.log()
+    );
+    assert!(w.log().contains("into function graveyard"), "{}", w.log());
+}

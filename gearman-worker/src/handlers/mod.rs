@@ -107,7 +107,7 @@ pub struct Observe {
     /// (set when the function has retries or a dead-letter table).
     pub retry: Option<(RetryPolicy, ServerList)>,
     /// Where jobs that failed for good go.
-    pub dead_letter: Option<Arc<crate::deadletter::Store>>,
+    pub dead_letter: Option<Arc<crate::deadletter::Destination>>,
 }
 
 impl Observe {
@@ -115,12 +115,20 @@ impl Observe {
     /// metrics if they are on.
     pub fn for_spec(spec: &FunctionSpec, servers: &ServerList) -> Observe {
         Observe {
-            retry: (spec.retry.retries > 0 || spec.dead_letter.is_some())
-                .then(|| (spec.retry, servers.clone())),
-            dead_letter: spec
-                .dead_letter
-                .clone()
-                .map(|u| Arc::new(crate::deadletter::Store::new(u))),
+            retry: (spec.retry.retries > 0
+                || spec.dead_letter.is_some()
+                || spec.dead_letter_function.is_some())
+            .then(|| (spec.retry, servers.clone())),
+            dead_letter: match (&spec.dead_letter, &spec.dead_letter_function) {
+                (Some(u), _) => Some(Arc::new(crate::deadletter::Destination::Table(
+                    crate::deadletter::Store::new(u.clone()),
+                ))),
+                (None, Some(name)) => Some(Arc::new(crate::deadletter::Destination::Function {
+                    name: name.clone(),
+                    servers: servers.clone(),
+                })),
+                (None, None) => None,
+            },
             metrics: crate::metrics::global().map(|m| m.function(&spec.name)),
             timeout: match &spec.backend {
                 Backend::Builtin(_) => None,
@@ -383,7 +391,7 @@ fn dead_letter(observe: &Observe, job: &JobInfo<'_>, failed: &Envelope, reason: 
         duration_ms: 0.0,
         outcome: Outcome::DeadLetter.as_str(),
     };
-    match store.insert(&row) {
+    match store.write(&row) {
         Ok(()) => {
             if let Some(m) = &observe.metrics {
                 m.count(Outcome::DeadLetter);
@@ -396,16 +404,16 @@ fn dead_letter(observe: &Observe, job: &JobInfo<'_>, failed: &Envelope, reason: 
                     job.function,
                     job.handle,
                     failed.attempt,
-                    store.redacted()
+                    store.describe()
                 ),
             );
         }
         Err(e) => crate::error!(
             "job function={} handle={} failed for good and could not be written to the \
-             dead-letter table {}, so it is lost (unique key {:?}, {} byte workload): {e}",
+             dead-letter destination {}, so it is lost (unique key {:?}, {} byte workload): {e}",
             job.function,
             job.handle,
-            store.redacted(),
+            store.describe(),
             String::from_utf8_lossy(&failed.unique),
             failed.workload.len()
         ),

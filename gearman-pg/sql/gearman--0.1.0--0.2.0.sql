@@ -43,3 +43,19 @@ CREATE OR REPLACE FUNCTION "gman_trigger"()
 	RETURNS TRIGGER
 	LANGUAGE c VOLATILE PARALLEL UNSAFE
 	AS 'MODULE_PATHNAME', 'gman_trigger_checked';
+
+-- gearman.outbox (issue 10 item 12; the table's definition is in
+-- sql/outbox.sql). Rows the relay cannot send are set aside with their error
+-- instead of being retried for ever: three columns, added last (the fresh
+-- table has them last too), and an index over the rows still to send. Who
+-- may write the outbox is the owner's decision: PUBLIC loses INSERT and the
+-- sequence's USAGE (the header of sql/outbox.sql documents the GRANT).
+ALTER TABLE gearman.outbox
+    ADD COLUMN attempts   integer     NOT NULL DEFAULT 0,
+    ADD COLUMN last_error text,
+    ADD COLUMN failed_at  timestamptz;
+COMMENT ON TABLE gearman.outbox IS
+    'Background jobs waiting for the relay (gearman.dispatch = outbox); run_at set = scheduled job (SUBMIT_JOB_EPOCH); failed_at set = set aside by the relay (last_error says why)';
+CREATE INDEX outbox_pending ON gearman.outbox (id) WHERE failed_at IS NULL;
+REVOKE INSERT ON gearman.outbox FROM PUBLIC;
+REVOKE USAGE ON SEQUENCE gearman.outbox_id_seq FROM PUBLIC;

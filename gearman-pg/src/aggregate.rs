@@ -70,10 +70,17 @@ pub fn gman_sum_state(
 
 /// Final function of `gman_sum`: runs every collected job at once
 /// (`run_all`) and sums the results, each an integer in text form
-/// (surrounding whitespace allowed). NULL when there were no jobs.
+/// (surrounding whitespace allowed). NULL when there were no jobs. All of
+/// it within one deadline, `gearman.timeout`; each result is capped at
+/// `gearman.max_result_size`.
 /// VOLATILE, PARALLEL UNSAFE. Internal use only.
 #[pg_extern(volatile, parallel_unsafe)]
 pub fn gman_sum_final(state: Internal) -> Option<i64> {
+    // One deadline (gearman.timeout) for every job of the group together.
+    backend::within_deadline(|_| sum_final(state))
+}
+
+fn sum_final(state: Internal) -> Option<i64> {
     // SAFETY: see gman_sum_state.
     let st = unsafe { state.get::<SumState>() }?;
     if st.jobs.is_empty() {

@@ -60,6 +60,9 @@ struct State {
     handles: HashMap<String, JobHandle>,
     handle_order: VecDeque<String>,
     dispatch: DispatchCounters,
+    /// The deadline of the SQL call in progress that makes several
+    /// exchanges (a status walk over servers), see [`within_deadline`].
+    call_deadline: Option<Instant>,
 }
 
 thread_local! {
@@ -112,10 +115,32 @@ fn commit_interrupt() -> gearman_core::Result<()> {
     }
 }
 
+/// Runs `f` (one SQL call that may talk to several servers in turn) with
+/// one deadline for all of it, `gearman.timeout` from now: every exchange
+/// made through [`with_client`] meanwhile draws from it.
+pub fn within_deadline<R>(f: impl FnOnce(Instant) -> R) -> R {
+    let deadline = Instant::now() + gucs::timeout();
+    let outer = STATE.with(|s| s.borrow_mut().call_deadline.replace(deadline));
+    struct Restore(Option<Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0;
+            let _ = STATE.try_with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut() {
+                    s.call_deadline = outer;
+                }
+            });
+        }
+    }
+    let _restore = Restore(outer);
+    f(deadline)
+}
+
 fn options(interruptible: bool) -> Options {
     Options {
         connect_timeout: gucs::connect_timeout(),
         foreground_timeout: Some(gucs::timeout()),
+        max_result: gucs::max_result_size(),
         client_id: Some(format!("postgres-{}", std::process::id())),
         interrupt: interrupt_hook(interruptible),
         ..Options::default()
@@ -230,13 +255,17 @@ pub fn with_client<R>(
 ) -> gearman_core::Result<R> {
     let (result, report) = STATE.with(|s| {
         let mut s = s.borrow_mut();
-        let client = s.client.get_or_insert_with(|| {
+        s.client.get_or_insert_with(|| {
             register_exit_callback();
             Client::new(servers.clone(), options(true))
         });
+        let call_deadline = s.call_deadline;
+        let client = s.client.as_mut().expect("made above");
         let o = client.options_mut();
         o.connect_timeout = gucs::connect_timeout();
         o.foreground_timeout = Some(gucs::timeout());
+        o.max_result = gucs::max_result_size();
+        o.deadline = call_deadline;
         if o.interrupt.is_some() != interruptible {
             o.interrupt = interrupt_hook(interruptible);
         }
@@ -289,10 +318,13 @@ pub fn send_committed(
         }
         let saved = c.options().clone();
         let o = c.options_mut();
-        o.io_timeout = remaining;
+        // The call ends by `deadline`; each job's confirmation is due
+        // within gearman.commit_send_timeout of its write (read later).
+        o.io_timeout = gucs::commit_send_timeout();
         o.connect_timeout = o.connect_timeout.min(remaining);
         // Never wait for confirmations here: they are read later.
         o.max_in_flight = usize::MAX;
+        o.deadline = Some(deadline);
         o.interrupt = Some(Arc::new(commit_interrupt) as Interrupt);
         let before = c.deferred_written();
         let r = c.submit_background_deferred(jobs);
@@ -372,6 +404,12 @@ fn failure_warning(report: &DeferredReport) -> Option<GmError> {
         .filter(|f| matches!(f.error.kind(), ErrorKind::Server { .. }))
         .count();
     let unknown = failed.len() - refused;
+    let overdue = report.overdue();
+    let overdue_text = if overdue > 0 {
+        format!(", {overdue} of them not confirmed in time")
+    } else {
+        String::new()
+    };
     let reasons: Vec<String> = failed
         .iter()
         .take(WARN_FIRST)
@@ -393,7 +431,7 @@ fn failure_warning(report: &DeferredReport) -> Option<GmError> {
             code,
             format!(
                 "gearman: {} background job(s) sent after commit were not confirmed \
-                 ({refused} refused by the job server, {unknown} of unknown fate); \
+                 ({refused} refused by the job server, {unknown} of unknown fate{overdue_text}); \
                  function(s): {}{}; unique key(s): {}{}",
                 failed.len(),
                 functions
@@ -410,7 +448,8 @@ fn failure_warning(report: &DeferredReport) -> Option<GmError> {
         .detail(reasons.join("; "))
         .hint(
             "A refused job (e.g. QUEUE_ERROR: the function's maxqueue is reached) was not \
-             queued; for a lost connection it is unknown whether gearmand queued the job \
+             queued; for a lost connection or a confirmation that did not come within \
+             gearman.commit_send_timeout of the write, the job may have been queued \
              (check with gman_job_status(unique_key)). The transactions that made these jobs \
              are committed. Counters: SELECT * FROM gman_dispatch_status(). Use \
              gearman.dispatch = 'outbox' for jobs that must not be lost.",
@@ -465,7 +504,7 @@ unsafe extern "C-unwind" fn exit_callback(_code: std::ffi::c_int, _arg: pg_sys::
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// At backend exit (`before_shmem_exit`): if confirmations of jobs sent
-/// after COMMIT are still owed, waits for them (at most 2 s per server), so
+/// after COMMIT are still owed, waits for them (at most 2 s in all), so
 /// that the connections close after gearmand has answered (a socket closed
 /// with unread replies is reset, which can discard bytes not yet
 /// transmitted), and logs failures as a WARNING (to the server log: the
@@ -480,8 +519,12 @@ pub fn at_exit() {
             }
             let o = c.options_mut();
             o.io_timeout = o.io_timeout.min(EXIT_WAIT);
+            o.deadline = None;
             o.interrupt = None;
-            Some(c.collect_deferred(true))
+            // Waits for what is owed (at most EXIT_WAIT for all servers),
+            // then whatever is still owed is of unknown fate.
+            c.disconnect();
+            Some(c.take_deferred_report())
         })
         .ok()
         .flatten();

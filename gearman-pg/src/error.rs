@@ -10,6 +10,7 @@
 //! | `JobFailed`, `JobException` | `38000`  | external_routine_exception                  |
 //! | `Protocol`                  | `08P01`  | protocol_violation                          |
 //! | `InvalidArgument`           | `22023`  | invalid_parameter_value                     |
+//! | `ResultTooLarge`            | `54000`  | program_limit_exceeded                      |
 //!
 //! `gearman.on_error = warning` turns each into a WARNING with the same
 //! message, detail and hint, and the function returns NULL.
@@ -77,9 +78,12 @@ impl GmError {
             ErrorKind::Timeout => (
                 PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
                 format!(
-                    "No result within gearman.timeout ({} ms) or the exchange timed out. \
+                    "No result within gearman.timeout ({} ms) or the exchange timed out \
+                     (connecting and failing over count against the same deadline). \
                      Check that a worker serves function \"{function}\" \
-                     (SELECT * FROM gman_server_status()).",
+                     (SELECT * FROM gman_server_status()). A background job that timed out \
+                     waiting for its confirmation may have been queued: retry it with a \
+                     unique key, so that the retry coalesces instead of running twice.",
                     gucs::timeout_ms()
                 ),
             ),
@@ -106,9 +110,20 @@ impl GmError {
             ),
             ErrorKind::InvalidArgument => (
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                "Function names must be non-empty without NUL bytes; unique keys are at most \
-                 63 bytes without NUL bytes."
-                    .to_string(),
+                format!(
+                    "Function names are 1 to {} bytes without control characters or \
+                     whitespace; unique keys are at most 63 bytes without NUL bytes.",
+                    gearman_core::MAX_FUNCTION
+                ),
+            ),
+            ErrorKind::ResultTooLarge => (
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "The worker's result for function \"{function}\" is larger than \
+                     gearman.max_result_size ({} bytes); raise it (at most 1GB) if such \
+                     results are expected.",
+                    gucs::max_result_size()
+                ),
             ),
             _ => (
                 PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,

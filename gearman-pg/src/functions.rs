@@ -352,7 +352,7 @@ pub fn gman_do_many(
         .iter()
         .map(|w| (function.to_string(), w.unwrap_or("").as_bytes().to_vec()))
         .collect();
-    TableIterator::new(gather(calls))
+    TableIterator::new(backend::within_deadline(|_| gather(calls)))
 }
 
 /// Scatter/gather over several functions: element `i` of `workloads` goes
@@ -397,12 +397,14 @@ pub fn gman_do_many_functions(
         };
         calls.push((f.to_string(), w.unwrap_or("").as_bytes().to_vec()));
     }
-    TableIterator::new(gather(calls))
+    TableIterator::new(backend::within_deadline(|_| gather(calls)))
 }
 
 /// Runs `(function, workload)` foreground jobs concurrently, grouped by the
 /// server list of their function; returns `(ordinality, result)` rows in
-/// input order. Bad arguments raise before anything is sent.
+/// input order. Bad arguments raise before anything is sent. Called within
+/// one deadline (`gearman.timeout`) for every group together; each job's
+/// result is capped at `gearman.max_result_size`.
 fn gather(calls: Vec<(String, Vec<u8>)>) -> Vec<(i32, Option<String>)> {
     let mut groups: Vec<(std::rc::Rc<gearman_core::ServerList>, Vec<usize>, Vec<Job>)> = Vec::new();
     let functions: Vec<String> = calls.iter().map(|(f, _)| f.clone()).collect();
@@ -482,6 +484,10 @@ pub fn gman_servers_set(servers: &str) -> bool {
 /// PARALLEL UNSAFE.
 #[pg_extern(name = "gman_servers_set", volatile, strict, parallel_unsafe)]
 pub fn gman_servers_set_function(servers: &str, function: &str) -> bool {
+    if let Err(e) = gearman_core::validate_function_name(function.as_bytes()) {
+        GmError::from_core(&e, function, servers).report();
+        return false;
+    }
     let list = if servers.trim().is_empty() {
         None
     } else {

@@ -59,6 +59,10 @@ static LEGACY_SERVERS: GucSetting<Option<CString>> = GucSetting::<Option<CString
 static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 static COMMIT_SEND_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+static MAX_RESULT_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 << 20);
+
+/// Largest `gearman.max_result_size`: 1 GB, PostgreSQL's largest value.
+pub const MAX_RESULT_SIZE_LIMIT: i32 = 1 << 30;
 static DISPATCH: GucSetting<Dispatch> = GucSetting::<Dispatch>::new(Dispatch::Commit);
 static ON_ERROR: GucSetting<OnError> = GucSetting::<OnError>::new(OnError::Error);
 
@@ -134,13 +138,28 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"gearman.timeout",
-        c"Bound on a foreground job (gman_do and friends), from submission to result (milliseconds).",
-        c"Query cancel and statement_timeout also end the wait.",
+        c"Bound on each call as a whole: a foreground job from its start to its result, a status call over every server (milliseconds).",
+        c"Connecting, failing over to the next server and waiting all draw from this one \
+          deadline, taken at the start of the call (gman_do*, gman_do_many, gman_sum, \
+          gman_job_status, gman_server_status). Query cancel and statement_timeout also end \
+          the wait.",
         &TIMEOUT_MS,
         1,
         i32::MAX,
         GucContext::Userset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"gearman.max_result_size",
+        c"Largest result of one foreground job (bytes; default 16MB, at most 1GB).",
+        c"Applies to each job of gman_do*, gman_do_many and gman_sum: the worker's \
+          WORK_DATA chunks and WORK_COMPLETE data together. A larger result fails that job \
+          (SQLSTATE 54000); the rest of it is read and dropped, never kept in memory.",
+        &MAX_RESULT_SIZE,
+        1,
+        MAX_RESULT_SIZE_LIMIT,
+        GucContext::Userset,
+        GucFlags::UNIT_BYTE,
     );
     GucRegistry::define_int_guc(
         c"gearman.commit_send_timeout",
@@ -287,6 +306,11 @@ pub fn connect_timeout() -> Duration {
 /// `gearman.timeout`.
 pub fn timeout() -> Duration {
     Duration::from_millis(TIMEOUT_MS.get().max(1) as u64)
+}
+
+/// `gearman.max_result_size` in bytes.
+pub fn max_result_size() -> usize {
+    usize::try_from(MAX_RESULT_SIZE.get().max(1)).unwrap_or(16 << 20)
 }
 
 /// `gearman.commit_send_timeout`.

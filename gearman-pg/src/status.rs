@@ -4,9 +4,10 @@
 use crate::backend;
 use crate::error::{or_report, GmError};
 use crate::gucs;
-use gearman_core::admin::Admin;
+use gearman_core::admin::status_all;
 use gearman_core::{first_known, JobHandle, JobStatus, ServerList};
 use pgrx::prelude::*;
+use std::time::Instant;
 
 /// The status of a job, by job handle or by unique key.
 ///
@@ -23,6 +24,8 @@ use pgrx::prelude::*;
 /// `(handle text) RETURNS TABLE(known bool, running bool, numerator bigint, denominator bigint)`:
 /// one row; `known = false` when no server knows the job (finished, never
 /// submitted, or not yet sent because its transaction is still open).
+/// The whole walk has one deadline, `gearman.timeout` from the start of the
+/// call (connecting, failing over and waiting draw from it).
 /// VOLATILE, STRICT, PARALLEL RESTRICTED.
 #[pg_extern(volatile, strict, parallel_restricted)]
 pub fn gman_job_status(
@@ -36,7 +39,7 @@ pub fn gman_job_status(
         name!(denominator, i64),
     ),
 > {
-    match or_report(job_status(handle)) {
+    match or_report(backend::within_deadline(|_| job_status(handle))) {
         Some(s) => TableIterator::once((
             s.known,
             s.running,
@@ -90,8 +93,11 @@ fn job_status(key: &str) -> Result<JobStatus, GmError> {
 /// MariaDB), jobs running, and workers registered; from the admin `status` command of every server in
 /// `gearman.servers` and in the session's per-function overrides. An
 /// unreachable server raises (`on_error = error`) or is skipped with a
-/// WARNING. Bounded by `gearman.connect_timeout` to connect and 5 s per
-/// reply.
+/// WARNING. One deadline for the whole call, `gearman.timeout` from its
+/// start (each connect at most `gearman.connect_timeout`); a server not
+/// answered by then is reported like an unreachable one. A line of the
+/// server's answer that cannot be parsed (e.g. a function name with a
+/// newline sent by another client) is skipped.
 ///
 /// `() RETURNS TABLE(server text, function text, queued bigint, running bigint, workers bigint)`.
 /// VOLATILE, STRICT (no arguments), PARALLEL RESTRICTED.
@@ -111,10 +117,9 @@ pub fn gman_server_status() -> TableIterator<
         Err(e) => e.raise(),
     };
     let mut rows = Vec::new();
-    for addr in servers {
-        let r = Admin::connect(&addr, gucs::connect_timeout())
-            .and_then(|mut a| a.status())
-            .map_err(|e| GmError::from_core(&e, "(admin status)", &addr.to_string()));
+    let deadline = Instant::now() + gucs::timeout();
+    for (addr, r) in status_all(servers, gucs::connect_timeout(), deadline) {
+        let r = r.map_err(|e| GmError::from_core(&e, "(admin status)", &addr.to_string()));
         if let Some(list) = or_report(r) {
             for f in list {
                 let queued = f.queued();

@@ -35,7 +35,7 @@
 //! a gearmand that accepts connections but does not answer or refuses jobs:
 //! those show up as such deferred failures. Jobs that must not be lost
 //! belong in `gearman.dispatch = outbox`. When the backend exits with
-//! confirmations still owed, it waits for them (at most 2 s per server) and
+//! confirmations still owed, it waits for them (at most 2 s in all) and
 //! logs failures to the server log.
 
 use crate::backend;
@@ -224,6 +224,11 @@ fn distinct_servers(held: &[Held]) -> Vec<Rc<ServerList>> {
 /// Checks that every server list with held jobs has a reachable server
 /// (without a round trip), while the transaction can still fail.
 fn pre_commit() {
+    // One deadline (gearman.timeout) for the checks of every list together.
+    backend::within_deadline(|_| pre_commit_checks());
+}
+
+fn pre_commit_checks() {
     let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
     for list in lists {
         if let Err(e) = backend::with_client(&list, true, |c| c.ensure_connected()) {

@@ -1519,3 +1519,226 @@ fn commit_against_a_server_that_never_reads_is_bounded_and_releases_locks_first(
     assert_eq!(sent, confirmed + failed + pending);
     env.gearmand.resume();
 }
+
+#[test]
+fn overdue_commit_confirmations_are_reported_as_unknown_fate_on_a_later_statement() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('owed', 'warm')");
+    s.exec("RESET gearman.dispatch");
+    // Confirmations are due within gearman.commit_send_timeout of the write.
+    s.exec("SET gearman.commit_send_timeout = '500ms'");
+    // gearmand stopped: it takes the bytes (kernel) and never answers.
+    env.gearmand.pause();
+    s.exec(
+        "BEGIN; SELECT count(gman_do_background('owed', i::text, 'ow-' || i)) \
+         FROM generate_series(1, 10) i; COMMIT",
+    );
+    // A later statement that calls no gman_* function reports them once
+    // they are overdue.
+    let deadline = Instant::now() + WAIT;
+    let warning = loop {
+        s.exec("SELECT 1");
+        let notices = s.take_notices();
+        if let Some(w) = notices.into_iter().find(|n| n.starts_with("WARNING")) {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "no WARNING about overdue jobs");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(warning.contains("10 background job(s)"), "{warning}");
+    assert!(warning.contains("10 of unknown fate"), "{warning}");
+    assert!(warning.contains("ow-1, ow-2"), "{warning}");
+    assert!(
+        warning.contains("10 of them not confirmed in time"),
+        "{warning}"
+    );
+    assert_eq!(dispatch_status(&mut s), (10, 0, 10, 0));
+    env.gearmand.resume();
+}
+
+#[test]
+fn foreground_results_are_capped_by_gearman_max_result_size() {
+    let env = Env::start();
+    // `big` answers with as many bytes as its workload says; `bignum` with
+    // the integer 1 padded with spaces to that size.
+    let _w = TestWorker::start(&env.addr(), &["big", "bignum"], |job| {
+        let n: usize = String::from_utf8_lossy(job.workload()).parse().unwrap_or(0);
+        if job.function() == "bignum" {
+            let mut v = vec![b' '; n.max(1)];
+            v[0] = b'1';
+            return Ok(v);
+        }
+        Ok(vec![b'x'; n])
+    });
+    let mut s = env.connect();
+    s.exec("LOAD 'gearman'");
+    assert_eq!(
+        s.one("SHOW gearman.max_result_size").as_deref(),
+        Some("16MB")
+    );
+    let e = s.exec_err("SET gearman.max_result_size = '2GB'");
+    assert_eq!(e.code, "22023", "{e:?}");
+    s.exec("SET gearman.max_result_size = '1GB'");
+    s.exec("SET gearman.max_result_size = '1MB'");
+    assert_eq!(
+        s.one("SELECT length(gman_do('big', '1048576'))").as_deref(),
+        Some("1048576")
+    );
+    let check = |e: support::DbErr| {
+        assert_eq!(e.code, "54000", "{e:?}");
+        assert!(e.message.contains("1048576 bytes"), "{e:?}");
+        assert!(
+            e.hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("gearman.max_result_size"),
+            "{e:?}"
+        );
+    };
+    check(s.exec_err("SELECT gman_do('big', '1048577')"));
+    check(s.exec_err("SELECT gman_do_high('big', convert_to('2000000', 'UTF8'))"));
+    check(s.exec_err("SELECT * FROM gman_do_many('big', ARRAY['10', '2000000'])"));
+    check(s.exec_err("SELECT gman_sum('bignum', x) FROM (VALUES ('10'), ('2000000')) v(x)"));
+    // The session goes on; with on_error = warning only that row is NULL.
+    s.exec("SET gearman.on_error = 'warning'");
+    let rows = s
+        .rows("SELECT ordinality, length(result) FROM gman_do_many('big', ARRAY['10', '2000000'])");
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("1".into()), Some("10".into())],
+            vec![Some("2".into()), None]
+        ]
+    );
+    assert_eq!(
+        s.one("SELECT gman_sum('bignum', x) FROM (VALUES ('10'), ('2000000')) v(x)")
+            .as_deref(),
+        Some("1")
+    );
+}
+
+#[test]
+fn one_deadline_bounds_each_call_over_black_holed_servers() {
+    let holes = support::black_holes(10);
+    let list = holes
+        .iter()
+        .map(|h| h.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec(&format!(
+        "SET gearman.servers = '{list}'; SET gearman.connect_timeout = '1s'; \
+         SET gearman.timeout = '1s'"
+    ));
+    // Ten connect timeouts would be 10 s; one deadline is 1 s (asserted at
+    // < 4 s only to rule out one connect timeout per server).
+    let bound = Duration::from_secs(4);
+    for sql in [
+        "SELECT gman_do('f', 'x')",
+        "SELECT * FROM gman_job_status('H:nowhere:1')",
+        "SELECT * FROM gman_job_status('some-unique-key')",
+        "SELECT * FROM gman_server_status()",
+    ] {
+        let t = Instant::now();
+        let r = s.client.batch_execute(sql);
+        let took = t.elapsed();
+        assert!(took < bound, "{sql} took {took:?}");
+        let e = support::DbErr::from(&r.expect_err(sql));
+        assert!(
+            e.code == "57014" || e.code.starts_with("08"),
+            "{sql}: {e:?}"
+        );
+    }
+    // statement_timeout ends the wait too.
+    s.exec("SET gearman.timeout = '30s'; SET statement_timeout = '500ms'");
+    let t = Instant::now();
+    let e = s.exec_err("SELECT gman_do('f', 'x')");
+    assert!(t.elapsed() < bound, "took {:?}", t.elapsed());
+    assert_eq!(e.code, "57014", "{e:?}");
+}
+
+#[test]
+fn server_lists_and_function_names_are_checked_when_given() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("LOAD 'gearman'");
+    for bad in ["garbage:::", "a:b:c", "127.0.0.1:4731:", "10.0.0.1:1,::1"] {
+        let e = s.exec_err(&format!("SET gearman.servers = '{bad}'"));
+        assert_eq!(e.code, "22023", "{bad}: {e:?}");
+        let text = format!("{} {}", e.message, e.detail.clone().unwrap_or_default());
+        let entry = bad.rsplit(',').next().unwrap();
+        assert!(text.contains(entry), "{bad}: {e:?}");
+        for sql in [
+            format!("SELECT gman_servers_set('{bad}')"),
+            format!("SELECT gman_servers_set('{bad}', 'f')"),
+        ] {
+            let e = s.exec_err(&sql);
+            assert_eq!(e.code, "22023", "{sql}: {e:?}");
+            assert!(e.message.contains(entry), "{sql}: {e:?}");
+        }
+    }
+    // IPv6 in brackets is fine (nothing is contacted by SET).
+    s.exec("SET gearman.servers = '[::1]:4731,127.0.0.1:4732'");
+    s.exec("RESET gearman.servers");
+    // Function names with control characters or whitespace are refused
+    // before anything is sent, in every dispatch mode.
+    for sql in [
+        "SELECT gman_do(E'nl\\n.\\nx', 'x')",
+        "SELECT gman_do_background(E'nl\\n.\\nx', 'x')",
+        "SELECT * FROM gman_do_many(E'tab\\tx', ARRAY['a'])",
+        "SELECT gman_do_background('two words', 'x')",
+        "SELECT gman_servers_set('127.0.0.1:4731', E'nl\\nx')",
+    ] {
+        let e = s.exec_err(sql);
+        assert_eq!(e.code, "22023", "{sql}: {e:?}");
+        assert!(e.message.contains("function name"), "{sql}: {e:?}");
+    }
+    s.exec("SET gearman.dispatch = 'outbox'");
+    let e = s.exec_err("SELECT gman_do_background(E'nl\\nx', 'x')");
+    assert_eq!(e.code, "22023", "{e:?}");
+    assert_eq!(
+        s.one("SELECT count(*) FROM gearman.outbox").as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
+fn gman_server_status_skips_an_admin_line_it_cannot_parse() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.one("SELECT gman_do_background('normal_fn', 'x')");
+    // A client that is not us queues a job whose function name holds
+    // newlines: gearmand's text `status` then has lines that are not
+    // `function\ttotal\trunning\tworkers`.
+    let mut raw = Vec::new();
+    gearman_core::proto::encode(
+        gearman_core::proto::Magic::Req,
+        gearman_core::proto::PacketType::SubmitJobBg,
+        &[b"nl\n.\nx", b"", b"w"],
+        &mut raw,
+    )
+    .unwrap();
+    let mut c = std::net::TcpStream::connect(env.addr()).unwrap();
+    std::io::Write::write_all(&mut c, &raw).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = [0u8; 12];
+    std::io::Read::read_exact(&mut c, &mut reply).expect("JOB_CREATED");
+    let rows = s.rows(
+        "SELECT function, queued, running, workers FROM gman_server_status() \
+         WHERE function = 'normal_fn'",
+    );
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("normal_fn".into()),
+            Some("1".into()),
+            Some("0".into()),
+            Some("0".into())
+        ]]
+    );
+    assert!(s.take_notices().is_empty());
+}

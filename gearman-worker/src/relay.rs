@@ -3,10 +3,13 @@
 //! Sources: the PostgreSQL table `gearman.outbox` (created by the gearman-pg
 //! extension; it runs `pg_notify('gearman_outbox', '')` at commit) and the
 //! MySQL/MariaDB table `gearman_outbox` (`sql/mysql/outbox.sql`). Both have
-//! `id, function, workload, unique_key, priority, run_at, created_at`.
+//! `id, function, workload, unique_key, priority, run_at, created_at,
+//! attempts, last_error, failed_at`; a table without the last three is
+//! refused at connect with the statement that adds them.
 //!
 //! One thread per source repeats, in one transaction:
-//! 1. `SELECT ... ORDER BY id LIMIT batch FOR UPDATE SKIP LOCKED`: rows
+//! 1. `SELECT ... WHERE failed_at IS NULL ORDER BY id LIMIT batch FOR UPDATE
+//!    SKIP LOCKED`: rows
 //!    another relay holds are skipped, so several relays share a table and
 //!    no row is sent twice in normal operation;
 //! 2. submit them as background jobs, pipelined
@@ -43,6 +46,7 @@
 //! SET failed_at = NULL, attempts = 0` sends them again). Log lines that
 //! repeat (the same error every poll interval) are written at most once per
 //! 30 s per kind, with the count of those left out.
+//!
 //! A `run_at` in the future becomes a scheduled job (SUBMIT_JOB_EPOCH; for
 //! MySQL `run_at` is read in the server's default time zone).
 //!
@@ -207,7 +211,7 @@ pub struct Refusal {
     pub id: i64,
     /// The new `attempts`.
     pub attempts: i64,
-    /// The new `last_error` (at most [`MAX_ERROR_TEXT`] bytes, no NUL).
+    /// The new `last_error` (at most 1000 bytes, no NUL).
     pub error: String,
     /// Whether the row is set aside now (`failed_at` set).
     pub set_aside: bool,

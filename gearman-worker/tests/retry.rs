@@ -232,3 +232,37 @@ fn sql_statements_see_the_attempt_as_their_second_parameter() {
     assert_eq!(log.matches("division by zero").count(), 2, "{log}");
     assert_eq!(log.matches("cannot be null").count(), 1, "{log}");
 }
+
+#[test]
+fn a_retry_reaching_a_function_without_retries_still_gets_the_original_workload() {
+    // E.g. after a reload that removed `retries`: the envelope is unwrapped
+    // all the same, and a failure is not retried.
+    use gearman_worker::retry::Envelope;
+    let g = Gearmand::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "worker.toml",
+        &format!(
+            "servers = [\"{}\"]\nlog_level = \"debug\"\n[function.echo]\nbuiltin = \"echo\"\n\
+             [function.env]\nexec = [\"sh\", \"-c\", \"printf %s $GEARMAN_ATTEMPT; cat\"]\n",
+            g.addr()
+        ),
+    );
+    let w = spawn(&cfg, None);
+    wait_workers(&g.addr(), "echo", 1, &|| w.log());
+    wait_workers(&g.addr(), "env", 1, &|| w.log());
+    let wrapped = Envelope {
+        attempt: 3,
+        first_failure: 1,
+        unique: b"orig".to_vec(),
+        workload: b"in\0ner".to_vec(),
+    }
+    .encode();
+    let mut c = client(&g.addr());
+    assert_eq!(
+        c.run(&Job::new("echo", wrapped.clone())).unwrap(),
+        b"in\0ner"
+    );
+    assert_eq!(c.run(&Job::new("env", wrapped)).unwrap(), b"3in\0ner");
+}

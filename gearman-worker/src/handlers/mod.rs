@@ -274,14 +274,27 @@ pub fn wrap_observed(
     observe: Observe,
 ) -> impl Fn(&mut JobContext<'_>) -> WorkResult + Send + Sync + 'static {
     move |ctx: &mut JobContext<'_>| {
-        let Some((policy, servers)) = &observe.retry else {
-            let job = JobInfo {
-                function: ctx.function(),
-                handle: ctx.handle(),
-                unique: ctx.unique(),
-                attempt: 1,
-            };
-            return run_observed(handler.as_ref(), &stats, &observe, &job, ctx.workload());
+        // A retry envelope is unwrapped even where the function has no
+        // retries now (e.g. after a reload): its handler gets the original
+        // workload and a failure is not retried.
+        let (policy, servers) = match &observe.retry {
+            Some((p, s)) => (*p, Some(s)),
+            None if ctx.workload().starts_with(retry::MAGIC) => (
+                RetryPolicy {
+                    retries: 0,
+                    ..RetryPolicy::default()
+                },
+                None,
+            ),
+            None => {
+                let job = JobInfo {
+                    function: ctx.function(),
+                    handle: ctx.handle(),
+                    unique: ctx.unique(),
+                    attempt: 1,
+                };
+                return run_observed(handler.as_ref(), &stats, &observe, &job, ctx.workload());
+            }
         };
         // A retry carries its attempt and the original job in an envelope.
         let env = match Envelope::decode(ctx.workload()) {
@@ -331,11 +344,11 @@ pub fn wrap_observed(
             outcome: Outcome::Retried.as_str(),
         };
         let reason = reason.unwrap_or_default();
-        if failed.attempt > policy.retries {
+        let Some(servers) = servers.filter(|_| failed.attempt <= policy.retries) else {
             dead_letter(&observe, &job, &failed, &reason);
             return result;
-        }
-        match retry::schedule(servers, job.function, job.handle, policy, &failed) {
+        };
+        match retry::schedule(servers, job.function, job.handle, &policy, &failed) {
             Ok(delay) => {
                 if let Some(m) = &observe.metrics {
                     m.count(Outcome::Retried);

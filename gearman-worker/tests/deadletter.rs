@@ -74,14 +74,20 @@ fn dead_letter_one_job(g: &Gearmand, url: &str, count: &dyn Fn() -> String) -> S
         "{}",
         w.log()
     );
-    let t = scrape(&metrics);
-    for line in [
+    // The counter moves just after the row is committed: wait for it.
+    let lines = [
         r#"gearman_worker_jobs_total{function="doomed",outcome="failed"} 2"#,
         r#"gearman_worker_jobs_total{function="doomed",outcome="retried"} 1"#,
         r#"gearman_worker_jobs_total{function="doomed",outcome="dead_letter"} 1"#,
-    ] {
-        assert!(t.contains(line), "missing `{line}` in\n{t}");
-    }
+    ];
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let t = scrape(&metrics);
+            lines.iter().all(|l| t.contains(l))
+        }),
+        "{}",
+        scrape(&metrics)
+    );
     w.log()
 }
 
@@ -256,8 +262,12 @@ fn dead_letter_function_receives_the_job_as_a_background_json_job() {
             .ends_with("boom-attempt-1"),
         "{v}"
     );
+    // The line is written after the job server confirmed the job, which
+    // may be after the catcher got it.
     assert!(
-        w.log().contains("job dead-lettered function=doomed"),
+        wait_until(Duration::from_secs(10), || w
+            .log()
+            .contains("job dead-lettered function=doomed")),
         "{}",
         w.log()
     );

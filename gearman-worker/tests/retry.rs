@@ -266,3 +266,37 @@ fn a_retry_reaching_a_function_without_retries_still_gets_the_original_workload(
     );
     assert_eq!(c.run(&Job::new("env", wrapped)).unwrap(), b"3in\0ner");
 }
+
+#[test]
+fn on_a_server_without_scheduled_jobs_the_retry_fails_clearly_and_goes_to_the_dead_letter() {
+    // Perl's Gearman::Server answers SUBMIT_JOB_EPOCH with ERROR.
+    let p = gearman_testkit::PerlGearmand::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "servers = [\"{}\"]\nlog_level = \"debug\"\n\
+         [function.flaky]\n{}retries = 2\nretry_backoff_ms = 100\n\
+         dead_letter_function = \"graveyard\"\n",
+        p.addr(),
+        flaky(dir.path(), "flaky", 0),
+    );
+    let cfg = write_file(dir.path(), "worker.toml", &text);
+    let w = spawn(&cfg, None);
+    wait_workers(&p.addr(), "flaky", 1, &|| w.log());
+    client(&p.addr())
+        .submit_background(&Job::new("flaky", "x"))
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || w
+            .log()
+            .contains("job dead-lettered function=flaky")),
+        "{}",
+        w.log()
+    );
+    let log = w.log();
+    assert!(
+        log.contains("failed on attempt 1 and its retry could not be scheduled"),
+        "{log}"
+    );
+    assert_eq!(attempts(dir.path(), "flaky"), ["1"]);
+    assert_eq!(queued(&p.addr(), "graveyard"), 1, "{log}");
+}

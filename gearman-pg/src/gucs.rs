@@ -216,10 +216,12 @@ unsafe extern "C-unwind" fn check_servers(
         Some(v) => check_list(v),
     };
     if ok && !extra.is_null() {
-        // SAFETY: `extra` must be malloc'd (PostgreSQL frees it with
-        // free()); a u32 is written into the fresh allocation.
+        // SAFETY: `extra` must come from the allocator PostgreSQL frees it
+        // with: free() up to 15, guc_free() (pfree in the GUC memory
+        // context) from 16 on, which fails with "pfree called with invalid
+        // pointer" for a malloc'd block; a u32 is written into it.
         unsafe {
-            let p = libc::malloc(std::mem::size_of::<u32>()).cast::<u32>();
+            let p = guc_extra_alloc(std::mem::size_of::<u32>()).cast::<u32>();
             if !p.is_null() {
                 p.write(source);
                 *extra = p.cast();
@@ -227,6 +229,22 @@ unsafe extern "C-unwind" fn check_servers(
         }
     }
     ok
+}
+
+/// Allocates a check hook's `extra` as PostgreSQL 16 and later free it
+/// (guc_malloc; LOG: NULL instead of an error when out of memory).
+#[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+unsafe fn guc_extra_alloc(size: usize) -> *mut std::ffi::c_void {
+    // SAFETY: plain allocation in PostgreSQL's GUC memory context.
+    unsafe { pg_sys::guc_malloc(pg_sys::LOG as i32, size) }
+}
+
+/// Allocates a check hook's `extra` as PostgreSQL 15 and earlier free it
+/// (free()).
+#[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
+unsafe fn guc_extra_alloc(size: usize) -> *mut std::ffi::c_void {
+    // SAFETY: plain allocation.
+    unsafe { libc::malloc(size) }
 }
 
 /// Records the source of the value now in force (from the check hook's

@@ -91,6 +91,45 @@ fn dead_letter_one_job(g: &Gearmand, url: &str, count: &dyn Fn() -> String) -> S
     w.log()
 }
 
+/// With the gearman extension installed, `gearman.dead_letter` is its table:
+/// the worker writes there without sql/postgres/dead_letter.sql, PUBLIC has
+/// no rights on it, and running the standalone file afterwards changes
+/// nothing (it is a no-op where the table exists).
+#[test]
+fn postgres_dead_letter_table_comes_with_the_extension() {
+    let g = Gearmand::start();
+    let pg = Postgres::start();
+    pg.psql("CREATE EXTENSION gearman");
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid \
+             WHERE e.extname = 'gearman' AND d.classid = 'pg_class'::regclass \
+             AND d.objid = 'gearman.dead_letter'::regclass AND d.deptype = 'e'"
+        )
+        .trim(),
+        "1",
+        "gearman.dead_letter is not a member of the extension"
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT has_table_privilege('public', 'gearman.dead_letter', 'INSERT') \
+             OR has_table_privilege('public', 'gearman.dead_letter', 'SELECT')"
+        )
+        .trim(),
+        "f"
+    );
+    pg.psql(&sql_file("postgres/dead_letter.sql"));
+    let url = pg.url();
+    dead_letter_one_job(&g, &url, &|| {
+        pg.psql("SELECT count(*) FROM gearman.dead_letter")
+    });
+    assert_eq!(
+        pg.psql("SELECT function || '|' || attempts FROM gearman.dead_letter")
+            .trim(),
+        "doomed|2"
+    );
+}
+
 #[test]
 fn postgres_dead_letter_row_list_replay_with_gearmand_down_then_up_and_purge() {
     let mut g = Gearmand::start();

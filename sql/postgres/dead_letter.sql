@@ -1,6 +1,7 @@
 -- gearman-worker dead letters in PostgreSQL: jobs that failed on their last
--- attempt (issue 14). Run once in the database named by a function's
--- `dead_letter = "postgres://..."`:
+-- attempt (issue 14). The gearman extension (0.2.0 and later) creates this
+-- table itself; this file is for a database without the extension. Run once in
+-- the database named by a function's `dead_letter = "postgres://..."`:
 --   psql "postgres://..." -f sql/postgres/dead_letter.sql
 -- Idempotent. The worker's role needs INSERT on the table and USAGE on its
 -- sequence; `gearman-worker dead-letter list|replay|purge` needs SELECT and

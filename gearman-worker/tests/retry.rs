@@ -19,7 +19,7 @@ fn flaky(dir: &Path, name: &str, succeed_on: u32) -> String {
         "exec = [\"sh\", \"-c\", \"n=$(cat {d}/{name}.n 2>/dev/null || echo 0); n=$((n+1)); \
          echo $n > {d}/{name}.n; echo $GEARMAN_ATTEMPT >> {d}/{name}.attempts; \
          if [ {succeed_on} -eq 0 ] || [ $n -lt {succeed_on} ]; then echo fail$n >&2; exit 1; fi; \
-         cat > {d}/{name}.out\"]\n"
+         cat > {d}/{name}.tmp && mv {d}/{name}.tmp {d}/{name}.out\"]\n"
     )
 }
 

@@ -59,3 +59,18 @@ COMMENT ON TABLE gearman.outbox IS
 CREATE INDEX outbox_pending ON gearman.outbox (id) WHERE failed_at IS NULL;
 REVOKE INSERT ON gearman.outbox FROM PUBLIC;
 REVOKE USAGE ON SEQUENCE gearman.outbox_id_seq FROM PUBLIC;
+
+-- gearman.dead_letter (issue 14): the worker's dead-letter table, now part of
+-- the extension (definition and rights in sql/dead_letter.sql).
+CREATE TABLE gearman.dead_letter (
+    id               bigserial   PRIMARY KEY,
+    function         text        NOT NULL,
+    unique_key       bytea,
+    workload         bytea       NOT NULL,
+    last_error       text        NOT NULL,
+    attempts         integer     NOT NULL,
+    first_failed_at  timestamptz NOT NULL,
+    last_failed_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE gearman.dead_letter IS
+    'Jobs that failed on their last attempt in gearman-worker; replay with gearman-worker dead-letter replay';

@@ -293,7 +293,8 @@ fn check_list(value: &str) -> bool {
 /// (its source is the built-in default, whatever its value) or is empty,
 /// and the legacy setting is set.
 pub fn servers_text() -> String {
-    if RESTORE_CATALOG.swap(false, Ordering::Relaxed) {
+    if RESTORE_CATALOG.load(Ordering::Relaxed) && catalog_readable() {
+        RESTORE_CATALOG.store(false, Ordering::Relaxed);
         restore_from_catalog();
     }
     let current = SERVERS
@@ -366,7 +367,7 @@ struct Configured {
 /// configuration files (`postgresql.conf` with its includes, then
 /// `postgresql.auto.conf` from `ALTER SYSTEM`), the server's command line
 /// (`-c name=value`, `--name=value`), then `ALTER DATABASE/ROLE ... SET`
-/// (inside a transaction; otherwise at the first use). Values are applied
+/// (when the catalog can be read; otherwise at the first use). Values are applied
 /// with the privilege of the configuration they come from, never with the
 /// session's.
 fn restore_configured() {
@@ -391,12 +392,19 @@ fn restore_configured() {
         }
     }
     apply(&found);
-    // SAFETY: plain query of the transaction state.
-    if unsafe { pg_sys::IsTransactionState() } {
+    if catalog_readable() {
         restore_from_catalog();
     } else {
         RESTORE_CATALOG.store(true, Ordering::Relaxed);
     }
+}
+
+/// Whether SQL can read the catalog now: inside a transaction with an
+/// active snapshot (not so while `session_preload_libraries` load, nor for
+/// `LOAD`).
+fn catalog_readable() -> bool {
+    // SAFETY: plain queries of the transaction and snapshot state.
+    unsafe { pg_sys::IsTransactionState() && pg_sys::ActiveSnapshotSet() }
 }
 
 fn apply(values: &[Configured]) {

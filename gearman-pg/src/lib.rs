@@ -33,6 +33,11 @@ pub extern "C-unwind" fn _PG_init() {
 
 extension_sql_file!("../sql/outbox.sql", name = "outbox", bootstrap);
 extension_sql_file!(
+    "../sql/dead_letter.sql",
+    name = "dead_letter",
+    requires = ["outbox"]
+);
+extension_sql_file!(
     "../sql/gman_sum.sql",
     name = "gman_sum",
     requires = [aggregate::gman_sum_state, aggregate::gman_sum_final]

@@ -1323,10 +1323,19 @@ fn assert_options_cannot_divert(env: &Env, configured_addr: &str) {
             Ok(s) => s,
             Err(e) => panic!("{name}: the connection was refused: {e:?}"),
         };
+        // The library loads in a transaction that rolls back: the
+        // configured value stays in force afterwards too.
+        s.exec("BEGIN");
         assert_eq!(
             s.one("SELECT gman_do('who', '')").as_deref(),
             Some("configured"),
             "{name} from the startup options diverted the session"
+        );
+        s.exec("ROLLBACK");
+        assert_eq!(
+            s.one("SELECT gman_do('who', '')").as_deref(),
+            Some("configured"),
+            "{name}: after the rollback"
         );
         let notices = s.take_notices();
         assert!(
@@ -1601,6 +1610,19 @@ fn foreground_results_are_capped_by_gearman_max_result_size() {
     check(s.exec_err("SELECT gman_do_high('big', convert_to('2000000', 'UTF8'))"));
     check(s.exec_err("SELECT * FROM gman_do_many('big', ARRAY['10', '2000000'])"));
     check(s.exec_err("SELECT gman_sum('bignum', x) FROM (VALUES ('10'), ('2000000')) v(x)"));
+    // A worker that streams WORK_DATA (64 chunks of 1 MiB) is cut at the
+    // cap as well; the rest is read and dropped, not kept.
+    let _flood = TestWorker::start(&env.addr(), &["flood"], |job| {
+        let chunk = vec![b'f'; 1 << 20];
+        for _ in 0..64 {
+            if job.send_data(&chunk).is_err() {
+                break;
+            }
+        }
+        Ok(Vec::new())
+    });
+    check(s.exec_err("SELECT gman_do('flood', '')"));
+    assert_eq!(s.one("SELECT gman_do('big', '3')").as_deref(), Some("xxx"));
     // The session goes on; with on_error = warning only that row is NULL.
     s.exec("SET gearman.on_error = 'warning'");
     let rows = s
@@ -1741,4 +1763,28 @@ fn gman_server_status_skips_an_admin_line_it_cannot_parse() {
         ]]
     );
     assert!(s.take_notices().is_empty());
+}
+
+#[test]
+fn startup_options_cannot_divert_a_library_loaded_at_session_start() {
+    // session_preload_libraries loads the library after the startup
+    // options, outside any transaction: the role's ALTER ROLE setting is put
+    // back at the first use.
+    let env = Env::start_raw(&["session_preload_libraries=gearman"]);
+    let _w = TestWorker::start(&env.addr(), &["who"], |_job| Ok(b"configured".to_vec()));
+    create_app_role(&env);
+    let mut admin = env.connect();
+    admin.exec(&format!(
+        "ALTER ROLE app SET gearman.servers = '{}'",
+        env.addr()
+    ));
+    let evil = gearman_testkit::Gearmand::start();
+    let _evil_w = TestWorker::start(&evil.addr(), &["who"], |_job| Ok(b"diverted".to_vec()));
+    let options = format!("-c gearman.servers={}", evil.addr());
+    let mut s = connect_with_options(&env, "app", &options).unwrap();
+    assert_eq!(
+        s.one("SELECT gman_do('who', '')").as_deref(),
+        Some("configured")
+    );
+    assert_eq!(s.one("SHOW gearman.servers"), Some(env.addr()));
 }

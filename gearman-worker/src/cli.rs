@@ -86,6 +86,16 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub exceptions: bool,
 
+    /// Serve `/metrics` (Prometheus) and `/healthz` over HTTP on HOST:PORT
+    /// (overrides the file's `metrics_addr`; default off).
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub metrics_addr: Option<String>,
+
+    /// Log line format: `text` or `json` (one object per line; overrides
+    /// the file's `log_format`).
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<crate::logjson::LogFormat>,
+
     /// Quick mode: the command run per job (workload on stdin, stdout is the result).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -100,6 +110,52 @@ pub struct Cli {
 pub enum Sub {
     /// Drain outbox tables (PostgreSQL `gearman.outbox`, MySQL `gearman_outbox`) into gearmand.
     Relay(RelayArgs),
+    /// List, replay or purge the dead-letter table (`gearman.dead_letter` / `gearman_dead_letter`).
+    #[command(name = "dead-letter")]
+    DeadLetter(DeadLetterArgs),
+}
+
+/// `gearman-worker dead-letter ACTION`.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: DeadLetterAction,
+}
+
+/// The dead-letter actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLetterAction {
+    /// Print the rows, one per line (tab-separated: id, function, attempts,
+    /// first and last failure, unique key, workload size, last error).
+    List(DeadLetterFilter),
+    /// Resubmit the rows as background jobs; each row is deleted only after
+    /// the job server confirmed its job.
+    Replay(DeadLetterFilter),
+    /// Delete the rows.
+    Purge(DeadLetterFilter),
+}
+
+/// Which table and rows.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterFilter {
+    /// PostgreSQL database holding `gearman.dead_letter`.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "mysql",
+        required_unless_present = "mysql"
+    )]
+    pub postgres: Option<String>,
+    /// MySQL/MariaDB database holding `gearman_dead_letter`.
+    #[arg(long, value_name = "URL")]
+    pub mysql: Option<String>,
+    /// Only rows of this function.
+    #[arg(short = 'f', long, value_name = "NAME")]
+    pub function: Option<String>,
+    /// Only this row id (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub id: Vec<i64>,
 }
 
 /// Flags of `gearman-worker relay`.
@@ -150,6 +206,9 @@ impl Cli {
     pub fn check_common(&self) -> Result<(), ConfigError> {
         if let Some(id) = &self.client_id {
             config::check_client_id(id).map_err(|e| ConfigError::key("-i/--client-id", e))?;
+        }
+        if let Some(a) = &self.metrics_addr {
+            config::check_metrics_addr(a).map_err(|e| ConfigError::key("--metrics-addr", e))?;
         }
         Ok(())
     }
@@ -214,6 +273,9 @@ impl Cli {
                     timeout: (self.timeout_ms > 0).then(|| Duration::from_millis(self.timeout_ms)),
                     max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
                 }),
+                retry: crate::retry::RetryPolicy::default(),
+                dead_letter: None,
+                dead_letter_function: None,
             });
         }
         Ok(Config {
@@ -222,18 +284,27 @@ impl Cli {
             log_level: self.effective_level(Level::Info),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             exceptions: self.exceptions,
+            metrics_addr: self.metrics_addr.clone(),
+            log_format: self.log_format.unwrap_or_default(),
             functions,
         })
     }
 
     /// Applies flag overrides (`--client-id`, `--log-level`, `-v`,
-    /// `--exceptions`) to a file configuration.
+    /// `--exceptions`, `--metrics-addr`, `--log-format`) to a file
+    /// configuration.
     pub fn apply_overrides(&self, mut cfg: Config) -> Config {
         if self.client_id.is_some() {
             cfg.client_id = self.client_id.clone();
         }
         cfg.log_level = self.effective_level(cfg.log_level);
         cfg.exceptions |= self.exceptions;
+        if self.metrics_addr.is_some() {
+            cfg.metrics_addr = self.metrics_addr.clone();
+        }
+        if let Some(f) = self.log_format {
+            cfg.log_format = f;
+        }
         cfg
     }
 }

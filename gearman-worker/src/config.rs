@@ -91,6 +91,10 @@ pub struct RawConfig {
     /// Report failures that carry a message as WORK_EXCEPTION (default
     /// false: WORK_WARNING with the message, then WORK_FAIL).
     pub exceptions: Option<bool>,
+    /// `HOST:PORT` serving `/metrics` and `/healthz` over HTTP (default: off).
+    pub metrics_addr: Option<String>,
+    /// `text` (default) or `json` (one object per line).
+    pub log_format: Option<String>,
     /// The functions served, by name.
     #[serde(default)]
     pub function: BTreeMap<String, RawFunction>,
@@ -126,6 +130,16 @@ pub struct RawFunction {
     pub rows: Option<String>,
     /// sql (PostgreSQL): type of `$1`: `text` (default) or `bytea`.
     pub param: Option<String>,
+    /// Times a failed job is tried again (default 0; see `retry`).
+    pub retries: Option<u32>,
+    /// Back-off before the first retry, in milliseconds (default 1000).
+    pub retry_backoff_ms: Option<u64>,
+    /// Longest back-off, in milliseconds (default 300000).
+    pub retry_backoff_max_ms: Option<u64>,
+    /// Dead-letter table: `postgres://...` or `mysql://...` (default none).
+    pub dead_letter: Option<String>,
+    /// Dead-letter Gearman function (default none; not with `dead_letter`).
+    pub dead_letter_function: Option<String>,
 }
 
 /// The validated configuration (stage two).
@@ -142,6 +156,10 @@ pub struct Config {
     /// Failures with a message go out as WORK_EXCEPTION instead of
     /// WORK_WARNING + WORK_FAIL (see `WorkerOptions::exceptions`).
     pub exceptions: bool,
+    /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
+    pub metrics_addr: Option<String>,
+    /// Log line format.
+    pub log_format: crate::logjson::LogFormat,
     /// Functions, sorted by name.
     pub functions: Vec<FunctionSpec>,
 }
@@ -155,6 +173,12 @@ pub struct FunctionSpec {
     pub concurrency: u32,
     /// What runs a job.
     pub backend: Backend,
+    /// Retries of failed jobs ([`crate::retry`]).
+    pub retry: crate::retry::RetryPolicy,
+    /// Where jobs that failed for good go ([`crate::deadletter`]).
+    pub dead_letter: Option<DatabaseUrl>,
+    /// Or the Gearman function that receives them as background jobs.
+    pub dead_letter_function: Option<String>,
 }
 
 /// What runs a job.
@@ -476,6 +500,20 @@ pub fn program_exists(program: &str, path: Option<&str>, cwd: Option<&Path>) -> 
         .any(|d| executable(&Path::new(d).join(program)))
 }
 
+/// Checks a `HOST:PORT` listen address (`metrics_addr`, `--metrics-addr`);
+/// returns it unchanged.
+///
+/// # Errors
+/// No `:PORT`, or a port that is not a number up to 65535.
+pub fn check_metrics_addr(addr: &str) -> Result<String, String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(addr.to_string())
+        }
+        _ => Err(format!("`{addr}` is not HOST:PORT (e.g. 127.0.0.1:9464)")),
+    }
+}
+
 /// Checks a client id (SET_CLIENT_ID): non-empty, no whitespace or NUL, as
 /// admin `workers` separates fields by spaces.
 pub fn check_client_id(id: &str) -> Result<(), String> {
@@ -528,6 +566,16 @@ impl RawConfig {
             log_level,
             shutdown_grace: Duration::from_millis(grace_ms),
             exceptions: self.exceptions.unwrap_or(false),
+            metrics_addr: match &self.metrics_addr {
+                Some(a) => {
+                    Some(check_metrics_addr(a).map_err(|e| ConfigError::key("metrics_addr", e))?)
+                }
+                None => None,
+            },
+            log_format: match &self.log_format {
+                Some(f) => f.parse().map_err(|e| ConfigError::key("log_format", e))?,
+                None => crate::logjson::LogFormat::Text,
+            },
             functions,
         })
     }
@@ -715,10 +763,73 @@ impl RawFunction {
                 max_result_bytes,
             })
         };
+        let retry = self.retry_policy(name)?;
+        let dead_letter = match &self.dead_letter {
+            Some(u) => {
+                Some(DatabaseUrl::parse(u).map_err(|e| ConfigError::key(&key("dead_letter"), e))?)
+            }
+            None => None,
+        };
+        if let Some(f) = &self.dead_letter_function {
+            if dead_letter.is_some() {
+                return Err(ConfigError::key(
+                    &key("dead_letter_function"),
+                    "give either dead_letter or dead_letter_function, not both",
+                ));
+            }
+            check_function_name(f)
+                .map_err(|e| ConfigError::key(&key("dead_letter_function"), e))?;
+            if f == name {
+                return Err(ConfigError::key(
+                    &key("dead_letter_function"),
+                    "must not be the function itself",
+                ));
+            }
+        }
         Ok(FunctionSpec {
             name: name.to_string(),
             concurrency,
             backend,
+            retry,
+            dead_letter,
+            dead_letter_function: self.dead_letter_function.clone(),
+        })
+    }
+
+    /// `retries`, `retry_backoff_ms`, `retry_backoff_max_ms`.
+    fn retry_policy(&self, name: &str) -> Result<crate::retry::RetryPolicy, ConfigError> {
+        use crate::retry::{RetryPolicy, DEFAULT_BACKOFF_MAX_MS, DEFAULT_BACKOFF_MS, MAX_RETRIES};
+        let key = |k: &str| format!("function.{name}.{k}");
+        let retries = self.retries.unwrap_or(0);
+        if retries > MAX_RETRIES {
+            return Err(ConfigError::key(
+                &key("retries"),
+                format!("must be at most {MAX_RETRIES}, got {retries}"),
+            ));
+        }
+        let backoff = self.retry_backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS);
+        let max = self
+            .retry_backoff_max_ms
+            .unwrap_or(DEFAULT_BACKOFF_MAX_MS.max(backoff));
+        check_timeout(&key("retry_backoff_ms"), backoff)?;
+        check_timeout(&key("retry_backoff_max_ms"), max)?;
+        if max < backoff {
+            return Err(ConfigError::key(
+                &key("retry_backoff_max_ms"),
+                format!("is less than retry_backoff_ms ({max} < {backoff})"),
+            ));
+        }
+        if retries == 0 && (self.retry_backoff_ms.is_some() || self.retry_backoff_max_ms.is_some())
+        {
+            return Err(ConfigError::key(
+                &key("retries"),
+                "retry_backoff_ms / retry_backoff_max_ms need retries = 1 or more",
+            ));
+        }
+        Ok(RetryPolicy {
+            retries,
+            backoff: Duration::from_millis(backoff),
+            backoff_max: Duration::from_millis(max),
         })
     }
 }
@@ -915,6 +1026,63 @@ mod tests {
     fn no_functions_is_an_error() {
         let e = validate("log_level = \"debug\"\n").unwrap_err();
         assert!(e.to_string().starts_with("function:"), "{e}");
+    }
+
+    #[test]
+    fn retry_keys_are_read_and_checked() {
+        let f = "[function.f]\nbuiltin = \"echo\"\n";
+        let c = validate(&format!(
+            "{f}retries = 3\nretry_backoff_ms = 200\nretry_backoff_max_ms = 800\n"
+        ))
+        .unwrap();
+        let r = c.functions[0].retry;
+        assert_eq!(
+            (r.retries, r.backoff.as_millis(), r.backoff_max.as_millis()),
+            (3, 200, 800)
+        );
+        assert_eq!(validate(f).unwrap().functions[0].retry.retries, 0);
+        let e = validate(&format!("{f}retries = 101\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("function.f.retries: must be at most 100"),
+            "{e}"
+        );
+        let e = validate(&format!(
+            "{f}retries = 1\nretry_backoff_ms = 900\nretry_backoff_max_ms = 100\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("function.f.retry_backoff_max_ms:"), "{e}");
+        let c = validate(&format!("{f}dead_letter = \"mysql://u:pw@h/db\"\n")).unwrap();
+        assert!(matches!(
+            c.functions[0].dead_letter,
+            Some(DatabaseUrl::Mysql(_))
+        ));
+        let e = validate(&format!("{f}dead_letter = \"redis://h\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("function.f.dead_letter: must start with"),
+            "{e}"
+        );
+        let e = validate(&format!("{f}dead_letter_function = \"f\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("function.f.dead_letter_function: must not be"),
+            "{e}"
+        );
+        let e = validate(&format!(
+            "{f}dead_letter_function = \"g\"\ndead_letter = \"mysql://h/d\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e = validate(&format!("{f}retry_backoff_ms = 900\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("function.f.retries:"), "{e}");
     }
 
     #[test]

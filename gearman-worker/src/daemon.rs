@@ -79,6 +79,7 @@ impl Generation {
         let mut threads = Vec::new();
         for f in &cfg.functions {
             let handler = handlers::build(f, pools);
+            let observe = handlers::Observe::for_spec(f, &cfg.servers);
             for i in 0..f.concurrency {
                 let slot = Arc::new(Slot::default());
                 let servers = cfg.servers.clone();
@@ -90,12 +91,20 @@ impl Generation {
                 let name = f.name.clone();
                 let handler = handler.clone();
                 let stats = stats.clone();
+                let observe = observe.clone();
                 let s = slot.clone();
                 let t = std::thread::Builder::new()
                     .name(format!("w-{}-{i}", f.name))
                     .spawn(move || loop {
                         let mut w = Worker::new(servers.clone(), opts.clone());
-                        w.register(&name, handlers::wrap(handler.clone(), stats.clone()));
+                        w.register(
+                            &name,
+                            handlers::wrap_observed(
+                                handler.clone(),
+                                stats.clone(),
+                                observe.clone(),
+                            ),
+                        );
                         {
                             let mut g = s.handle.lock().unwrap_or_else(|p| p.into_inner());
                             if s.is_stopping() {
@@ -221,6 +230,10 @@ pub fn run(
                         Ok(new_cfg) => {
                             let new_cfg = overrides(new_cfg);
                             logging::set_level(new_cfg.log_level);
+                            crate::logjson::set_format(new_cfg.log_format);
+                            if let Some(m) = crate::metrics::global() {
+                                m.set_servers(new_cfg.servers.clone());
+                            }
                             grace = new_cfg.shutdown_grace;
                             crate::info!("reloaded {}", path.display());
                             announce(&new_cfg);

@@ -15,12 +15,16 @@
 //! binary (`src/main.rs`) is a thin `main → run → exit code` wrapper.
 
 pub mod logging;
+pub mod logjson;
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod deadletter;
 pub mod handlers;
+pub mod metrics;
 pub mod relay;
+pub mod retry;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -56,6 +60,12 @@ pub fn run(cli: cli::Cli) -> u8 {
     if let Err(e) = cli.check_common() {
         return usage_error(e);
     }
+    if let Some(f) = cli.log_format {
+        logjson::set_format(f);
+    }
+    if let Some(cli::Sub::DeadLetter(args)) = &cli.sub {
+        return dead_letter_command(&cli, args);
+    }
     if let Some(cli::Sub::Relay(args)) = &cli.sub {
         logging::set_level(cli.effective_level(logging::Level::Info));
         let servers = match config::resolve_servers(
@@ -66,6 +76,12 @@ pub fn run(cli: cli::Cli) -> u8 {
             Ok(s) => s,
             Err(e) => return usage_error(e),
         };
+        if let Some(addr) = &cli.metrics_addr {
+            match metrics::serve(addr) {
+                Ok(m) => m.set_servers(servers.clone()),
+                Err(e) => return usage_error(e),
+            }
+        }
         let settings = relay::RelaySettings::from_args(args, servers, cli.client_id.clone());
         return match relay::run(args, settings) {
             Ok(_) => EXIT_OK,
@@ -97,6 +113,13 @@ pub fn run(cli: cli::Cli) -> u8 {
         }
         return EXIT_OK;
     }
+    logjson::set_format(cfg.log_format);
+    if let Some(addr) = &cfg.metrics_addr {
+        match metrics::serve(addr) {
+            Ok(m) => m.set_servers(cfg.servers.clone()),
+            Err(e) => return usage_error(e),
+        }
+    }
     let overrides = |c: config::Config| cli.apply_overrides(c);
     match daemon::run(cfg, reload_from, &overrides) {
         Ok(daemon::Outcome::Drained) => EXIT_OK,
@@ -104,6 +127,69 @@ pub fn run(cli: cli::Cli) -> u8 {
         Err(e) => {
             error!("cannot install signal handlers: {e}");
             EXIT_FAILURE
+        }
+    }
+}
+
+/// `gearman-worker dead-letter list|replay|purge`.
+fn dead_letter_command(cli: &cli::Cli, args: &cli::DeadLetterArgs) -> u8 {
+    use cli::DeadLetterAction as A;
+    let filter_args = match &args.action {
+        A::List(f) | A::Replay(f) | A::Purge(f) => f,
+    };
+    let (flag, url) = match (&filter_args.postgres, &filter_args.mysql) {
+        (Some(u), _) => ("--postgres", u),
+        (None, Some(u)) => ("--mysql", u),
+        (None, None) => return usage_error("give --postgres URL or --mysql URL"),
+    };
+    let url = match config::DatabaseUrl::parse(url) {
+        Ok(u @ config::DatabaseUrl::Postgres(_)) if flag == "--postgres" => u,
+        Ok(u @ config::DatabaseUrl::Mysql(_)) if flag == "--mysql" => u,
+        Ok(_) => return usage_error(format!("{flag}: wrong kind of URL for this flag")),
+        Err(e) => return usage_error(format!("{flag}: {e}")),
+    };
+    let store = deadletter::Store::new(url);
+    let filter = deadletter::Filter {
+        function: filter_args.function.clone(),
+        ids: filter_args.id.clone(),
+    };
+    let fail = |e: String| {
+        eprintln!("gearman-worker: error: {e}");
+        EXIT_FAILURE
+    };
+    match &args.action {
+        A::List(_) => match store.list(&filter) {
+            Ok(rows) => {
+                for r in &rows {
+                    println!("{}", deadletter::format_row(r));
+                }
+                EXIT_OK
+            }
+            Err(e) => fail(e),
+        },
+        A::Purge(_) => match store.purge(&filter) {
+            Ok(n) => {
+                println!("purged {n} dead letter(s)");
+                EXIT_OK
+            }
+            Err(e) => fail(e),
+        },
+        A::Replay(_) => {
+            let servers = match config::resolve_servers(
+                &cli.servers,
+                None,
+                std::env::var(config::SERVERS_ENV).ok().as_deref(),
+            ) {
+                Ok(s) => s,
+                Err(e) => return usage_error(e),
+            };
+            match store.replay(&filter, &servers, &mut |line| println!("{line}")) {
+                Ok(n) => {
+                    println!("replayed {n} dead letter(s)");
+                    EXIT_OK
+                }
+                Err(e) => fail(e),
+            }
         }
     }
 }

@@ -92,12 +92,26 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let line = format!(
-        "{} {:<5} {}\n",
-        timestamp(SystemTime::now()),
-        level.as_str(),
-        args
-    );
+    emit(level, None, args);
+}
+
+/// Writes one line about a job at `level` (if enabled): in the JSON format
+/// its fields are keys of their own ([`crate::logjson`]).
+pub fn write_job(level: Level, job: &crate::logjson::JobFields<'_>, args: fmt::Arguments<'_>) {
+    if !enabled(level) {
+        return;
+    }
+    emit(level, Some(job), args);
+}
+
+fn emit(level: Level, job: Option<&crate::logjson::JobFields<'_>>, args: fmt::Arguments<'_>) {
+    let time = timestamp(SystemTime::now());
+    let line = match crate::logjson::format() {
+        crate::logjson::LogFormat::Text => format!("{time} {:<5} {args}\n", level.as_str()),
+        crate::logjson::LogFormat::Json => {
+            crate::logjson::json_line(&time, level.as_str(), job, &args.to_string())
+        }
+    };
     // One write call per line keeps lines from different threads whole.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
@@ -142,6 +156,13 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Seconds since 1970-01-01 UTC.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Formats a duration for log lines: `12.3ms`, `1.204s`.

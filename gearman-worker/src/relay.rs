@@ -766,6 +766,9 @@ trait Source {
     ) -> Result<BatchResult, String>;
     /// Waits up to `d` for new rows (or `stop`) once the table is drained.
     fn idle(&mut self, db: &mut Self::Conn, d: Duration, stop: &AtomicBool) -> Result<(), String>;
+    /// Rows waiting (not set aside) and the age in seconds of the oldest
+    /// (0 when none), for the metrics.
+    fn backlog(&mut self, db: &mut Self::Conn) -> Result<(i64, f64), String>;
 }
 
 impl Source for PgSource {
@@ -819,6 +822,17 @@ impl Source for PgSource {
         while let Ok(Some(_)) = it.next() {}
         Ok(())
     }
+
+    fn backlog(&mut self, db: &mut postgres::Client) -> Result<(i64, f64), String> {
+        let r = db
+            .query_one(
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 \
+                 FROM gearman.outbox WHERE failed_at IS NULL",
+                &[],
+            )
+            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
+        Ok((r.get(0), r.get::<_, f64>(1).max(0.0)))
+    }
 }
 
 impl Source for MySource {
@@ -854,6 +868,19 @@ impl Source for MySource {
         nap(d, stop);
         Ok(())
     }
+
+    fn backlog(&mut self, db: &mut mysql::Conn) -> Result<(i64, f64), String> {
+        use mysql::prelude::Queryable;
+        let r: Option<(i64, i64)> = db
+            .query_first(
+                "SELECT CAST(COUNT(*) AS SIGNED), \
+                        CAST(COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0) AS SIGNED) \
+                 FROM gearman_outbox WHERE failed_at IS NULL",
+            )
+            .map_err(|e| e.to_string())?;
+        let (n, us) = r.unwrap_or_default();
+        Ok((n, (us as f64 / 1e6).max(0.0)))
+    }
 }
 
 /// How often the relay writes the same kind of warning.
@@ -871,10 +898,16 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
     // once per REPEAT_WARNING_EVERY, with the count of those left out.
     let mut log = LogLimiter::new(REPEAT_WARNING_EVERY);
     let mut failures = 0u64;
+    let metrics = crate::metrics::global();
+    let series = metrics.map(|m| m.source(&redacted));
     'connect: while !stop.load(Ordering::SeqCst) {
         let mut db = match src.connect() {
             Ok(db) => db,
             Err(e) => {
+                if let (Some(m), Some(x)) = (metrics, &series) {
+                    x.errors.inc();
+                    m.set_source_state(&redacted, Some(e.clone()));
+                }
                 failures += 1;
                 log.warn(
                     &format!("connect {e}"),
@@ -887,6 +920,9 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
                 continue;
             }
         };
+        if let Some(m) = metrics {
+            m.set_source_state(&redacted, None);
+        }
         if failures > 0 {
             crate::info!("{kind} {redacted}: connected after {failures} failed attempt(s)");
             failures = 0;
@@ -899,6 +935,15 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
         while !stop.load(Ordering::SeqCst) {
             let step = src.batch(&mut db, &mut client, s, &mut log).and_then(|r| {
                 sent.fetch_add(r.sent as u64, Ordering::Relaxed);
+                if let Some(x) = &series {
+                    x.rows.inc_by(r.sent as u64);
+                    if r.failed > 0 || r.refused > 0 {
+                        x.errors.inc();
+                    }
+                    let (n, age) = src.backlog(&mut db)?;
+                    x.outbox_rows.set(n);
+                    x.oldest_age.set(age);
+                }
                 if r.sent > 0 {
                     crate::debug!("{kind}: relayed {} row(s)", r.sent);
                 }
@@ -914,6 +959,10 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
                 Ok(())
             });
             if let Err(e) = step {
+                if let (Some(m), Some(x)) = (metrics, &series) {
+                    x.errors.inc();
+                    m.set_source_state(&redacted, Some(e.clone()));
+                }
                 log.warn(
                     &format!("database {e}"),
                     format_args!("{kind} {redacted}: {e}; reconnecting"),

@@ -222,6 +222,10 @@ impl Handler for ExecHandler {
             cmd.env_clear();
         }
         cmd.envs(&spec.env);
+        cmd.env(
+            crate::retry::ATTEMPT_ENV,
+            crate::retry::current_attempt().to_string(),
+        );
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }

@@ -285,10 +285,30 @@ impl SqlHandler {
             })?;
             &text
         };
-        let params: &[&(dyn ToSql + Sync)] = if stmt.params().is_empty() {
-            &[]
-        } else {
-            std::slice::from_ref(&param)
+        // `$2`, when the statement has it, is the attempt (crate::retry).
+        let attempt = crate::retry::current_attempt();
+        let attempt_param: Box<dyn ToSql + Sync> = match stmt.params().get(1) {
+            None => Box::new(None::<i32>),
+            Some(t) if *t == Type::INT2 => Box::new(attempt as i16),
+            Some(t) if *t == Type::INT4 => Box::new(attempt as i32),
+            Some(t) if *t == Type::INT8 => Box::new(i64::from(attempt)),
+            Some(t) if *t == Type::TEXT || *t == Type::VARCHAR => Box::new(attempt.to_string()),
+            Some(t) => {
+                return Err(RunError {
+                    message: format!(
+                        "$2 is the attempt number: it must be an integer or text, not {t} \
+                         (write $2::int)"
+                    ),
+                    broken: false,
+                    discard: false,
+                })
+            }
+        };
+        let both = [param, attempt_param.as_ref()];
+        let params: &[&(dyn ToSql + Sync)] = match stmt.params().len() {
+            0 => &[],
+            1 => std::slice::from_ref(&param),
+            _ => &both,
         };
         let limit = self.spec.max_result_bytes as usize;
         let rows_mode = self.spec.rows;
@@ -371,10 +391,16 @@ impl SqlHandler {
         };
         let limit = self.spec.max_result_bytes as usize;
         let stmt = conn.prep(&self.spec.statement).map_err(fail)?;
-        let params = if stmt.num_params() == 0 {
+        let mut values = vec![mysql::Value::Bytes(workload.to_vec())];
+        // The second `?`, when the statement has it, is the attempt (crate::retry).
+        values.push(mysql::Value::UInt(u64::from(
+            crate::retry::current_attempt(),
+        )));
+        values.truncate(usize::from(stmt.num_params()));
+        let params = if values.is_empty() {
             mysql::Params::Empty
         } else {
-            mysql::Params::Positional(vec![mysql::Value::Bytes(workload.to_vec())])
+            mysql::Params::Positional(values)
         };
         let mut result = conn.exec_iter(&stmt, params).map_err(fail)?;
         let mut out = Vec::new();

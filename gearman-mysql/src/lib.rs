@@ -1,6 +1,6 @@
 //! `libgearman_mysql_udf.so`: Gearman user-defined functions for MariaDB
-//! 10.11 and MySQL 8, a drop-in replacement for gearman-mysql-udf built on
-//! `gearman-core`.
+//! 10.11 (tested) and MySQL 8 (same UDF ABI, not tested here), a drop-in
+//! replacement for gearman-mysql-udf built on `gearman-core`.
 //!
 //! Install with `sql/mysql/install.sql` after copying the library into the
 //! server's `plugin_dir` (as a new file: `install -m 0644`, never `cp` over a

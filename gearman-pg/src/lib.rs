@@ -8,8 +8,8 @@
 //! [`status`] (`gman_job_status`, `gman_server_status`), [`aggregate`]
 //! (`gman_sum`), [`trigger`] (`gman_trigger`), [`error`] (SQLSTATE mapping).
 //!
-//! SQL-only parts (the `gearman.outbox` table, the `gman_sum` aggregate
-//! and the `jsonb` overloads) are in `sql/*.sql`.
+//! SQL-only parts (the `gearman.outbox` and `gearman.dead_letter` tables,
+//! the `gman_sum` aggregate and the `jsonb` overloads) are in `sql/*.sql`.
 
 use pgrx::prelude::*;
 

@@ -29,8 +29,9 @@
 //! (any `gman_*` call, the next commit that sends jobs, or
 //! `gman_dispatch_status()`), without waiting for those not yet arrived. A
 //! job gearmand refused (e.g. `QUEUE_ERROR` when the function's `maxqueue`
-//! is reached) or whose connection was lost before its confirmation (fate
-//! unknown) is reported then, as a WARNING on that later statement, and
+//! is reached), whose connection was lost before its confirmation, or whose
+//! confirmation did not arrive within `gearman.commit_send_timeout` of its
+//! write (both: fate unknown, it may have been queued) is reported then, as a WARNING on that later statement, and
 //! counted in `gman_dispatch_status()`. The reachability check cannot catch
 //! a gearmand that accepts connections but does not answer or refuses jobs:
 //! those show up as such deferred failures. Jobs that must not be lost

@@ -1,11 +1,13 @@
 //! Relay mode: drain database outbox tables into the job servers.
 //!
 //! Sources: the PostgreSQL table `gearman.outbox` (created by the gearman-pg
-//! extension; it runs `pg_notify('gearman_outbox', '')` at commit) and the
-//! MySQL/MariaDB table `gearman_outbox` (`sql/mysql/outbox.sql`). Both have
-//! `id, function, workload, unique_key, priority, run_at, created_at,
-//! attempts, last_error, failed_at`; a table without the last three is
-//! refused at connect with the statement that adds them.
+//! extension; it runs `pg_notify('gearman_outbox', function)` at commit)
+//! and the MySQL/MariaDB table `gearman_outbox` (`sql/mysql/outbox.sql`).
+//! Both have `id, function, workload, unique_key, priority, run_at,
+//! created_at, attempts, last_error, failed_at`; a table without the last
+//! three is refused at connect with the statement that adds them (for a
+//! PostgreSQL table of the extension's 0.1.0, `ALTER EXTENSION gearman
+//! UPDATE` is the way: it adds them too).
 //!
 //! One thread per source repeats, in one transaction:
 //! 1. `SELECT ... WHERE failed_at IS NULL ORDER BY id LIMIT batch FOR UPDATE

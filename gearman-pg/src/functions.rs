@@ -14,8 +14,9 @@
 //! job's unique key (the given one or a new UUID), which
 //! `gman_job_status(key)` accepts. The confirmations are collected on the
 //! next use of the connection by this backend; a job gearmand refused (e.g.
-//! queue full under `maxqueue`) or whose connection was lost before its
-//! confirmation surfaces as a WARNING on a later statement and in
+//! queue full under `maxqueue`), whose connection was lost before its
+//! confirmation, or whose confirmation did not arrive within
+//! `gearman.commit_send_timeout` of its write surfaces as a WARNING on a later statement and in
 //! `gman_dispatch_status()`, not as an error of the committed transaction.
 
 use crate::backend;
@@ -232,8 +233,12 @@ macro_rules! background_fns {
         /// reachable (`on_error = error`), then writes the jobs without
         /// waiting for gearmand's confirmations: those are collected on the
         /// next use of the connection, and a job gearmand refused (e.g. queue
-        /// full) or whose connection was lost before confirmation is reported
-        /// as a WARNING on a later statement and in `gman_dispatch_status()`.
+        /// full), whose connection was lost before confirmation or whose
+        /// confirmation did not arrive within `gearman.commit_send_timeout`
+        /// is reported as a WARNING on a later statement and in
+        /// `gman_dispatch_status()`. In `immediate` mode the wait for
+        /// JOB_CREATED is bounded by 5 s (connecting and fail-over
+        /// included); a timeout there may still have queued the job.
         /// VOLATILE, not STRICT (NULL function gives NULL), PARALLEL UNSAFE.
         #[pg_extern(name = $sql, volatile, parallel_unsafe)]
         pub fn $text_fn(

@@ -151,9 +151,10 @@ pub fn gman_server_status() -> TableIterator<
 /// - `confirmed`: jobs gearmand acknowledged (JOB_CREATED: queued);
 /// - `failed`: jobs refused by gearmand (an ERROR reply, e.g. `QUEUE_ERROR`
 ///   when the function's `maxqueue` is reached: not queued), jobs whose
-///   connection was lost before their confirmation (fate unknown: gearmand
-///   may or may not have queued them), and jobs that could not be written
-///   at all after COMMIT;
+///   connection was lost before their confirmation or whose confirmation
+///   did not arrive within `gearman.commit_send_timeout` of their write
+///   (fate unknown: gearmand may or may not have queued them), and jobs
+///   that could not be written at all after COMMIT;
 /// - `pending`: jobs written whose confirmation has not been read yet.
 ///
 /// `sent = confirmed + failed + pending`. Per backend; jobs of `immediate`

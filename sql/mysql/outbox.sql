@@ -15,7 +15,8 @@
 --
 -- Columns (the same shape as PostgreSQL's gearman.outbox):
 --   id          row id; rows are relayed in id order
---   function    Gearman function name (1..512 bytes, no NUL)
+--   function    Gearman function name (1..512 bytes, no control character
+--               or whitespace: the relay sets such a row aside at once)
 --   workload    job workload, bytes
 --   unique_key  Gearman unique key (at most 63 bytes). NULL: the procedure
 --               stores a UUID(); a row inserted directly with NULL is sent

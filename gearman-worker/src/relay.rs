@@ -66,8 +66,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// What adds the set-aside columns to a `gearman.outbox` made by an older
-/// version of the extension (run by the table's owner).
+/// What adds the set-aside columns to a `gearman.outbox` made without the
+/// extension, from an older `sql/outbox.sql` (run by the table's owner); a table
+/// made by extension 0.1.0 gets them from `ALTER EXTENSION gearman UPDATE`.
 pub const PG_UPGRADE: &str = "ALTER TABLE gearman.outbox ADD COLUMN attempts integer NOT NULL \
      DEFAULT 0, ADD COLUMN last_error text, ADD COLUMN failed_at timestamptz; CREATE INDEX \
      outbox_pending ON gearman.outbox (id) WHERE failed_at IS NULL";
@@ -491,7 +492,8 @@ impl PgSource {
             return Err(format!(
                 "database {db} has no table gearman.outbox with the columns attempts, \
                  last_error and failed_at (CREATE EXTENSION gearman makes it; a table made \
-                 by an older version gets them from its owner with: {PG_UPGRADE})"
+                 by extension 0.1.0 gets them from ALTER EXTENSION gearman UPDATE; a table \
+                 made by hand, without the extension, from its owner with: {PG_UPGRADE})"
             ));
         }
         c.batch_execute(&format!("LISTEN {PG_CHANNEL}"))

@@ -389,53 +389,14 @@ fn a_flood_of_work_data_fails_at_max_result() {
     assert_eq!(Options::default().max_result, 16 << 20);
 }
 
-/// A real black hole on loopback: a listener with backlog 0 whose accept
-/// queue is filled with connections nobody accepts. Linux then drops
-/// further SYNs (no RST), so a connect hangs until its timeout.
-struct BlackHole {
-    addr: String,
-    _listener: TcpListener,
-    _fillers: Vec<TcpStream>,
-}
-
-fn black_hole() -> BlackHole {
-    use std::os::fd::AsRawFd;
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    // SAFETY: a valid listening socket; listen() again only sets its backlog.
-    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
-    let sa = l.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    loop {
-        match TcpStream::connect_timeout(&sa, Duration::from_millis(200)) {
-            Ok(s) => fillers.push(s),
-            Err(_) => break,
-        }
-        assert!(fillers.len() < 16, "the accept queue does not fill");
-    }
-    BlackHole {
-        addr: sa.to_string(),
-        _listener: l,
-        _fillers: fillers,
-    }
-}
-
-fn black_holes(n: usize) -> Vec<BlackHole> {
-    let ts: Vec<_> = (0..n).map(|_| std::thread::spawn(black_hole)).collect();
-    ts.into_iter().map(|t| t.join().unwrap()).collect()
-}
-
 /// Issue 10 item 2: one deadline per call from its start. With 20
 /// black-holed servers, every call returns within its deadline (asserted
 /// at < 3x, only to rule out one connect timeout per server), says the
 /// deadline was reached and names the servers tried.
 #[test]
 fn twenty_black_holed_servers_cost_one_deadline_not_twenty_connect_timeouts() {
-    let holes = black_holes(20);
-    let list = holes
-        .iter()
-        .map(|h| h.addr.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    let holes = gearman_testkit::BlackHole::many(20);
+    let list = holes.iter().map(|h| h.addr()).collect::<Vec<_>>().join(",");
     let servers = ServerList::parse(&list).unwrap();
     let deadline = Duration::from_secs(1);
     let mut c = Client::new(

@@ -1712,46 +1712,10 @@ fn foreground_results_are_capped() {
 // ---------------------------------------------------------------------------
 // One deadline per call (item 2)
 
-/// A loopback port that drops SYNs: a listener with backlog 0 whose accept
-/// queue is full of connections nobody accepts, so a connect to it hangs
-/// until the caller's timeout.
-struct BlackHole {
-    port: u16,
-    _listener: std::net::TcpListener,
-    _queued: Vec<std::net::TcpStream>,
-}
-
-fn black_hole() -> BlackHole {
-    use std::os::fd::AsRawFd;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    // SAFETY: a listening socket we own; listen() again sets its backlog.
-    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
-    let addr = listener.local_addr().unwrap();
-    let mut queued = Vec::new();
-    while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-        queued.push(s);
-        assert!(queued.len() < 16, "the accept queue never fills");
-    }
-    BlackHole {
-        port: addr.port(),
-        _listener: listener,
-        _queued: queued,
-    }
-}
-
 #[test]
 fn every_call_has_one_deadline_over_twenty_black_holed_servers() {
-    let holes: Vec<BlackHole> = (0..20)
-        .map(|_| std::thread::spawn(black_hole))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .collect();
-    let list = holes
-        .iter()
-        .map(|h| format!("127.0.0.1:{}", h.port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let holes = gearman_testkit::BlackHole::many(20);
+    let list = holes.iter().map(|h| h.addr()).collect::<Vec<_>>().join(",");
     // Each connect may take 1 s; every call is bounded by 2 s as a whole.
     let mut env = Env::start(&format!(
         "connect_timeout_ms = 1000\nio_timeout_ms = 2000\nforeground_timeout_ms = 2000\n\

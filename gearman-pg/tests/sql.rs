@@ -1643,12 +1643,8 @@ fn foreground_results_are_capped_by_gearman_max_result_size() {
 
 #[test]
 fn one_deadline_bounds_each_call_over_black_holed_servers() {
-    let holes = support::black_holes(10);
-    let list = holes
-        .iter()
-        .map(|h| h.addr.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    let holes = gearman_testkit::BlackHole::many(10);
+    let list = holes.iter().map(|h| h.addr()).collect::<Vec<_>>().join(",");
     let env = Env::start();
     let mut s = env.connect();
     s.exec(&format!(

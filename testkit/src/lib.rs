@@ -27,4 +27,4 @@ pub use postgres::Postgres;
 pub mod pg {
     pub use crate::postgres::{bin_dir, pg_binary, pg_config, BINDIR_ENV};
 }
-pub use process::{free_port, wait_for_port, DeadPort};
+pub use process::{free_port, wait_for_port, BlackHole, DeadPort};

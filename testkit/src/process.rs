@@ -152,6 +152,62 @@ impl Drop for DeadPort {
     }
 }
 
+/// A loopback port that drops SYNs, held for the life of the value: a
+/// listener with backlog 0 whose accept queue is filled with connections
+/// nobody accepts, so Linux drops further SYNs (no RST) and a connect hangs
+/// until the caller's timeout. A real black hole, without touching the
+/// machine's network configuration.
+#[derive(Debug)]
+pub struct BlackHole {
+    port: u16,
+    _listener: TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    /// Binds a fresh ephemeral port on 127.0.0.1 and fills its accept queue.
+    pub fn new() -> BlackHole {
+        use std::os::fd::AsRawFd;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: a valid listening socket; listen() again only sets its backlog.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+        let sa = l.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        while let Ok(s) = TcpStream::connect_timeout(&sa, Duration::from_millis(200)) {
+            fillers.push(s);
+            assert!(fillers.len() < 16, "the accept queue does not fill");
+        }
+        BlackHole {
+            port: sa.port(),
+            _listener: l,
+            _fillers: fillers,
+        }
+    }
+
+    /// `n` black holes, made in parallel (each waits 200 ms for its queue
+    /// to be full).
+    pub fn many(n: usize) -> Vec<BlackHole> {
+        let ts: Vec<_> = (0..n).map(|_| std::thread::spawn(BlackHole::new)).collect();
+        ts.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+
+    /// The port number.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for BlackHole {
+    fn default() -> BlackHole {
+        BlackHole::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -389,39 +389,3 @@ impl Drop for TestWorker {
         }
     }
 }
-
-/// A black hole on loopback: a listener with backlog 0 whose accept queue
-/// is filled with connections nobody accepts, so Linux drops further SYNs
-/// (no RST) and a connect hangs until its timeout.
-pub struct BlackHole {
-    pub addr: String,
-    _listener: std::net::TcpListener,
-    _fillers: Vec<std::net::TcpStream>,
-}
-
-fn black_hole() -> BlackHole {
-    use std::os::fd::AsRawFd;
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    // SAFETY: a valid listening socket; listen() again only sets its backlog.
-    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
-    let sa = l.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    loop {
-        match std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)) {
-            Ok(s) => fillers.push(s),
-            Err(_) => break,
-        }
-        assert!(fillers.len() < 16, "the accept queue does not fill");
-    }
-    BlackHole {
-        addr: sa.to_string(),
-        _listener: l,
-        _fillers: fillers,
-    }
-}
-
-/// `n` black holes, made in parallel.
-pub fn black_holes(n: usize) -> Vec<BlackHole> {
-    let ts: Vec<_> = (0..n).map(|_| std::thread::spawn(black_hole)).collect();
-    ts.into_iter().map(|t| t.join().unwrap()).collect()
-}

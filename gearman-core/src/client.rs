@@ -37,7 +37,9 @@ pub struct Options {
     /// First back-off for a server that refused a connection; doubles per
     /// consecutive failure up to 60 s. Default 5 s.
     pub retry_backoff: Duration,
-    /// Largest packet accepted from a server. Default 64 MiB.
+    /// Largest packet accepted from a server. Default 64 MiB. A connection
+    /// accepts at least `max_result` plus room for the job handle, so a
+    /// result up to `max_result` in one WORK_COMPLETE is never refused.
     pub max_packet: usize,
     /// Sent as SET_CLIENT_ID on each new connection (shown by admin `workers`).
     pub client_id: Option<String>,
@@ -101,6 +103,10 @@ impl std::fmt::Debug for Options {
             .finish()
     }
 }
+
+/// Bytes of a WORK_COMPLETE besides its data: header, job handle (< 64
+/// bytes) and separator, with room to spare.
+const RESULT_PACKET_ROOM: usize = 1024;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -986,7 +992,9 @@ impl Client {
             addr,
             self.opts.connect_timeout,
             Some(deadline),
-            self.opts.max_packet,
+            self.opts
+                .max_packet
+                .max(self.opts.max_result.saturating_add(RESULT_PACKET_ROOM)),
             hook,
         )?;
         if let Some(id) = &self.opts.client_id {
@@ -1165,10 +1173,12 @@ impl Client {
                      (submit it with a unique key to make a retry safe)",
                     submit_deadline.saturating_duration_since(start)
                 )));
-            } else if fg_deadline.is_some_and(|d| now >= d) {
+            } else if let Some(d) = fg_deadline.filter(|&d| now >= d) {
+                // The bound that applied: foreground_timeout, or a shorter
+                // Options::deadline.
                 failure = Some(Error::timeout(format!(
                     "foreground job did not finish within {:?}",
-                    self.opts.foreground_timeout.unwrap_or_default()
+                    d.saturating_duration_since(start)
                 )));
             } else if let Err(e) = check_interrupt(hook.as_ref()) {
                 failure = Some(e);
@@ -1433,10 +1443,10 @@ fn dispatch(
                 PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
             );
             if lane.discard.contains(&handle) {
-                // A job failed for a too large result: drop its data.
-                if terminal {
-                    lane.discard.remove(&handle);
-                }
+                // A job failed for a too large result: drop its data. The
+                // handle stays until the set ends (the connection is closed
+                // then): a connection attached twice to the job gets its
+                // terminal packet twice.
                 return Ok(None);
             }
             let Some(queue) = lane.running.get_mut(&handle) else {

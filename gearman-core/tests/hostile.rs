@@ -389,6 +389,74 @@ fn a_flood_of_work_data_fails_at_max_result() {
     assert_eq!(Options::default().max_result, 16 << 20);
 }
 
+/// A result up to `max_result` arrives whole even in one WORK_COMPLETE
+/// larger than `max_packet`: the connection's packet limit follows the
+/// result cap, so the documented cap (MySQL and PostgreSQL allow up to
+/// 1 GiB) is reachable and not cut short by a protocol error.
+#[test]
+fn a_result_up_to_max_result_in_one_packet_is_not_refused_by_max_packet() {
+    let big = vec![b'r'; 3 << 20];
+    let reply = big.clone();
+    let (addr, _) = scripted(move |p, _, _| {
+        Some(if is_submit(p) {
+            let mut b = res(PacketType::JobCreated, &[b"H:big:1"]);
+            b.extend(res(PacketType::WorkComplete, &[b"H:big:1", &reply]));
+            b
+        } else {
+            Vec::new()
+        })
+    });
+    let mut c = quick(&addr);
+    c.options_mut().max_packet = 1 << 20;
+    c.options_mut().max_result = 4 << 20;
+    assert_eq!(c.run(&Job::new("big_fn", "x")).unwrap(), big);
+}
+
+/// Two jobs of one `run_all` coalesced on one connection get every packet
+/// twice. When their result passes `max_result`, both fail, and the second
+/// copy of the terminal packet is dropped like the rest of their data: it
+/// must not fail the other jobs still open on that connection.
+#[test]
+fn a_too_large_coalesced_result_does_not_fail_the_other_jobs_of_the_set() {
+    let (addr, _) = scripted(move |p, n, _| {
+        Some(match (is_submit(p), n) {
+            (true, 1 | 2) => res(PacketType::JobCreated, &[b"H:x:1"]),
+            (true, 3) => {
+                let big = vec![b'd'; 600];
+                let mut b = res(PacketType::JobCreated, &[b"H:x:2"]);
+                for _ in 0..2 {
+                    b.extend(res(PacketType::WorkData, &[b"H:x:1", &big]));
+                }
+                for _ in 0..2 {
+                    b.extend(res(PacketType::WorkComplete, &[b"H:x:1", b""]));
+                }
+                b.extend(res(PacketType::WorkComplete, &[b"H:x:2", b"ok"]));
+                b
+            }
+            _ => Vec::new(),
+        })
+    });
+    let mut c = quick(&addr);
+    c.options_mut().max_result = 512;
+    let rs = c.run_all(&[
+        Job::new("f", "a").with_unique("same"),
+        Job::new("f", "b").with_unique("same"),
+        Job::new("f", "c").with_unique("other"),
+    ]);
+    let kinds: Vec<_> = rs
+        .iter()
+        .map(|r| r.as_ref().map_err(|e| e.kind().clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            Err(ErrorKind::ResultTooLarge),
+            Err(ErrorKind::ResultTooLarge),
+            Ok(&b"ok".to_vec())
+        ]
+    );
+}
+
 /// Issue 10 item 2: one deadline per call from its start. With 20
 /// black-holed servers, every call returns within its deadline (asserted
 /// at < 3x, only to rule out one connect timeout per server), says the

@@ -26,6 +26,9 @@
 //!
 //! ## Timeouts: one deadline per call
 //!
+//! Every `*_ms` key is in milliseconds, at most 86,400,000 (one day); a
+//! larger value is refused when the file is read.
+//!
 //! Every call has one deadline from its start, and connecting, failing over
 //! to the next server and waiting for replies all draw from it:
 //! `foreground_timeout_ms` for `gman_do*` and for a `gman_sum` group (all
@@ -247,12 +250,29 @@ impl Default for Config {
     }
 }
 
+/// Largest value of every `*_ms` key: one day.
+pub const MAX_MS: u64 = 86_400_000;
+
 impl Config {
     /// Parses the text of a configuration file.
     pub fn parse(text: &str) -> Result<Config, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if c.connect_timeout_ms == 0 || c.io_timeout_ms == 0 {
             return Err("connect_timeout_ms and io_timeout_ms must be > 0".into());
+        }
+        for (key, ms) in [
+            ("connect_timeout_ms", c.connect_timeout_ms),
+            ("io_timeout_ms", c.io_timeout_ms),
+            ("foreground_timeout_ms", c.foreground_timeout_ms),
+            ("idle_timeout_ms", c.idle_timeout_ms),
+        ] {
+            // A deadline is now + the setting: far larger values would
+            // overflow Instant and fail every call.
+            if ms > MAX_MS {
+                return Err(format!(
+                    "{key} = {ms} is out of range (at most {MAX_MS}, one day)"
+                ));
+            }
         }
         if c.max_result_bytes == 0 || c.max_result_bytes > MAX_MAX_RESULT {
             return Err(format!(
@@ -332,6 +352,17 @@ mod tests {
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(Config::parse("allow_server_set = false").is_err());
         assert!(Config::parse("connect_timeout_ms = 0").is_err());
+        // Timeouts past one day would overflow a deadline (now + value).
+        for key in [
+            "connect_timeout_ms",
+            "io_timeout_ms",
+            "foreground_timeout_ms",
+            "idle_timeout_ms",
+        ] {
+            let e = Config::parse(&format!("{key} = 9223372036854775807")).unwrap_err();
+            assert!(e.contains(key) && e.contains("out of range"), "{e}");
+            assert!(Config::parse(&format!("{key} = {MAX_MS}")).is_ok());
+        }
         assert!(Config::parse("servers = 5").is_err());
         assert!(Config::parse("background_dispatch = \"later\"").is_err());
         assert!(Config::parse("max_result_bytes = 0").is_err());

@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bound on asking one job server whether it answers, per scrape.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -246,10 +246,15 @@ impl Metrics {
         let Some(servers) = servers else {
             return (0, vec!["no job server configured".into()]);
         };
+        // One deadline for the whole probe, so a request never waits a
+        // connect timeout per dead server.
+        let deadline = Instant::now() + PROBE_TIMEOUT;
         let mut up = 0;
         let mut errors = Vec::new();
         for addr in servers.iter() {
-            match Admin::connect(addr, PROBE_TIMEOUT).and_then(|mut a| a.version()) {
+            match Admin::connect_until(addr, PROBE_TIMEOUT, PROBE_TIMEOUT, deadline)
+                .and_then(|mut a| a.version())
+            {
                 Ok(_) => up += 1,
                 Err(e) => errors.push(format!("{addr}: {e}")),
             }

@@ -35,6 +35,8 @@ const MAX_HANDLES: usize = 4096;
 
 /// Unique keys (and functions) named in a WARNING about failed jobs.
 const WARN_FIRST: usize = 5;
+/// Jobs encoded per write of the commit-time send.
+const COMMIT_CHUNK: usize = 4096;
 
 /// This backend's counters of background jobs sent after COMMIT.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -326,8 +328,16 @@ pub fn send_committed(
         o.max_in_flight = usize::MAX;
         o.deadline = Some(deadline);
         o.interrupt = Some(Arc::new(commit_interrupt) as Interrupt);
+        // In chunks, so the write buffer holds one chunk's encoding rather
+        // than a second copy of every job of the transaction.
         let before = c.deferred_written();
-        let r = c.submit_background_deferred(jobs);
+        let mut r = Ok(());
+        for chunk in jobs.chunks(COMMIT_CHUNK) {
+            r = c.submit_background_deferred(chunk);
+            if r.is_err() {
+                break;
+            }
+        }
         let written = usize::try_from(c.deferred_written() - before).unwrap_or(jobs.len());
         *c.options_mut() = saved;
         Ok((written.min(jobs.len()), r.err()))
@@ -376,6 +386,22 @@ fn settle(report: DeferredReport) {
     }
 }
 
+/// User text (unique keys, function names) for a WARNING that may be sent
+/// after COMMIT: printable ASCII as is, everything else escaped (`\u{..}`,
+/// `\x..`). A message the client's encoding cannot represent raises an
+/// ERROR while it is sent, and an ERROR after commit must never happen.
+pub(crate) fn ascii(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for c in String::from_utf8_lossy(b).chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+    }
+    out
+}
+
 /// The WARNING for the failures of one report: count, functions and the
 /// first unique keys, the first reasons in the detail.
 fn failure_warning(report: &DeferredReport) -> Option<GmError> {
@@ -397,7 +423,7 @@ fn failure_warning(report: &DeferredReport) -> Option<GmError> {
     let keys: Vec<String> = failed
         .iter()
         .take(WARN_FIRST)
-        .map(|f| String::from_utf8_lossy(&f.unique).into_owned())
+        .map(|f| ascii(&f.unique))
         .collect();
     let refused = failed
         .iter()
@@ -416,9 +442,9 @@ fn failure_warning(report: &DeferredReport) -> Option<GmError> {
         .map(|f| {
             format!(
                 "{} ({}): {}",
-                String::from_utf8_lossy(&f.unique),
-                f.function,
-                f.error
+                ascii(&f.unique),
+                ascii(f.function.as_bytes()),
+                ascii(f.error.to_string().as_bytes())
             )
         })
         .collect();
@@ -437,7 +463,7 @@ fn failure_warning(report: &DeferredReport) -> Option<GmError> {
                 functions
                     .iter()
                     .take(WARN_FIRST)
-                    .copied()
+                    .map(|f| ascii(f.as_bytes()))
                     .collect::<Vec<_>>()
                     .join(", "),
                 more(functions.len()),

@@ -113,6 +113,18 @@ mod tests {
         Spi::get_one::<String>(sql).unwrap()
     }
 
+    /// User text in a WARNING sent after COMMIT is ASCII only, so no
+    /// client encoding can turn the WARNING into an ERROR there.
+    #[pg_test]
+    fn commit_time_warning_text_is_ascii() {
+        assert_eq!(crate::backend::ascii(b"key-1 (f)"), "key-1 (f)");
+        assert_eq!(
+            crate::backend::ascii("k\u{e9}\n\u{4e2d}".as_bytes()),
+            "k\\u{e9}\\n\\u{4e2d}"
+        );
+        assert_eq!(crate::backend::ascii(b"\xff"), "\\u{fffd}");
+    }
+
     #[pg_test]
     fn gman_do_all_priorities_and_types() {
         let g = Gearmand::start();

@@ -310,11 +310,10 @@ fn send_after_commit(held: Vec<Held>) {
                     jobs.len()
                 ),
                 hint: Some(format!(
-                    "The transaction is committed; these jobs were not sent (first unique key: \
-                     {}). Counters: SELECT * FROM gman_dispatch_status(). Raise \
-                     gearman.commit_send_timeout ({} ms) for large transactions, or use \
-                     gearman.dispatch = 'outbox' for jobs that must not be lost.",
-                    String::from_utf8_lossy(jobs[written].unique_bytes()),
+                    "The transaction is committed; these jobs were not sent. Counters: \
+                     SELECT * FROM gman_dispatch_status(). Raise gearman.commit_send_timeout \
+                     ({} ms) for large transactions, or use gearman.dispatch = 'outbox' for \
+                     jobs that must not be lost.",
                     gucs::commit_send_timeout().as_millis()
                 )),
                 ..GmError::from_core(&err, "(background jobs held for commit)", &text)

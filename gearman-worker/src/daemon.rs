@@ -19,7 +19,8 @@
 //!   file is logged and the old configuration keeps running.
 
 use crate::config::{self, Config};
-use crate::handlers::{self, exec, sql::Pools};
+use crate::db::pool::Pools;
+use crate::handlers::{self, exec};
 use crate::logging::{self, Stats};
 use gearman_core::worker::{StopHandle, Worker, WorkerOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};

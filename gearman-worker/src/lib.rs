@@ -20,6 +20,7 @@ pub mod logjson;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod deadletter;
 pub mod handlers;
 pub mod metrics;
@@ -142,9 +143,9 @@ fn dead_letter_command(cli: &cli::Cli, args: &cli::DeadLetterArgs) -> u8 {
         (None, Some(u)) => ("--mysql", u),
         (None, None) => return usage_error("give --postgres URL or --mysql URL"),
     };
-    let url = match config::DatabaseUrl::parse(url) {
-        Ok(u @ config::DatabaseUrl::Postgres(_)) if flag == "--postgres" => u,
-        Ok(u @ config::DatabaseUrl::Mysql(_)) if flag == "--mysql" => u,
+    let url = match db::DatabaseUrl::parse(url) {
+        Ok(u @ db::DatabaseUrl::Postgres(_)) if flag == "--postgres" => u,
+        Ok(u @ db::DatabaseUrl::Mysql(_)) if flag == "--mysql" => u,
         Ok(_) => return usage_error(format!("{flag}: wrong kind of URL for this flag")),
         Err(e) => return usage_error(format!("{flag}: {e}")),
     };

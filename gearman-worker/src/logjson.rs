@@ -16,7 +16,7 @@
 //! `gearman_worker_jobs_total` (`ok`, `failed`, `timeout`, `retried`,
 //! `dead_letter`). The `message` is the text line's message, so database
 //! passwords are replaced by `***` in both formats (they are redacted where
-//! the message is made, see `config::redact_url`).
+//! the message is made, see `db::redact_url`).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -74,7 +74,7 @@ pub trait Handler: Send + Sync + std::fmt::Debug {
 
 /// Builds the handler of one configured function. SQL connection pools are
 /// shared through `pools` (one per database URL, kept across reloads).
-pub fn build(spec: &FunctionSpec, pools: &sql::Pools) -> Arc<dyn Handler> {
+pub fn build(spec: &FunctionSpec, pools: &crate::db::pool::Pools) -> Arc<dyn Handler> {
     match &spec.backend {
         Backend::Builtin(b) => Arc::new(builtin::BuiltinHandler::new(*b)),
         Backend::Exec(e) => Arc::new(exec::ExecHandler::new(e.clone())),

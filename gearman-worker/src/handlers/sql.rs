@@ -12,189 +12,21 @@
 //! (in JSON lines: `"\\x"` + hex). PostgreSQL types without a conversion here
 //! fail the job with a message asking for a `::text` cast.
 //!
-//! Connections: one pool per (database URL, statement timeout), shared by
-//! every function and worker thread using it and kept across reloads; it
-//! holds at most as many connections as jobs ran on it at once. The statement
-//! timeout is set per session (`statement_timeout` in PostgreSQL,
-//! `max_statement_time` in MariaDB / `max_execution_time` in MySQL); MySQL
-//! connections also get a read timeout 5 s longer. Connections are
-//! plaintext (no TLS). A pooled connection found broken is replaced and the
-//! statement retried once on a fresh one.
+//! Connections come from [`crate::db::pool`]: one pool per (database URL,
+//! statement timeout), with the statement timeout set per session. A pooled
+//! connection found broken is replaced and the statement retried once on a
+//! fresh one.
 
 use super::{Handler, JobError};
-use crate::config::{DatabaseUrl, ParamType, RowsMode, SqlSpec};
+use crate::config::{ParamType, RowsMode, SqlSpec};
+use crate::db::pool::{Conn, Pool, Pools};
+use crate::db::{my_error, pg_error};
 use crate::logging::civil_from_days;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, ToSql, Type};
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-/// Connect timeout for database connections: 10 s.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-type PoolKey = (DatabaseUrl, Duration);
-
-/// Connection pools by (database URL, statement timeout).
-#[derive(Debug, Default)]
-pub struct Pools {
-    map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
-}
-
-impl Pools {
-    /// The pool for `url` with statement timeout `timeout` (created empty on first use).
-    pub fn get(&self, url: &DatabaseUrl, timeout: Duration) -> Arc<Pool> {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry((url.clone(), timeout))
-            .or_insert_with(|| {
-                Arc::new(Pool {
-                    url: url.clone(),
-                    timeout,
-                    idle: Mutex::new(Vec::new()),
-                })
-            })
-            .clone()
-    }
-}
-
-/// Idle connections to one database.
-#[derive(Debug)]
-pub struct Pool {
-    url: DatabaseUrl,
-    timeout: Duration,
-    idle: Mutex<Vec<Conn>>,
-}
-
-/// One database connection.
-pub enum Conn {
-    /// PostgreSQL, with its prepared statements by (SQL, parameter type).
-    Pg(
-        Box<postgres::Client>,
-        HashMap<(String, bool), postgres::Statement>,
-    ),
-    /// MySQL / MariaDB.
-    My(Box<mysql::Conn>),
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Conn::Pg(..) => f.write_str("Conn::Pg"),
-            Conn::My(..) => f.write_str("Conn::My"),
-        }
-    }
-}
-
-impl Pool {
-    fn take(&self) -> Option<Conn> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
-    }
-
-    fn give_back(&self, c: Conn) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
-    }
-
-    /// Number of idle connections.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    fn connect(&self) -> Result<Conn, String> {
-        match &self.url {
-            DatabaseUrl::Postgres(url) => {
-                let mut cfg = pg_config(url, "gearman-worker", self.timeout)?;
-                let opts = format!(
-                    "{} -c statement_timeout={}",
-                    cfg.get_options().unwrap_or(""),
-                    self.timeout.as_millis()
-                );
-                cfg.options(opts.trim());
-                let client = cfg.connect(postgres::NoTls).map_err(|e| {
-                    format!("connecting to {}: {}", self.url.redacted(), pg_error(&e))
-                })?;
-                Ok(Conn::Pg(Box::new(client), HashMap::new()))
-            }
-            DatabaseUrl::Mysql(url) => {
-                let opts =
-                    mysql::Opts::from_url(url).map_err(|e| format!("invalid MySQL URL: {e}"))?;
-                let backstop = self.timeout + Duration::from_secs(5);
-                let opts = mysql::OptsBuilder::from_opts(opts)
-                    .tcp_connect_timeout(Some(CONNECT_TIMEOUT))
-                    .read_timeout(Some(backstop))
-                    .write_timeout(Some(backstop));
-                let mut conn = mysql::Conn::new(opts)
-                    .map_err(|e| format!("connecting to {}: {e}", self.url.redacted()))?;
-                use mysql::prelude::Queryable;
-                let secs = self.timeout.as_secs_f64();
-                let ms = self.timeout.as_millis();
-                // MariaDB first, then MySQL's SELECT-only equivalent; a server
-                // with neither keeps only the read timeout above.
-                if conn
-                    .query_drop(format!("SET SESSION max_statement_time = {secs}"))
-                    .is_err()
-                {
-                    let _ = conn.query_drop(format!("SET SESSION max_execution_time = {ms}"));
-                }
-                Ok(Conn::My(Box::new(conn)))
-            }
-        }
-    }
-}
-
-/// A PostgreSQL client configuration from `url` with the bounds this crate
-/// uses unless the URL sets its own: connect timeout [`CONNECT_TIMEOUT`],
-/// TCP keepalives (idle 30 s, interval 10 s, 3 probes: a silent peer is
-/// detected in about a minute), TCP user timeout `io_bound` + 10 s, and
-/// `application_name`.
-///
-/// # Errors
-/// An invalid URL, as text.
-pub fn pg_config(url: &str, app: &str, io_bound: Duration) -> Result<postgres::Config, String> {
-    let mut cfg: postgres::Config = url
-        .parse()
-        .map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(CONNECT_TIMEOUT);
-    }
-    if cfg.get_application_name().is_none() {
-        cfg.application_name(app);
-    }
-    cfg.keepalives(true)
-        .keepalives_idle(Duration::from_secs(30))
-        .keepalives_interval(Duration::from_secs(10))
-        .keepalives_retries(3)
-        .tcp_user_timeout(io_bound + Duration::from_secs(10));
-    Ok(cfg)
-}
-
-/// PostgreSQL error text: severity, message, SQLSTATE (and detail) for
-/// server errors, else the driver's message.
-pub fn pg_error(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!(
-                "{}: {} (SQLSTATE {})",
-                db.severity(),
-                db.message(),
-                db.code().code()
-            );
-            if let Some(d) = db.detail() {
-                let _ = write!(s, "; detail: {d}");
-            }
-            s
-        }
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                let _ = write!(s, ": {inner}");
-                src = inner.source();
-            }
-            s
-        }
-    }
-}
+use std::sync::Arc;
 
 /// Runs one statement per job.
 #[derive(Debug)]
@@ -382,12 +214,7 @@ impl SqlHandler {
         let fail = |e: mysql::Error| RunError {
             broken: !matches!(e, mysql::Error::MySqlError(_)),
             discard: false,
-            message: match &e {
-                mysql::Error::MySqlError(m) => {
-                    format!("ERROR {} ({}): {}", m.code, m.state, m.message)
-                }
-                other => other.to_string(),
-            },
+            message: my_error(&e),
         };
         let limit = self.spec.max_result_bytes as usize;
         let stmt = conn.prep(&self.spec.statement).map_err(fail)?;

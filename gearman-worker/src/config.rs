@@ -329,25 +329,17 @@ fn check_timeout(key: &str, ms: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether `program` names an executable file: a path (with a slash,
-/// relative to `cwd` when given) or a name found on `path`.
+/// The search path `execvp` uses when the environment has no `PATH` (an
+/// `exec` function with `clear_env` and no `env.PATH`).
+pub const EXECVP_DEFAULT_PATH: &str = "/bin:/usr/bin";
+
+/// Whether `program` names an executable file, found as `execvp` will find
+/// it: a name with a slash is a path (relative to `cwd` when given, else to
+/// ours), a bare name is looked up on `path` ([`EXECVP_DEFAULT_PATH`] when
+/// `None`). The lookup is the `which` crate's.
 pub fn program_exists(program: &str, path: Option<&str>, cwd: Option<&Path>) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let p = Path::new(program);
-        return match cwd {
-            Some(dir) if p.is_relative() => executable(&dir.join(p)),
-            _ => executable(p),
-        };
-    }
-    // No PATH at all (clear_env without one): execvp's default.
-    path.unwrap_or("/bin:/usr/bin")
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .any(|d| executable(&Path::new(d).join(program)))
+    let cwd = cwd.unwrap_or(Path::new("."));
+    which::which_in(program, Some(path.unwrap_or(EXECVP_DEFAULT_PATH)), cwd).is_ok()
 }
 
 /// Checks a `HOST:PORT` listen address (`metrics_addr`, `--metrics-addr`);
@@ -968,6 +960,38 @@ mod tests {
         let e =
             resolve_servers(&[], Some(&RawServers::One("h:notaport".into())), None).unwrap_err();
         assert!(e.to_string().starts_with("servers:"), "{e}");
+    }
+
+    #[test]
+    fn programs_are_found_as_execvp_finds_them() {
+        use std::os::unix::fs::PermissionsExt;
+        // No PATH (clear_env): /bin:/usr/bin.
+        assert!(program_exists("cat", None, None));
+        assert!(!program_exists("cat", Some("/nonexistent"), None));
+        assert!(program_exists("/bin/cat", Some("/nonexistent"), None));
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("run.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let dirs = dir.path().to_str().unwrap();
+        // Not executable: not found, on PATH or by path.
+        assert!(!program_exists("run.sh", Some(dirs), None));
+        assert!(!program_exists("./run.sh", None, Some(dir.path())));
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(program_exists(
+            "run.sh",
+            Some(&format!("/nonexistent:{dirs}")),
+            None
+        ));
+        // A name with a slash is relative to cwd, never looked up on PATH.
+        assert!(program_exists("./run.sh", None, Some(dir.path())));
+        assert!(!program_exists(
+            "./run.sh",
+            Some(dirs),
+            Some(Path::new("/"))
+        ));
+        // A directory is not a program.
+        assert!(!program_exists(dirs, None, None));
     }
 
     /// Writes `text` to a fresh file and loads it as the daemon does.

@@ -160,7 +160,7 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
     pub metrics_addr: Option<String>,
     /// Log line format.
-    pub log_format: crate::logjson::LogFormat,
+    pub log_format: crate::logging::LogFormat,
     /// Functions, sorted by name.
     pub functions: Vec<FunctionSpec>,
 }
@@ -384,7 +384,9 @@ impl RawConfig {
     ) -> Result<Config, ConfigError> {
         let servers = resolve_servers(servers_override, self.servers.as_ref(), servers_env)?;
         let log_level = match &self.log_level {
-            Some(s) => s.parse().map_err(|e| ConfigError::key("log_level", e))?,
+            Some(s) => {
+                crate::logging::parse_level(s).map_err(|e| ConfigError::key("log_level", e))?
+            }
             None => Level::Info,
         };
         let grace_ms = self.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS);
@@ -416,7 +418,7 @@ impl RawConfig {
             },
             log_format: match &self.log_format {
                 Some(f) => f.parse().map_err(|e| ConfigError::key("log_format", e))?,
-                None => crate::logjson::LogFormat::Text,
+                None => crate::logging::LogFormat::Text,
             },
             functions,
         })

@@ -15,7 +15,6 @@
 //! binary (`src/main.rs`) is a thin `main → run → exit code` wrapper.
 
 pub mod logging;
-pub mod logjson;
 
 pub mod cli;
 pub mod config;
@@ -62,7 +61,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         return usage_error(e);
     }
     if let Some(f) = cli.log_format {
-        logjson::set_format(f);
+        logging::set_format(f);
     }
     if let Some(cli::Sub::DeadLetter(args)) = &cli.sub {
         return dead_letter_command(&cli, args);
@@ -114,7 +113,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         }
         return EXIT_OK;
     }
-    logjson::set_format(cfg.log_format);
+    logging::set_format(cfg.log_format);
     if let Some(addr) = &cfg.metrics_addr {
         match metrics::serve(addr) {
             Ok(m) => m.set_servers(cfg.servers.clone()),
@@ -126,7 +125,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         Ok(daemon::Outcome::Drained) => EXIT_OK,
         Ok(daemon::Outcome::Forced) => EXIT_FAILURE,
         Err(e) => {
-            error!("cannot install signal handlers: {e}");
+            log::error!("cannot install signal handlers: {e}");
             EXIT_FAILURE
         }
     }

@@ -418,11 +418,11 @@ impl LogLimiter {
     pub fn warn(&mut self, key: &str, msg: std::fmt::Arguments<'_>) {
         match self.check(key, Instant::now()) {
             None => {}
-            Some(0) => crate::warn!(
+            Some(0) => log::warn!(
                 "{msg} (repeats within {} s are not logged at warn)",
                 self.every.as_secs()
             ),
-            Some(n) => crate::warn!(
+            Some(n) => log::warn!(
                 "{msg} ({n} more like this in the last {} s were not logged at warn)",
                 self.every.as_secs()
             ),
@@ -669,7 +669,7 @@ impl MySource {
         tx.query_drop("SAVEPOINT gearman_claim").map_err(err)?;
         tx.query_drop(delete_sql(&claim)).map_err(err)?;
         if tx.affected_rows() != claim.len() as u64 {
-            crate::debug!(
+            log::debug!(
                 "mysql: {} of {} outbox row(s) were taken by another relay; reading again",
                 claim.len() as u64 - tx.affected_rows(),
                 claim.len()
@@ -924,10 +924,10 @@ fn drain<S: Source>(
             m.set_source_state(&redacted, None);
         }
         if failures > 0 {
-            crate::info!("{kind} {redacted}: connected after {failures} failed attempt(s)");
+            log::info!("{kind} {redacted}: connected after {failures} failed attempt(s)");
             failures = 0;
         }
-        crate::info!(
+        log::info!(
             "relaying {redacted} ({}, source tag {})",
             S::TABLE,
             src.tag()
@@ -945,7 +945,7 @@ fn drain<S: Source>(
                     x.oldest_age.set(age);
                 }
                 if r.sent > 0 {
-                    crate::debug!("{kind}: relayed {} row(s)", r.sent);
+                    log::debug!("{kind}: relayed {} row(s)", r.sent);
                 }
                 if r.failed > 0 {
                     // Forget the job servers' back-off: try them all again.
@@ -1024,7 +1024,7 @@ pub fn run(args: &RelayArgs, settings: RelaySettings) -> Result<HashMap<String, 
                     DatabaseUrl::Mysql(_) => run_my(&url, &s, &stop, &c),
                 }));
                 if let Err(p) = r {
-                    crate::error!(
+                    log::error!(
                         "{kind} relay failed unexpectedly ({}); restarting it",
                         crate::handlers::panic_message(p.as_ref())
                     );
@@ -1038,7 +1038,7 @@ pub fn run(args: &RelayArgs, settings: RelaySettings) -> Result<HashMap<String, 
     for (name, counter, t) in threads {
         let _ = t.join();
         let n = counter.load(Ordering::Relaxed);
-        crate::info!("summary: relayed {n} row(s) from {name}");
+        log::info!("summary: relayed {n} row(s) from {name}");
         totals.insert(name, n);
     }
     Ok(totals)

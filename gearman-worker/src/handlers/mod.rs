@@ -9,8 +9,7 @@ pub mod exec;
 pub mod sql;
 
 use crate::config::{Backend, FunctionSpec};
-use crate::logging::{fmt_duration, write_job, Level, Stats};
-use crate::logjson::JobFields;
+use crate::logging::{fmt_duration, write_job, JobFields, Level, Stats};
 use crate::metrics::Outcome;
 use crate::retry::{self, Envelope, RetryPolicy};
 use gearman_core::worker::{JobContext, WorkError, WorkResult};
@@ -306,7 +305,7 @@ pub fn wrap_observed(
                 workload: ctx.take_workload(),
             },
             Err(e) => {
-                crate::warn!(
+                log::warn!(
                     "job failed function={} handle={}: {e}",
                     ctx.function(),
                     ctx.handle()
@@ -367,7 +366,7 @@ pub fn wrap_observed(
                 );
             }
             Err(e) => {
-                crate::error!(
+                log::error!(
                     "job function={} handle={} failed on attempt {} and its retry could not be \
                      scheduled, so it is not tried again: {e}",
                     job.function,
@@ -421,7 +420,7 @@ fn dead_letter(observe: &Observe, job: &JobInfo<'_>, failed: &Envelope, reason: 
                 ),
             );
         }
-        Err(e) => crate::error!(
+        Err(e) => log::error!(
             "job function={} handle={} failed for good and could not be written to the \
              dead-letter destination {}, so it is lost (unique key {:?}, {} byte workload): {e}",
             job.function,

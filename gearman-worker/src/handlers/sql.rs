@@ -21,7 +21,6 @@ use super::{Handler, JobError};
 use crate::config::{ParamType, RowsMode, SqlSpec};
 use crate::db::pool::{Conn, Pool, Pools};
 use crate::db::{my_error, pg_error};
-use crate::logging::civil_from_days;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, ToSql, Type};
 use std::collections::HashMap;
@@ -291,7 +290,7 @@ impl Handler for SqlHandler {
                 Err(e) if e.broken => {
                     drop(conn);
                     if pooled && attempt == 0 {
-                        crate::debug!(
+                        log::debug!(
                             "pooled connection to {} was broken ({}); retrying on a new one",
                             self.spec.database.redacted(),
                             e.message
@@ -371,6 +370,20 @@ fn pg_timestamp(us: i64) -> String {
         s.push_str(f.trim_end_matches('0'));
     }
     s
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Days since 2000-01-01 as `YYYY-MM-DD`.

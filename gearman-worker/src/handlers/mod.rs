@@ -7,6 +7,7 @@
 pub mod builtin;
 pub mod exec;
 pub mod sql;
+pub mod values;
 
 use crate::config::{Backend, FunctionSpec};
 use crate::logging::{fmt_duration, write_job, JobFields, Level, Stats};

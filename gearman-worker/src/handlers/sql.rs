@@ -6,25 +6,26 @@
 //! is the first column of the first row (NULL or no rows: empty result), or
 //! every row as a JSON object per line (`rows = "json_lines"`).
 //!
-//! Value text follows what the database itself would display: `t`/`f` for
-//! PostgreSQL booleans, decimal integers, `YYYY-MM-DD HH:MM:SS[.ffffff]`
-//! timestamps (UTC with `+00` for `timestamptz`), `bytea` as its raw bytes
-//! (in JSON lines: `"\\x"` + hex). PostgreSQL types without a conversion here
-//! fail the job with a message asking for a `::text` cast.
+//! Value text follows what the database itself would display
+//! ([`super::values`]): `t`/`f` for PostgreSQL booleans, decimal integers,
+//! `YYYY-MM-DD HH:MM:SS[.ffffff]` timestamps (UTC with `+00` for
+//! `timestamptz`), `bytea` as its raw bytes (in JSON lines: `"\\x"` + hex).
+//! PostgreSQL types without a conversion fail the job with a message asking
+//! for a `::text` cast.
 //!
 //! Connections come from [`crate::db::pool`]: one pool per (database URL,
 //! statement timeout), with the statement timeout set per session. A pooled
 //! connection found broken is replaced and the statement retried once on a
 //! fresh one.
 
+use super::values::{my_to_bytes, my_to_json, PgValue};
 use super::{Handler, JobError};
 use crate::config::{ParamType, RowsMode, SqlSpec};
 use crate::db::pool::{Conn, Pool, Pools};
 use crate::db::{my_error, pg_error};
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::{FromSql, ToSql, Type};
+use postgres::types::{ToSql, Type};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// Runs one statement per job.
@@ -172,8 +173,7 @@ impl SqlHandler {
                     };
                     let mut out = Vec::new();
                     if !row.is_empty() {
-                        let cell: PgCell = row.try_get(0).map_err(|e| conv(e.to_string()))?;
-                        out = cell.to_bytes().map_err(conv)?;
+                        out = PgValue::from_row(&row, 0).map_err(conv)?.into_bytes();
                     }
                     if out.len() > limit {
                         return Err(too_large());
@@ -188,8 +188,8 @@ impl SqlHandler {
                     while let Some(row) = rows.next()? {
                         let mut obj = serde_json::Map::new();
                         for (i, col) in row.columns().iter().enumerate() {
-                            let cell: PgCell = row.try_get(i).map_err(|e| conv(e.to_string()))?;
-                            obj.insert(col.name().to_string(), cell.to_json().map_err(conv)?);
+                            let v = PgValue::from_row(&row, i).map_err(conv)?;
+                            obj.insert(col.name().to_string(), v.into_json());
                         }
                         serde_json::to_writer(&mut out, &obj).map_err(|e| conv(e.to_string()))?;
                         out.push(b'\n');
@@ -306,416 +306,5 @@ impl Handler for SqlHandler {
             }
         }
         Err(JobError::exception("database connection lost twice"))
-    }
-}
-
-/// A PostgreSQL value as received (binary format) with its type.
-#[derive(Debug, Clone)]
-pub struct PgCell {
-    ty: Type,
-    raw: Option<Vec<u8>>,
-}
-
-impl<'a> FromSql<'a> for PgCell {
-    fn from_sql(
-        ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<PgCell, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(PgCell {
-            ty: ty.clone(),
-            raw: Some(raw.to_vec()),
-        })
-    }
-
-    fn from_sql_null(ty: &Type) -> Result<PgCell, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(PgCell {
-            ty: ty.clone(),
-            raw: None,
-        })
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-}
-
-fn be<const N: usize>(raw: &[u8]) -> Result<[u8; N], String> {
-    raw.try_into()
-        .map_err(|_| format!("malformed binary value of {} bytes", raw.len()))
-}
-
-/// Microseconds since 2000-01-01 as `YYYY-MM-DD HH:MM:SS[.ffffff]`.
-fn pg_timestamp(us: i64) -> String {
-    if us == i64::MAX {
-        return "infinity".into();
-    }
-    if us == i64::MIN {
-        return "-infinity".into();
-    }
-    let secs = us.div_euclid(1_000_000);
-    let frac = us.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let mut s = pg_date_days(days);
-    let _ = write!(
-        s,
-        " {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    );
-    if frac != 0 {
-        let f = format!("{frac:06}");
-        s.push('.');
-        s.push_str(f.trim_end_matches('0'));
-    }
-    s
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Days since 2000-01-01 as `YYYY-MM-DD`.
-fn pg_date_days(days: i64) -> String {
-    let (y, m, d) = civil_from_days(days + 10_957);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// Binary NUMERIC to its text form.
-fn pg_numeric(raw: &[u8]) -> Result<String, String> {
-    if raw.len() < 8 {
-        return Err("malformed numeric".into());
-    }
-    let rd = |i: usize| u16::from_be_bytes([raw[i], raw[i + 1]]);
-    let ndigits = rd(0) as usize;
-    let weight = rd(2) as i16 as i32;
-    let sign = rd(4);
-    let dscale = rd(6) as usize;
-    match sign {
-        0xC000 => return Ok("NaN".into()),
-        0xD000 => return Ok("Infinity".into()),
-        0xF000 => return Ok("-Infinity".into()),
-        _ => {}
-    }
-    if raw.len() < 8 + 2 * ndigits {
-        return Err("malformed numeric".into());
-    }
-    let digit = |i: i32| -> u16 {
-        if i < 0 || i as usize >= ndigits {
-            0
-        } else {
-            rd(8 + 2 * i as usize)
-        }
-    };
-    let mut s = String::new();
-    if sign == 0x4000 {
-        s.push('-');
-    }
-    if weight < 0 {
-        s.push('0');
-    } else {
-        for i in 0..=weight {
-            if i == 0 {
-                let _ = write!(s, "{}", digit(i));
-            } else {
-                let _ = write!(s, "{:04}", digit(i));
-            }
-        }
-    }
-    if dscale > 0 {
-        let mut frac = String::new();
-        let mut i = weight + 1;
-        while frac.len() < dscale {
-            let _ = write!(frac, "{:04}", digit(i));
-            i += 1;
-        }
-        frac.truncate(dscale);
-        s.push('.');
-        s.push_str(&frac);
-    }
-    Ok(s)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(2 + bytes.len() * 2);
-    s.push_str("\\x");
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-impl PgCell {
-    /// The value's text form (see the module doc); NULL is empty.
-    ///
-    /// # Errors
-    /// A type with no conversion here (the message suggests `::text`).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        let Some(raw) = &self.raw else {
-            return Ok(Vec::new());
-        };
-        let raw = raw.as_slice();
-        let t = &self.ty;
-        Ok(match *t {
-            Type::BYTEA
-            | Type::TEXT
-            | Type::VARCHAR
-            | Type::BPCHAR
-            | Type::NAME
-            | Type::UNKNOWN
-            | Type::JSON
-            | Type::XML
-            | Type::CHAR => raw.to_vec(),
-            Type::JSONB => raw.get(1..).unwrap_or_default().to_vec(),
-            _ => self.to_text(raw)?.into_bytes(),
-        })
-    }
-
-    fn to_text(&self, raw: &[u8]) -> Result<String, String> {
-        let t = &self.ty;
-        Ok(match *t {
-            Type::BOOL => if raw.first() == Some(&1) { "t" } else { "f" }.to_string(),
-            Type::INT2 => i16::from_be_bytes(be(raw)?).to_string(),
-            Type::INT4 => i32::from_be_bytes(be(raw)?).to_string(),
-            Type::INT8 => i64::from_be_bytes(be(raw)?).to_string(),
-            Type::OID => u32::from_be_bytes(be(raw)?).to_string(),
-            Type::FLOAT4 => f32::from_be_bytes(be(raw)?).to_string(),
-            Type::FLOAT8 => f64::from_be_bytes(be(raw)?).to_string(),
-            Type::NUMERIC => pg_numeric(raw)?,
-            Type::TIMESTAMP => pg_timestamp(i64::from_be_bytes(be(raw)?)),
-            Type::TIMESTAMPTZ => {
-                let us = i64::from_be_bytes(be(raw)?);
-                let s = pg_timestamp(us);
-                if us == i64::MAX || us == i64::MIN {
-                    s
-                } else {
-                    s + "+00"
-                }
-            }
-            Type::DATE => match i32::from_be_bytes(be(raw)?) {
-                i32::MAX => "infinity".into(),
-                i32::MIN => "-infinity".into(),
-                d => pg_date_days(d as i64),
-            },
-            Type::UUID => {
-                let b: [u8; 16] = be(raw)?;
-                let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                format!(
-                    "{}-{}-{}-{}-{}",
-                    &h[0..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..32]
-                )
-            }
-            Type::TEXT
-            | Type::VARCHAR
-            | Type::BPCHAR
-            | Type::NAME
-            | Type::UNKNOWN
-            | Type::JSON
-            | Type::XML
-            | Type::CHAR => String::from_utf8_lossy(raw).into_owned(),
-            Type::JSONB => String::from_utf8_lossy(raw.get(1..).unwrap_or_default()).into_owned(),
-            _ => {
-                return Err(format!(
-                    "result column has type {}, which gearman-worker does not convert; \
-                     cast it to text in the statement (e.g. `col::text`)",
-                    t.name()
-                ))
-            }
-        })
-    }
-
-    /// The value as JSON: numbers and booleans as such, json/jsonb embedded,
-    /// numeric and everything else as strings, bytea as `"\\x..."` hex.
-    ///
-    /// # Errors
-    /// As [`PgCell::to_bytes`].
-    pub fn to_json(&self) -> Result<serde_json::Value, String> {
-        use serde_json::Value as J;
-        let Some(raw) = &self.raw else {
-            return Ok(J::Null);
-        };
-        let raw = raw.as_slice();
-        Ok(match self.ty {
-            Type::BOOL => J::Bool(raw.first() == Some(&1)),
-            Type::INT2 => J::from(i16::from_be_bytes(be(raw)?)),
-            Type::INT4 => J::from(i32::from_be_bytes(be(raw)?)),
-            Type::INT8 => J::from(i64::from_be_bytes(be(raw)?)),
-            Type::OID => J::from(u32::from_be_bytes(be(raw)?)),
-            Type::FLOAT4 => J::from(f32::from_be_bytes(be(raw)?) as f64),
-            Type::FLOAT8 => J::from(f64::from_be_bytes(be(raw)?)),
-            Type::BYTEA => J::String(hex(raw)),
-            Type::JSON | Type::JSONB => {
-                let text = self.to_text(raw)?;
-                serde_json::from_str(&text).unwrap_or(J::String(text))
-            }
-            _ => J::String(self.to_text(raw)?),
-        })
-    }
-}
-
-fn my_time_text(v: &mysql::Value, col: &mysql::Column) -> Option<String> {
-    use mysql::consts::ColumnType;
-    match *v {
-        mysql::Value::Date(y, mo, d, h, mi, s, us) => {
-            if col.column_type() == ColumnType::MYSQL_TYPE_DATE {
-                Some(format!("{y:04}-{mo:02}-{d:02}"))
-            } else if us != 0 {
-                Some(format!(
-                    "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}"
-                ))
-            } else {
-                Some(format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"))
-            }
-        }
-        mysql::Value::Time(neg, days, h, mi, s, us) => {
-            let hours = days * 24 + h as u32;
-            let sign = if neg { "-" } else { "" };
-            if us != 0 {
-                Some(format!("{sign}{hours:02}:{mi:02}:{s:02}.{us:06}"))
-            } else {
-                Some(format!("{sign}{hours:02}:{mi:02}:{s:02}"))
-            }
-        }
-        _ => None,
-    }
-}
-
-/// A MySQL value as the bytes the server would display; NULL is empty.
-pub fn my_to_bytes(v: &mysql::Value, col: &mysql::Column) -> Vec<u8> {
-    match v {
-        mysql::Value::NULL => Vec::new(),
-        mysql::Value::Bytes(b) => b.clone(),
-        mysql::Value::Int(i) => i.to_string().into_bytes(),
-        mysql::Value::UInt(u) => u.to_string().into_bytes(),
-        mysql::Value::Float(f) => f.to_string().into_bytes(),
-        mysql::Value::Double(d) => d.to_string().into_bytes(),
-        other => my_time_text(other, col).unwrap_or_default().into_bytes(),
-    }
-}
-
-/// A MySQL value as JSON: numbers as numbers, binary-collation strings as
-/// `"\\x..."` hex, other strings as text.
-pub fn my_to_json(v: &mysql::Value, col: &mysql::Column) -> serde_json::Value {
-    use serde_json::Value as J;
-    const BINARY_CHARSET: u16 = 63;
-    match v {
-        mysql::Value::NULL => J::Null,
-        mysql::Value::Bytes(b) => {
-            if col.character_set() == BINARY_CHARSET
-                && !matches!(
-                    col.column_type(),
-                    mysql::consts::ColumnType::MYSQL_TYPE_NEWDECIMAL
-                        | mysql::consts::ColumnType::MYSQL_TYPE_DECIMAL
-                )
-            {
-                J::String(hex(b))
-            } else {
-                J::String(String::from_utf8_lossy(b).into_owned())
-            }
-        }
-        mysql::Value::Int(i) => J::from(*i),
-        mysql::Value::UInt(u) => J::from(*u),
-        mysql::Value::Float(f) => J::from(*f as f64),
-        mysql::Value::Double(d) => J::from(*d),
-        other => J::String(my_time_text(other, col).unwrap_or_default()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn numeric(ndigits: u16, weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for x in [ndigits, weight as u16, sign, dscale] {
-            v.extend_from_slice(&x.to_be_bytes());
-        }
-        for d in digits {
-            v.extend_from_slice(&d.to_be_bytes());
-        }
-        v
-    }
-
-    #[test]
-    fn numeric_binary_to_text() {
-        // 12345.678 = digits [1, 2345, 6780], weight 1, dscale 3
-        assert_eq!(
-            pg_numeric(&numeric(3, 1, 0, 3, &[1, 2345, 6780])).unwrap(),
-            "12345.678"
-        );
-        // -0.0012 = digits [12], weight -1, dscale 4
-        assert_eq!(
-            pg_numeric(&numeric(1, -1, 0x4000, 4, &[12])).unwrap(),
-            "-0.0012"
-        );
-        // 0.00000001 = digits [1], weight -2, dscale 8
-        assert_eq!(
-            pg_numeric(&numeric(1, -2, 0, 8, &[1])).unwrap(),
-            "0.00000001"
-        );
-        // 10000 = digits [1], weight 1, dscale 0
-        assert_eq!(pg_numeric(&numeric(1, 1, 0, 0, &[1])).unwrap(), "10000");
-        assert_eq!(pg_numeric(&numeric(0, 0, 0, 2, &[])).unwrap(), "0.00");
-        assert_eq!(pg_numeric(&numeric(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
-    }
-
-    #[test]
-    fn timestamps_and_dates() {
-        assert_eq!(pg_timestamp(0), "2000-01-01 00:00:00");
-        assert_eq!(
-            pg_timestamp(86_400_000_000 + 1_500_000),
-            "2000-01-02 00:00:01.5"
-        );
-        assert_eq!(pg_timestamp(-1), "1999-12-31 23:59:59.999999");
-        assert_eq!(pg_date_days(366), "2001-01-01");
-    }
-
-    #[test]
-    fn cells_to_text_and_json() {
-        let c = |ty: Type, raw: &[u8]| PgCell {
-            ty,
-            raw: Some(raw.to_vec()),
-        };
-        assert_eq!(
-            c(Type::INT4, &42i32.to_be_bytes()).to_bytes().unwrap(),
-            b"42"
-        );
-        assert_eq!(c(Type::BOOL, &[1]).to_bytes().unwrap(), b"t");
-        assert_eq!(c(Type::BYTEA, b"\x00\xff").to_bytes().unwrap(), b"\x00\xff");
-        assert_eq!(
-            c(Type::JSONB, b"\x01{\"a\": 1}").to_bytes().unwrap(),
-            b"{\"a\": 1}"
-        );
-        assert_eq!(
-            c(Type::JSONB, b"\x01{\"a\": 1}").to_json().unwrap(),
-            serde_json::json!({"a": 1})
-        );
-        assert_eq!(
-            c(Type::BYTEA, b"\x00\xff").to_json().unwrap(),
-            serde_json::json!("\\x00ff")
-        );
-        let null = PgCell {
-            ty: Type::TEXT,
-            raw: None,
-        };
-        assert_eq!(null.to_bytes().unwrap(), b"");
-        assert_eq!(null.to_json().unwrap(), serde_json::Value::Null);
-        let e = c(Type::POINT, &[0; 16]).to_bytes().unwrap_err();
-        assert!(e.contains("point") && e.contains("::text"), "{e}");
     }
 }

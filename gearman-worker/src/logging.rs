@@ -41,7 +41,7 @@ use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Parses a level name: `error`, `warn` (or `warning`), `info`, `debug` or
 /// `trace`, any case.
@@ -185,9 +185,7 @@ pub fn timestamp(t: SystemTime) -> String {
 
 /// Seconds since 1970-01-01 UTC.
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Formats a duration for log lines: `12.3ms`, `1.204s`.
@@ -409,6 +407,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn timestamp_formats_known_instants() {

@@ -65,7 +65,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// What adds the set-aside columns to a `gearman.outbox` made without the
 /// extension, from an older `sql/outbox.sql` (run by the table's owner); a table
@@ -177,13 +177,6 @@ pub fn row_to_job(row: &OutboxRow, tag: &str, now_unix: i64) -> Result<Job, Stri
     Ok(job)
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchResult {
@@ -273,7 +266,7 @@ impl Outcome {
 
 /// Submits the rows and sorts them by fate.
 fn submit_rows(rows: &[OutboxRow], tag: &str, client: &mut Client, max_attempts: u32) -> Outcome {
-    let now = now_unix();
+    let now = crate::logging::unix_now();
     let mut out = Outcome::default();
     let mut jobs = Vec::new();
     let mut sent_rows = Vec::new();

@@ -59,12 +59,13 @@
 //! exits at once (uncommitted rows stay in the table).
 
 use crate::cli::RelayArgs;
+use crate::db::{my_error, pg_error, Bounds, DatabaseUrl};
 use gearman_core::{Client, ErrorKind, Job, Options, Priority, ServerList};
 use postgres::fallible_iterator::FallibleIterator;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// What adds the set-aside columns to a `gearman.outbox` made without the
 /// extension, from an older `sql/outbox.sql` (run by the table's owner); a table
@@ -176,13 +177,6 @@ pub fn row_to_job(row: &OutboxRow, tag: &str, now_unix: i64) -> Result<Job, Stri
     Ok(job)
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchResult {
@@ -272,7 +266,7 @@ impl Outcome {
 
 /// Submits the rows and sorts them by fate.
 fn submit_rows(rows: &[OutboxRow], tag: &str, client: &mut Client, max_attempts: u32) -> Outcome {
-    let now = now_unix();
+    let now = crate::logging::unix_now();
     let mut out = Outcome::default();
     let mut jobs = Vec::new();
     let mut sent_rows = Vec::new();
@@ -417,11 +411,11 @@ impl LogLimiter {
     pub fn warn(&mut self, key: &str, msg: std::fmt::Arguments<'_>) {
         match self.check(key, Instant::now()) {
             None => {}
-            Some(0) => crate::warn!(
+            Some(0) => log::warn!(
                 "{msg} (repeats within {} s are not logged at warn)",
                 self.every.as_secs()
             ),
-            Some(n) => crate::warn!(
+            Some(n) => log::warn!(
                 "{msg} ({n} more like this in the last {} s were not logged at warn)",
                 self.every.as_secs()
             ),
@@ -432,15 +426,15 @@ impl LogLimiter {
 /// A PostgreSQL outbox source.
 #[derive(Debug)]
 pub struct PgSource {
-    url: String,
+    url: DatabaseUrl,
     tag: String,
 }
 
 impl PgSource {
     /// A source for `url` (not connected yet).
-    pub fn new(url: &str) -> PgSource {
+    pub fn new(url: DatabaseUrl) -> PgSource {
         PgSource {
-            url: url.to_string(),
+            url,
             tag: String::new(),
         }
     }
@@ -450,14 +444,10 @@ impl PgSource {
     /// # Errors
     /// Connection or LISTEN failure, as text.
     pub fn connect(&mut self) -> Result<postgres::Client, String> {
-        let cfg = crate::handlers::sql::pg_config(
-            &self.url,
-            "gearman-worker relay",
-            Duration::from_secs(30),
-        )?;
-        let mut c = cfg
-            .connect(postgres::NoTls)
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
+        let mut c = self.url.connect_pg(Bounds {
+            app: "gearman-worker relay",
+            io: Duration::from_secs(30),
+        })?;
         // The cluster's system identifier names it best, but only roles with
         // pg_monitor may read it; otherwise use the server address and port.
         let ident = c
@@ -473,11 +463,11 @@ impl PgSource {
                 )
             })
             .and_then(|row| row.try_get::<_, String>(0))
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
+            .map_err(|e| pg_error(&e))?;
         let db: String = c
             .query_one("SELECT current_database()::text", &[])
             .and_then(|row| row.try_get(0))
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
+            .map_err(|e| pg_error(&e))?;
         self.tag = source_tag(&["pg", &ident, &db]);
         let have: i64 = c
             .query_one(
@@ -487,7 +477,7 @@ impl PgSource {
                 &[],
             )
             .and_then(|row| row.try_get(0))
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
+            .map_err(|e| pg_error(&e))?;
         if have != 3 {
             return Err(format!(
                 "database {db} has no table gearman.outbox with the columns attempts, \
@@ -497,7 +487,7 @@ impl PgSource {
             ));
         }
         c.batch_execute(&format!("LISTEN {PG_CHANNEL}"))
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
+            .map_err(|e| pg_error(&e))?;
         Ok(c)
     }
 
@@ -568,17 +558,13 @@ impl PgSource {
 /// A MySQL/MariaDB outbox source.
 #[derive(Debug)]
 pub struct MySource {
-    url: String,
+    url: DatabaseUrl,
     tag: String,
 }
 
 impl MySource {
-    /// A source for `url` (`mysql://` or `mariadb://`; not connected yet).
-    pub fn new(url: &str) -> MySource {
-        let url = match url.strip_prefix("mariadb://") {
-            Some(rest) => format!("mysql://{rest}"),
-            None => url.to_string(),
-        };
+    /// A source for `url` (not connected yet).
+    pub fn new(url: DatabaseUrl) -> MySource {
         MySource {
             url,
             tag: String::new(),
@@ -591,20 +577,18 @@ impl MySource {
     /// Connection failure, as text.
     pub fn connect(&mut self) -> Result<mysql::Conn, String> {
         use mysql::prelude::Queryable;
-        let opts = mysql::Opts::from_url(&self.url).map_err(|e| e.to_string())?;
-        let opts = mysql::OptsBuilder::from_opts(opts)
-            .tcp_connect_timeout(Some(Duration::from_secs(10)))
-            .read_timeout(Some(Duration::from_secs(60)))
-            .write_timeout(Some(Duration::from_secs(60)));
-        let mut c = mysql::Conn::new(opts).map_err(|e| e.to_string())?;
+        let mut c = self.url.connect_my(Bounds {
+            app: "gearman-worker relay",
+            io: Duration::from_secs(60),
+        })?;
         // READ COMMITTED: the locking read takes record locks only, no gap
         // locks, so producers inserting into the outbox and other relays do
         // not deadlock with this one.
         c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| my_error(&e))?;
         let row: Option<(String, String, String)> = c
             .query_first("SELECT @@hostname, CAST(@@port AS CHAR), COALESCE(DATABASE(), '')")
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| my_error(&e))?;
         let (h, p, d) = row.unwrap_or_default();
         self.tag = source_tag(&["my", &h, &p, &d]);
         let have: Option<u64> = c
@@ -613,7 +597,7 @@ impl MySource {
                  WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'gearman_outbox' \
                    AND COLUMN_NAME IN ('attempts', 'last_error', 'failed_at')",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| my_error(&e))?;
         if have != Some(3) {
             return Err(format!(
                 "database `{d}` has no table gearman_outbox with the columns attempts, \
@@ -636,7 +620,7 @@ impl MySource {
         log: &mut LogLimiter,
     ) -> Result<BatchResult, String> {
         use mysql::prelude::Queryable;
-        let err = |e: mysql::Error| e.to_string();
+        let err = |e: mysql::Error| my_error(&e);
         let mut tx = db
             .start_transaction(mysql::TxOpts::default())
             .map_err(err)?;
@@ -678,7 +662,7 @@ impl MySource {
         tx.query_drop("SAVEPOINT gearman_claim").map_err(err)?;
         tx.query_drop(delete_sql(&claim)).map_err(err)?;
         if tx.affected_rows() != claim.len() as u64 {
-            crate::debug!(
+            log::debug!(
                 "mysql: {} of {} outbox row(s) were taken by another relay; reading again",
                 claim.len() as u64 - tx.affected_rows(),
                 claim.len()
@@ -795,8 +779,7 @@ impl Source for PgSource {
         settings: &RelaySettings,
         log: &mut LogLimiter,
     ) -> Result<BatchResult, String> {
-        PgSource::batch(self, db, client, settings, log)
-            .map_err(|e| crate::handlers::sql::pg_error(&e))
+        PgSource::batch(self, db, client, settings, log).map_err(|e| pg_error(&e))
     }
 
     /// Waits for a notification on [`PG_CHANNEL`] or the poll interval,
@@ -818,7 +801,7 @@ impl Source for PgSource {
             match it.next() {
                 Ok(Some(_)) => break,
                 Ok(None) => {}
-                Err(e) => return Err(crate::handlers::sql::pg_error(&e)),
+                Err(e) => return Err(pg_error(&e)),
             }
         }
         let mut n = db.notifications();
@@ -834,7 +817,7 @@ impl Source for PgSource {
                  FROM gearman.outbox WHERE failed_at IS NULL",
                 &[],
             )
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
+            .map_err(|e| pg_error(&e))?;
         Ok((r.get(0), r.get::<_, f64>(1).max(0.0)))
     }
 }
@@ -881,7 +864,7 @@ impl Source for MySource {
                         CAST(COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0) AS SIGNED) \
                  FROM gearman_outbox WHERE failed_at IS NULL",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| my_error(&e))?;
         let (n, us) = r.unwrap_or_default();
         Ok((n, (us as f64 / 1e6).max(0.0)))
     }
@@ -893,8 +876,14 @@ const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(30);
 /// Drains one source until `stop` is set; counts rows sent in `sent`.
 /// Database errors reconnect after the poll interval; a batch with failed
 /// submits makes a fresh client (forgetting server back-off) and waits.
-fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
-    let redacted = crate::config::redact_url(url);
+fn drain<S: Source>(
+    mut src: S,
+    url: &DatabaseUrl,
+    s: &RelaySettings,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) {
+    let redacted = url.redacted();
     let kind = S::KIND;
     let mut client = s.client();
     // A wrong password fails every poll interval, for ever; a job server
@@ -928,10 +917,10 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
             m.set_source_state(&redacted, None);
         }
         if failures > 0 {
-            crate::info!("{kind} {redacted}: connected after {failures} failed attempt(s)");
+            log::info!("{kind} {redacted}: connected after {failures} failed attempt(s)");
             failures = 0;
         }
-        crate::info!(
+        log::info!(
             "relaying {redacted} ({}, source tag {})",
             S::TABLE,
             src.tag()
@@ -949,7 +938,7 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
                     x.oldest_age.set(age);
                 }
                 if r.sent > 0 {
-                    crate::debug!("{kind}: relayed {} row(s)", r.sent);
+                    log::debug!("{kind}: relayed {} row(s)", r.sent);
                 }
                 if r.failed > 0 {
                     // Forget the job servers' back-off: try them all again.
@@ -979,13 +968,13 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
 }
 
 /// Drains a PostgreSQL outbox until `stop` is set; counts rows sent in `sent`.
-pub fn run_pg(url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
-    drain(PgSource::new(url), url, s, stop, sent);
+pub fn run_pg(url: &DatabaseUrl, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
+    drain(PgSource::new(url.clone()), url, s, stop, sent);
 }
 
 /// Drains a MySQL/MariaDB outbox until `stop` is set; counts rows sent in `sent`.
-pub fn run_my(url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
-    drain(MySource::new(url), url, s, stop, sent);
+pub fn run_my(url: &DatabaseUrl, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
+    drain(MySource::new(url.clone()), url, s, stop, sent);
 }
 
 /// Runs the relay for every source until SIGTERM/SIGINT; returns rows sent per source.
@@ -996,19 +985,15 @@ pub fn run(args: &RelayArgs, settings: RelaySettings) -> Result<HashMap<String, 
     if args.postgres.is_empty() && args.mysql.is_empty() {
         return Err("relay: give at least one --postgres URL or --mysql URL".into());
     }
-    for u in &args.mysql {
-        if !(u.starts_with("mysql://") || u.starts_with("mariadb://")) {
-            return Err(format!(
-                "--mysql: `{}` must start with mysql:// or mariadb://",
-                crate::config::redact_url(u)
-            ));
-        }
-        mysql::Opts::from_url(&u.replacen("mariadb://", "mysql://", 1))
-            .map_err(|e| format!("--mysql: invalid URL: {e}"))?;
-    }
+    let mut urls = Vec::new();
     for u in &args.postgres {
-        u.parse::<postgres::Config>()
-            .map_err(|e| format!("--postgres: invalid URL: {e}"))?;
+        urls.push(DatabaseUrl::postgres(u).map_err(|e| format!("--postgres: {e}"))?);
+    }
+    for u in &args.mysql {
+        urls.push(
+            DatabaseUrl::mysql(u)
+                .map_err(|e| format!("--mysql: `{}`: {e}", crate::db::redact_url(u)))?,
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -1019,27 +1004,20 @@ pub fn run(args: &RelayArgs, settings: RelaySettings) -> Result<HashMap<String, 
     }
     let settings = Arc::new(settings);
     let mut threads = Vec::new();
-    for (kind, url) in args
-        .postgres
-        .iter()
-        .map(|u| ("postgres", u))
-        .chain(args.mysql.iter().map(|u| ("mysql", u)))
-    {
-        let (stop, s, url) = (stop.clone(), settings.clone(), url.clone());
-        let name = format!("{kind} {}", crate::config::redact_url(url.as_str()));
+    for url in urls {
+        let kind = url.kind();
+        let (stop, s) = (stop.clone(), settings.clone());
+        let name = format!("{kind} {}", url.redacted());
         let counter = Arc::new(AtomicU64::new(0));
         let c = counter.clone();
         let t = std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    if kind == "postgres" {
-                        run_pg(&url, &s, &stop, &c)
-                    } else {
-                        run_my(&url, &s, &stop, &c)
-                    }
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &url {
+                    DatabaseUrl::Postgres(_) => run_pg(&url, &s, &stop, &c),
+                    DatabaseUrl::Mysql(_) => run_my(&url, &s, &stop, &c),
                 }));
                 if let Err(p) = r {
-                    crate::error!(
+                    log::error!(
                         "{kind} relay failed unexpectedly ({}); restarting it",
                         crate::handlers::panic_message(p.as_ref())
                     );
@@ -1053,7 +1031,7 @@ pub fn run(args: &RelayArgs, settings: RelaySettings) -> Result<HashMap<String, 
     for (name, counter, t) in threads {
         let _ = t.join();
         let n = counter.load(Ordering::Relaxed);
-        crate::info!("summary: relayed {n} row(s) from {name}");
+        log::info!("summary: relayed {n} row(s) from {name}");
         totals.insert(name, n);
     }
     Ok(totals)

@@ -1,0 +1,257 @@
+//! The reports of pipelined background jobs (`background_dispatch =
+//! "pipelined"`): refused or of unknown fate after their call returned.
+
+use super::log::log_error;
+use super::session::{note_submitter, set_error_of, take_submitter, ConnId};
+use super::Runtime;
+use gearman_core::{Client, DeferredFailure, DeferredReport, ErrorKind, Job, ServerList};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Pipelined background jobs that failed after their call returned, as
+/// collected by this thread since its last error-log line about them.
+#[derive(Debug, Default)]
+struct DeferredTally {
+    refused: u64,
+    unknown: u64,
+    first_refused: Option<String>,
+    first_unknown: Option<String>,
+    since: Option<Instant>,
+}
+
+thread_local! {
+    static DEFERRED: RefCell<DeferredTally> = RefCell::new(DeferredTally::default());
+}
+
+/// Pipelined background jobs not confirmed (refused or of unknown fate)
+/// since the library was loaded.
+static DEFERRED_FAILED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Collection reports held back per thread for at most this long before
+/// their error-log line is written even mid-statement.
+const DEFERRED_FLUSH_AFTER: Duration = Duration::from_secs(1);
+
+impl DeferredTally {
+    fn add(&mut self, f: &DeferredFailure) {
+        if matches!(f.error.kind(), ErrorKind::Server { .. }) {
+            self.refused += 1;
+            if self.first_refused.is_none() {
+                self.first_refused = Some(describe_failure(f));
+            }
+        } else {
+            self.unknown += 1;
+            if self.first_unknown.is_none() {
+                self.first_unknown = Some(describe_failure(f));
+            }
+        }
+    }
+
+    fn message(&self, total: u64) -> String {
+        let mut m = format!(
+            "pipelined background dispatch: {} job{} not confirmed",
+            self.refused + self.unknown,
+            if self.refused + self.unknown == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+        if self.refused > 0 {
+            m.push_str(&format!(
+                "; {} refused by the job server, not queued (first: {})",
+                self.refused,
+                self.first_refused.as_deref().unwrap_or("?")
+            ));
+        }
+        if self.unknown > 0 {
+            m.push_str(&format!(
+                "; {} of unknown fate, no confirmation in time or connection lost: \
+                 they may have been queued (first: {})",
+                self.unknown,
+                self.first_unknown.as_deref().unwrap_or("?")
+            ));
+        }
+        m.push_str(&format!("; {total} since the library was loaded"));
+        m
+    }
+}
+
+fn describe_failure(f: &DeferredFailure) -> String {
+    format!(
+        "function '{}' unique '{}': {}",
+        f.function,
+        String::from_utf8_lossy(&f.unique),
+        f.error
+    )
+}
+
+/// Takes note of a collection report of pipelined background jobs: its
+/// failures are added to this thread's tally, which becomes one error-log
+/// line at the end of the statement (or after a second), and each failure
+/// becomes the `gman_last_error()` of the connection that submitted the job
+/// (never of the connection that merely collected the confirmation on a
+/// shared pooled connection; see [`crate::runtime::session::note_submitter`]).
+pub fn note_deferred(report: DeferredReport) {
+    if report.failed.is_empty() {
+        return;
+    }
+    let n = report.failed.len() as u64;
+    let total = DEFERRED_FAILED_TOTAL.fetch_add(n, Ordering::Relaxed) + n;
+    let mut per_conn: Vec<(ConnId, DeferredTally)> = Vec::new();
+    for f in &report.failed {
+        if let Some(c) = take_submitter(f.function.as_bytes(), &f.unique) {
+            let i = match per_conn.iter().position(|(x, _)| *x == c) {
+                Some(i) => i,
+                None => {
+                    per_conn.push((c, DeferredTally::default()));
+                    per_conn.len() - 1
+                }
+            };
+            per_conn[i].1.add(f);
+        }
+    }
+    for (c, t) in per_conn {
+        set_error_of(c, &t.message(total), true);
+    }
+    let r = DEFERRED.try_with(|t| {
+        let mut t = t.borrow_mut();
+        for f in &report.failed {
+            t.add(f);
+        }
+        let since = *t.since.get_or_insert_with(Instant::now);
+        since.elapsed() >= DEFERRED_FLUSH_AFTER
+    });
+    match r {
+        Ok(flush_now) => {
+            if flush_now {
+                flush_deferred_failures();
+            }
+        }
+        // Thread-local storage is gone (thread exit): log directly.
+        Err(_) => log_error(&format!(
+            "pipelined background dispatch: {n} jobs not confirmed; {}; {total} since the library was loaded",
+            report.failed.first().map(describe_failure).unwrap_or_default()
+        )),
+    }
+}
+
+/// Writes this thread's tally of failed pipelined jobs, if any, as one
+/// error-log line and resets it (end of statement).
+pub fn flush_deferred_failures() {
+    let msg = DEFERRED
+        .try_with(|t| {
+            let mut t = t.borrow_mut();
+            if t.refused + t.unknown == 0 {
+                return None;
+            }
+            let m = t.message(DEFERRED_FAILED_TOTAL.load(Ordering::Relaxed));
+            *t = DeferredTally::default();
+            Some(m)
+        })
+        .ok()
+        .flatten();
+    if let Some(m) = msg {
+        log_error(&m);
+    }
+}
+
+impl Runtime {
+    /// Writes one background job (with a unique key) to `servers` without
+    /// waiting for its JOB_CREATED (`background_dispatch = "pipelined"`).
+    /// The calling connection is noted as its submitter before the write:
+    /// its confirmation may be collected (by any thread) as soon as it is
+    /// written, and a later refusal goes to that connection.
+    pub fn submit_pipelined(&self, servers: &ServerList, job: &Job) -> gearman_core::Result<()> {
+        let key = job.unique_bytes();
+        // As the core names the function in its reports.
+        let function = String::from_utf8_lossy(&job.function);
+        note_submitter(function.as_bytes(), key);
+        self.with_client(servers, |c| write_pipelined(c, job))
+            .inspect_err(|_| {
+                take_submitter(function.as_bytes(), key);
+            })
+    }
+}
+
+/// Writes one background job without waiting for its JOB_CREATED. A
+/// connection found broken while writing (e.g. a pooled connection that
+/// gearmand closed) is reopened and the job written once more, as
+/// `submit_background` does in round-trip mode (at least once). The error of
+/// a job that could not be written is this call's error only: it is removed
+/// from the client's report of failed deferred jobs, which otherwise holds
+/// the earlier jobs that the broken connection still owed a confirmation.
+fn write_pipelined(c: &mut Client, job: &Job) -> gearman_core::Result<()> {
+    let mine = |f: &DeferredFailure| {
+        f.unique == job.unique_bytes() && f.function.as_bytes() == job.function
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let Err(e) = c.submit_background_deferred(std::slice::from_ref(job)) else {
+            // The first job of its kind on a connection is confirmed within
+            // the call (the core awaits it): a refusal or a missing answer
+            // (a server that ignores the packet type) is this row's error,
+            // not a later report.
+            let mut report = c.take_deferred_report();
+            let failed = report.failed.iter().rposition(mine);
+            let own = failed.map(|i| report.failed.remove(i));
+            note_deferred(report);
+            return match own {
+                Some(f) => Err(f.error),
+                None => Ok(()),
+            };
+        };
+        let mut report = c.collect_deferred(false);
+        if let Some(i) = report.failed.iter().rposition(mine) {
+            report.failed.remove(i);
+        }
+        note_deferred(report);
+        if tries >= 2 || e.kind() != &ErrorKind::ConnectionLost {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::session::last_error;
+
+    #[test]
+    fn deferred_failures_become_last_error_and_one_line() {
+        let e = gearman_core::Error::new(
+            ErrorKind::Server {
+                code: "QUEUE_ERROR".into(),
+                text: "Job queue is full".into(),
+            },
+            "refused",
+        );
+        let failed = (0..3)
+            .map(|i| gearman_core::DeferredFailure {
+                function: "f".into(),
+                unique: format!("u{i}").into_bytes(),
+                error: e.clone(),
+            })
+            .collect();
+        std::thread::spawn(move || {
+            for i in 0..3 {
+                crate::runtime::session::note_submitter(b"f", format!("u{i}").as_bytes());
+            }
+            note_deferred(DeferredReport {
+                confirmed: 5,
+                failed,
+                pending: 0,
+            });
+            let m = last_error().unwrap();
+            assert!(m.contains("3 jobs not confirmed"), "{m}");
+            assert!(m.contains("3 refused by the job server"), "{m}");
+            assert!(m.contains("QUEUE_ERROR"), "{m}");
+            assert!(m.contains("unique 'u0'"), "{m}");
+            flush_deferred_failures();
+            assert_eq!(DEFERRED.with(|t| t.borrow().refused), 0);
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -16,8 +16,8 @@
 //! allow_servers_set = false       # default: gman_servers_set() is refused (see below)
 //! max_idle_connections = 64       # idle pooled clients kept, all server lists together
 //! idle_timeout_ms = 60000         # an idle pooled client unused this long is closed
-//! max_sum_rows = 100000           # rows one gman_sum group may collect
-//! max_result_bytes = 16777216     # largest gman_do* result (bytes, 1 B to 1 GiB), see below
+//! max_sum_rows = 100000           # rows one gman_sum group, elements one gman_do_many call may have
+//! max_result_bytes = 16777216     # largest gman_do* result, gman_do_many output (bytes, 1 B to 1 GiB), see below
 //! background_dispatch = "round_trip"  # or "pipelined", see below
 //!
 //! [function_servers]              # per-function server lists
@@ -31,8 +31,8 @@
 //!
 //! Every call has one deadline from its start, and connecting, failing over
 //! to the next server and waiting for replies all draw from it:
-//! `foreground_timeout_ms` for `gman_do*` and for a `gman_sum` group (all
-//! its rows and server lists together), `io_timeout_ms` for a background
+//! `foreground_timeout_ms` for `gman_do*`, a `gman_do_many` call (all its
+//! jobs) and a `gman_sum` group (all its rows and server lists together), `io_timeout_ms` for a background
 //! call (until JOB_CREATED, or until written in pipelined mode) and for the
 //! walks of `gman_job_status()` and `gman_server_status()` over every
 //! server and list (a server not reached in time is reported as an error
@@ -53,6 +53,8 @@
 //! as soon as it does (the rest is read and dropped, never kept): that row
 //! is NULL and `gman_last_error()` says `result of job H exceeded N bytes`.
 //! It is also the result length the functions declare to the server.
+//! `gman_do_many` accepts it per job, and for its whole output (the JSON
+//! array of all results): a longer output fails the row.
 //! `gman_sum` accepts at most [`SUM_RESULT_MAX`] bytes per row (an integer
 //! as text), so a group holds at most `max_sum_rows` times that.
 //!

@@ -10,11 +10,13 @@
 //! |---|---|
 //! | `gman_do(function, workload [, unique])`, `gman_do_high`, `gman_do_low` | the worker's result (binary string), at most `max_result_bytes` (16 MiB; a longer one fails that row) |
 //! | `gman_do_background(...)`, `gman_do_high_background`, `gman_do_low_background` | the job handle; with `background_dispatch = "pipelined"`: the job's unique key (the caller's, or a generated 36-character one) |
-//! | `gman_do_epoch(function, workload, unix_seconds [, unique])` | the job handle of a scheduled job (pipelined: its unique key) |
+//! | `gman_do_background_at(function, workload, run_at [, unique])`, older name `gman_do_epoch` | the job handle of a scheduled job (pipelined: its unique key); `run_at` is Unix seconds, or RFC 3339 text with `Z` or an offset; a DATETIME (no time zone) is refused: pass `UNIX_TIMESTAMP(x)` |
+//! | `gman_do_many(function, json_array)` | JSON array of the results (JSON strings) in input order, one foreground job per element, all submitted before any result is awaited; a failed job is `null` in its place and named by `gman_last_error()`; a string element is its text, `null` an empty workload, any other element its JSON text; NULL array: NULL; one `foreground_timeout_ms` for the call; each result and the whole output at most `max_result_bytes`; at most `max_sum_rows` elements |
 //! | `gman_sum(function, workload)` (AGGREGATE) | sum of the integer results, jobs run concurrently; NULL for no rows. Not with `GROUP BY ... WITH ROLLUP`: MariaDB gives a UDF aggregate's rollup rows one shared state, so their totals are wrong (a plain C aggregate UDF shows the same) |
 //! | `gman_servers_set(servers [, function])` | its `servers` argument as given (`'127.0.0.1'`, not `'127.0.0.1:4730'`), as gearman-mysql-udf returned; NULL or `''` with a `function` clears that function's own list (returns the argument: NULL or `''`). Refused unless `allow_servers_set = true` |
 //! | `gman_job_status(handle_or_unique)` | JSON `{"known","running","numerator","denominator"}` (+ `"waiting"` for a unique key, e.g. the value a pipelined background call returned; a unique key is looked up on the default server list, then on each function's own list) |
 //! | `gman_server_status()` | JSON array, one object per server and function: `server, function, total, queued, running, workers`; `total` is every job gearmand holds for the function, `queued` the jobs waiting for a worker (`total - running`, as in PostgreSQL), `running` those a worker has taken; a server that cannot be asked has one object `{"server", "error"}` |
+//! | `gman_dispatch_status()` | JSON `{"dispatch","sent","confirmed","failed","refused","unknown","pending"}`: the pipelined background jobs of this server process (all connections) since the library was loaded; `sent = confirmed + failed + pending`, `failed = refused + unknown`; reads the confirmations already arrived first (without waiting) |
 //! | `gman_last_error()` | the last error of this connection's latest statement that called another `gman_*` function, or NULL (see [`runtime::session`]) |
 //!
 //! Errors: a wrong argument count or a row-valued argument fails the
@@ -50,9 +52,11 @@ pub mod runtime;
 pub mod udf;
 
 use gearman_core::Priority;
+use udf::gman_dispatch_status::DispatchStatus;
 use udf::gman_do::Do;
 use udf::gman_do_background::Background;
 use udf::gman_do_background_at::At;
+use udf::gman_do_many::DoMany;
 use udf::gman_job_status::JobStatus;
 use udf::gman_last_error::LastError;
 use udf::gman_server_status::ServerStatus;
@@ -68,10 +72,13 @@ export_udf! {
     gman_do_background, gman_do_background_init, gman_do_background_deinit: Background = Background(Priority::Normal);
     gman_do_high_background, gman_do_high_background_init, gman_do_high_background_deinit: Background = Background(Priority::High);
     gman_do_low_background, gman_do_low_background_init, gman_do_low_background_deinit: Background = Background(Priority::Low);
+    gman_do_background_at, gman_do_background_at_init, gman_do_background_at_deinit: At = At;
     gman_do_epoch, gman_do_epoch_init, gman_do_epoch_deinit: At = At;
+    gman_do_many, gman_do_many_init, gman_do_many_deinit: DoMany = DoMany;
     gman_servers_set, gman_servers_set_init, gman_servers_set_deinit: ServersSet = ServersSet;
     gman_job_status, gman_job_status_init, gman_job_status_deinit: JobStatus = JobStatus;
     gman_server_status, gman_server_status_init, gman_server_status_deinit: ServerStatus = ServerStatus;
+    gman_dispatch_status, gman_dispatch_status_init, gman_dispatch_status_deinit: DispatchStatus = DispatchStatus;
     gman_last_error, gman_last_error_init, gman_last_error_deinit: LastError = LastError;
 }
 // `name, name_init, name_deinit, name_clear, name_add, name_reset: Type = value`.

@@ -24,9 +24,61 @@ thread_local! {
     static DEFERRED: RefCell<DeferredTally> = RefCell::new(DeferredTally::default());
 }
 
-/// Pipelined background jobs not confirmed (refused or of unknown fate)
-/// since the library was loaded.
-static DEFERRED_FAILED_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// Counts of pipelined background jobs since the library was loaded, all
+/// connections together (see [`dispatch_counts`]).
+static SENT: AtomicU64 = AtomicU64::new(0);
+static CONFIRMED: AtomicU64 = AtomicU64::new(0);
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+static UNKNOWN: AtomicU64 = AtomicU64::new(0);
+
+/// The pipelined background jobs of this server process since the library
+/// was loaded (`gman_dispatch_status()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DispatchCounts {
+    /// Jobs whose call returned their key (written to a job server).
+    pub sent: u64,
+    /// Jobs gearmand confirmed (JOB_CREATED: queued).
+    pub confirmed: u64,
+    /// Jobs gearmand refused (an ERROR reply: not queued).
+    pub refused: u64,
+    /// Jobs whose confirmation did not come in time or whose connection was
+    /// lost first (fate unknown: they may have been queued).
+    pub unknown: u64,
+}
+
+impl DispatchCounts {
+    /// `refused + unknown`.
+    pub fn failed(&self) -> u64 {
+        self.refused + self.unknown
+    }
+
+    /// Jobs written whose confirmation has not been read yet:
+    /// `sent - confirmed - failed`.
+    pub fn pending(&self) -> u64 {
+        self.sent.saturating_sub(self.confirmed + self.failed())
+    }
+}
+
+/// The counts so far. A job is counted as sent before it is written (its
+/// confirmation may be read by another thread at once), and uncounted again
+/// if its call fails.
+pub fn dispatch_counts() -> DispatchCounts {
+    // Read the outcomes before `sent`, so that `pending` never counts a job
+    // twice that was confirmed between the loads.
+    let confirmed = CONFIRMED.load(Ordering::Acquire);
+    let refused = REFUSED.load(Ordering::Acquire);
+    let unknown = UNKNOWN.load(Ordering::Acquire);
+    DispatchCounts {
+        sent: SENT.load(Ordering::Acquire),
+        confirmed,
+        refused,
+        unknown,
+    }
+}
+
+fn failed_total() -> u64 {
+    REFUSED.load(Ordering::Relaxed) + UNKNOWN.load(Ordering::Relaxed)
+}
 
 /// Collection reports held back per thread for at most this long before
 /// their error-log line is written even mid-statement.
@@ -34,7 +86,7 @@ const DEFERRED_FLUSH_AFTER: Duration = Duration::from_secs(1);
 
 impl DeferredTally {
     fn add(&mut self, f: &DeferredFailure) {
-        if matches!(f.error.kind(), ErrorKind::Server { .. }) {
+        if is_refusal(f) {
             self.refused += 1;
             if self.first_refused.is_none() {
                 self.first_refused = Some(describe_failure(f));
@@ -77,6 +129,11 @@ impl DeferredTally {
     }
 }
 
+/// Refused by the job server (not queued), as opposed to of unknown fate.
+fn is_refusal(f: &DeferredFailure) -> bool {
+    matches!(f.error.kind(), ErrorKind::Server { .. })
+}
+
 fn describe_failure(f: &DeferredFailure) -> String {
     format!(
         "function '{}' unique '{}': {}",
@@ -93,11 +150,16 @@ fn describe_failure(f: &DeferredFailure) -> String {
 /// (never of the connection that merely collected the confirmation on a
 /// shared pooled connection; see [`crate::runtime::session::note_submitter`]).
 pub fn note_deferred(report: DeferredReport) {
+    CONFIRMED.fetch_add(report.confirmed, Ordering::AcqRel);
     if report.failed.is_empty() {
         return;
     }
     let n = report.failed.len() as u64;
-    let total = DEFERRED_FAILED_TOTAL.fetch_add(n, Ordering::Relaxed) + n;
+    for f in &report.failed {
+        let counter = if is_refusal(f) { &REFUSED } else { &UNKNOWN };
+        counter.fetch_add(1, Ordering::AcqRel);
+    }
+    let total = failed_total();
     let mut per_conn: Vec<(ConnId, DeferredTally)> = Vec::new();
     for f in &report.failed {
         if let Some(c) = take_submitter(f.function.as_bytes(), &f.unique) {
@@ -145,7 +207,7 @@ pub fn flush_deferred_failures() {
             if t.refused + t.unknown == 0 {
                 return None;
             }
-            let m = t.message(DEFERRED_FAILED_TOTAL.load(Ordering::Relaxed));
+            let m = t.message(failed_total());
             *t = DeferredTally::default();
             Some(m)
         })
@@ -167,8 +229,10 @@ impl Runtime {
         // As the core names the function in its reports.
         let function = String::from_utf8_lossy(&job.function);
         note_submitter(function.as_bytes(), key);
+        SENT.fetch_add(1, Ordering::AcqRel);
         self.with_client(servers, |c| write_pipelined(c, job))
             .inspect_err(|_| {
+                SENT.fetch_sub(1, Ordering::AcqRel);
                 take_submitter(function.as_bytes(), key);
             })
     }

@@ -4,8 +4,10 @@
 use super::lock;
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use time::format_description::{self, BorrowedFormatItem};
+use time::OffsetDateTime;
 
 /// Identical error-log lines within this window are folded into one.
 const LOG_FOLD_WINDOW: Duration = Duration::from_secs(1);
@@ -59,27 +61,14 @@ pub fn log_error(msg: &str) {
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC), the shape of mariadbd's own log lines.
 fn timestamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    static FORMAT: OnceLock<Vec<BorrowedFormatItem<'static>>> = OnceLock::new();
+    let format = FORMAT.get_or_init(|| {
+        format_description::parse_borrowed::<2>("[year]-[month]-[day] [hour]:[minute]:[second]")
+            .unwrap_or_default()
+    });
+    OffsetDateTime::now_utc()
+        .format(format.as_slice())
+        .unwrap_or_else(|_| "0000-00-00 00:00:00".into())
 }
 
 #[cfg(test)]
@@ -92,5 +81,8 @@ mod tests {
         assert_eq!(t.len(), 19, "{t}");
         assert_eq!(&t[4..5], "-");
         assert_eq!(&t[13..14], ":");
+        // The clock's date, not the fallback.
+        let year: i32 = t[..4].parse().unwrap();
+        assert!(year >= 2024, "{t}");
     }
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
-pub use deferred::{flush_deferred_failures, note_deferred};
+pub use deferred::{dispatch_counts, flush_deferred_failures, note_deferred, DispatchCounts};
 pub use log::log_error;
 pub use session::{clear_last_error, last_error, set_last_error};
 pub use unique::generate_unique;

@@ -11,9 +11,11 @@
 pub mod export;
 pub mod job;
 
+pub mod gman_dispatch_status;
 pub mod gman_do;
 pub mod gman_do_background;
 pub mod gman_do_background_at;
+pub mod gman_do_many;
 pub mod gman_job_status;
 pub mod gman_last_error;
 pub mod gman_server_status;

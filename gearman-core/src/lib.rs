@@ -26,16 +26,19 @@ mod conn;
 mod error;
 mod job;
 pub mod proto;
+mod routing;
 mod servers;
 pub mod worker;
 
 pub use client::{
-    Client, ClientStats, DeferredFailure, DeferredReport, Options, DEFAULT_MAX_RESULT,
+    Client, ClientStats, DeferredFailure, DeferredReport, KeyStatus, Options, DEFAULT_MAX_RESULT,
+    SUM_RESULT_MAX,
 };
 pub use conn::{Connection, Interrupt};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, Retry};
 pub use job::{
-    first_known, validate_function_name, Event, Job, JobHandle, JobStatus, Known, Priority,
-    UniqueStatus, MAX_FUNCTION, MAX_UNIQUE,
+    first_known, new_unique_key, validate_function_name, Event, Job, JobHandle, JobStatus, Known,
+    Priority, UniqueStatus, MAX_FUNCTION, MAX_UNIQUE,
 };
+pub use routing::Routing;
 pub use servers::{Router, ServerAddr, ServerList, DEFAULT_PORT};

@@ -310,12 +310,29 @@ fn gman_dispatch_status_counts_pipelined_jobs() {
             "refused": 91, "unknown": 0, "pending": 0,
         })
     );
+    // Confirmations alone are counted too, also those that only
+    // gman_dispatch_status() reads from the idle pool.
+    let n: Option<u64> = c
+        .query_first("SELECT COUNT(gman_do_background('free', seq)) FROM seq_1_to_50")
+        .unwrap();
+    assert_eq!(n, Some(50));
+    wait_until("every confirmation read", Duration::from_secs(20), || {
+        st = json_of(&mut c, "SELECT gman_dispatch_status()");
+        st["pending"] == 0
+    });
+    assert_eq!(
+        st,
+        json!({
+            "dispatch": "pipelined", "sent": 150, "confirmed": 59, "failed": 91,
+            "refused": 91, "unknown": 0, "pending": 0,
+        })
+    );
     // A row that could not be written is its own error, not a sent job.
     assert_eq!(one(&mut c, "SELECT gman_do_background('dead', 'x')"), None);
     assert!(last_error(&mut c).unwrap().contains("'dead'"));
     assert_eq!(
         json_of(&mut c, "SELECT gman_dispatch_status()")["sent"],
-        100
+        150
     );
     env.assert_alive("gman_dispatch_status");
 }

@@ -4,7 +4,7 @@
 use super::log::log_error;
 use super::session::{note_submitter, set_error_of, take_submitter, ConnId};
 use super::Runtime;
-use gearman_core::{Client, DeferredFailure, DeferredReport, ErrorKind, Job, ServerList};
+use gearman_core::{DeferredFailure, DeferredReport, Job};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ const DEFERRED_FLUSH_AFTER: Duration = Duration::from_secs(1);
 
 impl DeferredTally {
     fn add(&mut self, f: &DeferredFailure) {
-        if is_refusal(f) {
+        if !f.is_unknown_fate() {
             self.refused += 1;
             if self.first_refused.is_none() {
                 self.first_refused = Some(describe_failure(f));
@@ -129,11 +129,6 @@ impl DeferredTally {
     }
 }
 
-/// Refused by the job server (not queued), as opposed to of unknown fate.
-fn is_refusal(f: &DeferredFailure) -> bool {
-    matches!(f.error.kind(), ErrorKind::Server { .. })
-}
-
 fn describe_failure(f: &DeferredFailure) -> String {
     format!(
         "function '{}' unique '{}': {}",
@@ -156,7 +151,11 @@ pub fn note_deferred(report: DeferredReport) {
     }
     let n = report.failed.len() as u64;
     for f in &report.failed {
-        let counter = if is_refusal(f) { &REFUSED } else { &UNKNOWN };
+        let counter = if !f.is_unknown_fate() {
+            &REFUSED
+        } else {
+            &UNKNOWN
+        };
         counter.fetch_add(1, Ordering::AcqRel);
     }
     let total = failed_total();
@@ -219,18 +218,22 @@ pub fn flush_deferred_failures() {
 }
 
 impl Runtime {
-    /// Writes one background job (with a unique key) to `servers` without
-    /// waiting for its JOB_CREATED (`background_dispatch = "pipelined"`).
+    /// Writes one background job (with a unique key) without waiting for
+    /// its JOB_CREATED (`background_dispatch = "pipelined"`), through the
+    /// core's deferred ledger and its one retry rule
+    /// (`Client::submit_background_deferred_one`: a broken pooled
+    /// connection is reopened and the job written once more; a failure
+    /// known within the call is this row's error, not a later report).
     /// The calling connection is noted as its submitter before the write:
     /// its confirmation may be collected (by any thread) as soon as it is
     /// written, and a later refusal goes to that connection.
-    pub fn submit_pipelined(&self, servers: &ServerList, job: &Job) -> gearman_core::Result<()> {
+    pub fn submit_pipelined(&self, job: &Job) -> gearman_core::Result<()> {
         let key = job.unique_bytes();
         // As the core names the function in its reports.
-        let function = String::from_utf8_lossy(&job.function);
+        let function = job.function_name();
         note_submitter(function.as_bytes(), key);
         SENT.fetch_add(1, Ordering::AcqRel);
-        self.with_client(servers, |c| write_pipelined(c, job))
+        self.with_client(|c| c.submit_background_deferred_one(job))
             .inspect_err(|_| {
                 SENT.fetch_sub(1, Ordering::AcqRel);
                 take_submitter(function.as_bytes(), key);
@@ -238,49 +241,11 @@ impl Runtime {
     }
 }
 
-/// Writes one background job without waiting for its JOB_CREATED. A
-/// connection found broken while writing (e.g. a pooled connection that
-/// gearmand closed) is reopened and the job written once more, as
-/// `submit_background` does in round-trip mode (at least once). The error of
-/// a job that could not be written is this call's error only: it is removed
-/// from the client's report of failed deferred jobs, which otherwise holds
-/// the earlier jobs that the broken connection still owed a confirmation.
-fn write_pipelined(c: &mut Client, job: &Job) -> gearman_core::Result<()> {
-    let mine = |f: &DeferredFailure| {
-        f.unique == job.unique_bytes() && f.function.as_bytes() == job.function
-    };
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let Err(e) = c.submit_background_deferred(std::slice::from_ref(job)) else {
-            // The first job of its kind on a connection is confirmed within
-            // the call (the core awaits it): a refusal or a missing answer
-            // (a server that ignores the packet type) is this row's error,
-            // not a later report.
-            let mut report = c.take_deferred_report();
-            let failed = report.failed.iter().rposition(mine);
-            let own = failed.map(|i| report.failed.remove(i));
-            note_deferred(report);
-            return match own {
-                Some(f) => Err(f.error),
-                None => Ok(()),
-            };
-        };
-        let mut report = c.collect_deferred(false);
-        if let Some(i) = report.failed.iter().rposition(mine) {
-            report.failed.remove(i);
-        }
-        note_deferred(report);
-        if tries >= 2 || e.kind() != &ErrorKind::ConnectionLost {
-            return Err(e);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::runtime::session::last_error;
+    use gearman_core::ErrorKind;
 
     #[test]
     fn deferred_failures_become_last_error_and_one_line() {

@@ -1,28 +1,23 @@
 //! Process-wide state inside mariadbd, apart from what any SQL function
-//! does: the configuration in force, the routing table ([`routing`]), the
-//! client pool ([`pool`]), the reports of pipelined jobs ([`deferred`]),
-//! the per-connection last error ([`session`]) and the error-log writer
-//! ([`log`]).
+//! does: the configuration in force, the routing table (gearman-core's
+//! [`Routing`], shared by every session), the client pool ([`pool`]), the
+//! reports of pipelined jobs ([`deferred`]), the per-connection last error
+//! ([`session`]) and the error-log writer ([`log`]).
 
 pub mod deferred;
 pub mod log;
 pub mod pool;
-pub mod routing;
 pub mod session;
-pub mod unique;
 
 use crate::config::{BackgroundDispatch, Config};
-use gearman_core::{Options, ServerAddr, ServerList};
-use routing::Routing;
-use std::collections::HashMap;
+use gearman_core::{Options, Routing, ServerList};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
 pub use deferred::{dispatch_counts, flush_deferred_failures, note_deferred, DispatchCounts};
 pub use log::log_error;
 pub use session::{clear_last_error, last_error, set_last_error};
-pub use unique::generate_unique;
 
 /// Everything the functions share within one server process.
 #[derive(Debug)]
@@ -32,7 +27,9 @@ pub struct Runtime {
     /// Where the configuration was looked for.
     pub config_path: PathBuf,
     opts: Options,
-    routing: RwLock<Routing>,
+    /// The routing table and its version (bumped by every change), so a
+    /// pooled client is given the table again only after a change.
+    routing: RwLock<(u64, Arc<Routing>)>,
     pool: Mutex<Vec<pool::Idle>>,
 }
 
@@ -67,22 +64,23 @@ impl Runtime {
             })?,
             None => ServerList::default(),
         };
-        let mut per_function = HashMap::new();
+        let mut routing = Routing::new(default);
         for (f, s) in &config.function_servers {
-            gearman_core::validate_function_name(f.as_bytes()).map_err(|e| {
-                format!(
-                    "configuration file {}: [function_servers]: {}",
-                    config_path.display(),
-                    e.message()
-                )
-            })?;
             let list = ServerList::parse(s).map_err(|e| {
                 format!(
                     "configuration file {}: function_servers.{f}: {e}",
                     config_path.display()
                 )
             })?;
-            per_function.insert(f.as_bytes().to_vec(), list);
+            routing
+                .set_function(f.as_bytes(), Some(list))
+                .map_err(|e| {
+                    format!(
+                        "configuration file {}: [function_servers]: {}",
+                        config_path.display(),
+                        e.message()
+                    )
+                })?;
         }
         let opts = Options {
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
@@ -96,41 +94,39 @@ impl Runtime {
             config,
             config_path,
             opts,
-            routing: RwLock::new(Routing {
-                default,
-                per_function,
-            }),
+            routing: RwLock::new((0, Arc::new(routing))),
             pool: Mutex::new(Vec::new()),
         })
     }
 
-    fn routing(&self) -> std::sync::RwLockReadGuard<'_, Routing> {
-        self.routing.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The server list a job for `function` goes to right now.
-    pub fn servers_for(&self, function: &[u8]) -> ServerList {
-        self.routing().servers_for(function)
+    /// The routing table in force and its version.
+    pub fn routing(&self) -> (u64, Arc<Routing>) {
+        let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
+        (r.0, r.1.clone())
     }
 
     /// Sets the default list (`function` None) or one function's list;
-    /// `list` None removes a function's own list.
-    pub fn set_servers(&self, function: Option<&[u8]>, list: Option<ServerList>) {
-        self.routing
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .set(function, list);
-    }
-
-    /// Every distinct server list of the routing table: the default list
-    /// first, then the functions' own lists in function-name order.
-    pub fn all_lists(&self) -> Vec<ServerList> {
-        self.routing().all_lists()
-    }
-
-    /// Every distinct server of the routing table, default list first.
-    pub fn all_servers(&self) -> Vec<ServerAddr> {
-        self.routing().all_servers()
+    /// `list` None removes a function's own list. Takes effect for the next
+    /// call of any session.
+    ///
+    /// # Errors
+    /// An invalid function name (the table is unchanged then).
+    pub fn set_servers(
+        &self,
+        function: Option<&[u8]>,
+        list: Option<ServerList>,
+    ) -> gearman_core::Result<()> {
+        let mut r = self.routing.write().unwrap_or_else(|e| e.into_inner());
+        let mut table = (*r.1).clone();
+        match (function, list) {
+            (None, Some(l)) => table.set_default(l),
+            (Some(f), l) => table.set_function(f, l)?,
+            (None, None) => return Ok(()),
+        }
+        if table != *r.1 {
+            *r = (r.0 + 1, Arc::new(table));
+        }
+        Ok(())
     }
 
     /// The client options (timeouts) from the configuration.
@@ -149,14 +145,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routing_prefers_the_function_list() {
+    fn routing_changes_bump_the_version() {
         let rt = Runtime::new(Config::default(), PathBuf::from("/x")).unwrap();
-        assert_eq!(rt.servers_for(b"f").to_string(), "127.0.0.1:4730");
-        rt.set_servers(Some(b"f"), Some(ServerList::parse("h:1").unwrap()));
-        assert_eq!(rt.servers_for(b"f").to_string(), "h:1");
-        assert_eq!(rt.servers_for(b"g").to_string(), "127.0.0.1:4730");
-        assert_eq!(rt.all_servers().len(), 2);
-        rt.set_servers(Some(b"f"), None);
-        assert_eq!(rt.servers_for(b"f").to_string(), "127.0.0.1:4730");
+        let (v0, r) = rt.routing();
+        assert_eq!(r.lookup(b"f").to_string(), "127.0.0.1:4730");
+        rt.set_servers(Some(b"f"), Some(ServerList::parse("h:1").unwrap()))
+            .unwrap();
+        let (v1, r) = rt.routing();
+        assert!(v1 > v0);
+        assert_eq!(r.lookup(b"f").to_string(), "h:1");
+        assert_eq!(r.lookup(b"g").to_string(), "127.0.0.1:4730");
+        assert_eq!(r.all_servers().len(), 2);
+        // No change, no new version.
+        rt.set_servers(Some(b"f"), Some(ServerList::parse("h:1").unwrap()))
+            .unwrap();
+        assert_eq!(rt.routing().0, v1);
+        assert!(rt.set_servers(Some(b"bad name"), None).is_err());
+        rt.set_servers(Some(b"f"), None).unwrap();
+        assert_eq!(rt.routing().1.lookup(b"f").to_string(), "127.0.0.1:4730");
     }
 }

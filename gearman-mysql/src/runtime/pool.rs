@@ -1,48 +1,49 @@
-//! The bounded pool of job-server clients shared by every session and
-//! server list of the process.
+//! The bounded pool of job-server clients shared by every session of the
+//! process.
 
 use super::deferred::note_deferred;
 use super::{lock, Runtime};
-use gearman_core::{Client, ErrorKind, ServerList};
+use gearman_core::{Client, ErrorKind};
 use std::time::{Duration, Instant};
 
-/// An idle pooled client and when it was put back.
+/// An idle pooled client, the routing version it has, and when it was put
+/// back.
 #[derive(Debug)]
 pub(super) struct Idle {
     client: Client,
+    routing: u64,
     since: Instant,
 }
 
 impl Runtime {
-    /// Runs `f` with a pooled client for `servers`, then puts the client
-    /// back unless the error left its connection in an unknown state.
+    /// Runs `f` with a pooled client, then puts the client back unless the
+    /// error left its connections in an unknown state.
     ///
-    /// The pool is shared by every server list: it holds at most
-    /// `max_idle_connections` idle clients in all, each keeping one
-    /// connection per server of the list it last served. A call takes the
-    /// idle client that served the same list most recently, else the one
-    /// whose list shares the most servers with `servers` (it is re-pointed
-    /// with `Client::set_servers`, which keeps the connections to the
-    /// shared servers and closes the others), else a new client; so a
-    /// server named in many lists has one pooled connection per concurrent
-    /// caller, not one per list. Putting a client back into a full pool
-    /// closes the least recently used idle one; idle clients unused for
+    /// Every client routes each job by its function through the routing
+    /// table in force when the call starts (gearman-core's `Routing`), and
+    /// keeps one connection per server, shared by every list that names the
+    /// server. The pool holds at most `max_idle_connections` idle clients;
+    /// a call takes the one returned last, else makes one, so a server has
+    /// at most one pooled connection per concurrent caller whatever the
+    /// number of lists that name it. A client whose table is out of date
+    /// is given the new one (`Client::set_routing`: connections to servers
+    /// still named are kept, the others closed). Putting a client back into
+    /// a full pool closes the least recently used idle one that owes no
+    /// confirmation (else the least recently used); idle clients unused for
     /// `idle_timeout_ms` are closed at the next call (no background thread:
     /// it would outlive the library when `DROP FUNCTION` unloads it).
     ///
     /// Confirmations of pipelined background jobs that the client still owes
-    /// (possibly submitted by another thread) are collected without waiting
-    /// before and after `f`, and with waiting (bounded by the I/O timeout,
+    /// (possibly submitted by another thread) are collected around `f`
+    /// (`Client::collecting`: what has arrived, without waiting, then what
+    /// `f` read on the way), and with waiting (bounded by the I/O timeout,
     /// or the call's deadline) before a client is closed; failures among
-    /// them are reported (see [`note_deferred`]). Putting a client back into
-    /// a full pool closes the least recently used idle client that owes no
-    /// confirmation, if there is one.
+    /// them are reported (see [`note_deferred`]).
     pub fn with_client<T>(
         &self,
-        servers: &ServerList,
         f: impl FnOnce(&mut Client) -> gearman_core::Result<T>,
     ) -> gearman_core::Result<T> {
-        self.with_client_until(servers, None, f)
+        self.with_client_until(None, f)
     }
 
     /// [`Runtime::with_client`], with every wait of `f` (and of closing
@@ -51,30 +52,30 @@ impl Runtime {
     /// within one bound.
     pub fn with_client_until<T>(
         &self,
-        servers: &ServerList,
         deadline: Option<Instant>,
         f: impl FnOnce(&mut Client) -> gearman_core::Result<T>,
     ) -> gearman_core::Result<T> {
         // Closing clients on the way never waits past the call's bound.
         let close_by = deadline.unwrap_or_else(|| Instant::now() + self.opts.io_timeout);
+        let (version, table) = self.routing();
         let (taken, expired) = {
             let mut pool = lock(&self.pool);
             let expired = self.take_expired(&mut pool);
-            (take_best(&mut pool, servers), expired)
+            (pool.pop(), expired)
         };
         close_clients(expired, close_by);
         let mut client = match taken {
-            Some(mut c) => {
-                if c.servers() != servers {
-                    c.set_servers(servers.clone());
+            Some(mut idle) => {
+                if idle.routing != version {
+                    idle.client.set_routing((*table).clone());
                 }
-                c
+                idle.client
             }
-            None => Client::new(servers.clone(), self.opts.clone()),
+            None => Client::with_routing((*table).clone(), self.opts.clone()),
         };
         client.options_mut().deadline = deadline;
-        note_deferred(client.collect_deferred(false));
-        let r = f(&mut client);
+        let (r, report) = client.collecting(f);
+        note_deferred(report);
         let reusable = match &r {
             Ok(_) => true,
             Err(e) => !matches!(
@@ -82,7 +83,6 @@ impl Runtime {
                 ErrorKind::Timeout | ErrorKind::Protocol | ErrorKind::Interrupted
             ),
         };
-        note_deferred(client.collect_deferred(false));
         if !reusable || self.config.max_idle_connections == 0 {
             close_clients(vec![client], close_by);
             return r;
@@ -92,6 +92,7 @@ impl Runtime {
             let mut pool = lock(&self.pool);
             pool.push(Idle {
                 client,
+                routing: version,
                 since: Instant::now(),
             });
             let mut evicted = Vec::new();
@@ -133,10 +134,9 @@ impl Runtime {
         {
             let mut pool = lock(&self.pool);
             for c in pool.iter_mut() {
-                let r = c.client.collect_deferred(false);
-                if !r.failed.is_empty() {
-                    reports.push(r);
-                }
+                // Confirmations count too (gman_dispatch_status), not only
+                // failures.
+                reports.push(c.client.collect_deferred(false));
             }
         }
         for r in reports {
@@ -144,33 +144,10 @@ impl Runtime {
         }
     }
 
-    /// Number of idle pooled clients (all server lists).
+    /// Number of idle pooled clients.
     pub fn idle_clients(&self) -> usize {
         lock(&self.pool).len()
     }
-}
-
-/// Takes the idle client best suited to `servers` (see
-/// [`Runtime::with_client`]): the most recent one with the same list, else
-/// the most recent one sharing the most servers with it.
-fn take_best(pool: &mut Vec<Idle>, servers: &ServerList) -> Option<Client> {
-    let mut best: Option<(usize, usize)> = None; // (score, index)
-    for (i, idle) in pool.iter().enumerate() {
-        let theirs = idle.client.servers();
-        let score = if theirs == servers {
-            usize::MAX
-        } else {
-            servers
-                .iter()
-                .filter(|a| theirs.iter().any(|b| b == *a))
-                .count()
-        };
-        // Later entries are more recent: `>=` prefers them on ties.
-        if score > 0 && best.is_none_or(|(s, _)| score >= s) {
-            best = Some((score, i));
-        }
-    }
-    best.map(|(_, i)| pool.remove(i).client)
 }
 
 /// Closes clients outside the pool lock: the confirmations they still owe

@@ -23,10 +23,9 @@ impl Udf for Do {
     fn process(&mut self, _site: &mut Site, args: &[Arg<'_>]) -> Result<Option<Vec<u8>>, String> {
         let rt = runtime()?;
         let job = job::from_args(args, 2)?.with_priority(self.0);
-        let servers = rt.servers_for(&job.function);
         // One bound for the whole call: connecting, failing over, waiting.
         let deadline = rt.options().foreground_timeout.map(|t| Instant::now() + t);
-        rt.with_client_until(&servers, deadline, |c| c.run(&job))
+        rt.with_client_until(deadline, |c| c.run(&job))
             .map(Some)
             .map_err(|e| job::describe(&job, &e))
     }

@@ -4,7 +4,7 @@
 
 use super::{job, Signature, Site, Udf};
 use crate::abi::Arg;
-use crate::runtime::{generate_unique, runtime, Runtime};
+use crate::runtime::{runtime, Runtime};
 use gearman_core::{Job, Priority};
 
 /// A background job at this priority.
@@ -31,18 +31,17 @@ impl Udf for Background {
 /// JOB_CREATED and returns the handle, or (pipelined) writes it and returns
 /// its unique key (generated when the job has none).
 pub fn submit(site: &mut Site, rt: &Runtime, mut job: Job) -> Result<Vec<u8>, String> {
-    let servers = rt.servers_for(&job.function);
     if rt.pipelined() {
         if job.unique.as_deref().is_none_or(<[u8]>::is_empty) {
-            job = job.with_unique(generate_unique());
+            job = job.with_unique(gearman_core::new_unique_key());
         }
         let key = job.unique_bytes().to_vec();
-        rt.submit_pipelined(&servers, &job)
+        rt.submit_pipelined(&job)
             .map_err(|e| job::describe(&job, &e))?;
         site.pipelined += 1;
         return Ok(key);
     }
-    rt.with_client(&servers, |c| c.submit_background(&job))
+    rt.with_client(|c| c.submit_background(&job))
         .map(|h| h.handle.into_bytes())
         .map_err(|e| job::describe(&job, &e))
 }

@@ -45,9 +45,8 @@ impl Udf for DoMany {
                 ..template.clone()
             })
             .collect();
-        let servers = rt.servers_for(&template.function);
         let results = rt
-            .with_client_until(&servers, deadline, |c| Ok(c.run_all(&jobs)))
+            .with_client_until(deadline, |c| Ok(c.run_all(&jobs)))
             .map_err(|e| job::describe(&template, &e))?;
         let max = rt.config.max_result_bytes as usize;
         let mut out = Vec::with_capacity(2 + 8 * jobs.len());
@@ -64,7 +63,7 @@ impl Udf for DoMany {
                         format!(
                             "function '{}': the worker's result is not valid UTF-8 and cannot \
                              be a JSON string (gman_do returns results byte for byte)",
-                            String::from_utf8_lossy(&template.function)
+                            template.function_name()
                         )
                     })
                 });

@@ -1,5 +1,7 @@
 //! `gman_server_status()`: JSON array, one object per server and function
-//! (admin `status` of every server of the routing table).
+//! (admin `status` of every server of the routing table, gearman-core's
+//! `Client::server_status`: `queued` is the jobs waiting for a worker,
+//! total minus running, in both databases).
 
 use super::{Signature, Site, Udf};
 use crate::abi::Arg;
@@ -27,12 +29,10 @@ impl Udf for ServerStatus {
         let deadline = Instant::now() + rt.options().io_timeout;
         let mut out = Vec::new();
         let mut errors = Vec::new();
-        let servers = rt.all_servers();
-        let answers = gearman_core::admin::status_all(
-            servers.clone(),
-            rt.options().connect_timeout,
-            deadline,
-        );
+        let answers = rt
+            .with_client(|c| Ok(c.server_status_until(deadline)))
+            .map_err(|e| e.to_string())?;
+        let servers = answers.len();
         for (addr, r) in answers {
             match r {
                 Ok(list) => {
@@ -55,7 +55,7 @@ impl Udf for ServerStatus {
                 }
             }
         }
-        if !servers.is_empty() && errors.len() == servers.len() {
+        if servers > 0 && errors.len() == servers {
             return Err(errors.join("; "));
         }
         if !errors.is_empty() {

@@ -39,9 +39,6 @@ impl Udf for ServersSet {
             return Err(locked(rt));
         }
         let function = args.get(1).and_then(Arg::to_bytes);
-        if let Some(f) = &function {
-            gearman_core::validate_function_name(f).map_err(|e| e.message().to_string())?;
-        }
         let given = args.first().and_then(Arg::to_bytes);
         let list = match &given {
             Some(s) if !s.is_empty() => {
@@ -52,7 +49,9 @@ impl Udf for ServersSet {
             _ if function.is_some() => None,
             _ => return Err("servers is NULL or empty".into()),
         };
-        rt.set_servers(function.as_deref(), list);
+        // The routing table checks the function name.
+        rt.set_servers(function.as_deref(), list)
+            .map_err(|e| e.message().to_string())?;
         Ok(given)
     }
 }

@@ -3,9 +3,9 @@
 
 use super::{job, Aggregate, Signature, Site};
 use crate::abi::Arg;
-use crate::config::{DEFAULT_MAX_SUM_ROWS, SUM_RESULT_MAX};
+use crate::config::DEFAULT_MAX_SUM_ROWS;
 use crate::runtime::runtime;
-use gearman_core::{Job, ServerList};
+use gearman_core::{ErrorKind, Job};
 use std::time::Instant;
 
 /// The jobs of the current group.
@@ -63,6 +63,10 @@ impl Aggregate for Sum {
 }
 
 impl Sum {
+    /// The group's jobs at once, across every server list they use
+    /// (gearman-core's `Client::sum`: results capped at `SUM_RESULT_MAX`
+    /// bytes, parsed as integers, added with overflow checked), within one
+    /// `foreground_timeout_ms` from the start.
     fn run(&mut self) -> Result<Option<i64>, String> {
         if let Some(e) = self.error.take() {
             return Err(e);
@@ -71,47 +75,19 @@ impl Sum {
             return Ok(None);
         }
         let rt = runtime()?;
-        // One bound for the whole group, over every server list it uses.
         let deadline = rt.options().foreground_timeout.map(|t| Instant::now() + t);
-        // All rows of one group share one client: the jobs are grouped by
-        // server list so that per-function routing still holds.
-        let mut by_list: Vec<(ServerList, Vec<usize>)> = Vec::new();
-        for (i, j) in self.jobs.iter().enumerate() {
-            let l = rt.servers_for(&j.function);
-            match by_list.iter_mut().find(|(x, _)| *x == l) {
-                Some((_, v)) => v.push(i),
-                None => by_list.push((l, vec![i])),
-            }
-        }
-        let mut total: i64 = 0;
-        for (list, idx) in by_list {
-            let jobs: Vec<Job> = idx.iter().map(|&i| self.jobs[i].clone()).collect();
-            // Each row's result is an integer: a small cap per job bounds
-            // the whole group (rows x SUM_RESULT_MAX).
-            let results = rt
-                .with_client_until(&list, deadline, |c| {
-                    let cap = c.options().max_result;
-                    c.options_mut().max_result = cap.min(SUM_RESULT_MAX);
-                    let r = c.run_all(&jobs);
-                    c.options_mut().max_result = cap;
-                    Ok(r)
-                })
-                .map_err(|e| e.to_string())?;
-            for (job, r) in jobs.iter().zip(results) {
-                let bytes = r.map_err(|e| job::describe(job, &e))?;
-                let text = String::from_utf8_lossy(&bytes);
-                let n: i64 = text.trim().parse().map_err(|_| {
-                    format!(
-                        "function '{}' returned '{}', not an integer",
-                        String::from_utf8_lossy(&job.function),
-                        text.chars().take(40).collect::<String>()
-                    )
-                })?;
-                total = total
-                    .checked_add(n)
-                    .ok_or_else(|| "sum overflows a signed 64-bit integer".to_string())?;
-            }
-        }
-        Ok(Some(total))
+        let jobs = &self.jobs;
+        let mut failed_job = None;
+        rt.with_client_until(deadline, |c| {
+            c.sum_with(jobs, |i, e| {
+                failed_job = Some(i);
+                Err(e)
+            })
+        })
+        .map_err(|e| match (e.kind(), failed_job) {
+            // These name the function already.
+            (ErrorKind::NotAnInteger | ErrorKind::Overflow, _) | (_, None) => e.to_string(),
+            (_, Some(i)) => job::describe(&jobs[i], &e),
+        })
     }
 }

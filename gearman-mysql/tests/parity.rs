@@ -352,3 +352,110 @@ fn gman_dispatch_status_is_all_zero_in_round_trip_mode() {
     );
     env.assert_alive("gman_dispatch_status");
 }
+
+/// Issue 11, parity with PostgreSQL (`gearman-pg/tests/sql.rs`,
+/// `parity_server_status_and_validation_texts`, checks the same state and
+/// texts):
+///
+/// - gearmand state: function `parity_f` with 3 background jobs queued and
+///   no worker. Expected for `parity_f`: `queued 3, running 0, workers 0`
+///   (MariaDB adds `total 3`).
+/// - validation errors carry gearman-core's one text (`Job::from_args`),
+///   here after `<function name>: ` (PostgreSQL: after `gearman: `):
+///   `gman_do('', 'x')` -> `function name is empty`;
+///   `gman_do('a b', 'x')` -> `function name "a b" contains a space at byte
+///   1; control characters and whitespace are not allowed`;
+///   `gman_do_background('f', 'x', <64 bytes>)` -> `unique key is 64 bytes;
+///   at most 63 are allowed (gearmand mishandles longer keys)`.
+/// - `gman_do_many('parity_rev', ['abc', 'de', ''])` with a worker that
+///   reverses its workload -> `cba, ed, ''` in input order; an element
+///   whose job fails (`'fail'`) is NULL in its place (PostgreSQL with
+///   `gearman.on_error = warning`: a NULL row and a WARNING).
+#[test]
+fn both_databases_agree_on_status_validation_and_gather() {
+    let mut env = Env::start("");
+    let mut c = env.conn();
+    for i in 0..3 {
+        let h = one_str(
+            &mut c,
+            &format!("SELECT gman_do_background('parity_f', 'w{i}')"),
+        );
+        assert!(h.is_some_and(|h| h.starts_with("H:")));
+    }
+    let status = json_of(&mut c, "SELECT gman_server_status()");
+    let rows: Vec<&Value> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["function"] == "parity_f")
+        .collect();
+    assert_eq!(rows.len(), 1, "{status}");
+    assert_eq!(
+        (
+            &rows[0]["queued"],
+            &rows[0]["running"],
+            &rows[0]["workers"],
+            &rows[0]["total"]
+        ),
+        (&json!(3), &json!(0), &json!(0), &json!(3)),
+        "{status}"
+    );
+
+    let long = "k".repeat(64);
+    for (sql, text) in [
+        (
+            "SELECT gman_do('', 'x')".to_string(),
+            "function name is empty",
+        ),
+        (
+            "SELECT gman_do('a b', 'x')".to_string(),
+            "function name \"a b\" contains a space at byte 1; control characters and \
+             whitespace are not allowed",
+        ),
+        (
+            format!("SELECT gman_do_background('f', 'x', '{long}')"),
+            "unique key is 64 bytes; at most 63 are allowed (gearmand mishandles longer keys)",
+        ),
+    ] {
+        assert_eq!(one(&mut c, &sql), None, "{sql}");
+        let function = sql["SELECT ".len()..sql.find('(').unwrap()].to_string();
+        assert_eq!(
+            last_error(&mut c).as_deref(),
+            Some(format!("{function}: {text}").as_str()),
+            "{sql}"
+        );
+    }
+    // The same texts as the core's validator gives (not a copy of them).
+    assert_eq!(
+        gearman_core::Job::from_args(b"", "x", None)
+            .unwrap_err()
+            .to_string(),
+        "function name is empty"
+    );
+
+    let rev = handler(|ctx| {
+        if ctx.workload() == b"fail" {
+            return Err(WorkError::Fail);
+        }
+        let mut w = ctx.workload().to_vec();
+        w.reverse();
+        Ok(w)
+    });
+    let _w = TestWorker::start(&env.servers(), vec![("parity_rev", rev)]);
+    env.wait_workers("parity_rev", 1);
+    assert_eq!(
+        json_of(
+            &mut c,
+            r#"SELECT gman_do_many('parity_rev', '["abc", "de", ""]')"#
+        ),
+        json!(["cba", "ed", ""])
+    );
+    assert_eq!(
+        json_of(
+            &mut c,
+            r#"SELECT gman_do_many('parity_rev', '["abc", "fail", "de"]')"#
+        ),
+        json!(["cba", null, "ed"])
+    );
+    env.assert_alive("parity");
+}

@@ -32,16 +32,18 @@
 //! (`gearman_core::client: ...`); gearman-core's debug lines (one per job,
 //! duplicating ours) show at trace, except "cannot connect", which shows at
 //! warn at most once per [`CONNECT_WARN_EVERY`] so an unreachable job server
-//! is visible at the default level. Per-function job counters ([`Stats`])
-//! feed the summary printed on exit.
+//! is visible at the default level. [`LogLimiter`] holds back warnings that
+//! repeat (the relay's: one line per kind per 30 s, with the count of those
+//! left out). Per-function job counters ([`Stats`]) feed the summary printed
+//! on exit.
 
 pub use log::Level;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Parses a level name: `error`, `warn` (or `warning`), `info`, `debug` or
 /// `trace`, any case.
@@ -346,6 +348,78 @@ pub fn init() {
     }
 }
 
+/// Warnings of one kind at most once per period: the first is written, the
+/// repeats within the period are counted, and the next one written after it
+/// says how many were left out. Bounded: at most [`LogLimiter::MAX_KEYS`]
+/// kinds are remembered.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: Duration,
+    seen: HashMap<String, (Instant, u64)>,
+}
+
+impl LogLimiter {
+    /// Kinds remembered at most; older ones are forgotten first.
+    pub const MAX_KEYS: usize = 256;
+
+    /// A limiter that writes each kind at most once per `every`.
+    pub fn new(every: Duration) -> LogLimiter {
+        LogLimiter {
+            every,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Whether a line of kind `key` is written at `now`: `Some(n)` with the
+    /// number of lines of that kind left out since the last one written, or
+    /// `None` (left out, counted).
+    pub fn check(&mut self, key: &str, now: Instant) -> Option<u64> {
+        if let Some((last, left_out)) = self.seen.get_mut(key) {
+            if now.saturating_duration_since(*last) < self.every {
+                *left_out += 1;
+                return None;
+            }
+            let n = *left_out;
+            *last = now;
+            *left_out = 0;
+            return Some(n);
+        }
+        if self.seen.len() >= Self::MAX_KEYS {
+            let every = self.every;
+            self.seen
+                .retain(|_, (last, _)| now.saturating_duration_since(*last) < every);
+            if self.seen.len() >= Self::MAX_KEYS {
+                if let Some(oldest) = self
+                    .seen
+                    .iter()
+                    .min_by_key(|(_, (last, _))| *last)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.seen.remove(&oldest);
+                }
+            }
+        }
+        self.seen.insert(key.to_string(), (now, 0));
+        Some(0)
+    }
+
+    /// Writes `msg` at warn level unless a line of kind `key` was written
+    /// within the period (then nothing is written, at any level).
+    pub fn warn(&mut self, key: &str, msg: std::fmt::Arguments<'_>) {
+        match self.check(key, Instant::now()) {
+            None => {}
+            Some(0) => log::warn!(
+                "{msg} (repeats within {} s are not logged at warn)",
+                self.every.as_secs()
+            ),
+            Some(n) => log::warn!(
+                "{msg} ({n} more like this in the last {} s were not logged at warn)",
+                self.every.as_secs()
+            ),
+        }
+    }
+}
+
 /// Counters of one function.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FunctionStats {
@@ -528,6 +602,25 @@ mod tests {
         // another test promoted one within CONNECT_WARN_EVERY).
         assert_eq!(second, Level::Trace);
         assert!(first == Level::Warn || first == Level::Trace);
+    }
+
+    #[test]
+    fn the_limiter_writes_a_kind_once_per_period_and_counts_the_rest() {
+        let mut l = LogLimiter::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(l.check("a", t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(l.check("a", t0 + Duration::from_secs(i)), None);
+        }
+        // Another kind is not held back by the first.
+        assert_eq!(l.check("b", t0 + Duration::from_secs(2)), Some(0));
+        assert_eq!(l.check("a", t0 + Duration::from_secs(31)), Some(5));
+        assert_eq!(l.check("a", t0 + Duration::from_secs(32)), None);
+        // Bounded: many kinds never grow it past MAX_KEYS.
+        for i in 0..(LogLimiter::MAX_KEYS * 3) {
+            l.check(&format!("k{i}"), t0 + Duration::from_secs(40));
+        }
+        assert!(l.seen.len() <= LogLimiter::MAX_KEYS);
     }
 
     #[test]

@@ -250,12 +250,15 @@ fn gman_do_background_at_schedules_and_gman_do_epoch_is_its_alias() {
     assert_eq!(st["known"], true, "{st}");
 
     // A DATETIME has no time zone: refused with a hint, not guessed.
-    for f in ["gman_do_background_at", "gman_do_epoch"] {
+    for (f, arg) in [
+        ("gman_do_background_at", "run_at"),
+        ("gman_do_epoch", "unix_seconds"),
+    ] {
         let sql = format!("SELECT {f}('at', 'x', NOW() + INTERVAL 1 HOUR)");
         assert_eq!(one(&mut c, &sql), None);
         let e = last_error(&mut c).unwrap();
         assert!(
-            e.starts_with(&format!("{f}: "))
+            e.starts_with(&format!("{f}: {arg} '"))
                 && e.contains("without a time zone")
                 && e.contains("UNIX_TIMESTAMP("),
             "{e}"
@@ -266,7 +269,7 @@ fn gman_do_background_at_schedules_and_gman_do_epoch_is_its_alias() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("gman_do_background_at(function, workload, unix_seconds [, unique])"),
+        e.contains("gman_do_background_at(function, workload, run_at [, unique])"),
         "{e}"
     );
     env.assert_alive("scheduled jobs");

@@ -9,7 +9,7 @@ use common::*;
 use gearman_core::worker::WorkError;
 use mysql::prelude::Queryable;
 use serde_json::{json, Value};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PIPELINED: &str = "background_dispatch = \"pipelined\"\n";
@@ -18,30 +18,6 @@ fn json_of(c: &mut mysql::Conn, sql: &str) -> Value {
     let text = one_str(c, sql)
         .unwrap_or_else(|| panic!("{sql} returned NULL; gman_last_error: {:?}", last_error(c)));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{sql}: {e}: {text}"))
-}
-
-/// A handler that answers only once `n` jobs are being worked on at the same
-/// time (or fails after 20 s): all of them must have been submitted before
-/// any result was awaited.
-fn rendezvous(n: usize) -> Handler {
-    let state = Arc::new((Mutex::new(0usize), Condvar::new()));
-    handler(move |ctx| {
-        let (count, cv) = &*state;
-        let mut arrived = count.lock().unwrap();
-        *arrived += 1;
-        cv.notify_all();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while *arrived < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(WorkError::Fail);
-            }
-            arrived = cv.wait_timeout(arrived, left).unwrap().0;
-        }
-        let mut w = ctx.workload().to_vec();
-        w.reverse();
-        Ok(w)
-    })
 }
 
 #[test]

@@ -9,6 +9,17 @@
 //! - [`Client`]: foreground/background jobs at three priorities, unique keys,
 //!   scheduled jobs, status, concurrent task sets and pipelined submission,
 //!   over several servers with health tracking and routing by unique key.
+//!   Each job goes to its function's list in the client's [`Routing`] table
+//!   (a default list and per-function lists), one connection per server
+//!   shared by every list.
+//! - The semantics both database crates share, in one place: the job
+//!   validator ([`Job::from_args`]), unique keys ([`new_unique_key`]),
+//!   status by handle or unique key across the table
+//!   ([`Client::job_status`]), admin status of every server
+//!   ([`Client::server_status`]), the concurrent sum ([`Client::sum`]), the
+//!   deferred-dispatch ledger and its retry rule
+//!   ([`Client::submit_background_deferred`]), and the one retry rule of
+//!   errors ([`Error::retry`]).
 //! - [`worker::Worker`]: register, grab, sleep/wake, report, reconnect, stop.
 //! - [`admin::Admin`]: `status`, `workers`, `show jobs`, `maxqueue`, ...
 //!

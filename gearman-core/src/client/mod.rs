@@ -20,6 +20,7 @@
 //!   table, admin status of every server, the concurrent sum.
 
 mod deferred;
+mod dispatch;
 mod engine;
 mod pool;
 mod status;

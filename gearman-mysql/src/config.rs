@@ -94,7 +94,8 @@
 //! ## `background_dispatch`
 //!
 //! How `gman_do_background`, `gman_do_high_background`,
-//! `gman_do_low_background` and `gman_do_epoch` hand their job to gearmand.
+//! `gman_do_low_background` and `gman_do_background_at` (`gman_do_epoch`)
+//! hand their job to gearmand.
 //! Read once when the library loads, like every setting here (restart
 //! mariadbd to change it).
 //!

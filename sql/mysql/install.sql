@@ -8,6 +8,11 @@
 -- To replace the library later: run uninstall.sql, install the new file, run
 -- this file again.
 --
+-- Upgrading from a build without the last three functions
+-- (gman_do_background_at, gman_do_many, gman_dispatch_status): replace the
+-- library as above (uninstall.sql drops every function, old or new, and
+-- ignores those that do not exist); this file then creates them all.
+--
 -- The first eight lines are those of the original gearman-mysql-udf, so that
 -- existing triggers and install scripts keep working.
 --

@@ -278,8 +278,8 @@ impl Client {
         let routing = match on {
             Some(r) => r,
             None => {
-                own = self.routing.clone();
-                &own
+                own = std::sync::Arc::clone(&self.routing);
+                &*own
             }
         };
         let mut touched: Vec<ServerAddr> = Vec::new();

@@ -154,7 +154,7 @@ impl Client {
         background: bool,
         deadline: Instant,
     ) -> Vec<Lane> {
-        let routing = self.routing.clone();
+        let routing = std::sync::Arc::clone(&self.routing);
         let mut lanes: Vec<Lane> = Vec::new();
         for (ti, task) in tasks.iter_mut().enumerate() {
             let job = task.job;

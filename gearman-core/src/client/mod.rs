@@ -37,6 +37,7 @@ use crate::servers::{Router, ServerAddr, ServerList};
 use deferred::{Deferred, Ledger};
 use engine::Outcome;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Client settings. All durations are wall-clock.
@@ -149,7 +150,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// by server address: one per server, shared by every list that names it.
 #[derive(Debug)]
 pub struct Client {
-    routing: Routing,
+    /// Shared so that a call takes it without copying the lists.
+    routing: Arc<Routing>,
     opts: Options,
     conns: HashMap<ServerAddr, Connection>,
     router: Router,
@@ -212,7 +214,7 @@ impl Client {
     /// Does no I/O: connections open on first use.
     pub fn with_routing(routing: Routing, opts: Options) -> Client {
         Client {
-            routing,
+            routing: Arc::new(routing),
             opts,
             conns: HashMap::new(),
             router: Router::default(),
@@ -236,8 +238,8 @@ impl Client {
     /// change finds them settled. A server named by the old and the new
     /// table keeps its connection.
     pub fn set_routing(&mut self, routing: Routing) {
-        if routing != self.routing {
-            self.routing = routing;
+        if routing != *self.routing {
+            self.routing = Arc::new(routing);
             self.close_unrouted();
         }
     }
@@ -252,7 +254,7 @@ impl Client {
         function: &[u8],
         list: Option<ServerList>,
     ) -> Result<()> {
-        let mut r = self.routing.clone();
+        let mut r = (*self.routing).clone();
         r.set_function(function, list)?;
         self.set_routing(r);
         Ok(())
@@ -276,7 +278,7 @@ impl Client {
     /// lists stay); connections as [`Client::set_routing`].
     pub fn set_servers(&mut self, servers: ServerList) {
         if *self.routing.default_list() != servers {
-            self.routing.set_default(servers);
+            Arc::make_mut(&mut self.routing).set_default(servers);
             self.close_unrouted();
         }
     }

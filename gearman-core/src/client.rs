@@ -62,6 +62,12 @@ pub struct Options {
     /// [`Client`]) is the earlier of this and the one it computes. Default
     /// `None`.
     pub deadline: Option<Instant>,
+    /// Trust and identity for `tls://` servers, loaded once with
+    /// [`TlsConfig::load`](crate::TlsConfig::load). Default `None`: a
+    /// `tls://` server is verified against the system's roots
+    /// ([`TlsConfig::system`](crate::TlsConfig::system)) and no client
+    /// certificate is presented. Plaintext servers ignore it.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 /// Default [`Options::max_result`]: 16 MiB, MySQL's default largest UDF
@@ -82,6 +88,7 @@ impl Default for Options {
             interrupt: None,
             max_result: DEFAULT_MAX_RESULT,
             deadline: None,
+            tls: None,
         }
     }
 }
@@ -100,6 +107,7 @@ impl std::fmt::Debug for Options {
             .field("interrupt", &self.interrupt.is_some())
             .field("max_result", &self.max_result)
             .field("deadline", &self.deadline)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -988,7 +996,7 @@ impl Client {
 
     fn open(&self, addr: &ServerAddr, deadline: Instant) -> Result<Connection> {
         let hook = self.opts.interrupt.as_ref();
-        let mut c = Connection::connect_until(
+        let mut c = Connection::connect_with(
             addr,
             self.opts.connect_timeout,
             Some(deadline),
@@ -996,6 +1004,7 @@ impl Client {
                 .max_packet
                 .max(self.opts.max_result.saturating_add(RESULT_PACKET_ROOM)),
             hook,
+            self.opts.tls.as_ref(),
         )?;
         if let Some(id) = &self.opts.client_id {
             c.queue_packet(&Packet::req(

@@ -86,6 +86,7 @@ impl Generation {
                 let opts = WorkerOptions {
                     client_id: cfg.client_id.clone(),
                     exceptions: cfg.exceptions,
+                    tls: cfg.tls.config(),
                     ..WorkerOptions::default()
                 };
                 let name = f.name.clone();
@@ -194,6 +195,7 @@ pub fn run(
     let stats = Arc::new(Stats::default());
     let pools = Pools::default();
     logging::set_level(cfg.log_level);
+    crate::tls::install(&cfg.tls);
     announce(&cfg);
     let mut current = Generation::start(&cfg, &pools, &stats);
     let mut grace = cfg.shutdown_grace;
@@ -230,6 +232,7 @@ pub fn run(
                         Ok(new_cfg) => {
                             let new_cfg = overrides(new_cfg);
                             logging::set_level(new_cfg.log_level);
+                            crate::tls::install(&new_cfg.tls);
                             crate::logjson::set_format(new_cfg.log_format);
                             if let Some(m) = crate::metrics::global() {
                                 m.set_servers(new_cfg.servers.clone());

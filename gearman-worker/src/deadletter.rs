@@ -19,7 +19,7 @@
 //! was created, the row stays and a later replay sends the job again.
 
 use crate::config::DatabaseUrl;
-use gearman_core::{Client, Job, Options, ServerList};
+use gearman_core::{Client, Job, ServerList};
 use std::time::Duration;
 
 /// Connect bound of dead-letter connections.
@@ -294,7 +294,7 @@ impl Store {
         report: &mut dyn FnMut(String),
     ) -> Result<u64, String> {
         let mut conn = self.connect()?;
-        let mut client = Client::new(servers.clone(), Options::default());
+        let mut client = Client::new(servers.clone(), crate::tls::client_options());
         let mut n = 0;
         for row in Store::list_on(&mut conn, f)? {
             let mut job = Job::new(row.function.as_str(), row.workload.clone());
@@ -352,7 +352,7 @@ impl Destination {
                     name.as_str(),
                     function_payload(row, crate::logging::unix_now()),
                 );
-                Client::new(servers.clone(), Options::default())
+                Client::new(servers.clone(), crate::tls::client_options())
                     .submit_background(&job)
                     .map(|_| ())
                     .map_err(|e| e.to_string())

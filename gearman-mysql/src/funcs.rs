@@ -363,10 +363,11 @@ impl Call {
         let mut out = Vec::new();
         let mut errors = Vec::new();
         let servers = rt.all_servers();
-        let answers = gearman_core::admin::status_all(
+        let answers = gearman_core::admin::status_all_with(
             servers.clone(),
             rt.options().connect_timeout,
             deadline,
+            rt.options().tls.as_ref(),
         );
         for (addr, r) in answers {
             match r {

@@ -112,6 +112,13 @@ impl Error {
         self
     }
 
+    /// The same error with `context: ` put before its message (e.g. the
+    /// setting a TLS file came from); kind, server and TLS mark are kept.
+    pub fn with_context(mut self, context: impl fmt::Display) -> Error {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
     /// The kind of error.
     pub fn kind(&self) -> &ErrorKind {
         &self.kind

@@ -4,7 +4,7 @@
 use crate::backend;
 use crate::error::{or_report, GmError};
 use crate::gucs;
-use gearman_core::admin::status_all;
+use gearman_core::admin::status_all_with;
 use gearman_core::{first_known, JobHandle, JobStatus, ServerList};
 use pgrx::prelude::*;
 use std::time::Instant;
@@ -118,7 +118,16 @@ pub fn gman_server_status() -> TableIterator<
     };
     let mut rows = Vec::new();
     let deadline = Instant::now() + gucs::timeout();
-    for (addr, r) in status_all(servers, gucs::connect_timeout(), deadline) {
+    // A bad gearman.tls_* file: reported (per on_error), and no server is
+    // asked: never a fallback to other roots.
+    let tls = match crate::tls::current() {
+        Ok(t) => t,
+        Err(e) => {
+            GmError::from_core(&e, "(admin status)", "").report();
+            return TableIterator::new(rows);
+        }
+    };
+    for (addr, r) in status_all_with(servers, gucs::connect_timeout(), deadline, tls.as_ref()) {
         let r = r.map_err(|e| GmError::from_core(&e, "(admin status)", &addr.to_string()));
         if let Some(list) = or_report(r) {
             for f in list {

@@ -525,7 +525,21 @@ impl Connection {
                     }
                 }
             }
+        } else {
+            self.write_plain()?;
         }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// The plaintext half of [`Connection::write_ready`]: only ever for a
+    /// connection without TLS (a byte written here to a `tls://` server
+    /// would be a byte of a job in the clear).
+    fn write_plain(&mut self) -> Result<()> {
+        debug_assert!(self.tls.is_none());
         while self.wpos < self.wbuf.len() {
             match self.stream.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return Err(Error::lost("connection closed while sending").at(&self.addr)),
@@ -537,10 +551,6 @@ impl Connection {
                     return Err(Error::lost(format!("send failed: {e}")).at(&self.addr));
                 }
             }
-        }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
         }
         Ok(())
     }

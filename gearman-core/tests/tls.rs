@@ -372,3 +372,29 @@ fn bad_tls_files_are_configuration_errors_naming_the_file() {
     // The system's roots load on this machine (ca-certificates).
     TlsConfig::system().unwrap();
 }
+
+/// Large writes that fill the socket again and again while the other side
+/// drains it: every byte goes through the TLS session, none raw beside it
+/// (a raw byte would break the TLS stream at stunnel and the results).
+#[test]
+fn large_payloads_under_back_pressure_stay_inside_tls() {
+    let rig = TlsRig::start();
+    let _w = test_worker(&rig.gearmand.addr());
+    let mut c = tls_client(&rig.entry(TlsService::Good), Some(trusted(&rig)));
+    for round in 0..3u8 {
+        let jobs: Vec<Job> = (0..6u8)
+            .map(|i| {
+                let v: Vec<u8> = (0..(6 << 20))
+                    .map(|k: usize| (k as u8).wrapping_mul(31).wrapping_add(i ^ round))
+                    .collect();
+                Job::new("echo", v)
+            })
+            .collect();
+        let got = c.run_all(&jobs);
+        for (j, r) in jobs.iter().zip(got) {
+            let r = r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(r == j.workload, "round {round}: result differs");
+        }
+    }
+    assert_eq!(c.stats().connects, 1);
+}

@@ -73,7 +73,17 @@ struct Tls {
     config: TlsConfig,
     /// The socket reported end of stream.
     eof: bool,
+    /// A read stopped at [`TLS_READ_CAP`] before the socket was drained:
+    /// rustls or the socket may hold more, which a poll may not show. The
+    /// waits then return at once.
+    more: bool,
 }
+
+/// Most decrypted bytes one [`Connection::read_ready`] takes from a TLS
+/// connection before returning, so a server that sends without pause
+/// cannot keep one read going (and its buffer growing) past the caller's
+/// deadline and memory bounds: 1 MiB.
+const TLS_READ_CAP: usize = 1 << 20;
 
 /// A TLS failure carried through `io::Error`, so the read and write paths
 /// keep one shape.
@@ -288,6 +298,7 @@ impl Connection {
                             session: Box::new(cfg.start(&addr.host).map_err(|e| e.at(addr))?),
                             config: cfg.clone(),
                             eof: false,
+                            more: false,
                         }),
                         None => None,
                     };
@@ -596,11 +607,22 @@ impl Connection {
                     // A short read drained the socket; with TLS, read on
                     // until the socket is empty: bytes rustls holds would
                     // not wake a poll.
-                    if self.rend < self.rbuf.len() && self.tls.is_none() {
-                        return Ok(total);
+                    match self.tls.as_mut() {
+                        None if self.rend < self.rbuf.len() => return Ok(total),
+                        None => {}
+                        Some(t) if total >= TLS_READ_CAP => {
+                            t.more = true;
+                            return Ok(total);
+                        }
+                        Some(_) => {}
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(t) = self.tls.as_mut() {
+                        t.more = false;
+                    }
+                    return Ok(total);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.closed = true;
@@ -675,6 +697,9 @@ impl Connection {
     /// Waits until the socket is readable (or writable, if asked and data is
     /// queued), for at most `timeout`. Returns whether it became ready.
     pub(crate) fn wait(&self, want: Want, timeout: Duration) -> Result<bool> {
+        if self.tls_buffered() {
+            return Ok(true);
+        }
         let mut events = libc::POLLIN;
         if want == Want::ReadWrite && self.wants_write() {
             events |= libc::POLLOUT;
@@ -687,6 +712,12 @@ impl Connection {
         let n = poll_fds(&mut fds, timeout)
             .map_err(|e| Error::lost(format!("poll failed: {e}")).at(&self.addr))?;
         Ok(n > 0)
+    }
+
+    /// Whether a TLS read stopped early and more input may be held where a
+    /// poll does not see it.
+    fn tls_buffered(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.more)
     }
 
     /// Sends all queued bytes, waiting at most until `deadline`.
@@ -807,13 +838,16 @@ impl Connection {
                 revents: 0,
             })
             .collect();
+        // Input a TLS read left where poll cannot see it: ready now.
+        let buffered = conns.iter().any(|c| c.tls_buffered());
+        let timeout = if buffered { Duration::ZERO } else { timeout };
         poll_fds(&mut fds, timeout).map_err(|e| Error::lost(format!("poll failed: {e}")))?;
         let readable = libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
         Ok(fds
             .iter()
             .enumerate()
-            .filter(|(_, f)| f.revents != 0)
-            .map(|(i, f)| (i, f.revents & readable != 0))
+            .filter(|(i, f)| f.revents != 0 || conns[*i].tls_buffered())
+            .map(|(i, f)| (i, f.revents & readable != 0 || conns[i].tls_buffered()))
             .collect())
     }
 }

@@ -398,3 +398,56 @@ fn large_payloads_under_back_pressure_stay_inside_tls() {
     }
     assert_eq!(c.stats().connects, 1);
 }
+
+/// A job server (behind stunnel) that answers the connect's ECHO and then
+/// sends NOOP packets without pause: a call still ends by its deadline
+/// (one read cannot run on for as long as the server keeps sending).
+#[test]
+fn a_server_that_never_stops_sending_cannot_hold_a_call_past_its_deadline() {
+    use std::io::{Read, Write};
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = backend.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in backend.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                // ECHO_REQ: 12-byte header, then the payload.
+                let mut head = [0u8; 12];
+                if s.read_exact(&mut head).is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([head[8], head[9], head[10], head[11]]) as usize;
+                let mut data = vec![0u8; len];
+                if s.read_exact(&mut data).is_err() {
+                    return;
+                }
+                let mut res = b"\0RES".to_vec();
+                res.extend(17u32.to_be_bytes()); // ECHO_RES
+                res.extend((len as u32).to_be_bytes());
+                res.extend(&data);
+                if s.write_all(&res).is_err() {
+                    return;
+                }
+                let mut noop = b"\0RES".to_vec();
+                noop.extend(6u32.to_be_bytes()); // NOOP
+                noop.extend(0u32.to_be_bytes());
+                let flood: Vec<u8> = noop.repeat(8192);
+                while s.write_all(&flood).is_ok() {}
+            });
+        }
+    });
+    let certs = gearman_testkit::TlsCerts::make();
+    let stunnel = gearman_testkit::Stunnel::start(&certs, port);
+    let tls = TlsConfig::load(Some(&certs.ca()), None, None).unwrap();
+    let mut c = tls_client(&stunnel.entry(TlsService::Good), Some(tls));
+    c.options_mut().foreground_timeout = Some(Duration::from_secs(1));
+    c.options_mut().io_timeout = Duration::from_secs(1);
+    let t = Instant::now();
+    let r = c.run(&Job::new("f", "x"));
+    let took = t.elapsed();
+    assert!(r.is_err(), "{r:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the call took {took:?}: {r:?}"
+    );
+}

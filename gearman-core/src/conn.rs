@@ -202,6 +202,7 @@ fn map_connect_err(e: io::Error, sa: &SocketAddr) -> Error {
         ErrorKind::ConnectFailed,
         format!("connect to {sa} failed: {what}"),
     )
+    .with_source(e)
 }
 
 impl Connection {
@@ -289,8 +290,11 @@ impl Connection {
             };
             match connect_one(sa, attempt, hook) {
                 Ok(stream) => {
-                    let io_err =
-                        |e: io::Error| Error::new(ErrorKind::ConnectFailed, e.to_string()).at(addr);
+                    let io_err = |e: io::Error| {
+                        Error::new(ErrorKind::ConnectFailed, e.to_string())
+                            .with_source(e)
+                            .at(addr)
+                    };
                     stream.set_nodelay(true).map_err(io_err)?;
                     stream.set_nonblocking(true).map_err(io_err)?;
                     let tls = match &tls_config {
@@ -516,7 +520,9 @@ impl Connection {
                         Ok(n) => self.wpos += n,
                         Err(e) => {
                             self.closed = true;
-                            return Err(Error::lost(format!("send failed: {e}")).at(&self.addr));
+                            return Err(Error::lost(format!("send failed: {e}"))
+                                .with_source(e)
+                                .at(&self.addr));
                         }
                     }
                 }
@@ -532,7 +538,9 @@ impl Connection {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         self.closed = true;
-                        return Err(Error::lost(format!("send failed: {e}")).at(&self.addr));
+                        return Err(Error::lost(format!("send failed: {e}"))
+                            .with_source(e)
+                            .at(&self.addr));
                     }
                 }
             }
@@ -559,7 +567,9 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.closed = true;
-                    return Err(Error::lost(format!("send failed: {e}")).at(&self.addr));
+                    return Err(Error::lost(format!("send failed: {e}"))
+                        .with_source(e)
+                        .at(&self.addr));
                 }
             }
         }
@@ -633,7 +643,9 @@ impl Connection {
                         )
                         .at(&self.addr));
                     }
-                    return Err(Error::lost(format!("receive failed: {e}")).at(&self.addr));
+                    return Err(Error::lost(format!("receive failed: {e}"))
+                        .with_source(e)
+                        .at(&self.addr));
                 }
             }
         }

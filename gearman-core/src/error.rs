@@ -1,6 +1,8 @@
-//! The one error type of the crate, with a kind and predicates.
+//! The one error type of the crate, with a kind, its cause and the retry
+//! rule every failover site asks ([`Error::retry`]).
 
 use std::fmt;
+use std::sync::Arc;
 
 /// What went wrong, in terms a caller can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,17 +47,53 @@ pub enum ErrorKind {
     /// rest of that job's data is discarded; the connection is closed once
     /// the call ends.
     ResultTooLarge,
+    /// A worker's result that had to be an integer (see
+    /// [`Client::sum`](crate::Client::sum)) is not one.
+    NotAnInteger,
+    /// A sum of results does not fit a signed 64-bit integer.
+    Overflow,
+}
+
+/// What a caller may do after an error, per [`Error::retry`]. The one rule
+/// of the crate: every failover and retry site asks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retry {
+    /// This server could not be used (refused or failed connect, or it sent
+    /// bytes that are not the protocol): try the next server of the list.
+    NextServer,
+    /// The connection broke (closed or reset) in an exchange: reconnect and
+    /// try once more (on the same server if it takes the connection, else
+    /// the next); a second break moves on to the next server. Work sent on
+    /// the broken connection may have been done: repeat a job only where at
+    /// least once is wanted (give it a unique key so a repeat coalesces).
+    Reconnect,
+    /// Trying again cannot help, or may do the work twice: a server's ERROR
+    /// reply, a job's failure, a bad argument, a deadline or an interrupt.
+    GiveUp,
 }
 
 /// An error from the Gearman core: a [`ErrorKind`], a message and, where
 /// known, the server it concerns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// [`std::error::Error::source`] gives the operating system's error of a
+/// refused, failed or reset connection, where there was one.
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     server: Option<String>,
+    source: Option<Arc<std::io::Error>>,
     tls: bool,
 }
+
+impl PartialEq for Error {
+    /// Kind, message and server; the cause is not compared.
+    fn eq(&self, other: &Error) -> bool {
+        self.kind == other.kind && self.message == other.message && self.server == other.server
+    }
+}
+
+impl Eq for Error {}
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -67,6 +105,7 @@ impl Error {
             kind,
             message: message.into(),
             server: None,
+            source: None,
             tls: false,
         }
     }
@@ -79,6 +118,35 @@ impl Error {
         Error {
             tls: true,
             ..Error::new(kind, message)
+        }
+    }
+
+    /// Attaches the operating system's error that caused this one (returned
+    /// by [`std::error::Error::source`]).
+    pub fn with_source(mut self, source: std::io::Error) -> Error {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The operating system's error that caused this one, if any.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        self.source.as_deref()
+    }
+
+    /// How to retry after this error: the one rule every failover site of
+    /// this crate (and of the database crates) asks.
+    ///
+    /// - [`Retry::NextServer`] for [`ErrorKind::ConnectFailed`] and
+    ///   [`ErrorKind::Protocol`];
+    /// - [`Retry::Reconnect`] for [`ErrorKind::ConnectionLost`];
+    /// - [`Retry::GiveUp`] for everything else (server ERROR replies, job
+    ///   failures and exceptions, bad arguments, no servers, too large
+    ///   results, timeouts, interrupts).
+    pub fn retry(&self) -> Retry {
+        match self.kind {
+            ErrorKind::ConnectFailed | ErrorKind::Protocol => Retry::NextServer,
+            ErrorKind::ConnectionLost => Retry::Reconnect,
+            _ => Retry::GiveUp,
         }
     }
 
@@ -163,14 +231,10 @@ impl Error {
         matches!(self.kind, ErrorKind::Server { .. })
     }
 
-    /// Whether trying the next server may succeed: the server could not be
-    /// reached or dropped the connection. Server ERROR replies, job failures,
-    /// bad arguments, timeouts and interrupts are not retryable.
+    /// Whether trying again (another server, or a new connection) may
+    /// succeed: [`Error::retry`] is not [`Retry::GiveUp`].
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::ConnectFailed | ErrorKind::ConnectionLost | ErrorKind::Protocol
-        )
+        self.retry() != Retry::GiveUp
     }
 
     /// The worker's exception data, for [`ErrorKind::JobException`].
@@ -195,4 +259,10 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

@@ -145,6 +145,34 @@ impl Job {
         self
     }
 
+    /// The one validator of a job made from a database call's arguments:
+    /// `function` (must pass [`validate_function_name`]), `workload` (any
+    /// bytes) and `unique` (`None` or empty means no key; at most 63 bytes
+    /// and no NUL). Every error is [`crate::ErrorKind::InvalidArgument`]
+    /// and its message starts with the argument it concerns (`function
+    /// name ...`, `unique key ...`), the same text in every database.
+    ///
+    /// # Errors
+    /// - `function name is empty`;
+    /// - `function name is N bytes; at most 512 are allowed`;
+    /// - `function name "..." contains a newline at byte I; control
+    ///   characters and whitespace are not allowed` (or a space, a tab, ...);
+    /// - `unique key is N bytes; at most 63 are allowed (gearmand
+    ///   mishandles longer keys)`;
+    /// - `unique key contains a NUL byte`.
+    pub fn from_args(
+        function: &[u8],
+        workload: impl Into<Vec<u8>>,
+        unique: Option<&[u8]>,
+    ) -> Result<Job> {
+        let mut job = Job::new(function, workload);
+        if let Some(u) = unique.filter(|u| !u.is_empty()) {
+            job.unique = Some(u.to_vec());
+        }
+        job.validate()?;
+        Ok(job)
+    }
+
     /// Checks what the server would mishandle, before anything is sent:
     /// a function name refused by [`validate_function_name`], NUL bytes in
     /// the unique key, a unique key over 63 bytes.
@@ -173,6 +201,13 @@ impl Job {
     pub fn function_name(&self) -> String {
         String::from_utf8_lossy(&self.function).into_owned()
     }
+}
+
+/// A new unique key: a random (version 4) UUID in its 36-character
+/// hyphenated form, as libgearman makes when a caller gives none. From the
+/// `uuid` crate, whose randomness is the operating system's (`getrandom`).
+pub fn new_unique_key() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
 }
 
 /// A job handle and the server that issued it (handles mean nothing to

@@ -9,6 +9,17 @@
 //! - [`Client`]: foreground/background jobs at three priorities, unique keys,
 //!   scheduled jobs, status, concurrent task sets and pipelined submission,
 //!   over several servers with health tracking and routing by unique key.
+//!   Each job goes to its function's list in the client's [`Routing`] table
+//!   (a default list and per-function lists), one connection per server
+//!   shared by every list.
+//! - The semantics both database crates share, in one place: the job
+//!   validator ([`Job::from_args`]), unique keys ([`new_unique_key`]),
+//!   status by handle or unique key across the table
+//!   ([`Client::job_status`]), admin status of every server
+//!   ([`Client::server_status`]), the concurrent sum ([`Client::sum`]), the
+//!   deferred-dispatch ledger and its retry rule
+//!   ([`Client::submit_background_deferred`]), and the one retry rule of
+//!   errors ([`Error::retry`]).
 //! - [`worker::Worker`]: register, grab, sleep/wake, report, reconnect, stop.
 //! - [`admin::Admin`]: `status`, `workers`, `show jobs`, `maxqueue`, ...
 //! - [`TlsConfig`]: `tls://host[:port]` servers are reached over TLS
@@ -29,18 +40,21 @@ mod conn;
 mod error;
 mod job;
 pub mod proto;
+mod routing;
 mod servers;
 mod tls;
 pub mod worker;
 
 pub use client::{
-    Client, ClientStats, DeferredFailure, DeferredReport, Options, DEFAULT_MAX_RESULT,
+    Client, ClientStats, DeferredFailure, DeferredReport, KeyStatus, Options, DEFAULT_MAX_RESULT,
+    SUM_RESULT_MAX,
 };
 pub use conn::{Connection, Interrupt};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, Retry};
 pub use job::{
-    first_known, validate_function_name, Event, Job, JobHandle, JobStatus, Known, Priority,
-    UniqueStatus, MAX_FUNCTION, MAX_UNIQUE,
+    first_known, new_unique_key, validate_function_name, Event, Job, JobHandle, JobStatus, Known,
+    Priority, UniqueStatus, MAX_FUNCTION, MAX_UNIQUE,
 };
+pub use routing::Routing;
 pub use servers::{Router, ServerAddr, ServerList, DEFAULT_PORT};
 pub use tls::TlsConfig;

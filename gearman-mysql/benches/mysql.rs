@@ -268,7 +268,7 @@ fn main() {
         for i in 0..rows {
             let mut job = Job::new(format!("bench_core_1by1_{k}"), format!("p{i}"));
             if with_unique {
-                job = job.with_unique(gearman_mysql_udf::runtime::generate_unique());
+                job = job.with_unique(gearman_core::new_unique_key());
             }
             client
                 .submit_background_deferred(std::slice::from_ref(&job))

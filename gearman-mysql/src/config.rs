@@ -16,8 +16,8 @@
 //! allow_servers_set = false       # default: gman_servers_set() is refused (see below)
 //! max_idle_connections = 64       # idle pooled clients kept, all server lists together
 //! idle_timeout_ms = 60000         # an idle pooled client unused this long is closed
-//! max_sum_rows = 100000           # rows one gman_sum group may collect
-//! max_result_bytes = 16777216     # largest gman_do* result (bytes, 1 B to 1 GiB), see below
+//! max_sum_rows = 100000           # rows one gman_sum group, elements one gman_do_many call may have
+//! max_result_bytes = 16777216     # largest gman_do* result, gman_do_many output (bytes, 1 B to 1 GiB), see below
 //! background_dispatch = "round_trip"  # or "pipelined", see below
 //! tls_ca_file = ""                # PEM CA bundle for tls:// servers; "" = the system's roots
 //! tls_cert_file = ""              # client certificate (PEM) for tls:// servers that require one
@@ -55,8 +55,8 @@
 //!
 //! Every call has one deadline from its start, and connecting, failing over
 //! to the next server and waiting for replies all draw from it:
-//! `foreground_timeout_ms` for `gman_do*` and for a `gman_sum` group (all
-//! its rows and server lists together), `io_timeout_ms` for a background
+//! `foreground_timeout_ms` for `gman_do*`, a `gman_do_many` call (all its
+//! jobs) and a `gman_sum` group (all its rows and server lists together), `io_timeout_ms` for a background
 //! call (until JOB_CREATED, or until written in pipelined mode) and for the
 //! walks of `gman_job_status()` and `gman_server_status()` over every
 //! server and list (a server not reached in time is reported as an error
@@ -77,6 +77,8 @@
 //! as soon as it does (the rest is read and dropped, never kept): that row
 //! is NULL and `gman_last_error()` says `result of job H exceeded N bytes`.
 //! It is also the result length the functions declare to the server.
+//! `gman_do_many` accepts it per job, and for its whole output (the JSON
+//! array of all results): a longer output fails the row.
 //! `gman_sum` accepts at most [`SUM_RESULT_MAX`] bytes per row (an integer
 //! as text), so a group holds at most `max_sum_rows` times that.
 //!
@@ -85,16 +87,17 @@
 //! The library keeps the connections to the job servers open between calls,
 //! in one pool shared by all sessions and all server lists (the default
 //! list, per-function lists, lists set by `gman_servers_set`). Each call
-//! uses one pooled client (a set of connections, at most one per server of
-//! the call's list); it is returned to the pool afterwards. Bounds:
+//! uses one pooled client: it routes each job by its function through the
+//! routing table and holds at most one connection per server, shared by
+//! every list that names the server; it is returned to the pool afterwards.
+//! Bounds:
 //!
 //! - idle: at most `max_idle_connections` idle clients (64), each with at
-//!   most one connection per server of the list it last served; returning a
-//!   client to a full pool closes the least recently used idle one. A server
-//!   named in many lists is reached through the same pooled client when the
-//!   lists share it (a client taken for another list keeps the connections
-//!   to the servers both lists name and closes the others), so it has one
-//!   pooled connection per concurrent caller, not one per list.
+//!   most one connection per server of the routing table; returning a
+//!   client to a full pool closes the least recently used idle one. A
+//!   server named in many lists has one pooled connection per concurrent
+//!   caller, not one per list; after `gman_servers_set` a pooled client
+//!   keeps its connections to the servers some list still names.
 //! - in use: one client per call running at that moment.
 //! - time: an idle client unused for `idle_timeout_ms` (60 s) is closed at
 //!   the next call of any session (there is no background thread).
@@ -115,7 +118,8 @@
 //! ## `background_dispatch`
 //!
 //! How `gman_do_background`, `gman_do_high_background`,
-//! `gman_do_low_background` and `gman_do_epoch` hand their job to gearmand.
+//! `gman_do_low_background` and `gman_do_background_at` (`gman_do_epoch`)
+//! hand their job to gearmand.
 //! Read once when the library loads, like every setting here (restart
 //! mariadbd to change it).
 //!
@@ -179,7 +183,7 @@ pub const DEFAULT_MAX_RESULT: u64 = gearman_core::DEFAULT_MAX_RESULT as u64;
 /// Largest `max_result_bytes`: 1 GiB.
 pub const MAX_MAX_RESULT: u64 = 1 << 30;
 /// Largest result of one `gman_sum` row's job (an integer as text).
-pub const SUM_RESULT_MAX: usize = 4096;
+pub const SUM_RESULT_MAX: usize = gearman_core::SUM_RESULT_MAX;
 /// Default idle time after which a pooled client is closed: 60 s.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Default cap on the rows one `gman_sum` group collects.

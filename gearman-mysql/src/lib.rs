@@ -10,12 +10,14 @@
 //! |---|---|
 //! | `gman_do(function, workload [, unique])`, `gman_do_high`, `gman_do_low` | the worker's result (binary string), at most `max_result_bytes` (16 MiB; a longer one fails that row) |
 //! | `gman_do_background(...)`, `gman_do_high_background`, `gman_do_low_background` | the job handle; with `background_dispatch = "pipelined"`: the job's unique key (the caller's, or a generated 36-character one) |
-//! | `gman_do_epoch(function, workload, unix_seconds [, unique])` | the job handle of a scheduled job (pipelined: its unique key) |
+//! | `gman_do_background_at(function, workload, run_at [, unique])`, older name `gman_do_epoch` | the job handle of a scheduled job (pipelined: its unique key); `run_at` is Unix seconds, or RFC 3339 text with `Z` or an offset; a DATETIME (no time zone) is refused: pass `UNIX_TIMESTAMP(x)` |
+//! | `gman_do_many(function, json_array)` | JSON array of the results (JSON strings) in input order, one foreground job per element, all submitted before any result is awaited; a failed job is `null` in its place and named by `gman_last_error()`; a string element is its text, `null` an empty workload, any other element its JSON text; NULL array: NULL; one `foreground_timeout_ms` for the call; each result and the whole output at most `max_result_bytes`; at most `max_sum_rows` elements |
 //! | `gman_sum(function, workload)` (AGGREGATE) | sum of the integer results, jobs run concurrently; NULL for no rows. Not with `GROUP BY ... WITH ROLLUP`: MariaDB gives a UDF aggregate's rollup rows one shared state, so their totals are wrong (a plain C aggregate UDF shows the same) |
 //! | `gman_servers_set(servers [, function])` | its `servers` argument as given (`'127.0.0.1'`, not `'127.0.0.1:4730'`), as gearman-mysql-udf returned; NULL or `''` with a `function` clears that function's own list (returns the argument: NULL or `''`). Refused unless `allow_servers_set = true` |
-//! | `gman_job_status(handle_or_unique)` | JSON `{"known","running","numerator","denominator"}` (+ `"waiting"` for a unique key, e.g. the value a pipelined background call returned; a unique key is looked up on the default server list, then on each function's own list) |
+//! | `gman_job_status(handle_or_unique)` | JSON `{"known","running","numerator","denominator"}` (+ `"waiting"` for a unique key, e.g. the value a pipelined background call returned); a handle is asked of every server, a unique key of the server it routes to in the default list, then in each function's own list (gearman-core's `Client::job_status`); the key must be valid UTF-8 |
 //! | `gman_server_status()` | JSON array, one object per server and function: `server, function, total, queued, running, workers`; `total` is every job gearmand holds for the function, `queued` the jobs waiting for a worker (`total - running`, as in PostgreSQL), `running` those a worker has taken; a server that cannot be asked has one object `{"server", "error"}` |
-//! | `gman_last_error()` | the last error of this connection's latest statement that called another `gman_*` function, or NULL (see [`session`]) |
+//! | `gman_dispatch_status()` | JSON `{"dispatch","sent","confirmed","failed","refused","unknown","pending"}`: the pipelined background jobs of this server process (all connections) since the library was loaded; `sent = confirmed + failed + pending`, `failed = refused + unknown`; reads the confirmations already arrived first (without waiting) |
+//! | `gman_last_error()` | the last error of this connection's latest statement that called another `gman_*` function, or NULL (see [`runtime::session`]) |
 //!
 //! Errors: a wrong argument count or a row-valued argument fails the
 //! statement at `_init` with a message naming the function and its arguments.
@@ -23,7 +25,7 @@
 //! UDF error flag, after which MariaDB would return NULL for every later row
 //! of the statement without calling the function: later rows are still
 //! evaluated and their jobs sent), records the message for
-//! `gman_last_error()` of that connection (see [`session`]), and writes one
+//! `gman_last_error()` of that connection (see [`runtime::session`]), and writes one
 //! `[ERROR] gearman-mysql-udf:` line to the server's error log per failing
 //! call-site and statement (identical lines within one second are folded
 //! into a count).
@@ -46,209 +48,42 @@
 
 pub mod abi;
 pub mod config;
-pub mod ffi;
-pub mod funcs;
 pub mod runtime;
-pub mod session;
+pub mod udf;
 
-use abi::{UdfArgs, UdfInit};
-use funcs::Kind;
 use gearman_core::Priority;
-use std::os::raw::{c_char, c_ulong};
+use udf::gman_dispatch_status::DispatchStatus;
+use udf::gman_do::Do;
+use udf::gman_do_background::Background;
+use udf::gman_do_background_at::At;
+use udf::gman_do_many::DoMany;
+use udf::gman_job_status::JobStatus;
+use udf::gman_last_error::LastError;
+use udf::gman_server_status::ServerStatus;
+use udf::gman_servers_set::ServersSet;
+use udf::gman_sum::Sum;
 
-macro_rules! string_udf {
-    ($name:ident, $init:ident, $deinit:ident, $kind:expr) => {
-        #[doc = concat!("`", stringify!($init), "`: checks the arguments of `", stringify!($name), "`.")]
-        ///
-        /// # Safety
-        /// Called by the server with its `UDF_INIT`, `UDF_ARGS` and message buffer.
-        #[no_mangle]
-        pub unsafe extern "C" fn $init(
-            initid: *mut UdfInit,
-            args: *mut UdfArgs,
-            message: *mut c_char,
-        ) -> c_char {
-            // SAFETY: server pointers forwarded unchanged.
-            unsafe { ffi::init(stringify!($name), $kind, initid, args, message) }
-        }
-
-        #[doc = concat!("`", stringify!($deinit), "`: frees the state of `", stringify!($name), "`.")]
-        ///
-        /// # Safety
-        /// Called by the server with the `UDF_INIT` given to `_init`.
-        #[no_mangle]
-        pub unsafe extern "C" fn $deinit(initid: *mut UdfInit) {
-            // SAFETY: server pointer forwarded unchanged.
-            unsafe { ffi::deinit(initid) }
-        }
-
-        #[doc = concat!("The SQL function `", stringify!($name), "` (one row).")]
-        ///
-        /// # Safety
-        /// Called by the server with the pointers of a string UDF call.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            initid: *mut UdfInit,
-            args: *mut UdfArgs,
-            result: *mut c_char,
-            length: *mut c_ulong,
-            is_null: *mut c_char,
-            error: *mut c_char,
-        ) -> *mut c_char {
-            // SAFETY: server pointers forwarded unchanged.
-            unsafe { ffi::call_string(initid, args, result, length, is_null, error) }
-        }
-    };
+// The exported functions, one line each (see `udf` for adding one):
+// `name, name_init, name_deinit: Type = value made for each call-site`.
+export_udf! {
+    gman_do, gman_do_init, gman_do_deinit: Do = Do(Priority::Normal);
+    gman_do_high, gman_do_high_init, gman_do_high_deinit: Do = Do(Priority::High);
+    gman_do_low, gman_do_low_init, gman_do_low_deinit: Do = Do(Priority::Low);
+    gman_do_background, gman_do_background_init, gman_do_background_deinit: Background = Background(Priority::Normal);
+    gman_do_high_background, gman_do_high_background_init, gman_do_high_background_deinit: Background = Background(Priority::High);
+    gman_do_low_background, gman_do_low_background_init, gman_do_low_background_deinit: Background = Background(Priority::Low);
+    gman_do_background_at, gman_do_background_at_init, gman_do_background_at_deinit: At = At::RUN_AT;
+    gman_do_epoch, gman_do_epoch_init, gman_do_epoch_deinit: At = At::EPOCH;
+    gman_do_many, gman_do_many_init, gman_do_many_deinit: DoMany = DoMany;
+    gman_servers_set, gman_servers_set_init, gman_servers_set_deinit: ServersSet = ServersSet;
+    gman_job_status, gman_job_status_init, gman_job_status_deinit: JobStatus = JobStatus;
+    gman_server_status, gman_server_status_init, gman_server_status_deinit: ServerStatus = ServerStatus;
+    gman_dispatch_status, gman_dispatch_status_init, gman_dispatch_status_deinit: DispatchStatus = DispatchStatus;
+    gman_last_error, gman_last_error_init, gman_last_error_deinit: LastError = LastError;
 }
-
-string_udf!(
-    gman_do,
-    gman_do_init,
-    gman_do_deinit,
-    Kind::Do(Priority::Normal)
-);
-string_udf!(
-    gman_do_high,
-    gman_do_high_init,
-    gman_do_high_deinit,
-    Kind::Do(Priority::High)
-);
-string_udf!(
-    gman_do_low,
-    gman_do_low_init,
-    gman_do_low_deinit,
-    Kind::Do(Priority::Low)
-);
-string_udf!(
-    gman_do_background,
-    gman_do_background_init,
-    gman_do_background_deinit,
-    Kind::Background(Priority::Normal)
-);
-string_udf!(
-    gman_do_high_background,
-    gman_do_high_background_init,
-    gman_do_high_background_deinit,
-    Kind::Background(Priority::High)
-);
-string_udf!(
-    gman_do_low_background,
-    gman_do_low_background_init,
-    gman_do_low_background_deinit,
-    Kind::Background(Priority::Low)
-);
-string_udf!(
-    gman_do_epoch,
-    gman_do_epoch_init,
-    gman_do_epoch_deinit,
-    Kind::Epoch
-);
-string_udf!(
-    gman_servers_set,
-    gman_servers_set_init,
-    gman_servers_set_deinit,
-    Kind::ServersSet
-);
-string_udf!(
-    gman_job_status,
-    gman_job_status_init,
-    gman_job_status_deinit,
-    Kind::JobStatus
-);
-string_udf!(
-    gman_server_status,
-    gman_server_status_init,
-    gman_server_status_deinit,
-    Kind::ServerStatus
-);
-string_udf!(
-    gman_last_error,
-    gman_last_error_init,
-    gman_last_error_deinit,
-    Kind::LastError
-);
-
-/// `gman_sum_init`: checks the arguments of the aggregate `gman_sum`.
-///
-/// # Safety
-/// Called by the server with its `UDF_INIT`, `UDF_ARGS` and message buffer.
-#[no_mangle]
-pub unsafe extern "C" fn gman_sum_init(
-    initid: *mut UdfInit,
-    args: *mut UdfArgs,
-    message: *mut c_char,
-) -> c_char {
-    // SAFETY: server pointers forwarded unchanged.
-    unsafe { ffi::init("gman_sum", Kind::Sum, initid, args, message) }
-}
-
-/// `gman_sum_deinit`.
-///
-/// # Safety
-/// Called by the server with the `UDF_INIT` given to `_init`.
-#[no_mangle]
-pub unsafe extern "C" fn gman_sum_deinit(initid: *mut UdfInit) {
-    // SAFETY: server pointer forwarded unchanged.
-    unsafe { ffi::deinit(initid) }
-}
-
-/// `gman_sum_clear`: starts a group.
-///
-/// # Safety
-/// Called by the server.
-#[no_mangle]
-pub unsafe extern "C" fn gman_sum_clear(
-    initid: *mut UdfInit,
-    is_null: *mut c_char,
-    error: *mut c_char,
-) {
-    // SAFETY: server pointers forwarded unchanged.
-    unsafe { ffi::sum_clear(initid, is_null, error) }
-}
-
-/// `gman_sum_add`: collects one row's job.
-///
-/// # Safety
-/// Called by the server.
-#[no_mangle]
-pub unsafe extern "C" fn gman_sum_add(
-    initid: *mut UdfInit,
-    args: *mut UdfArgs,
-    is_null: *mut c_char,
-    error: *mut c_char,
-) {
-    // SAFETY: server pointers forwarded unchanged.
-    unsafe { ffi::sum_add(initid, args, is_null, error) }
-}
-
-/// `gman_sum_reset` (servers before 4.1 semantics): clear + add.
-///
-/// # Safety
-/// Called by the server.
-#[no_mangle]
-pub unsafe extern "C" fn gman_sum_reset(
-    initid: *mut UdfInit,
-    args: *mut UdfArgs,
-    is_null: *mut c_char,
-    error: *mut c_char,
-) {
-    // SAFETY: server pointers forwarded unchanged.
-    unsafe { ffi::sum_reset(initid, args, is_null, error) }
-}
-
-/// `gman_sum`: runs the group's jobs concurrently and returns the sum.
-///
-/// # Safety
-/// Called by the server.
-#[no_mangle]
-pub unsafe extern "C" fn gman_sum(
-    initid: *mut UdfInit,
-    args: *mut UdfArgs,
-    is_null: *mut c_char,
-    error: *mut c_char,
-) -> i64 {
-    // SAFETY: server pointers forwarded unchanged.
-    unsafe { ffi::sum_value(initid, args, is_null, error) }
+// `name, name_init, name_deinit, name_clear, name_add, name_reset: Type = value`.
+export_aggregate! {
+    gman_sum, gman_sum_init, gman_sum_deinit, gman_sum_clear, gman_sum_add, gman_sum_reset: Sum = Sum::default();
 }
 
 /// Reads the configuration file when the server loads the library (dlopen at

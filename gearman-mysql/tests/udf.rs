@@ -348,6 +348,44 @@ fn priorities_order_and_unique_coalescing() {
 }
 
 #[test]
+fn gman_sum_runs_every_server_list_at_once() {
+    let env = Env::start(ALLOW_SET);
+    // Two workers, each holding its job until both hold one.
+    let both = rendezvous(2);
+    let _w: Vec<TestWorker> = (0..2)
+        .map(|_| {
+            TestWorker::start(
+                &env.servers(),
+                vec![("sum_a", both.clone()), ("sum_b", both.clone())],
+            )
+        })
+        .collect();
+    env.wait_workers("sum_a", 2);
+    env.wait_workers("sum_b", 2);
+    let mut c = env.conn();
+    // sum_b has its own list (this gearmand and a closed port), sum_a the
+    // default list: one group's jobs go out together, whatever their lists.
+    let dead = DeadPort::new();
+    let list = format!("{},127.0.0.1:{}", env.gearmand.addr(), dead.port());
+    assert!(one_str(
+        &mut c,
+        &format!("SELECT gman_servers_set('{list}', 'sum_b')")
+    )
+    .is_some());
+    assert_eq!(
+        one_str(
+            &mut c,
+            "SELECT gman_sum(f, w) FROM (SELECT 'sum_a' AS f, '1' AS w UNION ALL \
+             SELECT 'sum_b', '2') t"
+        )
+        .as_deref(),
+        Some("3"),
+        "gman_last_error: {:?}",
+        last_error(&mut c)
+    );
+}
+
+#[test]
 fn gman_sum_runs_the_rows_concurrently() {
     let env = Env::start("");
     let mut workers = Vec::new();
@@ -509,7 +547,8 @@ const ROW_ERRORS: &[(&str, &str)] = &[
     ("SELECT gman_do(x'61006200', 'x')", "NUL"),
     (
         "SELECT gman_do('echo', 'x', REPEAT('u', 64))",
-        "unique key is 64 bytes, the limit is 63",
+        // gearman-core's one validator: the same text in PostgreSQL.
+        "unique key is 64 bytes; at most 63 are allowed",
     ),
     (
         "SELECT gman_do_background('echo', 'x', REPEAT('u', 64))",

@@ -83,7 +83,7 @@ pub struct Cli {
     pub client_id: Option<String>,
 
     /// Log level: error, warn, info, debug, trace (overrides the file's `log_level`).
-    #[arg(long, value_name = "LEVEL", global = true)]
+    #[arg(long, value_name = "LEVEL", global = true, value_parser = crate::logging::parse_level)]
     pub log_level: Option<Level>,
 
     /// Shorthand for --log-level debug.
@@ -109,7 +109,7 @@ pub struct Cli {
     /// Log line format: `text` or `json` (one object per line; overrides
     /// the file's `log_format`).
     #[arg(long, value_name = "FORMAT", global = true)]
-    pub log_format: Option<crate::logjson::LogFormat>,
+    pub log_format: Option<crate::logging::LogFormat>,
 
     /// Quick mode: the command run per job (workload on stdin, stdout is the result).
     #[arg(last = true, value_name = "COMMAND")]

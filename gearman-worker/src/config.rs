@@ -12,6 +12,7 @@
 //! `worker.example.toml` beside this crate lists every key with its unit and
 //! default.
 
+use crate::db::DatabaseUrl;
 use crate::logging::Level;
 use gearman_core::ServerList;
 use serde::Deserialize;
@@ -167,7 +168,7 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
     pub metrics_addr: Option<String>,
     /// Log line format.
-    pub log_format: crate::logjson::LogFormat,
+    pub log_format: crate::logging::LogFormat,
     /// TLS for `tls://` servers (files read and checked once).
     pub tls: crate::tls::TlsFiles,
     /// Functions, sorted by name.
@@ -242,157 +243,6 @@ pub struct ExecSpec {
     pub timeout: Option<Duration>,
     /// Largest accepted stdout, in bytes.
     pub max_result_bytes: u64,
-}
-
-/// Which database a `sql` function uses.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DatabaseUrl {
-    /// `postgres://` or `postgresql://` URL (also key=value strings are accepted by the driver).
-    Postgres(String),
-    /// `mysql://` URL (`mariadb://` is rewritten to `mysql://`).
-    Mysql(String),
-}
-
-impl DatabaseUrl {
-    /// Parses and checks a URL with the driver's own parser.
-    pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            url.parse::<postgres::Config>()
-                .map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
-            Ok(DatabaseUrl::Postgres(url.to_string()))
-        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-            let url = match url.strip_prefix("mariadb://") {
-                Some(rest) => format!("mysql://{rest}"),
-                None => url.to_string(),
-            };
-            mysql::Opts::from_url(&url).map_err(|e| format!("invalid MySQL URL: {e}"))?;
-            Ok(DatabaseUrl::Mysql(url))
-        } else {
-            Err("must start with postgres://, postgresql://, mysql:// or mariadb://".into())
-        }
-    }
-
-    /// The URL with any password replaced by `***`, for log lines.
-    pub fn redacted(&self) -> String {
-        let url = match self {
-            DatabaseUrl::Postgres(u) | DatabaseUrl::Mysql(u) => u,
-        };
-        redact_url(url)
-    }
-}
-
-/// Replaces every password in a database URL or connection string with
-/// `***`, for log lines and job errors: the `user:password@` part of a URL,
-/// query parameters whose name contains `pass` (`?password=...`), and
-/// `key=value` connection strings' values whose key contains `pass`
-/// (`host=h password='s e'`).
-pub fn redact_url(url: &str) -> String {
-    match url.find("://") {
-        Some(scheme_end) => redact_uri(url, scheme_end + 3),
-        None => redact_conninfo(url),
-    }
-}
-
-fn is_secret_key(key: &str) -> bool {
-    key.to_ascii_lowercase().contains("pass")
-}
-
-fn redact_uri(url: &str, rest_start: usize) -> String {
-    let (base, query) = match url.find('?') {
-        Some(q) => (&url[..q], Some(&url[q + 1..])),
-        None => (url, None),
-    };
-    let mut out = String::with_capacity(url.len());
-    // Authority: up to the first '/' after the scheme.
-    let rest = &base[rest_start..];
-    let auth_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..auth_end];
-    out.push_str(&base[..rest_start]);
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            match userinfo.find(':') {
-                Some(colon) => {
-                    out.push_str(&userinfo[..colon]);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push_str(&authority[at..]);
-        }
-        None => out.push_str(authority),
-    }
-    out.push_str(&rest[auth_end..]);
-    if let Some(q) = query {
-        out.push('?');
-        let pairs: Vec<String> = q
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
-                _ => pair.to_string(),
-            })
-            .collect();
-        out.push_str(&pairs.join("&"));
-    }
-    out
-}
-
-/// `key=value key='quoted value'` (libpq conninfo): secret values become `***`.
-fn redact_conninfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < b.len() {
-        // Copy whitespace.
-        let start = i;
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        out.push_str(&s[start..i]);
-        if i >= b.len() {
-            break;
-        }
-        // The key, up to '=' or whitespace.
-        let key_start = i;
-        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let key = &s[key_start..i];
-        out.push_str(key);
-        // Spaces and the '='.
-        let eq_start = i;
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i >= b.len() || b[i] != b'=' {
-            out.push_str(&s[eq_start..i]);
-            continue;
-        }
-        i += 1;
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        out.push_str(&s[eq_start..i]);
-        // The value: quoted (backslash escapes) or up to whitespace.
-        let value_start = i;
-        if i < b.len() && b[i] == b'\'' {
-            i += 1;
-            while i < b.len() && b[i] != b'\'' {
-                i += if b[i] == b'\\' { 2 } else { 1 };
-            }
-            i = (i + 1).min(b.len());
-        } else {
-            while i < b.len() && !b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-        }
-        if is_secret_key(key) {
-            out.push_str("***");
-        } else {
-            out.push_str(&s[value_start..i]);
-        }
-    }
-    out
 }
 
 /// How a `sql` function turns rows into the result.
@@ -489,25 +339,17 @@ fn check_timeout(key: &str, ms: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether `program` names an executable file: a path (with a slash,
-/// relative to `cwd` when given) or a name found on `path`.
+/// The search path `execvp` uses when the environment has no `PATH` (an
+/// `exec` function with `clear_env` and no `env.PATH`).
+pub const EXECVP_DEFAULT_PATH: &str = "/bin:/usr/bin";
+
+/// Whether `program` names an executable file, found as `execvp` will find
+/// it: a name with a slash is a path (relative to `cwd` when given, else to
+/// ours), a bare name is looked up on `path` ([`EXECVP_DEFAULT_PATH`] when
+/// `None`). The lookup is the `which` crate's.
 pub fn program_exists(program: &str, path: Option<&str>, cwd: Option<&Path>) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let p = Path::new(program);
-        return match cwd {
-            Some(dir) if p.is_relative() => executable(&dir.join(p)),
-            _ => executable(p),
-        };
-    }
-    // No PATH at all (clear_env without one): execvp's default.
-    path.unwrap_or("/bin:/usr/bin")
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .any(|d| executable(&Path::new(d).join(program)))
+    let cwd = cwd.unwrap_or(Path::new("."));
+    which::which_in(program, Some(path.unwrap_or(EXECVP_DEFAULT_PATH)), cwd).is_ok()
 }
 
 /// Checks a `HOST:PORT` listen address (`metrics_addr`, `--metrics-addr`);
@@ -552,7 +394,9 @@ impl RawConfig {
     ) -> Result<Config, ConfigError> {
         let servers = resolve_servers(servers_override, self.servers.as_ref(), servers_env)?;
         let log_level = match &self.log_level {
-            Some(s) => s.parse().map_err(|e| ConfigError::key("log_level", e))?,
+            Some(s) => {
+                crate::logging::parse_level(s).map_err(|e| ConfigError::key("log_level", e))?
+            }
             None => Level::Info,
         };
         let grace_ms = self.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS);
@@ -590,7 +434,7 @@ impl RawConfig {
             },
             log_format: match &self.log_format {
                 Some(f) => f.parse().map_err(|e| ConfigError::key("log_format", e))?,
-                None => crate::logjson::LogFormat::Text,
+                None => crate::logging::LogFormat::Text,
             },
             tls,
             functions,
@@ -1138,36 +982,35 @@ mod tests {
     }
 
     #[test]
-    fn redact_hides_passwords_only() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5/db"),
-            "postgres://u:***@h:5/db"
-        );
-        assert_eq!(redact_url("mysql://u@h/db"), "mysql://u@h/db");
-        assert_eq!(redact_url("host=x"), "host=x");
-        assert_eq!(
-            redact_url("postgres://app@h:5/app?sslmode=disable&password=S3cret&x=1"),
-            "postgres://app@h:5/app?sslmode=disable&password=***&x=1"
-        );
-        assert_eq!(
-            redact_url("mysql://u:p@ss@h/db?PASSWORD=x"),
-            "mysql://u:***@h/db?PASSWORD=***"
-        );
-        assert_eq!(
-            redact_url("host=h password=KvS3cret user=u"),
-            "host=h password=*** user=u"
-        );
-        assert_eq!(
-            redact_url("host=h password = 'a \\' b' dbname=d"),
-            "host=h password = *** dbname=d"
-        );
-        assert_eq!(redact_url("password="), "password=***");
-        for url in [
-            "postgres://u:secret@h/d?password=secret",
-            "password='secret",
-        ] {
-            assert!(!redact_url(url).contains("secret"), "{url}");
-        }
+    fn programs_are_found_as_execvp_finds_them() {
+        use std::os::unix::fs::PermissionsExt;
+        // No PATH (clear_env): /bin:/usr/bin.
+        assert!(program_exists("cat", None, None));
+        assert!(!program_exists("cat", Some("/nonexistent"), None));
+        assert!(program_exists("/bin/cat", Some("/nonexistent"), None));
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("run.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let dirs = dir.path().to_str().unwrap();
+        // Not executable: not found, on PATH or by path.
+        assert!(!program_exists("run.sh", Some(dirs), None));
+        assert!(!program_exists("./run.sh", None, Some(dir.path())));
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(program_exists(
+            "run.sh",
+            Some(&format!("/nonexistent:{dirs}")),
+            None
+        ));
+        // A name with a slash is relative to cwd, never looked up on PATH.
+        assert!(program_exists("./run.sh", None, Some(dir.path())));
+        assert!(!program_exists(
+            "./run.sh",
+            Some(dirs),
+            Some(Path::new("/"))
+        ));
+        // A directory is not a program.
+        assert!(!program_exists(dirs, None, None));
     }
 
     /// Writes `text` to a fresh file and loads it as the daemon does.

@@ -19,7 +19,8 @@
 //!   file is logged and the old configuration keeps running.
 
 use crate::config::{self, Config};
-use crate::handlers::{self, exec, sql::Pools};
+use crate::db::pool::Pools;
+use crate::handlers::{self, exec};
 use crate::logging::{self, Stats};
 use gearman_core::worker::{StopHandle, Worker, WorkerOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -118,9 +119,9 @@ impl Generation {
                             return;
                         }
                         match res {
-                            Ok(()) => crate::warn!("worker for {name} returned; restarting it"),
+                            Ok(()) => log::warn!("worker for {name} returned; restarting it"),
                             Err(e) => {
-                                crate::error!("worker for {name} stopped: {e}; restarting it")
+                                log::error!("worker for {name} stopped: {e}; restarting it")
                             }
                         }
                         let until = Instant::now() + RESTART_PAUSE;
@@ -136,7 +137,7 @@ impl Generation {
                         slots.push(slot);
                         threads.push(t);
                     }
-                    Err(e) => crate::error!("cannot start a worker thread for {}: {e}", f.name),
+                    Err(e) => log::error!("cannot start a worker thread for {}: {e}", f.name),
                 }
             }
         }
@@ -206,13 +207,13 @@ pub fn run(
         for sig in signals.pending() {
             match sig {
                 SIGTERM | SIGINT if drain_deadline.is_some() => {
-                    crate::warn!("second stop signal: stopping now; running jobs are requeued by the job server");
+                    log::warn!("second stop signal: stopping now; running jobs are requeued by the job server");
                     exec::kill_all();
                     stats.log_summary();
                     return Ok(Outcome::Forced);
                 }
                 SIGTERM | SIGINT => {
-                    crate::info!(
+                    log::info!(
                         "stop signal: finishing running jobs (grace period {} ms; send it again to stop now)",
                         grace.as_millis()
                     );
@@ -224,21 +225,21 @@ pub fn run(
                 }
                 SIGHUP if drain_deadline.is_some() => {}
                 SIGHUP => match &reload_from {
-                    None => crate::info!("SIGHUP: quick mode has no configuration file to reload"),
+                    None => log::info!("SIGHUP: quick mode has no configuration file to reload"),
                     Some((path, servers)) => match config::load(path, servers) {
                         Err(e) => {
-                            crate::warn!("reload rejected, keeping the running configuration: {e}")
+                            log::warn!("reload rejected, keeping the running configuration: {e}")
                         }
                         Ok(new_cfg) => {
                             let new_cfg = overrides(new_cfg);
                             logging::set_level(new_cfg.log_level);
                             crate::tls::install(&new_cfg.tls);
-                            crate::logjson::set_format(new_cfg.log_format);
+                            crate::logging::set_format(new_cfg.log_format);
                             if let Some(m) = crate::metrics::global() {
                                 m.set_servers(new_cfg.servers.clone());
                             }
                             grace = new_cfg.shutdown_grace;
-                            crate::info!("reloaded {}", path.display());
+                            log::info!("reloaded {}", path.display());
                             announce(&new_cfg);
                             let next = Generation::start(&new_cfg, &pools, &stats);
                             let old = std::mem::replace(&mut current, next);
@@ -256,11 +257,11 @@ pub fn run(
         retired.retain(|g| !g.threads.is_empty());
         if let Some(deadline) = drain_deadline {
             if current.finished() && retired.iter().all(Generation::finished) {
-                crate::info!("all workers stopped");
+                log::info!("all workers stopped");
                 break Outcome::Drained;
             }
             if Instant::now() >= deadline {
-                crate::warn!(
+                log::warn!(
                     "grace period over with {} command(s) still running: killing them; the job server requeues their jobs",
                     exec::running_count()
                 );
@@ -268,7 +269,7 @@ pub fn run(
                 break Outcome::Forced;
             }
         } else if current.finished() && !current.is_empty() {
-            crate::error!("every worker thread has ended");
+            log::error!("every worker thread has ended");
             break Outcome::Forced;
         }
         std::thread::sleep(TICK);
@@ -284,7 +285,7 @@ fn announce(cfg: &Config) {
             config::Backend::Exec(e) => format!("exec {:?}", e.argv),
             config::Backend::Sql(s) => format!("sql on {}", s.database.redacted()),
         };
-        crate::info!(
+        log::info!(
             "serving function={} concurrency={} via {what} on {}",
             f.name,
             f.concurrency,

@@ -8,7 +8,7 @@
 //! whose retry could not be scheduled: function, unique key, workload (bytes
 //! as received), last error, attempts, first and last failure times. Each
 //! write opens its own connection (dead letters are rare), bounded by a
-//! 10 s connect and 30 s I/O. A row that cannot be written is logged at
+//! 10 s connect and 30 s I/O ([`crate::db`]). A row that cannot be written is logged at
 //! error level with the job's function, handle, unique key and workload
 //! size (the job is then lost, as without a dead-letter table).
 //!
@@ -18,12 +18,10 @@
 //! says which row, and keeps it (exit 1). If the delete fails after the job
 //! was created, the row stays and a later replay sends the job again.
 
-use crate::config::DatabaseUrl;
+use crate::db::{my_error, pg_error, Bounds, DatabaseUrl};
 use gearman_core::{Client, Job, ServerList};
 use std::time::Duration;
 
-/// Connect bound of dead-letter connections.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// I/O bound of dead-letter connections.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -85,13 +83,6 @@ pub struct Store {
     url: DatabaseUrl,
 }
 
-fn my_err(e: mysql::Error) -> String {
-    match &e {
-        mysql::Error::MySqlError(m) => format!("ERROR {} ({}): {}", m.code, m.state, m.message),
-        other => other.to_string(),
-    }
-}
-
 impl Store {
     /// The table in the database at `url`.
     pub fn new(url: DatabaseUrl) -> Store {
@@ -104,31 +95,22 @@ impl Store {
     }
 
     fn connect(&self) -> Result<Conn, String> {
+        let bounds = Bounds {
+            app: "gearman-worker dead-letter",
+            io: IO_TIMEOUT,
+        };
+        let context = |e: String| format!("connecting to {}: {e}", self.redacted());
         match &self.url {
-            DatabaseUrl::Postgres(u) => {
-                let cfg =
-                    crate::handlers::sql::pg_config(u, "gearman-worker dead-letter", IO_TIMEOUT)?;
-                cfg.connect(postgres::NoTls)
-                    .map(|c| Conn::Pg(Box::new(c)))
-                    .map_err(|e| {
-                        format!(
-                            "connecting to {}: {}",
-                            self.redacted(),
-                            crate::handlers::sql::pg_error(&e)
-                        )
-                    })
-            }
-            DatabaseUrl::Mysql(u) => {
-                let opts =
-                    mysql::Opts::from_url(u).map_err(|e| format!("invalid MySQL URL: {e}"))?;
-                let opts = mysql::OptsBuilder::from_opts(opts)
-                    .tcp_connect_timeout(Some(CONNECT_TIMEOUT))
-                    .read_timeout(Some(IO_TIMEOUT))
-                    .write_timeout(Some(IO_TIMEOUT));
-                mysql::Conn::new(opts)
-                    .map(|c| Conn::My(Box::new(c)))
-                    .map_err(|e| format!("connecting to {}: {}", self.redacted(), my_err(e)))
-            }
+            DatabaseUrl::Postgres(_) => self
+                .url
+                .connect_pg(bounds)
+                .map(|c| Conn::Pg(Box::new(c)))
+                .map_err(context),
+            DatabaseUrl::Mysql(_) => self
+                .url
+                .connect_my(bounds)
+                .map(|c| Conn::My(Box::new(c)))
+                .map_err(context),
         }
     }
 
@@ -154,7 +136,7 @@ impl Store {
                     ],
                 )
                 .map(|_| ())
-                .map_err(|e| crate::handlers::sql::pg_error(&e)),
+                .map_err(|e| pg_error(&e)),
             Conn::My(mut c) => {
                 use mysql::prelude::Queryable;
                 c.exec_drop(
@@ -170,7 +152,7 @@ impl Store {
                         row.first_failed_unix,
                     ),
                 )
-                .map_err(my_err)
+                .map_err(|e| my_error(&e))
             }
         }
     }
@@ -188,7 +170,7 @@ impl Store {
                          ORDER BY id",
                         &[&f.function, &f.ids],
                     )
-                    .map_err(|e| crate::handlers::sql::pg_error(&e))?;
+                    .map_err(|e| pg_error(&e))?;
                 Ok(rows
                     .iter()
                     .map(|r| DeadLetter {
@@ -227,7 +209,9 @@ impl Store {
                     String,
                     String,
                 );
-                let rows: Vec<Row> = c.exec(&sql, (&f.function, &f.function)).map_err(my_err)?;
+                let rows: Vec<Row> = c
+                    .exec(&sql, (&f.function, &f.function))
+                    .map_err(|e| my_error(&e))?;
                 Ok(rows
                     .into_iter()
                     .map(|r| DeadLetter {
@@ -249,11 +233,11 @@ impl Store {
         match conn {
             Conn::Pg(c) => c
                 .execute("DELETE FROM gearman.dead_letter WHERE id = $1", &[&id])
-                .map_err(|e| crate::handlers::sql::pg_error(&e)),
+                .map_err(|e| pg_error(&e)),
             Conn::My(c) => {
                 use mysql::prelude::Queryable;
                 c.exec_drop("DELETE FROM gearman_dead_letter WHERE id = ?", (id,))
-                    .map_err(my_err)?;
+                    .map_err(|e| my_error(&e))?;
                 Ok(c.affected_rows())
             }
         }

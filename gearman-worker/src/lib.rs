@@ -15,11 +15,11 @@
 //! binary (`src/main.rs`) is a thin `main → run → exit code` wrapper.
 
 pub mod logging;
-pub mod logjson;
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod deadletter;
 pub mod handlers;
 pub mod metrics;
@@ -62,7 +62,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         return usage_error(e);
     }
     if let Some(f) = cli.log_format {
-        logjson::set_format(f);
+        logging::set_format(f);
     }
     // --tls-ca/--tls-cert/--tls-key, read once here (they replace the
     // file's tls_* keys as a whole, now and at every reload).
@@ -129,7 +129,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         }
         return EXIT_OK;
     }
-    logjson::set_format(cfg.log_format);
+    logging::set_format(cfg.log_format);
     if let Some(addr) = &cfg.metrics_addr {
         match metrics::serve(addr) {
             Ok(m) => m.set_servers(cfg.servers.clone()),
@@ -141,7 +141,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         Ok(daemon::Outcome::Drained) => EXIT_OK,
         Ok(daemon::Outcome::Forced) => EXIT_FAILURE,
         Err(e) => {
-            error!("cannot install signal handlers: {e}");
+            log::error!("cannot install signal handlers: {e}");
             EXIT_FAILURE
         }
     }
@@ -158,9 +158,9 @@ fn dead_letter_command(cli: &cli::Cli, args: &cli::DeadLetterArgs) -> u8 {
         (None, Some(u)) => ("--mysql", u),
         (None, None) => return usage_error("give --postgres URL or --mysql URL"),
     };
-    let url = match config::DatabaseUrl::parse(url) {
-        Ok(u @ config::DatabaseUrl::Postgres(_)) if flag == "--postgres" => u,
-        Ok(u @ config::DatabaseUrl::Mysql(_)) if flag == "--mysql" => u,
+    let url = match db::DatabaseUrl::parse(url) {
+        Ok(u @ db::DatabaseUrl::Postgres(_)) if flag == "--postgres" => u,
+        Ok(u @ db::DatabaseUrl::Mysql(_)) if flag == "--mysql" => u,
         Ok(_) => return usage_error(format!("{flag}: wrong kind of URL for this flag")),
         Err(e) => return usage_error(format!("{flag}: {e}")),
     };

@@ -379,7 +379,7 @@ pub fn serve(addr: &str) -> Result<Arc<Metrics>, String> {
             }
         })
         .map_err(|e| format!("metrics_addr: cannot start thread: {e}"))?;
-    crate::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+    log::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
     Ok(metrics)
 }
 

@@ -177,12 +177,6 @@ pub fn set_current_attempt(n: u32) {
     ATTEMPT.with(|a| a.set(n));
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// The unique key of the retry: `retry-<attempt>-<16 hex digits>`.
 fn retry_unique(handle: &str, unique: &[u8], attempt: u32) -> String {
     // FNV-1a over the handle, the original key and the time: differs from
@@ -222,7 +216,7 @@ pub fn schedule(
 ) -> Result<Duration, String> {
     let delay = policy.delay(failed.attempt);
     let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
-    let due = now_unix() + secs.max(1) as i64;
+    let due = crate::logging::unix_now() + secs.max(1) as i64;
     let next = Envelope {
         attempt: failed.attempt + 1,
         first_failure: failed.first_failure,

@@ -269,7 +269,7 @@ fn sample(text: &str, series: &str) -> f64 {
 #[test]
 fn relay_series_per_source_and_healthz_follow_gearmand_and_the_databases() {
     use gearman_testkit::{MariaDb, Postgres};
-    use gearman_worker::config::redact_url;
+    use gearman_worker::db::redact_url;
     let mut g = Gearmand::start();
     g.kill();
     let mut pg = Postgres::start();

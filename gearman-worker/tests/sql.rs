@@ -112,6 +112,117 @@ timeout_ms = 300
     assert!((1..=7).contains(&conns), "{conns} connections");
 }
 
+/// PostgreSQL result values read as PostgreSQL prints them (its binary
+/// format decoded by postgres-types), including years before 1 (` BC`),
+/// years past 9999, infinities, `time`, `uuid`, json text as sent, and
+/// numerics past any fixed-size decimal.
+#[test]
+fn postgres_values_print_as_postgres_prints_them() {
+    let g = Gearmand::start();
+    let pg = Postgres::start();
+    let url = pg.url();
+    let cases: &[(&str, serde_json::Value)] = &[
+        (
+            "'2000-01-02 00:00:01.5'::timestamp",
+            "2000-01-02 00:00:01.5".into(),
+        ),
+        (
+            "'1999-12-31 23:59:59.999999'::timestamp",
+            "1999-12-31 23:59:59.999999".into(),
+        ),
+        ("'infinity'::timestamp", "infinity".into()),
+        ("'-infinity'::timestamptz", "-infinity".into()),
+        (
+            "'0044-03-15 12:00:00 BC'::timestamp",
+            "0044-03-15 12:00:00 BC".into(),
+        ),
+        (
+            "'294276-12-31 23:59:59'::timestamp",
+            "294276-12-31 23:59:59".into(),
+        ),
+        (
+            "'2026-11-29 10:47:06.123+02'::timestamptz",
+            "2026-11-29 08:47:06.123+00".into(),
+        ),
+        ("'1815-12-10'::date", "1815-12-10".into()),
+        ("'4713-01-01 BC'::date", "4713-01-01 BC".into()),
+        ("'-infinity'::date", "-infinity".into()),
+        ("'13:45:00.25'::time", "13:45:00.25".into()),
+        (
+            "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into(),
+        ),
+        ("'NaN'::numeric", "NaN".into()),
+        ("'-0.0012'::numeric", "-0.0012".into()),
+        (
+            "1e40::numeric",
+            "10000000000000000000000000000000000000000".into(),
+        ),
+        ("true", true.into()),
+        ("42::int2", 42.into()),
+        ("4000000000::oid", 4_000_000_000u64.into()),
+        ("1.5::float4", 1.5.into()),
+        ("'x'::\"char\"", "x".into()),
+        ("'{\"a\":  [1, 2]}'::json", serde_json::json!({"a": [1, 2]})),
+        ("'{\"a\":1}'::jsonb", serde_json::json!({"a": 1})),
+    ];
+    let columns: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (e, _))| format!("{e} AS c{i}"))
+        .collect();
+    let (w, _d) = start_daemon(
+        &g,
+        &format!(
+            r#"
+[function.values]
+sql = '''SELECT {} WHERE $1::text IS NOT NULL'''
+database = "{url}"
+rows = "json_lines"
+
+[function.json_text]
+sql = '''SELECT '{{"a":  [1, 2]}}'::json WHERE $1::text IS NOT NULL'''
+database = "{url}"
+
+[function.jsonb_text]
+sql = '''SELECT '{{"a":1}}'::jsonb WHERE $1::text IS NOT NULL'''
+database = "{url}"
+
+[function.bc_text]
+sql = '''SELECT '0001-01-01 00:00:00+00 BC'::timestamptz WHERE $1::text IS NOT NULL'''
+database = "{url}"
+
+[function.point]
+sql = "SELECT point(1, 2) WHERE $1::text IS NOT NULL"
+database = "{url}"
+"#,
+            columns.join(", ")
+        ),
+    );
+    for f in ["values", "json_text", "jsonb_text", "bc_text", "point"] {
+        wait_workers(&g.addr(), f, 1, &|| w.log());
+    }
+    let mut c = client(&g.addr());
+    let line = c.run(&Job::new("values", "x")).unwrap();
+    let row: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    for (i, (expr, want)) in cases.iter().enumerate() {
+        assert_eq!(&row[format!("c{i}")], want, "{expr}");
+    }
+    // Text results: json as sent, jsonb as the server prints it.
+    assert_eq!(
+        c.run(&Job::new("json_text", "x")).unwrap(),
+        br#"{"a":  [1, 2]}"#
+    );
+    assert_eq!(c.run(&Job::new("jsonb_text", "x")).unwrap(), br#"{"a": 1}"#);
+    assert_eq!(
+        c.run(&Job::new("bc_text", "x")).unwrap(),
+        b"0001-01-01 00:00:00+00 BC"
+    );
+    let e = client(&g.addr()).run(&Job::new("point", "x")).unwrap_err();
+    let msg = failure_text(&e);
+    assert!(msg.contains("point") && msg.contains("::text"), "{msg}");
+}
+
 #[test]
 fn a_postgres_result_past_max_result_bytes_fails_with_memory_bounded() {
     // 300,000 rows of 1 kB: before, every row was fetched into memory

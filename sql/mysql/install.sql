@@ -11,7 +11,8 @@
 -- The first eight lines are those of the original gearman-mysql-udf, so that
 -- existing triggers and install scripts keep working.
 --
--- gman_do_background / _high_ / _low_ / gman_do_epoch return the job handle
+-- gman_do_background / _high_ / _low_ / gman_do_background_at (gman_do_epoch:
+-- its older name, same function) return the job handle
 -- (H:host:n). With background_dispatch = "pipelined" in the configuration
 -- file (gearman-udf.toml) they return without waiting for gearmand's
 -- confirmation and give the job's unique key instead (the caller's, or a
@@ -35,6 +36,22 @@
 -- client certificate of tls_cert_file/tls_key_file if set; a server that
 -- fails verification gives NULL, one error-log line and gman_last_error().
 --
+-- gman_do_background_at(function, workload, run_at [, unique]): a scheduled
+-- job; run_at is Unix seconds or RFC 3339 text with Z or an offset
+-- ('2026-12-03T10:00:00Z'); a DATETIME (no time zone) is refused: pass
+-- UNIX_TIMESTAMP(x).
+-- gman_do_many(function, json_array): one foreground job per element, all
+-- submitted before any result is awaited; a JSON array of the results (JSON
+-- strings) in input order; a failed job is null in its place (the row is
+-- still returned; gman_last_error() names the first failed element). A
+-- string element is its text, null an empty workload, any other element its
+-- JSON text. Bounded like gman_do: one foreground_timeout_ms for the whole
+-- call, each result and the whole output at most max_result_bytes, at most
+-- max_sum_rows elements.
+-- gman_dispatch_status(): JSON {"dispatch","sent","confirmed","failed",
+-- "refused","unknown","pending"}: the pipelined background jobs of the whole
+-- server process since the library was loaded (sent = confirmed + failed +
+-- pending; failed = refused + unknown).
 -- gman_server_status(): JSON, one object per server and function with total
 -- (jobs gearmand holds), queued (jobs waiting for a worker: total - running),
 -- running and workers.
@@ -70,3 +87,6 @@ CREATE FUNCTION gman_do_epoch RETURNS STRING SONAME "libgearman_mysql_udf.so";
 CREATE FUNCTION gman_job_status RETURNS STRING SONAME "libgearman_mysql_udf.so";
 CREATE FUNCTION gman_server_status RETURNS STRING SONAME "libgearman_mysql_udf.so";
 CREATE FUNCTION gman_last_error RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_do_background_at RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_do_many RETURNS STRING SONAME "libgearman_mysql_udf.so";
+CREATE FUNCTION gman_dispatch_status RETURNS STRING SONAME "libgearman_mysql_udf.so";

@@ -12,3 +12,6 @@ DROP FUNCTION IF EXISTS gman_do_epoch;
 DROP FUNCTION IF EXISTS gman_job_status;
 DROP FUNCTION IF EXISTS gman_server_status;
 DROP FUNCTION IF EXISTS gman_last_error;
+DROP FUNCTION IF EXISTS gman_do_background_at;
+DROP FUNCTION IF EXISTS gman_do_many;
+DROP FUNCTION IF EXISTS gman_dispatch_status;

@@ -7,10 +7,10 @@
 pub mod builtin;
 pub mod exec;
 pub mod sql;
+pub mod values;
 
 use crate::config::{Backend, FunctionSpec};
-use crate::logging::{fmt_duration, write_job, Level, Stats};
-use crate::logjson::JobFields;
+use crate::logging::{fmt_duration, write_job, JobFields, Level, Stats};
 use crate::metrics::Outcome;
 use crate::retry::{self, Envelope, RetryPolicy};
 use gearman_core::worker::{JobContext, WorkError, WorkResult};
@@ -74,7 +74,7 @@ pub trait Handler: Send + Sync + std::fmt::Debug {
 
 /// Builds the handler of one configured function. SQL connection pools are
 /// shared through `pools` (one per database URL, kept across reloads).
-pub fn build(spec: &FunctionSpec, pools: &sql::Pools) -> Arc<dyn Handler> {
+pub fn build(spec: &FunctionSpec, pools: &crate::db::pool::Pools) -> Arc<dyn Handler> {
     match &spec.backend {
         Backend::Builtin(b) => Arc::new(builtin::BuiltinHandler::new(*b)),
         Backend::Exec(e) => Arc::new(exec::ExecHandler::new(e.clone())),
@@ -306,7 +306,7 @@ pub fn wrap_observed(
                 workload: ctx.take_workload(),
             },
             Err(e) => {
-                crate::warn!(
+                log::warn!(
                     "job failed function={} handle={}: {e}",
                     ctx.function(),
                     ctx.handle()
@@ -367,7 +367,7 @@ pub fn wrap_observed(
                 );
             }
             Err(e) => {
-                crate::error!(
+                log::error!(
                     "job function={} handle={} failed on attempt {} and its retry could not be \
                      scheduled, so it is not tried again: {e}",
                     job.function,
@@ -421,7 +421,7 @@ fn dead_letter(observe: &Observe, job: &JobInfo<'_>, failed: &Envelope, reason: 
                 ),
             );
         }
-        Err(e) => crate::error!(
+        Err(e) => log::error!(
             "job function={} handle={} failed for good and could not be written to the \
              dead-letter destination {}, so it is lost (unique key {:?}, {} byte workload): {e}",
             job.function,

@@ -6,195 +6,27 @@
 //! is the first column of the first row (NULL or no rows: empty result), or
 //! every row as a JSON object per line (`rows = "json_lines"`).
 //!
-//! Value text follows what the database itself would display: `t`/`f` for
-//! PostgreSQL booleans, decimal integers, `YYYY-MM-DD HH:MM:SS[.ffffff]`
-//! timestamps (UTC with `+00` for `timestamptz`), `bytea` as its raw bytes
-//! (in JSON lines: `"\\x"` + hex). PostgreSQL types without a conversion here
-//! fail the job with a message asking for a `::text` cast.
+//! Value text follows what the database itself would display
+//! ([`super::values`]): `t`/`f` for PostgreSQL booleans, decimal integers,
+//! `YYYY-MM-DD HH:MM:SS[.ffffff]` timestamps (UTC with `+00` for
+//! `timestamptz`), `bytea` as its raw bytes (in JSON lines: `"\\x"` + hex).
+//! PostgreSQL types without a conversion fail the job with a message asking
+//! for a `::text` cast.
 //!
-//! Connections: one pool per (database URL, statement timeout), shared by
-//! every function and worker thread using it and kept across reloads; it
-//! holds at most as many connections as jobs ran on it at once. The statement
-//! timeout is set per session (`statement_timeout` in PostgreSQL,
-//! `max_statement_time` in MariaDB / `max_execution_time` in MySQL); MySQL
-//! connections also get a read timeout 5 s longer. Connections are
-//! plaintext (no TLS). A pooled connection found broken is replaced and the
-//! statement retried once on a fresh one.
+//! Connections come from [`crate::db::pool`]: one pool per (database URL,
+//! statement timeout), with the statement timeout set per session. A pooled
+//! connection found broken is replaced and the statement retried once on a
+//! fresh one.
 
+use super::values::{my_to_bytes, my_to_json, PgValue};
 use super::{Handler, JobError};
-use crate::config::{DatabaseUrl, ParamType, RowsMode, SqlSpec};
-use crate::logging::civil_from_days;
+use crate::config::{ParamType, RowsMode, SqlSpec};
+use crate::db::pool::{Conn, Pool, Pools};
+use crate::db::{my_error, pg_error};
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::{FromSql, ToSql, Type};
+use postgres::types::{ToSql, Type};
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-/// Connect timeout for database connections: 10 s.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-type PoolKey = (DatabaseUrl, Duration);
-
-/// Connection pools by (database URL, statement timeout).
-#[derive(Debug, Default)]
-pub struct Pools {
-    map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
-}
-
-impl Pools {
-    /// The pool for `url` with statement timeout `timeout` (created empty on first use).
-    pub fn get(&self, url: &DatabaseUrl, timeout: Duration) -> Arc<Pool> {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry((url.clone(), timeout))
-            .or_insert_with(|| {
-                Arc::new(Pool {
-                    url: url.clone(),
-                    timeout,
-                    idle: Mutex::new(Vec::new()),
-                })
-            })
-            .clone()
-    }
-}
-
-/// Idle connections to one database.
-#[derive(Debug)]
-pub struct Pool {
-    url: DatabaseUrl,
-    timeout: Duration,
-    idle: Mutex<Vec<Conn>>,
-}
-
-/// One database connection.
-pub enum Conn {
-    /// PostgreSQL, with its prepared statements by (SQL, parameter type).
-    Pg(
-        Box<postgres::Client>,
-        HashMap<(String, bool), postgres::Statement>,
-    ),
-    /// MySQL / MariaDB.
-    My(Box<mysql::Conn>),
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Conn::Pg(..) => f.write_str("Conn::Pg"),
-            Conn::My(..) => f.write_str("Conn::My"),
-        }
-    }
-}
-
-impl Pool {
-    fn take(&self) -> Option<Conn> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
-    }
-
-    fn give_back(&self, c: Conn) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
-    }
-
-    /// Number of idle connections.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    fn connect(&self) -> Result<Conn, String> {
-        match &self.url {
-            DatabaseUrl::Postgres(url) => {
-                let mut cfg = pg_config(url, "gearman-worker", self.timeout)?;
-                let opts = format!(
-                    "{} -c statement_timeout={}",
-                    cfg.get_options().unwrap_or(""),
-                    self.timeout.as_millis()
-                );
-                cfg.options(opts.trim());
-                let client = cfg.connect(postgres::NoTls).map_err(|e| {
-                    format!("connecting to {}: {}", self.url.redacted(), pg_error(&e))
-                })?;
-                Ok(Conn::Pg(Box::new(client), HashMap::new()))
-            }
-            DatabaseUrl::Mysql(url) => {
-                let opts =
-                    mysql::Opts::from_url(url).map_err(|e| format!("invalid MySQL URL: {e}"))?;
-                let backstop = self.timeout + Duration::from_secs(5);
-                let opts = mysql::OptsBuilder::from_opts(opts)
-                    .tcp_connect_timeout(Some(CONNECT_TIMEOUT))
-                    .read_timeout(Some(backstop))
-                    .write_timeout(Some(backstop));
-                let mut conn = mysql::Conn::new(opts)
-                    .map_err(|e| format!("connecting to {}: {e}", self.url.redacted()))?;
-                use mysql::prelude::Queryable;
-                let secs = self.timeout.as_secs_f64();
-                let ms = self.timeout.as_millis();
-                // MariaDB first, then MySQL's SELECT-only equivalent; a server
-                // with neither keeps only the read timeout above.
-                if conn
-                    .query_drop(format!("SET SESSION max_statement_time = {secs}"))
-                    .is_err()
-                {
-                    let _ = conn.query_drop(format!("SET SESSION max_execution_time = {ms}"));
-                }
-                Ok(Conn::My(Box::new(conn)))
-            }
-        }
-    }
-}
-
-/// A PostgreSQL client configuration from `url` with the bounds this crate
-/// uses unless the URL sets its own: connect timeout [`CONNECT_TIMEOUT`],
-/// TCP keepalives (idle 30 s, interval 10 s, 3 probes: a silent peer is
-/// detected in about a minute), TCP user timeout `io_bound` + 10 s, and
-/// `application_name`.
-///
-/// # Errors
-/// An invalid URL, as text.
-pub fn pg_config(url: &str, app: &str, io_bound: Duration) -> Result<postgres::Config, String> {
-    let mut cfg: postgres::Config = url
-        .parse()
-        .map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(CONNECT_TIMEOUT);
-    }
-    if cfg.get_application_name().is_none() {
-        cfg.application_name(app);
-    }
-    cfg.keepalives(true)
-        .keepalives_idle(Duration::from_secs(30))
-        .keepalives_interval(Duration::from_secs(10))
-        .keepalives_retries(3)
-        .tcp_user_timeout(io_bound + Duration::from_secs(10));
-    Ok(cfg)
-}
-
-/// PostgreSQL error text: severity, message, SQLSTATE (and detail) for
-/// server errors, else the driver's message.
-pub fn pg_error(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!(
-                "{}: {} (SQLSTATE {})",
-                db.severity(),
-                db.message(),
-                db.code().code()
-            );
-            if let Some(d) = db.detail() {
-                let _ = write!(s, "; detail: {d}");
-            }
-            s
-        }
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                let _ = write!(s, ": {inner}");
-                src = inner.source();
-            }
-            s
-        }
-    }
-}
+use std::sync::Arc;
 
 /// Runs one statement per job.
 #[derive(Debug)]
@@ -341,8 +173,7 @@ impl SqlHandler {
                     };
                     let mut out = Vec::new();
                     if !row.is_empty() {
-                        let cell: PgCell = row.try_get(0).map_err(|e| conv(e.to_string()))?;
-                        out = cell.to_bytes().map_err(conv)?;
+                        out = PgValue::from_row(&row, 0).map_err(conv)?.into_bytes();
                     }
                     if out.len() > limit {
                         return Err(too_large());
@@ -357,8 +188,8 @@ impl SqlHandler {
                     while let Some(row) = rows.next()? {
                         let mut obj = serde_json::Map::new();
                         for (i, col) in row.columns().iter().enumerate() {
-                            let cell: PgCell = row.try_get(i).map_err(|e| conv(e.to_string()))?;
-                            obj.insert(col.name().to_string(), cell.to_json().map_err(conv)?);
+                            let v = PgValue::from_row(&row, i).map_err(conv)?;
+                            obj.insert(col.name().to_string(), v.into_json());
                         }
                         serde_json::to_writer(&mut out, &obj).map_err(|e| conv(e.to_string()))?;
                         out.push(b'\n');
@@ -382,12 +213,7 @@ impl SqlHandler {
         let fail = |e: mysql::Error| RunError {
             broken: !matches!(e, mysql::Error::MySqlError(_)),
             discard: false,
-            message: match &e {
-                mysql::Error::MySqlError(m) => {
-                    format!("ERROR {} ({}): {}", m.code, m.state, m.message)
-                }
-                other => other.to_string(),
-            },
+            message: my_error(&e),
         };
         let limit = self.spec.max_result_bytes as usize;
         let stmt = conn.prep(&self.spec.statement).map_err(fail)?;
@@ -464,7 +290,7 @@ impl Handler for SqlHandler {
                 Err(e) if e.broken => {
                     drop(conn);
                     if pooled && attempt == 0 {
-                        crate::debug!(
+                        log::debug!(
                             "pooled connection to {} was broken ({}); retrying on a new one",
                             self.spec.database.redacted(),
                             e.message
@@ -480,402 +306,5 @@ impl Handler for SqlHandler {
             }
         }
         Err(JobError::exception("database connection lost twice"))
-    }
-}
-
-/// A PostgreSQL value as received (binary format) with its type.
-#[derive(Debug, Clone)]
-pub struct PgCell {
-    ty: Type,
-    raw: Option<Vec<u8>>,
-}
-
-impl<'a> FromSql<'a> for PgCell {
-    fn from_sql(
-        ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<PgCell, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(PgCell {
-            ty: ty.clone(),
-            raw: Some(raw.to_vec()),
-        })
-    }
-
-    fn from_sql_null(ty: &Type) -> Result<PgCell, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(PgCell {
-            ty: ty.clone(),
-            raw: None,
-        })
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-}
-
-fn be<const N: usize>(raw: &[u8]) -> Result<[u8; N], String> {
-    raw.try_into()
-        .map_err(|_| format!("malformed binary value of {} bytes", raw.len()))
-}
-
-/// Microseconds since 2000-01-01 as `YYYY-MM-DD HH:MM:SS[.ffffff]`.
-fn pg_timestamp(us: i64) -> String {
-    if us == i64::MAX {
-        return "infinity".into();
-    }
-    if us == i64::MIN {
-        return "-infinity".into();
-    }
-    let secs = us.div_euclid(1_000_000);
-    let frac = us.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let mut s = pg_date_days(days);
-    let _ = write!(
-        s,
-        " {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    );
-    if frac != 0 {
-        let f = format!("{frac:06}");
-        s.push('.');
-        s.push_str(f.trim_end_matches('0'));
-    }
-    s
-}
-
-/// Days since 2000-01-01 as `YYYY-MM-DD`.
-fn pg_date_days(days: i64) -> String {
-    let (y, m, d) = civil_from_days(days + 10_957);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// Binary NUMERIC to its text form.
-fn pg_numeric(raw: &[u8]) -> Result<String, String> {
-    if raw.len() < 8 {
-        return Err("malformed numeric".into());
-    }
-    let rd = |i: usize| u16::from_be_bytes([raw[i], raw[i + 1]]);
-    let ndigits = rd(0) as usize;
-    let weight = rd(2) as i16 as i32;
-    let sign = rd(4);
-    let dscale = rd(6) as usize;
-    match sign {
-        0xC000 => return Ok("NaN".into()),
-        0xD000 => return Ok("Infinity".into()),
-        0xF000 => return Ok("-Infinity".into()),
-        _ => {}
-    }
-    if raw.len() < 8 + 2 * ndigits {
-        return Err("malformed numeric".into());
-    }
-    let digit = |i: i32| -> u16 {
-        if i < 0 || i as usize >= ndigits {
-            0
-        } else {
-            rd(8 + 2 * i as usize)
-        }
-    };
-    let mut s = String::new();
-    if sign == 0x4000 {
-        s.push('-');
-    }
-    if weight < 0 {
-        s.push('0');
-    } else {
-        for i in 0..=weight {
-            if i == 0 {
-                let _ = write!(s, "{}", digit(i));
-            } else {
-                let _ = write!(s, "{:04}", digit(i));
-            }
-        }
-    }
-    if dscale > 0 {
-        let mut frac = String::new();
-        let mut i = weight + 1;
-        while frac.len() < dscale {
-            let _ = write!(frac, "{:04}", digit(i));
-            i += 1;
-        }
-        frac.truncate(dscale);
-        s.push('.');
-        s.push_str(&frac);
-    }
-    Ok(s)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(2 + bytes.len() * 2);
-    s.push_str("\\x");
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-impl PgCell {
-    /// The value's text form (see the module doc); NULL is empty.
-    ///
-    /// # Errors
-    /// A type with no conversion here (the message suggests `::text`).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        let Some(raw) = &self.raw else {
-            return Ok(Vec::new());
-        };
-        let raw = raw.as_slice();
-        let t = &self.ty;
-        Ok(match *t {
-            Type::BYTEA
-            | Type::TEXT
-            | Type::VARCHAR
-            | Type::BPCHAR
-            | Type::NAME
-            | Type::UNKNOWN
-            | Type::JSON
-            | Type::XML
-            | Type::CHAR => raw.to_vec(),
-            Type::JSONB => raw.get(1..).unwrap_or_default().to_vec(),
-            _ => self.to_text(raw)?.into_bytes(),
-        })
-    }
-
-    fn to_text(&self, raw: &[u8]) -> Result<String, String> {
-        let t = &self.ty;
-        Ok(match *t {
-            Type::BOOL => if raw.first() == Some(&1) { "t" } else { "f" }.to_string(),
-            Type::INT2 => i16::from_be_bytes(be(raw)?).to_string(),
-            Type::INT4 => i32::from_be_bytes(be(raw)?).to_string(),
-            Type::INT8 => i64::from_be_bytes(be(raw)?).to_string(),
-            Type::OID => u32::from_be_bytes(be(raw)?).to_string(),
-            Type::FLOAT4 => f32::from_be_bytes(be(raw)?).to_string(),
-            Type::FLOAT8 => f64::from_be_bytes(be(raw)?).to_string(),
-            Type::NUMERIC => pg_numeric(raw)?,
-            Type::TIMESTAMP => pg_timestamp(i64::from_be_bytes(be(raw)?)),
-            Type::TIMESTAMPTZ => {
-                let us = i64::from_be_bytes(be(raw)?);
-                let s = pg_timestamp(us);
-                if us == i64::MAX || us == i64::MIN {
-                    s
-                } else {
-                    s + "+00"
-                }
-            }
-            Type::DATE => match i32::from_be_bytes(be(raw)?) {
-                i32::MAX => "infinity".into(),
-                i32::MIN => "-infinity".into(),
-                d => pg_date_days(d as i64),
-            },
-            Type::UUID => {
-                let b: [u8; 16] = be(raw)?;
-                let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                format!(
-                    "{}-{}-{}-{}-{}",
-                    &h[0..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..32]
-                )
-            }
-            Type::TEXT
-            | Type::VARCHAR
-            | Type::BPCHAR
-            | Type::NAME
-            | Type::UNKNOWN
-            | Type::JSON
-            | Type::XML
-            | Type::CHAR => String::from_utf8_lossy(raw).into_owned(),
-            Type::JSONB => String::from_utf8_lossy(raw.get(1..).unwrap_or_default()).into_owned(),
-            _ => {
-                return Err(format!(
-                    "result column has type {}, which gearman-worker does not convert; \
-                     cast it to text in the statement (e.g. `col::text`)",
-                    t.name()
-                ))
-            }
-        })
-    }
-
-    /// The value as JSON: numbers and booleans as such, json/jsonb embedded,
-    /// numeric and everything else as strings, bytea as `"\\x..."` hex.
-    ///
-    /// # Errors
-    /// As [`PgCell::to_bytes`].
-    pub fn to_json(&self) -> Result<serde_json::Value, String> {
-        use serde_json::Value as J;
-        let Some(raw) = &self.raw else {
-            return Ok(J::Null);
-        };
-        let raw = raw.as_slice();
-        Ok(match self.ty {
-            Type::BOOL => J::Bool(raw.first() == Some(&1)),
-            Type::INT2 => J::from(i16::from_be_bytes(be(raw)?)),
-            Type::INT4 => J::from(i32::from_be_bytes(be(raw)?)),
-            Type::INT8 => J::from(i64::from_be_bytes(be(raw)?)),
-            Type::OID => J::from(u32::from_be_bytes(be(raw)?)),
-            Type::FLOAT4 => J::from(f32::from_be_bytes(be(raw)?) as f64),
-            Type::FLOAT8 => J::from(f64::from_be_bytes(be(raw)?)),
-            Type::BYTEA => J::String(hex(raw)),
-            Type::JSON | Type::JSONB => {
-                let text = self.to_text(raw)?;
-                serde_json::from_str(&text).unwrap_or(J::String(text))
-            }
-            _ => J::String(self.to_text(raw)?),
-        })
-    }
-}
-
-fn my_time_text(v: &mysql::Value, col: &mysql::Column) -> Option<String> {
-    use mysql::consts::ColumnType;
-    match *v {
-        mysql::Value::Date(y, mo, d, h, mi, s, us) => {
-            if col.column_type() == ColumnType::MYSQL_TYPE_DATE {
-                Some(format!("{y:04}-{mo:02}-{d:02}"))
-            } else if us != 0 {
-                Some(format!(
-                    "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}"
-                ))
-            } else {
-                Some(format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"))
-            }
-        }
-        mysql::Value::Time(neg, days, h, mi, s, us) => {
-            let hours = days * 24 + h as u32;
-            let sign = if neg { "-" } else { "" };
-            if us != 0 {
-                Some(format!("{sign}{hours:02}:{mi:02}:{s:02}.{us:06}"))
-            } else {
-                Some(format!("{sign}{hours:02}:{mi:02}:{s:02}"))
-            }
-        }
-        _ => None,
-    }
-}
-
-/// A MySQL value as the bytes the server would display; NULL is empty.
-pub fn my_to_bytes(v: &mysql::Value, col: &mysql::Column) -> Vec<u8> {
-    match v {
-        mysql::Value::NULL => Vec::new(),
-        mysql::Value::Bytes(b) => b.clone(),
-        mysql::Value::Int(i) => i.to_string().into_bytes(),
-        mysql::Value::UInt(u) => u.to_string().into_bytes(),
-        mysql::Value::Float(f) => f.to_string().into_bytes(),
-        mysql::Value::Double(d) => d.to_string().into_bytes(),
-        other => my_time_text(other, col).unwrap_or_default().into_bytes(),
-    }
-}
-
-/// A MySQL value as JSON: numbers as numbers, binary-collation strings as
-/// `"\\x..."` hex, other strings as text.
-pub fn my_to_json(v: &mysql::Value, col: &mysql::Column) -> serde_json::Value {
-    use serde_json::Value as J;
-    const BINARY_CHARSET: u16 = 63;
-    match v {
-        mysql::Value::NULL => J::Null,
-        mysql::Value::Bytes(b) => {
-            if col.character_set() == BINARY_CHARSET
-                && !matches!(
-                    col.column_type(),
-                    mysql::consts::ColumnType::MYSQL_TYPE_NEWDECIMAL
-                        | mysql::consts::ColumnType::MYSQL_TYPE_DECIMAL
-                )
-            {
-                J::String(hex(b))
-            } else {
-                J::String(String::from_utf8_lossy(b).into_owned())
-            }
-        }
-        mysql::Value::Int(i) => J::from(*i),
-        mysql::Value::UInt(u) => J::from(*u),
-        mysql::Value::Float(f) => J::from(*f as f64),
-        mysql::Value::Double(d) => J::from(*d),
-        other => J::String(my_time_text(other, col).unwrap_or_default()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn numeric(ndigits: u16, weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for x in [ndigits, weight as u16, sign, dscale] {
-            v.extend_from_slice(&x.to_be_bytes());
-        }
-        for d in digits {
-            v.extend_from_slice(&d.to_be_bytes());
-        }
-        v
-    }
-
-    #[test]
-    fn numeric_binary_to_text() {
-        // 12345.678 = digits [1, 2345, 6780], weight 1, dscale 3
-        assert_eq!(
-            pg_numeric(&numeric(3, 1, 0, 3, &[1, 2345, 6780])).unwrap(),
-            "12345.678"
-        );
-        // -0.0012 = digits [12], weight -1, dscale 4
-        assert_eq!(
-            pg_numeric(&numeric(1, -1, 0x4000, 4, &[12])).unwrap(),
-            "-0.0012"
-        );
-        // 0.00000001 = digits [1], weight -2, dscale 8
-        assert_eq!(
-            pg_numeric(&numeric(1, -2, 0, 8, &[1])).unwrap(),
-            "0.00000001"
-        );
-        // 10000 = digits [1], weight 1, dscale 0
-        assert_eq!(pg_numeric(&numeric(1, 1, 0, 0, &[1])).unwrap(), "10000");
-        assert_eq!(pg_numeric(&numeric(0, 0, 0, 2, &[])).unwrap(), "0.00");
-        assert_eq!(pg_numeric(&numeric(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
-    }
-
-    #[test]
-    fn timestamps_and_dates() {
-        assert_eq!(pg_timestamp(0), "2000-01-01 00:00:00");
-        assert_eq!(
-            pg_timestamp(86_400_000_000 + 1_500_000),
-            "2000-01-02 00:00:01.5"
-        );
-        assert_eq!(pg_timestamp(-1), "1999-12-31 23:59:59.999999");
-        assert_eq!(pg_date_days(366), "2001-01-01");
-    }
-
-    #[test]
-    fn cells_to_text_and_json() {
-        let c = |ty: Type, raw: &[u8]| PgCell {
-            ty,
-            raw: Some(raw.to_vec()),
-        };
-        assert_eq!(
-            c(Type::INT4, &42i32.to_be_bytes()).to_bytes().unwrap(),
-            b"42"
-        );
-        assert_eq!(c(Type::BOOL, &[1]).to_bytes().unwrap(), b"t");
-        assert_eq!(c(Type::BYTEA, b"\x00\xff").to_bytes().unwrap(), b"\x00\xff");
-        assert_eq!(
-            c(Type::JSONB, b"\x01{\"a\": 1}").to_bytes().unwrap(),
-            b"{\"a\": 1}"
-        );
-        assert_eq!(
-            c(Type::JSONB, b"\x01{\"a\": 1}").to_json().unwrap(),
-            serde_json::json!({"a": 1})
-        );
-        assert_eq!(
-            c(Type::BYTEA, b"\x00\xff").to_json().unwrap(),
-            serde_json::json!("\\x00ff")
-        );
-        let null = PgCell {
-            ty: Type::TEXT,
-            raw: None,
-        };
-        assert_eq!(null.to_bytes().unwrap(), b"");
-        assert_eq!(null.to_json().unwrap(), serde_json::Value::Null);
-        let e = c(Type::POINT, &[0; 16]).to_bytes().unwrap_err();
-        assert!(e.contains("point") && e.contains("::text"), "{e}");
     }
 }

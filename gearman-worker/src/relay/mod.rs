@@ -59,12 +59,13 @@
 //! exits at once (uncommitted rows stay in the table).
 
 use crate::cli::RelayArgs;
+use crate::db::DatabaseUrl;
+pub use crate::logging::LogLimiter;
 use gearman_core::{Client, ErrorKind, Job, Options, Priority, ServerList};
-use postgres::fallible_iterator::FallibleIterator;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// What adds the set-aside columns to a `gearman.outbox` made without the
 /// extension, from an older `sql/outbox.sql` (run by the table's owner); a table
@@ -176,13 +177,6 @@ pub fn row_to_job(row: &OutboxRow, tag: &str, now_unix: i64) -> Result<Job, Stri
     Ok(job)
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchResult {
@@ -272,7 +266,7 @@ impl Outcome {
 
 /// Submits the rows and sorts them by fate.
 fn submit_rows(rows: &[OutboxRow], tag: &str, client: &mut Client, max_attempts: u32) -> Outcome {
-    let now = now_unix();
+    let now = crate::logging::unix_now();
     let mut out = Outcome::default();
     let mut jobs = Vec::new();
     let mut sent_rows = Vec::new();
@@ -357,388 +351,10 @@ fn log_outcome(kind: &str, out: &Outcome, log: &mut LogLimiter) {
     }
 }
 
-/// Warnings of one kind at most once per period: the first is written, the
-/// repeats within the period are counted, and the next one written after it
-/// says how many were left out. Bounded: at most [`LogLimiter::MAX_KEYS`]
-/// kinds are remembered.
-#[derive(Debug)]
-pub struct LogLimiter {
-    every: Duration,
-    seen: HashMap<String, (Instant, u64)>,
-}
-
-impl LogLimiter {
-    /// Kinds remembered at most; older ones are forgotten first.
-    pub const MAX_KEYS: usize = 256;
-
-    /// A limiter that writes each kind at most once per `every`.
-    pub fn new(every: Duration) -> LogLimiter {
-        LogLimiter {
-            every,
-            seen: HashMap::new(),
-        }
-    }
-
-    /// Whether a line of kind `key` is written at `now`: `Some(n)` with the
-    /// number of lines of that kind left out since the last one written, or
-    /// `None` (left out, counted).
-    pub fn check(&mut self, key: &str, now: Instant) -> Option<u64> {
-        if let Some((last, left_out)) = self.seen.get_mut(key) {
-            if now.saturating_duration_since(*last) < self.every {
-                *left_out += 1;
-                return None;
-            }
-            let n = *left_out;
-            *last = now;
-            *left_out = 0;
-            return Some(n);
-        }
-        if self.seen.len() >= Self::MAX_KEYS {
-            let every = self.every;
-            self.seen
-                .retain(|_, (last, _)| now.saturating_duration_since(*last) < every);
-            if self.seen.len() >= Self::MAX_KEYS {
-                if let Some(oldest) = self
-                    .seen
-                    .iter()
-                    .min_by_key(|(_, (last, _))| *last)
-                    .map(|(k, _)| k.clone())
-                {
-                    self.seen.remove(&oldest);
-                }
-            }
-        }
-        self.seen.insert(key.to_string(), (now, 0));
-        Some(0)
-    }
-
-    /// Writes `msg` at warn level unless a line of kind `key` was written
-    /// within the period (then nothing is written, at any level).
-    pub fn warn(&mut self, key: &str, msg: std::fmt::Arguments<'_>) {
-        match self.check(key, Instant::now()) {
-            None => {}
-            Some(0) => crate::warn!(
-                "{msg} (repeats within {} s are not logged at warn)",
-                self.every.as_secs()
-            ),
-            Some(n) => crate::warn!(
-                "{msg} ({n} more like this in the last {} s were not logged at warn)",
-                self.every.as_secs()
-            ),
-        }
-    }
-}
-
-/// A PostgreSQL outbox source.
-#[derive(Debug)]
-pub struct PgSource {
-    url: String,
-    tag: String,
-}
-
-impl PgSource {
-    /// A source for `url` (not connected yet).
-    pub fn new(url: &str) -> PgSource {
-        PgSource {
-            url: url.to_string(),
-            tag: String::new(),
-        }
-    }
-
-    /// Connects, learns the source tag and starts listening.
-    ///
-    /// # Errors
-    /// Connection or LISTEN failure, as text.
-    pub fn connect(&mut self) -> Result<postgres::Client, String> {
-        let cfg = crate::handlers::sql::pg_config(
-            &self.url,
-            "gearman-worker relay",
-            Duration::from_secs(30),
-        )?;
-        let mut c = cfg
-            .connect(postgres::NoTls)
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
-        // The cluster's system identifier names it best, but only roles with
-        // pg_monitor may read it; otherwise use the server address and port.
-        let ident = c
-            .query_one(
-                "SELECT system_identifier::text FROM pg_control_system()",
-                &[],
-            )
-            .or_else(|_| {
-                c.query_one(
-                    "SELECT coalesce(inet_server_addr()::text, 'local') || ':' || \
-                            coalesce(inet_server_port()::text, current_setting('port'))",
-                    &[],
-                )
-            })
-            .and_then(|row| row.try_get::<_, String>(0))
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
-        let db: String = c
-            .query_one("SELECT current_database()::text", &[])
-            .and_then(|row| row.try_get(0))
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
-        self.tag = source_tag(&["pg", &ident, &db]);
-        let have: i64 = c
-            .query_one(
-                "SELECT count(*) FROM information_schema.columns \
-                 WHERE table_schema = 'gearman' AND table_name = 'outbox' \
-                   AND column_name IN ('attempts', 'last_error', 'failed_at')",
-                &[],
-            )
-            .and_then(|row| row.try_get(0))
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
-        if have != 3 {
-            return Err(format!(
-                "database {db} has no table gearman.outbox with the columns attempts, \
-                 last_error and failed_at (CREATE EXTENSION gearman makes it; a table made \
-                 by extension 0.1.0 gets them from ALTER EXTENSION gearman UPDATE; a table \
-                 made by hand, without the extension, from its owner with: {PG_UPGRADE})"
-            ));
-        }
-        c.batch_execute(&format!("LISTEN {PG_CHANNEL}"))
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
-        Ok(c)
-    }
-
-    /// Relays one batch in one transaction.
-    ///
-    /// # Errors
-    /// A database error (the transaction is rolled back; nothing deleted).
-    pub fn batch(
-        &mut self,
-        db: &mut postgres::Client,
-        client: &mut Client,
-        settings: &RelaySettings,
-        log: &mut LogLimiter,
-    ) -> Result<BatchResult, postgres::Error> {
-        let mut tx = db.transaction()?;
-        let rows = tx.query(
-            "SELECT id, function, workload, unique_key, priority::text, \
-                    extract(epoch FROM run_at)::int8, attempts::int8 \
-             FROM gearman.outbox WHERE failed_at IS NULL \
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&i64::from(settings.batch_size)],
-        )?;
-        let rows = rows
-            .iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: r.try_get(0)?,
-                    function: r.try_get(1)?,
-                    workload: r.try_get(2)?,
-                    unique_key: r.try_get::<_, Option<String>>(3)?.map(String::into_bytes),
-                    priority: r.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
-                    run_at: r.try_get(5)?,
-                    attempts: r.try_get(6)?,
-                })
-            })
-            .collect::<Result<Vec<OutboxRow>, postgres::Error>>()?;
-        let out = submit_rows(&rows, &self.tag, client, settings.max_attempts);
-        if !out.sent.is_empty() {
-            tx.execute(
-                "DELETE FROM gearman.outbox WHERE id = ANY($1)",
-                &[&out.sent],
-            )?;
-        }
-        if !out.refused.is_empty() {
-            let ids: Vec<i64> = out.refused.iter().map(|r| r.id).collect();
-            let attempts: Vec<i32> = out
-                .refused
-                .iter()
-                .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
-                .collect();
-            let errors: Vec<&str> = out.refused.iter().map(|r| r.error.as_str()).collect();
-            let aside: Vec<bool> = out.refused.iter().map(|r| r.set_aside).collect();
-            tx.execute(
-                "UPDATE gearman.outbox o SET attempts = u.attempts, last_error = u.err, \
-                        failed_at = CASE WHEN u.aside THEN now() END \
-                 FROM unnest($1::int8[], $2::int4[], $3::text[], $4::bool[]) \
-                      AS u(id, attempts, err, aside) \
-                 WHERE o.id = u.id",
-                &[&ids, &attempts, &errors, &aside],
-            )?;
-        }
-        tx.commit()?;
-        log_outcome("postgres", &out, log);
-        Ok(out.result(rows.len()))
-    }
-}
-
-/// A MySQL/MariaDB outbox source.
-#[derive(Debug)]
-pub struct MySource {
-    url: String,
-    tag: String,
-}
-
-impl MySource {
-    /// A source for `url` (`mysql://` or `mariadb://`; not connected yet).
-    pub fn new(url: &str) -> MySource {
-        let url = match url.strip_prefix("mariadb://") {
-            Some(rest) => format!("mysql://{rest}"),
-            None => url.to_string(),
-        };
-        MySource {
-            url,
-            tag: String::new(),
-        }
-    }
-
-    /// Connects and learns the source tag.
-    ///
-    /// # Errors
-    /// Connection failure, as text.
-    pub fn connect(&mut self) -> Result<mysql::Conn, String> {
-        use mysql::prelude::Queryable;
-        let opts = mysql::Opts::from_url(&self.url).map_err(|e| e.to_string())?;
-        let opts = mysql::OptsBuilder::from_opts(opts)
-            .tcp_connect_timeout(Some(Duration::from_secs(10)))
-            .read_timeout(Some(Duration::from_secs(60)))
-            .write_timeout(Some(Duration::from_secs(60)));
-        let mut c = mysql::Conn::new(opts).map_err(|e| e.to_string())?;
-        // READ COMMITTED: the locking read takes record locks only, no gap
-        // locks, so producers inserting into the outbox and other relays do
-        // not deadlock with this one.
-        c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .map_err(|e| e.to_string())?;
-        let row: Option<(String, String, String)> = c
-            .query_first("SELECT @@hostname, CAST(@@port AS CHAR), COALESCE(DATABASE(), '')")
-            .map_err(|e| e.to_string())?;
-        let (h, p, d) = row.unwrap_or_default();
-        self.tag = source_tag(&["my", &h, &p, &d]);
-        let have: Option<u64> = c
-            .query_first(
-                "SELECT COUNT(*) FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'gearman_outbox' \
-                   AND COLUMN_NAME IN ('attempts', 'last_error', 'failed_at')",
-            )
-            .map_err(|e| e.to_string())?;
-        if have != Some(3) {
-            return Err(format!(
-                "database `{d}` has no table gearman_outbox with the columns attempts, \
-                 last_error and failed_at: run sql/mysql/outbox.sql in it (it makes the \
-                 table, or adds those columns to one made by an older version)"
-            ));
-        }
-        Ok(c)
-    }
-
-    /// Relays one batch in one transaction.
-    ///
-    /// # Errors
-    /// A database error (the transaction is rolled back; nothing deleted).
-    pub fn batch(
-        &mut self,
-        db: &mut mysql::Conn,
-        client: &mut Client,
-        settings: &RelaySettings,
-        log: &mut LogLimiter,
-    ) -> Result<BatchResult, String> {
-        use mysql::prelude::Queryable;
-        let err = |e: mysql::Error| e.to_string();
-        let mut tx = db
-            .start_transaction(mysql::TxOpts::default())
-            .map_err(err)?;
-        let raw: Vec<mysql::Row> = tx
-            .exec(
-                "SELECT CAST(id AS SIGNED), `function`, workload, unique_key, \
-                        CAST(priority AS CHAR), CAST(UNIX_TIMESTAMP(run_at) AS SIGNED), \
-                        CAST(attempts AS SIGNED) \
-                 FROM gearman_outbox WHERE failed_at IS NULL \
-                 ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
-                (u64::from(settings.batch_size),),
-            )
-            .map_err(err)?;
-        let rows = raw
-            .iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: my_get(r, 0)?,
-                    function: String::from_utf8_lossy(&my_get::<Vec<u8>>(r, 1)?).into_owned(),
-                    workload: my_get(r, 2)?,
-                    unique_key: my_get(r, 3)?,
-                    priority: my_get::<Option<String>>(r, 4)?.unwrap_or_default(),
-                    run_at: my_get(r, 5)?,
-                    attempts: my_get(r, 6)?,
-                })
-            })
-            .collect::<Result<Vec<OutboxRow>, String>>()?;
-        let claim: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let fetched = claim.len();
-        if claim.is_empty() {
-            tx.commit().map_err(err)?;
-            return Ok(BatchResult::default());
-        }
-        // Claim the rows by deleting them before anything is sent. InnoDB's
-        // SKIP LOCKED can hand a row to two relays at once (seen with
-        // MariaDB 10.11 under concurrent inserts); the DELETE cannot: it
-        // waits for the other relay's transaction and then counts only the
-        // rows still there. If any row is gone, leave the whole batch.
-        tx.query_drop("SAVEPOINT gearman_claim").map_err(err)?;
-        tx.query_drop(delete_sql(&claim)).map_err(err)?;
-        if tx.affected_rows() != claim.len() as u64 {
-            crate::debug!(
-                "mysql: {} of {} outbox row(s) were taken by another relay; reading again",
-                claim.len() as u64 - tx.affected_rows(),
-                claim.len()
-            );
-            drop(tx); // rolls back
-            return Ok(BatchResult::default());
-        }
-        let out = submit_rows(&rows, &self.tag, client, settings.max_attempts);
-        if out.sent.len() != claim.len() {
-            // Some rows were not sent: put every row back (the savepoint
-            // keeps them locked), delete just the sent ones and record the
-            // refused ones.
-            tx.query_drop("ROLLBACK TO SAVEPOINT gearman_claim")
-                .map_err(err)?;
-            if !out.sent.is_empty() {
-                tx.query_drop(delete_sql(&out.sent)).map_err(err)?;
-            }
-            if !out.refused.is_empty() {
-                tx.exec_batch(
-                    "UPDATE gearman_outbox SET attempts = ?, last_error = ?, \
-                            failed_at = IF(?, NOW(), NULL) WHERE id = ?",
-                    out.refused
-                        .iter()
-                        .map(|r| (r.attempts, r.error.as_str(), r.set_aside, r.id)),
-                )
-                .map_err(err)?;
-            }
-        }
-        tx.commit().map_err(|e| {
-            format!(
-                "{e}; {} sent row(s) may be sent again (their unique keys coalesce with jobs \
-                 still queued)",
-                out.sent.len()
-            )
-        })?;
-        log_outcome("mysql", &out, log);
-        Ok(out.result(fetched))
-    }
-}
-
-/// `DELETE` of the given outbox ids (integers only: safe in the SQL text).
-fn delete_sql(ids: &[i64]) -> String {
-    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-    format!(
-        "DELETE FROM gearman_outbox WHERE id IN ({})",
-        list.join(",")
-    )
-}
-
-/// Column `i` of a MySQL row, converted; a mismatch is an error, not a panic.
-fn my_get<T: mysql::prelude::FromValue>(row: &mysql::Row, i: usize) -> Result<T, String> {
-    match row.get_opt::<T, usize>(i) {
-        Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => Err(format!(
-            "gearman_outbox column {i}: unexpected value {:?}",
-            e.0
-        )),
-        None => Err(format!("gearman_outbox column {i} is missing")),
-    }
-}
+mod mysql;
+mod pg;
+pub use self::mysql::MySource;
+pub use self::pg::PgSource;
 
 /// Sleeps up to `d` in short slices; returns early when `stop` is set.
 fn nap(d: Duration, stop: &AtomicBool) {
@@ -753,7 +369,7 @@ fn nap(d: Duration, stop: &AtomicBool) {
 }
 
 /// What the drain loop needs of an outbox source.
-trait Source {
+pub(crate) trait Source {
     type Conn;
     /// `postgres` or `mysql`, for log lines.
     const KIND: &'static str;
@@ -775,126 +391,20 @@ trait Source {
     fn backlog(&mut self, db: &mut Self::Conn) -> Result<(i64, f64), String>;
 }
 
-impl Source for PgSource {
-    type Conn = postgres::Client;
-    const KIND: &'static str = "postgres";
-    const TABLE: &'static str = "gearman.outbox";
-
-    fn connect(&mut self) -> Result<postgres::Client, String> {
-        PgSource::connect(self)
-    }
-
-    fn tag(&self) -> &str {
-        &self.tag
-    }
-
-    fn batch(
-        &mut self,
-        db: &mut postgres::Client,
-        client: &mut Client,
-        settings: &RelaySettings,
-        log: &mut LogLimiter,
-    ) -> Result<BatchResult, String> {
-        PgSource::batch(self, db, client, settings, log)
-            .map_err(|e| crate::handlers::sql::pg_error(&e))
-    }
-
-    /// Waits for a notification on [`PG_CHANNEL`] or the poll interval,
-    /// then swallows the rest of the burst.
-    fn idle(
-        &mut self,
-        db: &mut postgres::Client,
-        d: Duration,
-        stop: &AtomicBool,
-    ) -> Result<(), String> {
-        let until = Instant::now() + d;
-        while !stop.load(Ordering::SeqCst) {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let mut n = db.notifications();
-            let mut it = n.timeout_iter(left.min(SLICE));
-            match it.next() {
-                Ok(Some(_)) => break,
-                Ok(None) => {}
-                Err(e) => return Err(crate::handlers::sql::pg_error(&e)),
-            }
-        }
-        let mut n = db.notifications();
-        let mut it = n.iter();
-        while let Ok(Some(_)) = it.next() {}
-        Ok(())
-    }
-
-    fn backlog(&mut self, db: &mut postgres::Client) -> Result<(i64, f64), String> {
-        let r = db
-            .query_one(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 \
-                 FROM gearman.outbox WHERE failed_at IS NULL",
-                &[],
-            )
-            .map_err(|e| crate::handlers::sql::pg_error(&e))?;
-        Ok((r.get(0), r.get::<_, f64>(1).max(0.0)))
-    }
-}
-
-impl Source for MySource {
-    type Conn = mysql::Conn;
-    const KIND: &'static str = "mysql";
-    const TABLE: &'static str = "gearman_outbox";
-
-    fn connect(&mut self) -> Result<mysql::Conn, String> {
-        MySource::connect(self)
-    }
-
-    fn tag(&self) -> &str {
-        &self.tag
-    }
-
-    fn batch(
-        &mut self,
-        db: &mut mysql::Conn,
-        client: &mut Client,
-        settings: &RelaySettings,
-        log: &mut LogLimiter,
-    ) -> Result<BatchResult, String> {
-        MySource::batch(self, db, client, settings, log)
-    }
-
-    /// MySQL has no notifications: poll.
-    fn idle(
-        &mut self,
-        _db: &mut mysql::Conn,
-        d: Duration,
-        stop: &AtomicBool,
-    ) -> Result<(), String> {
-        nap(d, stop);
-        Ok(())
-    }
-
-    fn backlog(&mut self, db: &mut mysql::Conn) -> Result<(i64, f64), String> {
-        use mysql::prelude::Queryable;
-        let r: Option<(i64, i64)> = db
-            .query_first(
-                "SELECT CAST(COUNT(*) AS SIGNED), \
-                        CAST(COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0) AS SIGNED) \
-                 FROM gearman_outbox WHERE failed_at IS NULL",
-            )
-            .map_err(|e| e.to_string())?;
-        let (n, us) = r.unwrap_or_default();
-        Ok((n, (us as f64 / 1e6).max(0.0)))
-    }
-}
-
 /// How often the relay writes the same kind of warning.
 const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(30);
 
 /// Drains one source until `stop` is set; counts rows sent in `sent`.
 /// Database errors reconnect after the poll interval; a batch with failed
 /// submits makes a fresh client (forgetting server back-off) and waits.
-fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
-    let redacted = crate::config::redact_url(url);
+fn drain<S: Source>(
+    mut src: S,
+    url: &DatabaseUrl,
+    s: &RelaySettings,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) {
+    let redacted = url.redacted();
     let kind = S::KIND;
     let mut client = s.client();
     // A wrong password fails every poll interval, for ever; a job server
@@ -928,10 +438,10 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
             m.set_source_state(&redacted, None);
         }
         if failures > 0 {
-            crate::info!("{kind} {redacted}: connected after {failures} failed attempt(s)");
+            log::info!("{kind} {redacted}: connected after {failures} failed attempt(s)");
             failures = 0;
         }
-        crate::info!(
+        log::info!(
             "relaying {redacted} ({}, source tag {})",
             S::TABLE,
             src.tag()
@@ -949,7 +459,7 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
                     x.oldest_age.set(age);
                 }
                 if r.sent > 0 {
-                    crate::debug!("{kind}: relayed {} row(s)", r.sent);
+                    log::debug!("{kind}: relayed {} row(s)", r.sent);
                 }
                 if r.failed > 0 {
                     // Forget the job servers' back-off: try them all again.
@@ -979,13 +489,13 @@ fn drain<S: Source>(mut src: S, url: &str, s: &RelaySettings, stop: &AtomicBool,
 }
 
 /// Drains a PostgreSQL outbox until `stop` is set; counts rows sent in `sent`.
-pub fn run_pg(url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
-    drain(PgSource::new(url), url, s, stop, sent);
+pub fn run_pg(url: &DatabaseUrl, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
+    drain(PgSource::new(url.clone()), url, s, stop, sent);
 }
 
 /// Drains a MySQL/MariaDB outbox until `stop` is set; counts rows sent in `sent`.
-pub fn run_my(url: &str, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
-    drain(MySource::new(url), url, s, stop, sent);
+pub fn run_my(url: &DatabaseUrl, s: &RelaySettings, stop: &AtomicBool, sent: &AtomicU64) {
+    drain(MySource::new(url.clone()), url, s, stop, sent);
 }
 
 /// Runs the relay for every source until SIGTERM/SIGINT; returns rows sent per source.
@@ -996,19 +506,15 @@ pub fn run(args: &RelayArgs, settings: RelaySettings) -> Result<HashMap<String, 
     if args.postgres.is_empty() && args.mysql.is_empty() {
         return Err("relay: give at least one --postgres URL or --mysql URL".into());
     }
-    for u in &args.mysql {
-        if !(u.starts_with("mysql://") || u.starts_with("mariadb://")) {
-            return Err(format!(
-                "--mysql: `{}` must start with mysql:// or mariadb://",
-                crate::config::redact_url(u)
-            ));
-        }
-        mysql::Opts::from_url(&u.replacen("mariadb://", "mysql://", 1))
-            .map_err(|e| format!("--mysql: invalid URL: {e}"))?;
-    }
+    let mut urls = Vec::new();
     for u in &args.postgres {
-        u.parse::<postgres::Config>()
-            .map_err(|e| format!("--postgres: invalid URL: {e}"))?;
+        urls.push(DatabaseUrl::postgres(u).map_err(|e| format!("--postgres: {e}"))?);
+    }
+    for u in &args.mysql {
+        urls.push(
+            DatabaseUrl::mysql(u)
+                .map_err(|e| format!("--mysql: `{}`: {e}", crate::db::redact_url(u)))?,
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -1019,27 +525,20 @@ pub fn run(args: &RelayArgs, settings: RelaySettings) -> Result<HashMap<String, 
     }
     let settings = Arc::new(settings);
     let mut threads = Vec::new();
-    for (kind, url) in args
-        .postgres
-        .iter()
-        .map(|u| ("postgres", u))
-        .chain(args.mysql.iter().map(|u| ("mysql", u)))
-    {
-        let (stop, s, url) = (stop.clone(), settings.clone(), url.clone());
-        let name = format!("{kind} {}", crate::config::redact_url(url.as_str()));
+    for url in urls {
+        let kind = url.kind();
+        let (stop, s) = (stop.clone(), settings.clone());
+        let name = format!("{kind} {}", url.redacted());
         let counter = Arc::new(AtomicU64::new(0));
         let c = counter.clone();
         let t = std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    if kind == "postgres" {
-                        run_pg(&url, &s, &stop, &c)
-                    } else {
-                        run_my(&url, &s, &stop, &c)
-                    }
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &url {
+                    DatabaseUrl::Postgres(_) => run_pg(&url, &s, &stop, &c),
+                    DatabaseUrl::Mysql(_) => run_my(&url, &s, &stop, &c),
                 }));
                 if let Err(p) = r {
-                    crate::error!(
+                    log::error!(
                         "{kind} relay failed unexpectedly ({}); restarting it",
                         crate::handlers::panic_message(p.as_ref())
                     );
@@ -1053,7 +552,7 @@ pub fn run(args: &RelayArgs, settings: RelaySettings) -> Result<HashMap<String, 
     for (name, counter, t) in threads {
         let _ = t.join();
         let n = counter.load(Ordering::Relaxed);
-        crate::info!("summary: relayed {n} row(s) from {name}");
+        log::info!("summary: relayed {n} row(s) from {name}");
         totals.insert(name, n);
     }
     Ok(totals)
@@ -1129,25 +628,6 @@ mod tests {
         assert!(e.len() <= MAX_ERROR_TEXT);
         assert!(e.starts_with("a\\0b"));
         assert!(!e.contains('\0'));
-    }
-
-    #[test]
-    fn the_limiter_writes_a_kind_once_per_period_and_counts_the_rest() {
-        let mut l = LogLimiter::new(Duration::from_secs(30));
-        let t0 = Instant::now();
-        assert_eq!(l.check("a", t0), Some(0));
-        for i in 1..=5 {
-            assert_eq!(l.check("a", t0 + Duration::from_secs(i)), None);
-        }
-        // Another kind is not held back by the first.
-        assert_eq!(l.check("b", t0 + Duration::from_secs(2)), Some(0));
-        assert_eq!(l.check("a", t0 + Duration::from_secs(31)), Some(5));
-        assert_eq!(l.check("a", t0 + Duration::from_secs(32)), None);
-        // Bounded: many kinds never grow it past MAX_KEYS.
-        for i in 0..(LogLimiter::MAX_KEYS * 3) {
-            l.check(&format!("k{i}"), t0 + Duration::from_secs(40));
-        }
-        assert!(l.seen.len() <= LogLimiter::MAX_KEYS);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Glue between the C calling convention and [`crate::funcs`]. Every entry
-//! point runs inside `catch_unwind`: a panic becomes an error result (init
-//! message, or NULL for that row), never an unwind into mariadbd.
+//! The C entry points: generated per function by [`export_udf!`] and
+//! [`export_aggregate!`] from the traits in [`crate::udf`], they only
+//! translate pointers to and from safe Rust. Every entry point runs inside
+//! `catch_unwind`: a panic becomes an error result (init message, or NULL
+//! for that row), never an unwind into mariadbd.
 //!
 //! A failing row returns NULL with the error flag left clear: MariaDB and
 //! MySQL stop calling a UDF for the rest of the statement (and every later
@@ -8,18 +10,178 @@
 //! every later row NULL without sending its job. The failure is reported by
 //! `gman_last_error()` and the statement's error-log line instead.
 
-use crate::abi::{self, UdfArgs, UdfInit};
-use crate::funcs::{check_args, servers_set_locked, Call, Kind};
+use super::{Aggregate, Site, Udf};
+use crate::abi::{self, ItemResult, UdfArgs, UdfInit};
 use crate::runtime::{
     clear_last_error, flush_deferred_failures, log_error, runtime, set_last_error,
 };
 use std::os::raw::{c_char, c_ulong};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+/// Exports each string function `$name` (`$name_init`, `$name`,
+/// `$name_deinit`) whose behaviour is the [`Udf`] value `$make` of type `$ty`
+/// (made anew for each call-site).
+#[macro_export]
+macro_rules! export_udf {
+    ($($name:ident, $init:ident, $deinit:ident: $ty:ty = $make:expr;)*) => {$(
+        #[doc = concat!("`", stringify!($init), "`: checks the arguments of `", stringify!($name), "`.")]
+        ///
+        /// # Safety
+        /// Called by the server with its `UDF_INIT`, `UDF_ARGS` and message buffer.
+        #[no_mangle]
+        pub unsafe extern "C" fn $init(
+            initid: *mut $crate::abi::UdfInit,
+            args: *mut $crate::abi::UdfArgs,
+            message: *mut ::std::os::raw::c_char,
+        ) -> ::std::os::raw::c_char {
+            // SAFETY: server pointers forwarded unchanged.
+            unsafe {
+                $crate::udf::export::init::<$ty>(stringify!($name), || $make, initid, args, message)
+            }
+        }
+
+        #[doc = concat!("`", stringify!($deinit), "`: frees the state of `", stringify!($name), "`.")]
+        ///
+        /// # Safety
+        /// Called by the server with the `UDF_INIT` given to `_init`.
+        #[no_mangle]
+        pub unsafe extern "C" fn $deinit(initid: *mut $crate::abi::UdfInit) {
+            // SAFETY: server pointer forwarded unchanged.
+            unsafe { $crate::udf::export::deinit::<$ty>(initid) }
+        }
+
+        #[doc = concat!("The SQL function `", stringify!($name), "` (one row).")]
+        ///
+        /// # Safety
+        /// Called by the server with the pointers of a string UDF call.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            initid: *mut $crate::abi::UdfInit,
+            args: *mut $crate::abi::UdfArgs,
+            result: *mut ::std::os::raw::c_char,
+            length: *mut ::std::os::raw::c_ulong,
+            is_null: *mut ::std::os::raw::c_char,
+            error: *mut ::std::os::raw::c_char,
+        ) -> *mut ::std::os::raw::c_char {
+            // SAFETY: server pointers forwarded unchanged.
+            unsafe {
+                $crate::udf::export::call_string::<$ty>(initid, args, result, length, is_null, error)
+            }
+        }
+    )*};
+}
+
+/// Exports the aggregate function `$name` (`_init`, `_deinit`, `_clear`,
+/// `_add`, `_reset` and the value function) whose behaviour is the
+/// [`Aggregate`] value `$make` of type `$ty`.
+#[macro_export]
+macro_rules! export_aggregate {
+    ($($name:ident, $init:ident, $deinit:ident, $clear:ident, $add:ident, $reset:ident:
+     $ty:ty = $make:expr;)*) => {$(
+        #[doc = concat!("`", stringify!($init), "`: checks the arguments of the aggregate `", stringify!($name), "`.")]
+        ///
+        /// # Safety
+        /// Called by the server with its `UDF_INIT`, `UDF_ARGS` and message buffer.
+        #[no_mangle]
+        pub unsafe extern "C" fn $init(
+            initid: *mut $crate::abi::UdfInit,
+            args: *mut $crate::abi::UdfArgs,
+            message: *mut ::std::os::raw::c_char,
+        ) -> ::std::os::raw::c_char {
+            // SAFETY: server pointers forwarded unchanged.
+            unsafe {
+                $crate::udf::export::aggregate_init::<$ty>(
+                    stringify!($name),
+                    || $make,
+                    initid,
+                    args,
+                    message,
+                )
+            }
+        }
+
+        #[doc = concat!("`", stringify!($deinit), "`.")]
+        ///
+        /// # Safety
+        /// Called by the server with the `UDF_INIT` given to `_init`.
+        #[no_mangle]
+        pub unsafe extern "C" fn $deinit(initid: *mut $crate::abi::UdfInit) {
+            // SAFETY: server pointer forwarded unchanged.
+            unsafe { $crate::udf::export::deinit::<$ty>(initid) }
+        }
+
+        #[doc = concat!("`", stringify!($clear), "`: starts a group.")]
+        ///
+        /// # Safety
+        /// Called by the server.
+        #[no_mangle]
+        pub unsafe extern "C" fn $clear(
+            initid: *mut $crate::abi::UdfInit,
+            is_null: *mut ::std::os::raw::c_char,
+            error: *mut ::std::os::raw::c_char,
+        ) {
+            // SAFETY: server pointers forwarded unchanged.
+            unsafe { $crate::udf::export::aggregate_clear::<$ty>(initid, is_null, error) }
+        }
+
+        #[doc = concat!("`", stringify!($add), "`: one row of the group.")]
+        ///
+        /// # Safety
+        /// Called by the server.
+        #[no_mangle]
+        pub unsafe extern "C" fn $add(
+            initid: *mut $crate::abi::UdfInit,
+            args: *mut $crate::abi::UdfArgs,
+            is_null: *mut ::std::os::raw::c_char,
+            error: *mut ::std::os::raw::c_char,
+        ) {
+            // SAFETY: server pointers forwarded unchanged.
+            unsafe { $crate::udf::export::aggregate_add::<$ty>(initid, args, is_null, error) }
+        }
+
+        #[doc = concat!("`", stringify!($reset), "` (servers before 4.1 semantics): clear + add.")]
+        ///
+        /// # Safety
+        /// Called by the server.
+        #[no_mangle]
+        pub unsafe extern "C" fn $reset(
+            initid: *mut $crate::abi::UdfInit,
+            args: *mut $crate::abi::UdfArgs,
+            is_null: *mut ::std::os::raw::c_char,
+            error: *mut ::std::os::raw::c_char,
+        ) {
+            // SAFETY: server pointers forwarded unchanged.
+            unsafe { $crate::udf::export::aggregate_reset::<$ty>(initid, args, is_null, error) }
+        }
+
+        #[doc = concat!("`", stringify!($name), "`: the group's value.")]
+        ///
+        /// # Safety
+        /// Called by the server.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            initid: *mut $crate::abi::UdfInit,
+            args: *mut $crate::abi::UdfArgs,
+            is_null: *mut ::std::os::raw::c_char,
+            error: *mut ::std::os::raw::c_char,
+        ) -> i64 {
+            // SAFETY: server pointers forwarded unchanged.
+            unsafe { $crate::udf::export::aggregate_value::<$ty>(initid, args, is_null, error) }
+        }
+    )*};
+}
+
 /// Result strings may be this long unless the configuration says otherwise
 /// (`max_result_bytes`); the server picks the column type from it (16 MiB:
 /// MEDIUMBLOB-sized, the default `max_allowed_packet`).
 const RESULT_MAX_LENGTH: c_ulong = crate::config::DEFAULT_MAX_RESULT as c_ulong;
+
+/// The state behind `UDF_INIT.ptr`: the call-site and the function's own.
+#[derive(Debug)]
+struct Slot<U> {
+    site: Site,
+    udf: U,
+}
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -31,21 +193,39 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// `xxx_init`.
+/// What differs between the `_init` of a string and of an aggregate function.
+#[derive(Debug, Clone, Copy)]
+struct InitSpec {
+    /// See [`Udf::clears_last_error`].
+    clears_last_error: bool,
+    /// The result length declared to the server.
+    max_length: fn() -> c_ulong,
+}
+
+fn string_max_length() -> c_ulong {
+    runtime()
+        .map(|rt| rt.config.max_result_bytes as c_ulong)
+        .unwrap_or(RESULT_MAX_LENGTH)
+}
+
+/// The shared body of every `xxx_init`: `check` validates the argument
+/// types and returns the wanted ones.
 ///
 /// # Safety
 /// Pointers as passed by the server to `xxx_init`.
-pub unsafe fn init(
+unsafe fn init_with<U>(
     name: &'static str,
-    kind: Kind,
+    udf: U,
+    spec: InitSpec,
+    check: impl FnOnce(&mut U, &[ItemResult]) -> Result<Vec<ItemResult>, String>,
     initid: *mut UdfInit,
     args: *mut UdfArgs,
     message: *mut c_char,
 ) -> c_char {
     let r = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
         // A statement that calls a gman_* function starts with a clean
-        // slate for its connection (see `crate::session`).
-        if kind != Kind::LastError {
+        // slate for its connection (see `crate::runtime::session`).
+        if spec.clears_last_error {
             clear_last_error();
         }
         if initid.is_null() || args.is_null() {
@@ -55,14 +235,8 @@ pub unsafe fn init(
         let (initid, args) = unsafe { (&mut *initid, &mut *args) };
         // SAFETY: `args` is the server's UDF_ARGS for this _init.
         let types = unsafe { abi::arg_types(args) };
-        let wanted = check_args(name, kind, &types)?;
-        if kind == Kind::ServersSet {
-            if let Ok(rt) = runtime() {
-                if !rt.config.allow_servers_set {
-                    return Err(servers_set_locked(rt));
-                }
-            }
-        }
+        let mut udf = udf;
+        let wanted = check(&mut udf, &types)?;
         for (i, t) in wanted.into_iter().enumerate() {
             // SAFETY: i < arg_count, inside _init.
             unsafe { abi::set_arg_type(args, i, t) };
@@ -70,14 +244,12 @@ pub unsafe fn init(
         initid.maybe_null = 1;
         initid.const_item = 0;
         initid.decimals = 0;
-        if kind != Kind::Sum {
-            initid.max_length = runtime()
-                .map(|rt| rt.config.max_result_bytes as c_ulong)
-                .unwrap_or(RESULT_MAX_LENGTH);
-        } else {
-            initid.max_length = 21;
-        }
-        initid.ptr = Box::into_raw(Box::new(Call::new(name, kind))) as *mut c_char;
+        initid.max_length = (spec.max_length)();
+        let slot = Slot {
+            site: Site::new(name),
+            udf,
+        };
+        initid.ptr = Box::into_raw(Box::new(slot)) as *mut c_char;
         Ok(())
     }));
     let msg = match r {
@@ -95,13 +267,81 @@ pub unsafe fn init(
     1
 }
 
+/// `xxx_init` of a string function.
+///
+/// # Safety
+/// Pointers as passed by the server to `xxx_init`.
+pub unsafe fn init<U: Udf>(
+    name: &'static str,
+    make: impl FnOnce() -> U,
+    initid: *mut UdfInit,
+    args: *mut UdfArgs,
+    message: *mut c_char,
+) -> c_char {
+    let Ok(udf) = catch_unwind(AssertUnwindSafe(make)) else {
+        // SAFETY: the server's message buffer.
+        unsafe { abi::write_message(message, &format!("{name}: internal error")) };
+        return 1;
+    };
+    let spec = InitSpec {
+        clears_last_error: udf.clears_last_error(),
+        max_length: string_max_length,
+    };
+    // SAFETY: server pointers forwarded unchanged.
+    unsafe {
+        init_with(
+            name,
+            udf,
+            spec,
+            |u, t| u.init(name, t),
+            initid,
+            args,
+            message,
+        )
+    }
+}
+
+/// `xxx_init` of an aggregate function.
+///
+/// # Safety
+/// Pointers as passed by the server to `xxx_init`.
+pub unsafe fn aggregate_init<A: Aggregate>(
+    name: &'static str,
+    make: impl FnOnce() -> A,
+    initid: *mut UdfInit,
+    args: *mut UdfArgs,
+    message: *mut c_char,
+) -> c_char {
+    let Ok(agg) = catch_unwind(AssertUnwindSafe(make)) else {
+        // SAFETY: the server's message buffer.
+        unsafe { abi::write_message(message, &format!("{name}: internal error")) };
+        return 1;
+    };
+    // SAFETY: server pointers forwarded unchanged.
+    unsafe {
+        init_with(
+            name,
+            agg,
+            InitSpec {
+                clears_last_error: true,
+                max_length: || 21,
+            },
+            |a, t| a.init(name, t),
+            initid,
+            args,
+            message,
+        )
+    }
+}
+
 /// `xxx_deinit`: writes the statement's one error-log line (and one for the
 /// pipelined background jobs this thread found refused or lost), frees the
 /// state.
 ///
 /// # Safety
-/// `initid` as passed by the server to `xxx_deinit`.
-pub unsafe fn deinit(initid: *mut UdfInit) {
+/// `initid` as passed by the server to `xxx_deinit`; `U` the type its
+/// `_init` stored.
+pub unsafe fn deinit<U>(initid: *mut UdfInit) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         if initid.is_null() {
             return;
@@ -111,16 +351,17 @@ pub unsafe fn deinit(initid: *mut UdfInit) {
         if initid.ptr.is_null() {
             return;
         }
-        // SAFETY: ptr was made by Box::into_raw in init and is freed only here.
-        let call = unsafe { Box::from_raw(initid.ptr as *mut Call) };
+        // SAFETY: ptr was made by Box::into_raw of a Slot<U> in init and is
+        // freed only here.
+        let slot = unsafe { Box::from_raw(initid.ptr as *mut Slot<U>) };
         initid.ptr = std::ptr::null_mut();
-        if let Some(line) = call.summary() {
+        if let Some(line) = slot.site.summary() {
             log_error(&line);
         }
         // Pipelined background jobs: read the confirmations that have
         // arrived meanwhile (without waiting), then write one line for the
         // failures this thread collected during the statement.
-        if call.pipelined > 0 {
+        if slot.site.pipelined > 0 {
             if let Ok(rt) = runtime() {
                 rt.collect_idle();
             }
@@ -130,14 +371,14 @@ pub unsafe fn deinit(initid: *mut UdfInit) {
 }
 
 /// # Safety
-/// `initid` from the server; returns the state made by `init`.
-unsafe fn state<'a>(initid: *mut UdfInit) -> Option<&'a mut Call> {
+/// `initid` from the server; returns the state made by `init` for `U`.
+unsafe fn state<'a, U>(initid: *mut UdfInit) -> Option<&'a mut Slot<U>> {
     if initid.is_null() {
         return None;
     }
-    // SAFETY: non-null UDF_INIT from the server; ptr is our Box<Call> or null.
+    // SAFETY: non-null UDF_INIT from the server; ptr is our Box<Slot<U>> or null.
     unsafe {
-        let p = (*initid).ptr as *mut Call;
+        let p = (*initid).ptr as *mut Slot<U>;
         p.as_mut()
     }
 }
@@ -151,11 +392,12 @@ unsafe fn set_flag(p: *mut c_char, v: c_char) {
     }
 }
 
-/// The string function `xxx()`.
+/// The string function `xxx()`: one row.
 ///
 /// # Safety
-/// Pointers as passed by the server to a string UDF.
-pub unsafe fn call_string(
+/// Pointers as passed by the server to a string UDF; `U` the type its
+/// `_init` stored.
+pub unsafe fn call_string<U: Udf>(
     initid: *mut UdfInit,
     args: *mut UdfArgs,
     result: *mut c_char,
@@ -165,33 +407,34 @@ pub unsafe fn call_string(
 ) -> *mut c_char {
     let r = catch_unwind(AssertUnwindSafe(|| -> Option<*mut c_char> {
         // SAFETY: from the server.
-        let call = unsafe { state(initid) }?;
+        let Slot { site, udf } = unsafe { state::<U>(initid) }?;
         #[cfg(test)]
         if PANIC_NEXT.with(|p| p.replace(false)) {
             panic!("injected test panic");
         }
         if args.is_null() {
-            call.fail(format!("{}: called without arguments", call.name));
+            site.fail(format!("{}: called without arguments", site.name));
             return None;
         }
         // SAFETY: args from the server, valid during this call.
         let argv = unsafe { abi::all_args(&*args) };
-        match call.call_string(&argv) {
+        site.calls += 1;
+        match udf.process(site, &argv) {
             Ok(Some(bytes)) => {
-                call.result = bytes;
+                site.result = bytes;
                 // SAFETY: length is the server's out-parameter.
                 unsafe {
                     if !length.is_null() {
-                        *length = call.result.len() as c_ulong;
+                        *length = site.result.len() as c_ulong;
                     }
                     set_flag(is_null, 0);
                     set_flag(error, 0);
                 }
-                if call.result.is_empty() {
+                if site.result.is_empty() {
                     // A valid non-null pointer for an empty string.
                     return Some(result);
                 }
-                Some(call.result.as_mut_ptr() as *mut c_char)
+                Some(site.result.as_mut_ptr() as *mut c_char)
             }
             Ok(None) => {
                 // SAFETY: the server's flag pointers.
@@ -202,13 +445,13 @@ pub unsafe fn call_string(
                 Some(std::ptr::null_mut())
             }
             Err(msg) => {
-                call.fail(msg);
+                site.fail(format!("{}: {msg}", site.name));
                 None
             }
         }
     }));
     if let Err(p) = &r {
-        panicked(initid, &**p);
+        panicked::<U>(initid, &**p);
     }
     match r {
         Ok(Some(p)) => p,
@@ -225,29 +468,35 @@ pub unsafe fn call_string(
     }
 }
 
-fn panicked(initid: *mut UdfInit, p: &(dyn std::any::Any + Send)) {
+fn panicked<U>(initid: *mut UdfInit, p: &(dyn std::any::Any + Send)) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: from the server.
-        let name = unsafe { state(initid) }.map(|c| c.name).unwrap_or("gman");
+        let name = unsafe { state::<U>(initid) }
+            .map(|s| s.site.name)
+            .unwrap_or("gman");
         let msg = format!("{name}: internal error: {}", panic_text(p));
         set_last_error(&msg);
         log_error(&msg);
     }));
 }
 
-/// `gman_sum_clear`.
+/// `xxx_clear` of an aggregate.
 ///
 /// # Safety
 /// Pointers as passed by the server.
-pub unsafe fn sum_clear(initid: *mut UdfInit, is_null: *mut c_char, error: *mut c_char) {
+pub unsafe fn aggregate_clear<A: Aggregate>(
+    initid: *mut UdfInit,
+    is_null: *mut c_char,
+    error: *mut c_char,
+) {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: from the server.
-        if let Some(c) = unsafe { state(initid) } {
-            c.sum_clear();
+        if let Some(s) = unsafe { state::<A>(initid) } {
+            s.udf.clear();
         }
     }));
     if let Err(p) = r {
-        panicked(initid, &*p);
+        panicked::<A>(initid, &*p);
     }
     // SAFETY: the server's flag pointers.
     unsafe {
@@ -256,11 +505,11 @@ pub unsafe fn sum_clear(initid: *mut UdfInit, is_null: *mut c_char, error: *mut 
     }
 }
 
-/// `gman_sum_add`.
+/// `xxx_add` of an aggregate.
 ///
 /// # Safety
 /// Pointers as passed by the server.
-pub unsafe fn sum_add(
+pub unsafe fn aggregate_add<A: Aggregate>(
     initid: *mut UdfInit,
     args: *mut UdfArgs,
     _is_null: *mut c_char,
@@ -268,26 +517,28 @@ pub unsafe fn sum_add(
 ) {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: from the server.
-        if let (Some(c), false) = (unsafe { state(initid) }, args.is_null()) {
+        if let (Some(s), false) = (unsafe { state::<A>(initid) }, args.is_null()) {
             // SAFETY: args valid during this call.
             let argv = unsafe { abi::all_args(&*args) };
-            c.sum_add(&argv);
+            s.udf.add(&argv);
         }
     }));
     if let Err(p) = r {
-        panicked(initid, &*p);
-        // SAFETY: from the server.
-        if let Some(c) = unsafe { state(initid) } {
-            c.sum_error = Some("internal error while adding a row".into());
-        }
+        panicked::<A>(initid, &*p);
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: from the server.
+            if let Some(s) = unsafe { state::<A>(initid) } {
+                s.udf.add_failed("internal error while adding a row".into());
+            }
+        }));
     }
 }
 
-/// `gman_sum_reset` (older servers): clear, then add this row.
+/// `xxx_reset` of an aggregate (older servers): clear, then add this row.
 ///
 /// # Safety
 /// Pointers as passed by the server.
-pub unsafe fn sum_reset(
+pub unsafe fn aggregate_reset<A: Aggregate>(
     initid: *mut UdfInit,
     args: *mut UdfArgs,
     is_null: *mut c_char,
@@ -295,16 +546,16 @@ pub unsafe fn sum_reset(
 ) {
     // SAFETY: forwarded server pointers.
     unsafe {
-        sum_clear(initid, is_null, error);
-        sum_add(initid, args, is_null, error);
+        aggregate_clear::<A>(initid, is_null, error);
+        aggregate_add::<A>(initid, args, is_null, error);
     }
 }
 
-/// `gman_sum()`: the group's value.
+/// `xxx()` of an aggregate: the group's value.
 ///
 /// # Safety
 /// Pointers as passed by the server.
-pub unsafe fn sum_value(
+pub unsafe fn aggregate_value<A: Aggregate>(
     initid: *mut UdfInit,
     _args: *mut UdfArgs,
     is_null: *mut c_char,
@@ -312,24 +563,26 @@ pub unsafe fn sum_value(
 ) -> i64 {
     let r = catch_unwind(AssertUnwindSafe(|| -> Result<Option<i64>, ()> {
         // SAFETY: from the server.
-        let c = unsafe { state(initid) }.ok_or(())?;
-        c.sum_result().map_err(|e| c.fail(e))
+        let Slot { site, udf } = unsafe { state::<A>(initid) }.ok_or(())?;
+        site.calls += 1;
+        udf.result(site)
+            .map_err(|e| site.fail(format!("{}: {e}", site.name)))
     }));
-    let (value, null, err) = match r {
-        Ok(Ok(Some(v))) => (v, 0, 0),
-        Ok(Ok(None)) => (0, 1, 0),
+    let (value, null) = match r {
+        Ok(Ok(Some(v))) => (v, 0),
+        Ok(Ok(None)) => (0, 1),
         // This group only: NULL without the error flag, so later groups
         // are still computed (see the module docs).
-        Ok(Err(())) => (0, 1, 0),
+        Ok(Err(())) => (0, 1),
         Err(p) => {
-            panicked(initid, &*p);
-            (0, 1, 0)
+            panicked::<A>(initid, &*p);
+            (0, 1)
         }
     };
     // SAFETY: the server's flag pointers.
     unsafe {
         set_flag(is_null, null);
-        set_flag(error, err);
+        set_flag(error, 0);
     }
     value
 }
@@ -345,6 +598,9 @@ mod tests {
     use super::*;
     use crate::abi::{ERRMSG_SIZE, INT_RESULT, STRING_RESULT};
     use crate::runtime::last_error;
+    use crate::udf::gman_do::Do;
+    use crate::udf::gman_last_error::LastError;
+    use crate::udf::gman_sum::Sum;
     use gearman_core::Priority;
     use std::ptr::null_mut;
 
@@ -417,7 +673,7 @@ mod tests {
         let rc = unsafe {
             init(
                 "gman_do",
-                Kind::Do(Priority::Normal),
+                || Do(Priority::Normal),
                 &mut i,
                 &mut a.args,
                 msg.as_mut_ptr(),
@@ -443,7 +699,7 @@ mod tests {
         let rc = unsafe {
             init(
                 "gman_do",
-                Kind::Do(Priority::Normal),
+                || Do(Priority::Normal),
                 &mut i,
                 &mut a.args,
                 msg.as_mut_ptr(),
@@ -457,7 +713,7 @@ mod tests {
         let mut buf = [0 as c_char; 256];
         let (mut len, mut is_null, mut err) = (0 as c_ulong, 0 as c_char, 0 as c_char);
         let p = unsafe {
-            call_string(
+            call_string::<Do>(
                 &mut i,
                 &mut a.args,
                 buf.as_mut_ptr(),
@@ -472,9 +728,9 @@ mod tests {
             last_error().as_deref(),
             Some("gman_do: function name is NULL")
         );
-        unsafe { deinit(&mut i) };
+        unsafe { deinit::<Do>(&mut i) };
         assert!(i.ptr.is_null());
-        unsafe { deinit(&mut i) }; // twice is harmless
+        unsafe { deinit::<Do>(&mut i) }; // twice is harmless
     }
 
     #[test]
@@ -485,7 +741,7 @@ mod tests {
         let rc = unsafe {
             init(
                 "gman_last_error",
-                Kind::LastError,
+                || LastError,
                 &mut i,
                 &mut a.args,
                 msg.as_mut_ptr(),
@@ -496,7 +752,7 @@ mod tests {
         let mut buf = [0 as c_char; 256];
         let (mut len, mut is_null, mut err) = (0 as c_ulong, 0 as c_char, 0 as c_char);
         let p = unsafe {
-            call_string(
+            call_string::<LastError>(
                 &mut i,
                 &mut a.args,
                 buf.as_mut_ptr(),
@@ -512,7 +768,7 @@ mod tests {
             e.contains("internal error") && e.contains("injected"),
             "{e}"
         );
-        unsafe { deinit(&mut i) };
+        unsafe { deinit::<LastError>(&mut i) };
     }
 
     #[test]
@@ -522,7 +778,7 @@ mod tests {
             unsafe {
                 init(
                     "gman_do",
-                    Kind::Do(Priority::Normal),
+                    || Do(Priority::Normal),
                     null_mut(),
                     null_mut(),
                     msg.as_mut_ptr(),
@@ -530,10 +786,10 @@ mod tests {
             },
             1
         );
-        unsafe { deinit(null_mut()) };
+        unsafe { deinit::<Do>(null_mut()) };
         let (mut is_null, mut err) = (0 as c_char, 0 as c_char);
         let p = unsafe {
-            call_string(
+            call_string::<Do>(
                 null_mut(),
                 null_mut(),
                 null_mut(),
@@ -545,7 +801,7 @@ mod tests {
         assert!(p.is_null());
         assert_eq!((is_null, err), (1, 0));
         assert_eq!(
-            unsafe { sum_value(null_mut(), null_mut(), &mut is_null, &mut err) },
+            unsafe { aggregate_value::<Sum>(null_mut(), null_mut(), &mut is_null, &mut err) },
             0
         );
     }

@@ -78,7 +78,7 @@ mod ident {
             let a = libc::dlsym(libc::RTLD_DEFAULT, c"_current_thd".as_ptr());
             let b = libc::dlsym(libc::RTLD_DEFAULT, c"thd_get_thread_id".as_ptr());
             if a.is_null() || b.is_null() {
-                crate::runtime::log_error(
+                crate::runtime::log::log_error(
                     "the server exports no _current_thd/thd_get_thread_id: \
                      gman_last_error() is unavailable (always NULL); errors go to the error log only",
                 );

@@ -19,10 +19,34 @@
 //! max_sum_rows = 100000           # rows one gman_sum group, elements one gman_do_many call may have
 //! max_result_bytes = 16777216     # largest gman_do* result, gman_do_many output (bytes, 1 B to 1 GiB), see below
 //! background_dispatch = "round_trip"  # or "pipelined", see below
+//! tls_ca_file = ""                # PEM CA bundle for tls:// servers; "" = the system's roots
+//! tls_cert_file = ""              # client certificate (PEM) for tls:// servers that require one
+//! tls_key_file = ""               # its private key (PEM, unencrypted); both or neither
 //!
 //! [function_servers]              # per-function server lists
 //! resize_image = "10.0.0.7:4730,10.0.0.8"
 //! ```
+//!
+//! ## TLS: `tls://` servers
+//!
+//! A server entry `tls://host[:port]` (in `servers`, `[function_servers]`
+//! and `gman_servers_set`) is reached over TLS (rustls; no OpenSSL is loaded
+//! into mariadbd); `host[:port]` stays plaintext. The server's certificate
+//! chain must lead to a CA of `tls_ca_file` (default: the system's roots,
+//! `/etc/ssl/certs`), be within its validity dates, and name the entry's
+//! host (DNS name) or IP address in its subject alternative names. None of
+//! this can be turned off. `tls_cert_file` and `tls_key_file` give a client
+//! certificate for servers that require one. The files are read once, when
+//! this file is read, by the mariadbd process (user `mysql` must be able to
+//! read them); a missing or unusable file makes the configuration unusable,
+//! like any other error in this file, with a message naming the key and the
+//! file. A server that fails verification, requires a client certificate
+//! that is not configured, does not speak TLS, or stalls the handshake past
+//! `connect_timeout_ms` fails the call like an unreachable server: NULL for
+//! that row, one error-log line and `gman_last_error()` saying why (e.g.
+//! `the server's certificate is not issued by a trusted CA ...`). Nothing is
+//! ever sent to a `tls://` server in plaintext. The handshake is paid once
+//! per pooled connection, not per call.
 //!
 //! ## Timeouts: one deadline per call
 //!
@@ -212,6 +236,15 @@ pub struct Config {
     /// `"round_trip"` (default) or `"pipelined"`.
     #[serde(default)]
     pub background_dispatch: BackgroundDispatch,
+    /// PEM CA bundle for `tls://` servers; empty: the system's roots.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// Client certificate (PEM) for `tls://` servers; empty: none.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    /// The client certificate's key (PEM, unencrypted); empty: none.
+    #[serde(default)]
+    pub tls_key_file: String,
 }
 
 fn d_connect() -> u64 {
@@ -250,6 +283,9 @@ impl Default for Config {
             max_sum_rows: DEFAULT_MAX_SUM_ROWS,
             max_result_bytes: DEFAULT_MAX_RESULT,
             background_dispatch: BackgroundDispatch::RoundTrip,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -287,6 +323,34 @@ impl Config {
         Ok(c)
     }
 
+    /// The TLS configuration of `tls_ca_file`, `tls_cert_file` and
+    /// `tls_key_file`, read and checked now; `None` when all are empty.
+    /// The error names the key and the file.
+    pub fn tls(&self) -> Result<Option<gearman_core::TlsConfig>, String> {
+        gearman_core::TlsConfig::from_settings(
+            &self.tls_ca_file,
+            &self.tls_cert_file,
+            &self.tls_key_file,
+        )
+        .map_err(|e| {
+            let msg = e.message();
+            let keys: Vec<&str> = [
+                ("tls_ca_file", &self.tls_ca_file),
+                ("tls_cert_file", &self.tls_cert_file),
+                ("tls_key_file", &self.tls_key_file),
+            ]
+            .into_iter()
+            .filter(|(_, f)| !f.is_empty() && msg.contains(f.as_str()))
+            .map(|(k, _)| k)
+            .collect();
+            if keys.is_empty() {
+                format!("tls_ca_file/tls_cert_file/tls_key_file: {msg}")
+            } else {
+                format!("{}: {msg}", keys.join("/"))
+            }
+        })
+    }
+
     /// The foreground bound, `None` when configured as 0 (unbounded).
     pub fn foreground_timeout(&self) -> Option<Duration> {
         (self.foreground_timeout_ms > 0).then(|| Duration::from_millis(self.foreground_timeout_ms))
@@ -318,6 +382,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_keys_are_read_and_a_bad_file_names_its_key() {
+        let c = Config::parse("tls_ca_file = \"/nonexistent/ca.pem\"").unwrap();
+        let e = c.tls().unwrap_err();
+        assert!(e.starts_with("tls_ca_file: "), "{e}");
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let c = Config::parse("tls_key_file = \"/k.pem\"").unwrap();
+        let e = c.tls().unwrap_err();
+        assert!(
+            e.starts_with("tls_key_file: ") && e.contains("without its certificate"),
+            "{e}"
+        );
+        assert!(Config::default().tls().unwrap().is_none());
+        assert!(Config::parse("tls_ca = \"x\"").is_err(), "unknown key");
+    }
 
     #[test]
     fn empty_file_is_all_defaults() {

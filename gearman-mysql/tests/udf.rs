@@ -806,10 +806,7 @@ fn servers_set_routes_per_function_and_per_row() {
         "{hs:?}"
     );
     let count = |g: &Gearmand, f: &str| -> u64 {
-        let addr = gearman_core::ServerAddr {
-            host: "127.0.0.1".into(),
-            port: g.port(),
-        };
+        let addr = gearman_core::ServerAddr::new("127.0.0.1", g.port());
         gearman_core::admin::Admin::connect(&addr, Duration::from_secs(5))
             .unwrap()
             .status()
@@ -892,10 +889,7 @@ fn config_file_locks_servers_set_and_fails_over() {
     let live_servers = ServerList::parse(&live.addr()).unwrap();
     let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
     let _w = TestWorker::start(&live_servers, vec![("echo", echo)]);
-    let addr = gearman_core::ServerAddr {
-        host: "127.0.0.1".into(),
-        port: live.port(),
-    };
+    let addr = gearman_core::ServerAddr::new("127.0.0.1", live.port());
     wait_until("echo worker", Duration::from_secs(10), || {
         gearman_core::admin::Admin::connect(&addr, Duration::from_secs(2))
             .and_then(|mut a| a.status())
@@ -919,10 +913,7 @@ fn config_file_locks_servers_set_and_fails_over() {
     assert_eq!(fo.total, 20);
     // Per-function servers from the file.
     one_str(&mut c, "SELECT gman_do_background('special', 'x')").unwrap();
-    let saddr = gearman_core::ServerAddr {
-        host: "127.0.0.1".into(),
-        port: special.port(),
-    };
+    let saddr = gearman_core::ServerAddr::new("127.0.0.1", special.port());
     let st = gearman_core::admin::Admin::connect(&saddr, Duration::from_secs(2))
         .unwrap()
         .status()
@@ -1912,10 +1903,7 @@ fn pipelined_dispatch_against_python_gear_blames_only_the_ignored_packet() {
     loop {
         let _ = one(&mut c, "SELECT gman_job_status('probe')");
         let st = gearman_core::admin::Admin::connect(
-            &gearman_core::ServerAddr {
-                host: "127.0.0.1".into(),
-                port: gear.port(),
-            },
+            &gearman_core::ServerAddr::new("127.0.0.1", gear.port()),
             Duration::from_secs(2),
         )
         .and_then(|mut a| a.status());

@@ -156,8 +156,10 @@ fn interrupt_hook(interruptible: bool) -> Option<Interrupt> {
 /// Parses a server list, as an SQL error.
 pub fn parse_servers(text: &str) -> Result<ServerList, GmError> {
     ServerList::parse(text).map_err(|e| {
-        GmError::invalid(format!("gearman: invalid server list \"{text}\": {e}"))
-            .hint("Write host[:port],host[:port]; the port defaults to 4730.")
+        GmError::invalid(format!("gearman: invalid server list \"{text}\": {e}")).hint(
+            "Write host[:port],host[:port] (tls://host[:port] for TLS); the port defaults \
+                 to 4730.",
+        )
     })
 }
 
@@ -226,6 +228,8 @@ pub fn with_client<R>(
     interruptible: bool,
     f: impl FnOnce(&mut Client) -> gearman_core::Result<R>,
 ) -> gearman_core::Result<R> {
+    // gearman.tls_* (read once per change; a bad file fails the call).
+    let tls = crate::tls::current()?;
     let (result, report) = STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.client.get_or_insert_with(|| {
@@ -239,6 +243,7 @@ pub fn with_client<R>(
         o.foreground_timeout = Some(gucs::timeout());
         o.max_result = gucs::max_result_size();
         o.deadline = call_deadline;
+        o.tls = tls;
         if o.interrupt.is_some() != interruptible {
             o.interrupt = interrupt_hook(interruptible);
         }

@@ -91,14 +91,21 @@ pub fn gman_server_status() -> TableIterator<
     let routing = backend::routing().unwrap_or_else(|e| e.raise());
     let deadline = Instant::now() + gucs::timeout();
     // Every server of the routing table; queued = total - running, the
-    // core's (and MariaDB's) meaning.
+    // core's (and MariaDB's) meaning. with_client fails only before any
+    // I/O (a bad gearman.tls_* file): reported per on_error, and no server
+    // is asked (never a fallback to other roots).
     let answers =
-        backend::with_client(
+        match backend::with_client(
             Some(&routing),
             true,
             |c| Ok(c.server_status_until(deadline)),
-        )
-        .unwrap_or_default();
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                GmError::from_core(&e, "(admin status)", "").report();
+                Vec::new()
+            }
+        };
     let mut rows = Vec::new();
     for (addr, r) in answers {
         let r = r.map_err(|e| GmError::from_core(&e, "(admin status)", &addr.to_string()));

@@ -36,6 +36,10 @@
 -- When enabled it returns its argument as given ('127.0.0.1', not
 -- '127.0.0.1:4730'), as gearman-mysql-udf did; a list that is not
 -- host[:port],... (IPv6 in brackets) is refused, naming the bad entry.
+-- An entry tls://host[:port] is reached over TLS, verified against the
+-- configuration file's tls_ca_file (default: the system's roots), with the
+-- client certificate of tls_cert_file/tls_key_file if set; a server that
+-- fails verification gives NULL, one error-log line and gman_last_error().
 --
 -- gman_do_background_at(function, workload, run_at [, unique]): a scheduled
 -- job; run_at is Unix seconds or RFC 3339 text with Z or an offset

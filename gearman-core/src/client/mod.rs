@@ -85,6 +85,12 @@ pub struct Options {
     /// [`Client`]) is the earlier of this and the one it computes. Default
     /// `None`.
     pub deadline: Option<Instant>,
+    /// Trust and identity for `tls://` servers, loaded once with
+    /// [`TlsConfig::load`](crate::TlsConfig::load). Default `None`: a
+    /// `tls://` server is verified against the system's roots
+    /// ([`TlsConfig::system`](crate::TlsConfig::system)) and no client
+    /// certificate is presented. Plaintext servers ignore it.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 /// Default [`Options::max_result`]: 16 MiB, MySQL's default largest UDF
@@ -105,6 +111,7 @@ impl Default for Options {
             interrupt: None,
             max_result: DEFAULT_MAX_RESULT,
             deadline: None,
+            tls: None,
         }
     }
 }
@@ -123,6 +130,7 @@ impl std::fmt::Debug for Options {
             .field("interrupt", &self.interrupt.is_some())
             .field("max_result", &self.max_result)
             .field("deadline", &self.deadline)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -3,7 +3,7 @@
 
 use super::engine::parse_num;
 use super::Client;
-use crate::admin::{status_all, FunctionStatus};
+use crate::admin::{status_all_with, FunctionStatus};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::{first_known, Job, JobHandle, JobStatus, Known, UniqueStatus, MAX_UNIQUE};
 use crate::proto::{Packet, PacketType};
@@ -209,10 +209,11 @@ impl Client {
         deadline: Instant,
     ) -> Vec<(ServerAddr, Result<Vec<FunctionStatus>>)> {
         let deadline = self.opts.deadline.map_or(deadline, |d| d.min(deadline));
-        status_all(
+        status_all_with(
             self.routing.all_servers(),
             self.opts.connect_timeout,
             deadline,
+            self.opts.tls.as_ref(),
         )
     }
 

@@ -97,10 +97,7 @@ impl Env {
     }
 
     pub fn admin(&self) -> Admin {
-        let addr = ServerAddr {
-            host: "127.0.0.1".into(),
-            port: self.gearmand.port(),
-        };
+        let addr = ServerAddr::new("127.0.0.1", self.gearmand.port());
         Admin::connect(&addr, Duration::from_secs(5)).expect("admin connection")
     }
 

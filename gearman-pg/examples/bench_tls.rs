@@ -1,0 +1,97 @@
+//! Benchmark (issue 13): background dispatch from PostgreSQL through a TLS
+//! terminator next to the same in plaintext, one run, one private gearmand,
+//! one private stunnel4 in front of it (throwaway certificates from the test
+//! harness) and one private PostgreSQL 15. Prints figures; asserts nothing.
+//! The TLS figures include the terminator's own hop.
+//!
+//! Needs the release build of the extension installed (as `bench.sh`):
+//!
+//! ```text
+//! cd gearman-pg
+//! cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config
+//! cargo run --release --example bench_tls [-- --jobs 100000 --rounds 10]
+//! ```
+//!
+//! Each round runs `SELECT count(gman_do_background('f', 'p'||i)) FROM
+//! generate_series(1, jobs/rounds) i` once with `gearman.servers` plaintext
+//! and once `tls://`, in `immediate` dispatch, then the same in `commit`
+//! dispatch (each statement its own transaction: the jobs are sent after
+//! COMMIT). The session keeps one connection per server, so the handshake
+//! is paid once.
+
+use gearman_testkit::{Gearmand, Postgres, Stunnel, TlsCerts, TlsService};
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let jobs = arg("--jobs", 100_000);
+    let rounds = arg("--rounds", 10).max(1);
+    let chunk = (jobs / rounds).max(1);
+    let g = Gearmand::start();
+    let certs = TlsCerts::make();
+    let stunnel = Stunnel::start(&certs, g.port());
+    let plain = g.addr();
+    let tls = stunnel.entry(TlsService::Good);
+    let pg = Postgres::start_with(&[
+        &format!("gearman.servers={plain}"),
+        &format!("gearman.tls_ca_file={}", certs.ca().display()),
+    ]);
+    if let Err(e) = pg.try_psql("CREATE EXTENSION gearman") {
+        panic!(
+            "CREATE EXTENSION gearman failed: {e}\nrun `cargo pgrx install --release \
+             --pg-config /usr/lib/postgresql/15/bin/pg_config` in gearman-pg first"
+        );
+    }
+    let mut db = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    println!(
+        "gearmand {plain}, stunnel {tls} / PostgreSQL 15 on port {}; {jobs} jobs per figure in \
+         {rounds} alternating rounds",
+        pg.port()
+    );
+    for mode in ["immediate", "commit"] {
+        db.batch_execute(&format!("SET gearman.dispatch = '{mode}'"))
+            .unwrap();
+        let mut t = [Duration::ZERO; 2];
+        for r in 0..rounds {
+            for (k, servers) in [&plain, &tls].into_iter().enumerate() {
+                db.batch_execute(&format!("SET gearman.servers = '{servers}'"))
+                    .unwrap();
+                let q = format!(
+                    "SELECT count(gman_do_background('f_{mode}', 'p'||i)) \
+                     FROM generate_series({}, {}) i",
+                    r * chunk + 1,
+                    (r + 1) * chunk
+                );
+                let t0 = Instant::now();
+                let n: i64 = db.query_one(q.as_str(), &[]).unwrap().get(0);
+                t[k] += t0.elapsed();
+                assert_eq!(n as usize, chunk);
+            }
+        }
+        let n = chunk * rounds;
+        let (p, s) = (n as f64 / t[0].as_secs_f64(), n as f64 / t[1].as_secs_f64());
+        println!(
+            "SQL {mode:<9}: plaintext {p:>9.0} jobs/s, TLS via stunnel {s:>9.0} jobs/s \
+             ({:.0}% of plaintext)",
+            100.0 * s / p
+        );
+    }
+    let st: String = db
+        .query_one(
+            "SELECT format('sent %s, confirmed %s, failed %s', sent, confirmed, failed) \
+             FROM gman_dispatch_status()",
+            &[],
+        )
+        .map(|r| r.get(0))
+        .unwrap_or_else(|e| format!("gman_dispatch_status(): {e}"));
+    println!("commit dispatch: {st}");
+    drop(stunnel);
+}

@@ -10,6 +10,9 @@
 //!   scheduled jobs, status, concurrent task sets and pipelined submission,
 //!   over several servers with health tracking and routing by unique key.
 //! - [`worker::Worker`]: register, grab, sleep/wake, report, reconnect, stop.
+//! - [`Dispatcher`]: a sender thread that takes background jobs from any
+//!   number of threads through a bounded in-memory queue and writes them
+//!   pipelined, one connection per job server.
 //! - [`admin::Admin`]: `status`, `workers`, `show jobs`, `maxqueue`, ...
 //!
 //! Every wait is bounded: each call has one deadline from its start
@@ -23,6 +26,7 @@
 pub mod admin;
 mod client;
 mod conn;
+pub mod dispatcher;
 mod error;
 mod job;
 pub mod proto;
@@ -35,6 +39,7 @@ pub use client::{
     SUM_RESULT_MAX,
 };
 pub use conn::{Connection, Interrupt};
+pub use dispatcher::{Dispatcher, DispatcherOptions, DispatcherStats};
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use job::{
     first_known, new_unique_key, validate_function_name, Event, Job, JobHandle, JobStatus, Known,

@@ -27,7 +27,10 @@
 //! get back-pressure and then their deadline's error. Jobs are not dropped
 //! for their age; [`DispatcherStats::oldest_age`] shows how long the oldest
 //! has waited. [`Dispatcher::stop`] counts what is still queued at its
-//! deadline as unsent.
+//! deadline as unsent. A server that accepts connections but does not
+//! answer (a stopped process) costs, per `io_timeout`, the first job
+//! written on each new connection (awaited, then counted of unknown fate:
+//! it may have been queued); the rest of the batch goes back to the queue.
 //!
 //! # What a crash loses
 //! The queue is in memory: a process that dies loses the queued jobs and
@@ -142,7 +145,10 @@ pub struct DispatcherStats {
     /// connection was lost first (they may have been queued).
     pub unknown: u64,
     /// Jobs never written: still queued when [`Dispatcher::stop`]'s
-    /// deadline passed, or not written by a batch whose write failed.
+    /// deadline passed, or taken by the sender when it panicked. (Jobs a
+    /// write call could not write, e.g. because its deadline ran out while
+    /// awaiting the answer to a connection's first job, go back to the
+    /// queue.)
     pub unsent: u64,
     /// Jobs in the queue now.
     pub queued: u64,
@@ -170,6 +176,8 @@ struct Queued {
     job: Job,
     bytes: usize,
     at: Instant,
+    /// Position in the batch (requeued jobs keep their order).
+    seq: usize,
 }
 
 struct Queue {
@@ -405,7 +413,12 @@ impl Dispatcher {
         for job in jobs {
             let b = job_bytes(&job);
             q.bytes += b;
-            q.jobs.push_back(Queued { job, bytes: b, at });
+            q.jobs.push_back(Queued {
+                job,
+                bytes: b,
+                at,
+                seq: 0,
+            });
         }
         sh.counters.submitted.fetch_add(n, Ordering::AcqRel);
         sh.publish_queue(&q);
@@ -656,7 +669,8 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
                     let n = q.jobs.len().min(batch_max);
                     let mut b = Vec::with_capacity(n);
                     for _ in 0..n {
-                        let j = q.jobs.pop_front().expect("n <= len");
+                        let mut j = q.jobs.pop_front().expect("n <= len");
+                        j.seq = b.len();
                         q.bytes -= j.bytes;
                         q.held.0 += 1;
                         q.held.1 += j.bytes;
@@ -788,25 +802,44 @@ fn write_batch(
                 continue;
             }
         }
-        let group: Vec<Job> = idx.iter().map(|&i| jobs[i].clone()).collect();
+        // The order the ledger writes them in: scheduled (epoch) jobs last.
+        let mut order: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| jobs[i].epoch.is_none())
+            .collect();
+        order.extend(idx.iter().copied().filter(|&i| jobs[i].epoch.is_some()));
+        let group: Vec<Job> = order.iter().map(|&i| jobs[i].clone()).collect();
         let before = client.deferred_written();
         let r = client.submit_background_deferred_on(&list, &group);
-        let written = client.deferred_written() - before;
+        let written = (client.deferred_written() - before).min(group.len() as u64);
         c.sent.fetch_add(written, Ordering::AcqRel);
-        let missing = group.len() as u64 - written.min(group.len() as u64);
-        c.taken.fetch_sub(group.len() as u64, Ordering::AcqRel);
+        c.taken.fetch_sub(written, Ordering::AcqRel);
+        let missing = group.len() - written as usize;
         if missing > 0 {
-            c.unsent.fetch_add(missing, Ordering::AcqRel);
+            // Not written: the call's deadline ran out (e.g. waiting for the
+            // answer to a connection's first job of a type) or every server
+            // failed part-way. The ledger writes in order and a job is not
+            // written only when no server could be used for it, which past
+            // the deadline holds for every later job too: the unwritten are
+            // the last ones. They go back to the queue.
             let why = r.err().map(|e| e.to_string()).unwrap_or_default();
-            log::error!(
-                "gearman dispatcher: {missing} of {} jobs could not be written and are dropped: {why}",
+            log::warn!(
+                "gearman dispatcher: {missing} of {} jobs not written now, queued again: {why}",
                 group.len()
             );
+            for &i in &order[order.len() - missing..] {
+                if let Some(q) = slots[i].take() {
+                    requeue.push(q);
+                }
+            }
         }
-        for i in idx {
+        for &i in &order[..order.len() - missing] {
             slots[i] = None;
         }
     }
+    // Requeued jobs keep their order in the batch.
+    requeue.sort_by_key(|q| q.seq);
     let r = client.collect_deferred(false);
     sh.note(&r, hook);
     requeue

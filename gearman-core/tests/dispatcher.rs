@@ -291,3 +291,44 @@ fn a_panic_on_the_sender_is_caught_and_the_sender_goes_on() {
     assert_eq!(queued(&g.addr(), "disp_panic"), 2);
     assert!(d.stop(soon(5)));
 }
+
+/// A paused gearmand accepts the connection but never answers the first
+/// job written on it, which the ledger awaits within the call's deadline;
+/// the rest of the batch cannot be written in that call. Those jobs go back
+/// to the queue (they were once counted unsent and dropped) and are written
+/// once gearmand runs again.
+#[test]
+fn jobs_not_written_by_a_call_go_back_to_the_queue() {
+    let g = Gearmand::start();
+    let mut o = opts();
+    o.client.io_timeout = Duration::from_millis(500);
+    let d = start(&g.addr(), o);
+    g.pause();
+    let jobs: Vec<Job> = (0..20)
+        .map(|i| Job::new("disp_paused", format!("{i}")))
+        .collect();
+    d.submit(jobs, soon(5)).unwrap();
+    let t = Instant::now();
+    while d.stats().unknown == 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", d.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = d.stats();
+    assert_eq!(s.unsent, 0, "{s:?}");
+    assert!(s.queued > 0, "the rest waits: {s:?}");
+    g.resume();
+    assert!(d.flush(soon(20)), "{:?}", d.stats());
+    let s = d.stats();
+    assert_eq!(s.unsent, 0, "{s:?}");
+    assert_eq!(s.sent, 20, "each written once: {s:?}");
+    assert_eq!(s.confirmed + s.unknown, 20, "{s:?}");
+    assert_adds_up(&s);
+    // The unknown-fate probes were queued after all once gearmand ran.
+    let t = Instant::now();
+    while queued(&g.addr(), "disp_paused") < 20 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(queued(&g.addr(), "disp_paused"), 20);
+    assert!(d.stop(soon(5)));
+}

@@ -332,3 +332,36 @@ fn jobs_not_written_by_a_call_go_back_to_the_queue() {
     assert_eq!(queued(&g.addr(), "disp_paused"), 20);
     assert!(d.stop(soon(5)));
 }
+
+/// With `linger`, the sender lets a batch fill: a lone job waits, a full
+/// batch goes at once, and flush does not wait for the linger.
+#[test]
+fn linger_lets_a_batch_fill_and_a_full_batch_or_flush_ends_it() {
+    let g = Gearmand::start();
+    let d = start(
+        &g.addr(),
+        DispatcherOptions {
+            linger: Duration::from_secs(600),
+            batch: 5,
+            ..opts()
+        },
+    );
+    d.submit(vec![Job::new("disp_linger", "alone")], soon(5))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.stats().queued, 1, "lingering: {:?}", d.stats());
+    assert!(d.flush(soon(10)), "flush ends the linger: {:?}", d.stats());
+    assert_eq!(d.stats().confirmed, 1);
+    let jobs: Vec<Job> = (0..5)
+        .map(|i| Job::new("disp_linger", format!("{i}")))
+        .collect();
+    d.submit(jobs, soon(5)).unwrap();
+    let t = Instant::now();
+    while d.stats().confirmed < 6 {
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", d.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_adds_up(&d.stats());
+    assert_eq!(queued(&g.addr(), "disp_linger"), 6);
+    assert!(d.stop(soon(5)));
+}

@@ -21,6 +21,7 @@
 //! background_dispatch = "round_trip"  # or "pipelined", see below
 //! dispatch_queue_jobs = 100000    # pipelined: most jobs waiting for the sender
 //! dispatch_queue_bytes = 67108864 # pipelined: most bytes (function + workload + key) waiting
+//! dispatch_linger_ms = 1          # pipelined: how long the sender lets a batch fill (0 to 1000)
 //!
 //! [function_servers]              # per-function server lists
 //! resize_image = "10.0.0.7:4730,10.0.0.8"
@@ -106,7 +107,9 @@
 //!   `maxqueue`) is that row's error: NULL for that row (see `gman_last_error()`).
 //! - `"pipelined"`: each call hands its job to the library's one sender
 //!   thread (per mariadbd process) and returns at once, without a socket
-//!   call; the sender writes whatever is queued in pipelined batches, one
+//!   call; the sender writes what is queued in pipelined batches (when
+//!   1,000 jobs are queued or the oldest has waited `dispatch_linger_ms`,
+//!   1 ms by default), one
 //!   connection per job server shared by every session (client id
 //!   `gearman-mysql-udf-dispatcher`), so triggers of many connections cost
 //!   gearmand one write per batch instead of one per row. No job handle
@@ -231,6 +234,17 @@ pub struct Config {
     /// Pipelined dispatch: most bytes in the sender's queue (1 B to 1 GiB).
     #[serde(default = "d_queue_bytes")]
     pub dispatch_queue_bytes: u64,
+    /// Pipelined dispatch: how long the sender lets a batch fill before
+    /// writing it (0 to 1000 ms; a batch of 1,000 jobs goes at once).
+    #[serde(default = "d_linger")]
+    pub dispatch_linger_ms: u64,
+}
+
+/// Default [`Config::dispatch_linger_ms`]: 1 ms.
+pub const DEFAULT_DISPATCH_LINGER_MS: u64 = 1;
+
+fn d_linger() -> u64 {
+    DEFAULT_DISPATCH_LINGER_MS
 }
 
 /// Default [`Config::dispatch_queue_jobs`].
@@ -283,6 +297,7 @@ impl Default for Config {
             background_dispatch: BackgroundDispatch::RoundTrip,
             dispatch_queue_jobs: DEFAULT_DISPATCH_QUEUE_JOBS,
             dispatch_queue_bytes: DEFAULT_DISPATCH_QUEUE_BYTES,
+            dispatch_linger_ms: DEFAULT_DISPATCH_LINGER_MS,
         }
     }
 }
@@ -321,6 +336,12 @@ impl Config {
             return Err(format!(
                 "dispatch_queue_jobs = {} is out of range (1 to 10000000)",
                 c.dispatch_queue_jobs
+            ));
+        }
+        if c.dispatch_linger_ms > 1000 {
+            return Err(format!(
+                "dispatch_linger_ms = {} is out of range (0 to 1000)",
+                c.dispatch_linger_ms
             ));
         }
         if c.dispatch_queue_bytes == 0 || c.dispatch_queue_bytes > MAX_MAX_RESULT {
@@ -373,6 +394,7 @@ mod tests {
             "dispatch_queue_jobs = 10000001",
             "dispatch_queue_bytes = 0",
             "dispatch_queue_bytes = 1073741825",
+            "dispatch_linger_ms = 1001",
         ] {
             let e = Config::parse(bad).unwrap_err();
             assert!(e.contains("out of range"), "{bad}: {e}");

@@ -60,6 +60,7 @@ fn dispatcher(rt: &Runtime) -> gearman_core::Result<Arc<Dispatcher>> {
         client,
         max_jobs: rt.config.dispatch_queue_jobs as usize,
         max_bytes: rt.config.dispatch_queue_bytes as usize,
+        linger: Duration::from_millis(rt.config.dispatch_linger_ms),
         thread_name: "gman-dispatch".into(),
         on_report: Some(Arc::new(|r: &DeferredReport| {
             let failed = !r.failed.is_empty();

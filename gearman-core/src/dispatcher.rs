@@ -20,10 +20,12 @@
 //! bounded by the two limits (plus one batch in the sender's hands).
 //!
 //! # When no job server is reachable
-//! Jobs wait in the queue: the sender retries every
-//! [`DispatcherOptions::retry_interval`] (each server also keeps the
-//! client's connect back-off) and writes them once a server of their list
-//! accepts a connection again. Meanwhile the queue fills, and submitters
+//! Jobs wait in the queue: the jobs of a list none of whose servers
+//! accepts a connection are set apart (per list, still counted in the
+//! queue and its limits), so they hold up no other list's jobs; the sender
+//! tries that list again every [`DispatcherOptions::retry_interval`] (each
+//! server also keeps the client's connect back-off) and writes them, in
+//! their order, once a server of their list accepts a connection again. Meanwhile the queue fills, and submitters
 //! get back-pressure and then their deadline's error. Jobs are not dropped
 //! for their age; [`DispatcherStats::oldest_age`] shows how long the oldest
 //! has waited. [`Dispatcher::stop`] counts what is still queued at its
@@ -51,7 +53,7 @@ use crate::client::{Client, DeferredReport, Options};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::Job;
 use crate::routing::Routing;
-use crate::servers::ServerAddr;
+use crate::servers::{ServerAddr, ServerList};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -188,8 +190,19 @@ struct Queued {
     seq: usize,
 }
 
+/// Jobs of a list none of whose servers could be used, waiting apart
+/// until `retry_at` so they hold up no other list.
+struct Parked {
+    list: ServerList,
+    jobs: VecDeque<Queued>,
+    retry_at: Instant,
+}
+
 struct Queue {
     jobs: VecDeque<Queued>,
+    /// Per unreachable list; their jobs count in `bytes` and `parked_jobs`.
+    parked: Vec<Parked>,
+    parked_jobs: usize,
     bytes: usize,
     /// Jobs and bytes in the sender's hands (taken, being written): they
     /// count against the limits until written.
@@ -237,6 +250,13 @@ struct Shared {
     io_timeout: Duration,
 }
 
+impl Queue {
+    /// Jobs waiting: queued and parked.
+    fn depth(&self) -> usize {
+        self.jobs.len() + self.parked_jobs
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -244,12 +264,17 @@ impl Shared {
 
     fn publish_queue(&self, q: &Queue) {
         let c = &self.counters;
-        c.queued.store(q.jobs.len() as u64, Ordering::Release);
+        c.queued.store(q.depth() as u64, Ordering::Release);
         c.queued_bytes
             .store((q.bytes + q.held.1) as u64, Ordering::Release);
-        let oldest = q.jobs.front().map_or(u64::MAX, |j| {
-            j.at.saturating_duration_since(self.epoch).as_nanos() as u64
-        });
+        let oldest = q
+            .jobs
+            .front()
+            .into_iter()
+            .chain(q.parked.iter().filter_map(|p| p.jobs.front()))
+            .map(|j| j.at.saturating_duration_since(self.epoch).as_nanos() as u64)
+            .min()
+            .unwrap_or(u64::MAX);
         c.oldest.store(oldest, Ordering::Release);
     }
 
@@ -329,6 +354,8 @@ impl Dispatcher {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
+                parked: Vec::new(),
+                parked_jobs: 0,
                 bytes: 0,
                 held: (0, 0),
                 stopping: None,
@@ -401,7 +428,7 @@ impl Dispatcher {
             if q.stopping.is_some() || sh.done.load(Ordering::Acquire) {
                 return Err(Error::interrupted("the dispatcher is stopped"));
             }
-            if q.jobs.len() + q.held.0 + jobs.len() <= max_jobs
+            if q.depth() + q.held.0 + jobs.len() <= max_jobs
                 && q.bytes + q.held.1 + bytes <= max_bytes
             {
                 break;
@@ -411,7 +438,7 @@ impl Dispatcher {
                 return Err(Error::timeout(format!(
                     "dispatcher queue full: {} jobs, {} bytes queued (limits {max_jobs} jobs, \
                      {max_bytes} bytes); no room for {} more jobs before the deadline",
-                    q.jobs.len() + q.held.0,
+                    q.depth() + q.held.0,
                     q.bytes + q.held.1,
                     jobs.len()
                 )));
@@ -653,8 +680,10 @@ fn sh_pending(sh: &Shared) -> u64 {
 }
 
 fn count_unsent(sh: &Shared, q: &mut Queue) {
-    let n = q.jobs.len() as u64;
+    let n = q.depth() as u64;
     q.jobs.clear();
+    q.parked.clear();
+    q.parked_jobs = 0;
     q.bytes = 0;
     sh.counters.unsent.fetch_add(n, Ordering::AcqRel);
     sh.publish_queue(q);
@@ -666,8 +695,6 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
     let client =
         slot.get_or_insert_with(|| Client::with_routing(routing.clone(), opts.client.clone()));
     let batch_max = opts.batch.max(1);
-    // A list none of whose servers could be used: not before this again.
-    let mut retry_at: Option<Instant> = None;
     loop {
         // Take a batch, or wait for one.
         let (batch, stopping, flushing) = {
@@ -677,7 +704,6 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
                     *routing = r;
                     client.set_routing(routing.clone());
                 }
-                let blocked = retry_at.is_some_and(|t| Instant::now() < t);
                 let stopping = q.stopping;
                 let past_stop = stopping.is_some_and(|d| Instant::now() >= d);
                 if past_stop {
@@ -692,7 +718,7 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
                     && stopping.is_none()
                     && q.flushing == 0
                     && linger_until.is_some_and(|t| Instant::now() < t);
-                if !q.jobs.is_empty() && !blocked && lingering {
+                if !q.jobs.is_empty() && lingering {
                     let t = linger_until.expect("queue not empty");
                     q.sleeping = false;
                     q = sh
@@ -702,18 +728,9 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
                         .0;
                     continue;
                 }
-                if !q.jobs.is_empty() && !blocked {
-                    let n = q.jobs.len().min(batch_max);
-                    let mut b = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        let mut j = q.jobs.pop_front().expect("n <= len");
-                        j.seq = b.len();
-                        q.bytes -= j.bytes;
-                        q.held.0 += 1;
-                        q.held.1 += j.bytes;
-                        b.push(j);
-                    }
-                    sh.counters.taken.store(n as u64, Ordering::Release);
+                let b = take_batch(&mut q, routing, batch_max);
+                if !b.is_empty() {
+                    sh.counters.taken.store(b.len() as u64, Ordering::Release);
                     sh.publish_queue(&q);
                     sh.progress.notify_all();
                     break (b, stopping, q.flushing > 0);
@@ -723,7 +740,7 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
                     // Wait for the confirmations outside the lock.
                     break (Vec::new(), stopping, true);
                 }
-                if q.jobs.is_empty() && stopping.is_some() && pending == 0 {
+                if q.depth() == 0 && stopping.is_some() && pending == 0 {
                     break (Vec::new(), stopping, false);
                 }
                 // Nothing to write now: collect what arrived, then sleep a
@@ -742,7 +759,7 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
                 } else {
                     Duration::from_millis(500)
                 };
-                if let Some(t) = retry_at {
+                if let Some(t) = q.parked.iter().map(|p| p.retry_at).min() {
                     wait = wait.min(t.saturating_duration_since(Instant::now()));
                 }
                 if let Some(d) = stopping {
@@ -767,28 +784,40 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
             if let Some(d) = stopping {
                 let q = sh.lock();
                 let over = Instant::now() >= d;
-                if (q.jobs.is_empty() && client.deferred_pending() == 0) || over {
+                if (q.depth() == 0 && client.deferred_pending() == 0) || over {
                     drop(q);
                     break;
                 }
             }
             continue;
         }
-        retry_at = None;
-        let requeue = write_batch(sh, client, routing, batch, hook);
+        let parked = write_batch(sh, client, routing, batch, hook);
         let mut q = sh.lock();
         q.held = (0, 0);
-        if !requeue.is_empty() {
+        let retry_at = Instant::now() + opts.retry_interval;
+        for (list, jobs) in parked {
             if q.stopping.is_some_and(|d| Instant::now() >= d) {
-                let n = requeue.len() as u64;
+                let n = jobs.len() as u64;
                 sh.counters.unsent.fetch_add(n, Ordering::AcqRel);
-            } else {
-                for j in requeue.into_iter().rev() {
-                    q.bytes += j.bytes;
-                    q.jobs.push_front(j);
-                }
+                continue;
             }
-            retry_at = Some(Instant::now() + opts.retry_interval);
+            q.parked_jobs += jobs.len();
+            q.bytes += jobs.iter().map(|j| j.bytes).sum::<usize>();
+            match q.parked.iter_mut().position(|p| p.list == list) {
+                Some(i) => {
+                    // Older than what was parked since: in front.
+                    let p = &mut q.parked[i];
+                    for j in jobs.into_iter().rev() {
+                        p.jobs.push_front(j);
+                    }
+                    p.retry_at = retry_at;
+                }
+                None => q.parked.push(Parked {
+                    list,
+                    jobs: jobs.into(),
+                    retry_at,
+                }),
+            }
         }
         sh.counters.taken.store(0, Ordering::Release);
         sh.publish_queue(&q);
@@ -809,21 +838,64 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
     count_unsent(sh, &mut q);
 }
 
+/// Takes up to `max` jobs: first those of parked lists that are due for
+/// another try, then from the queue, where a job of a parked list (not
+/// due) joins its list's parked jobs instead. Moves their bytes to `held`.
+fn take_batch(q: &mut Queue, routing: &Routing, max: usize) -> Vec<Queued> {
+    let now = Instant::now();
+    let mut b: Vec<Queued> = Vec::new();
+    for p in q.parked.iter_mut().filter(|p| p.retry_at <= now) {
+        while b.len() < max {
+            match p.jobs.pop_front() {
+                Some(j) => b.push(j),
+                None => break,
+            }
+        }
+    }
+    q.parked_jobs -= b.len();
+    q.parked.retain(|p| !p.jobs.is_empty());
+    while b.len() < max {
+        let Some(j) = q.jobs.pop_front() else {
+            break;
+        };
+        let list = routing.lookup(&j.job.function);
+        if let Some(p) = q
+            .parked
+            .iter_mut()
+            .find(|p| p.retry_at > now && &p.list == list)
+        {
+            p.jobs.push_back(j);
+            q.parked_jobs += 1;
+            continue;
+        }
+        b.push(j);
+    }
+    for (k, j) in b.iter_mut().enumerate() {
+        j.seq = k;
+        q.bytes -= j.bytes;
+        q.held.0 += 1;
+        q.held.1 += j.bytes;
+    }
+    b
+}
+
 /// Writes one batch, grouped by server list: one write per server. Returns
-/// the jobs of the lists none of whose servers could be used (to wait in
-/// the queue).
+/// the jobs not written, by list (to wait apart, parked, until retried):
+/// those of lists none of whose servers could be used, and those a write
+/// call could not write.
 fn write_batch(
     sh: &Shared,
     client: &mut Client,
     routing: &Routing,
     batch: Vec<Queued>,
     hook: Option<&ReportHook>,
-) -> Vec<Queued> {
+) -> Vec<(ServerList, Vec<Queued>)> {
     let c = &sh.counters;
     let jobs: Vec<Job> = batch.iter().map(|q| q.job.clone()).collect();
     let mut slots: Vec<Option<Queued>> = batch.into_iter().map(Some).collect();
-    let mut requeue = Vec::new();
+    let mut parked: Vec<(ServerList, Vec<Queued>)> = Vec::new();
     for (list, idx) in routing.group(&jobs) {
+        let mut requeue = Vec::new();
         // Some server of the list must accept a connection first; if none
         // does, the jobs wait in the queue (nothing of them is written).
         match client.ensure_connected_on(&list) {
@@ -838,6 +910,7 @@ fn write_batch(
                         requeue.push(q);
                     }
                 }
+                parked.push((list, requeue));
                 continue;
             }
         }
@@ -876,10 +949,13 @@ fn write_batch(
         for &i in &order[..order.len() - missing] {
             slots[i] = None;
         }
+        if !requeue.is_empty() {
+            // They keep their order in the batch.
+            requeue.sort_by_key(|q| q.seq);
+            parked.push((list, requeue));
+        }
     }
-    // Requeued jobs keep their order in the batch.
-    requeue.sort_by_key(|q| q.seq);
     let r = client.collect_deferred(false);
     sh.note(&r, hook);
-    requeue
+    parked
 }

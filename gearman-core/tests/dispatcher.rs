@@ -365,3 +365,42 @@ fn linger_lets_a_batch_fill_and_a_full_batch_or_flush_ends_it() {
     assert_eq!(queued(&g.addr(), "disp_linger"), 6);
     assert!(d.stop(soon(5)));
 }
+
+/// Jobs of a list none of whose servers can be reached wait apart: they
+/// do not hold up the jobs of other lists queued behind them, even when
+/// there are more of them than one batch (they used to fill every batch
+/// from the front of the queue and starve the rest).
+#[test]
+fn an_unreachable_list_does_not_hold_up_the_others() {
+    let g = Gearmand::start();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut routing = Routing::new(ServerList::parse(&g.addr()).unwrap());
+    routing
+        .set_function(b"to_dead", Some(ServerList::parse(&dead).unwrap()))
+        .unwrap();
+    let d = Dispatcher::start(routing, DispatcherOptions { batch: 5, ..opts() }).unwrap();
+    let mut jobs: Vec<Job> = (0..20)
+        .map(|i| Job::new("to_dead", format!("{i}")))
+        .collect();
+    jobs.extend((0..7).map(|i| Job::new("disp_live", format!("{i}"))));
+    d.submit(jobs, soon(5)).unwrap();
+    let t = Instant::now();
+    while d.stats().confirmed < 7 {
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", d.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = d.stats();
+    assert_eq!(s.queued, 20, "the dead list's jobs wait: {s:?}");
+    assert_adds_up(&s);
+    assert_eq!(queued(&g.addr(), "disp_live"), 7);
+    let reach: Vec<Reachability> = s.servers.iter().map(|(_, r)| *r).collect();
+    assert_eq!(reach, [Reachability::Up, Reachability::Down], "{s:?}");
+    // Stop: the waiting jobs are unsent, nothing else.
+    assert!(d.stop(Instant::now() + Duration::from_millis(300)));
+    let s = d.stats();
+    assert_eq!((s.confirmed, s.unsent, s.queued), (7, 20, 0), "{s:?}");
+    assert_adds_up(&s);
+}

@@ -4,6 +4,7 @@ use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::{decode_list, encode_admin_command, DEFAULT_MAX_PACKET};
 use crate::servers::ServerAddr;
+use crate::tls::TlsConfig;
 use std::time::{Duration, Instant};
 
 /// One line of `status`.
@@ -194,16 +195,30 @@ impl Admin {
         timeout: Duration,
         deadline: Instant,
     ) -> Result<Admin> {
+        Admin::connect_with(addr, connect_timeout, timeout, Some(deadline), None)
+    }
+
+    /// [`Admin::connect_until`] with an optional deadline and the TLS
+    /// configuration for a `tls://` server (`None`: the system's roots; see
+    /// [`Connection::connect_with`]).
+    pub fn connect_with(
+        addr: &ServerAddr,
+        connect_timeout: Duration,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        tls: Option<&TlsConfig>,
+    ) -> Result<Admin> {
         Ok(Admin {
-            conn: Connection::connect_until(
+            conn: Connection::connect_with(
                 addr,
                 connect_timeout,
-                Some(deadline),
+                deadline,
                 DEFAULT_MAX_PACKET,
                 None,
+                tls,
             )?,
             timeout,
-            until: Some(deadline),
+            until: deadline,
         })
     }
 
@@ -368,6 +383,17 @@ pub fn status_all(
     connect_timeout: Duration,
     deadline: Instant,
 ) -> Vec<(ServerAddr, Result<Vec<FunctionStatus>>)> {
+    status_all_with(servers, connect_timeout, deadline, None)
+}
+
+/// [`status_all`] with the TLS configuration for `tls://` servers (`None`:
+/// the system's roots).
+pub fn status_all_with(
+    servers: impl IntoIterator<Item = ServerAddr>,
+    connect_timeout: Duration,
+    deadline: Instant,
+    tls: Option<&TlsConfig>,
+) -> Vec<(ServerAddr, Result<Vec<FunctionStatus>>)> {
     servers
         .into_iter()
         .map(|addr| {
@@ -375,7 +401,7 @@ pub fn status_all(
                 Err(Error::timeout("deadline reached before this server was asked").at(&addr))
             } else {
                 let left = deadline.saturating_duration_since(Instant::now());
-                Admin::connect_until(&addr, connect_timeout, left, deadline)
+                Admin::connect_with(&addr, connect_timeout, left, Some(deadline), tls)
                     .and_then(|mut a| a.status())
             };
             (addr, r)

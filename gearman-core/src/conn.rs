@@ -1,10 +1,18 @@
-//! One TCP connection to a job server: buffered, non-blocking underneath,
-//! every wait bounded by a deadline and cut into short slices with the host's
-//! interrupt hook called between them.
+//! One connection to a job server, plain TCP or TLS (`tls://` entries):
+//! buffered, non-blocking underneath, every wait bounded by a deadline and
+//! cut into short slices with the host's interrupt hook called between them.
+//!
+//! A TLS connection is complete only after its handshake and one ECHO round
+//! trip through it, both within the connect bound: a server that refuses
+//! the client after the handshake (TLS 1.3 reports a missing client
+//! certificate only then) fails the connect, not a job. Until then nothing
+//! but the handshake and the ECHO is sent; nothing at all is ever sent
+//! unencrypted to a `tls://` server.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::proto::{self, Decoded, Packet};
+use crate::proto::{self, Decoded, Packet, PacketType};
 use crate::servers::ServerAddr;
+use crate::tls::TlsConfig;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -31,6 +39,8 @@ pub(crate) enum Want {
 pub struct Connection {
     addr: ServerAddr,
     stream: TcpStream,
+    /// The TLS session of a `tls://` server: plaintext goes through it.
+    tls: Option<Tls>,
     rbuf: Vec<u8>,
     rpos: usize,
     rend: usize,
@@ -54,6 +64,74 @@ impl std::fmt::Debug for Connection {
             .field("buffered_in", &(self.rend - self.rpos))
             .field("buffered_out", &(self.wbuf.len() - self.wpos))
             .finish()
+    }
+}
+
+/// The TLS side of a connection.
+struct Tls {
+    session: Box<rustls::ClientConnection>,
+    config: TlsConfig,
+    /// The socket reported end of stream.
+    eof: bool,
+    /// A read stopped at [`TLS_READ_CAP`] before the socket was drained:
+    /// rustls or the socket may hold more, which a poll may not show. The
+    /// waits then return at once.
+    more: bool,
+}
+
+/// Most decrypted bytes one [`Connection::read_ready`] takes from a TLS
+/// connection before returning, so a server that sends without pause
+/// cannot keep one read going (and its buffer growing) past the caller's
+/// deadline and memory bounds: 1 MiB.
+const TLS_READ_CAP: usize = 1 << 20;
+
+/// A TLS failure carried through `io::Error`, so the read and write paths
+/// keep one shape.
+fn tls_io_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+fn as_tls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+}
+
+impl Tls {
+    /// Reads decrypted bytes into `buf` without waiting: `Ok(0)` at the end
+    /// of the stream, `WouldBlock` when neither rustls nor the socket holds
+    /// more. Sends what rustls has to say meanwhile (alerts, key updates).
+    fn read(&mut self, stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.session.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer closed the socket without close_notify: the end
+                // of the stream for a framed protocol like ours.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            if self.eof {
+                return Ok(0);
+            }
+            match self.session.read_tls(stream) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            let processed = self.session.process_new_packets();
+            self.send_pending(stream);
+            processed.map_err(tls_io_error)?;
+        }
+    }
+
+    /// Writes what rustls holds for the socket, as far as it takes it now.
+    fn send_pending(&mut self, stream: &mut TcpStream) {
+        while self.session.wants_write() {
+            match self.session.write_tls(stream) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break,
+            }
+        }
     }
 }
 
@@ -145,7 +223,8 @@ impl Connection {
     /// [`ErrorKind::Timeout`] ("deadline reached while connecting"); an
     /// attempt that used its whole `timeout` is [`ErrorKind::ConnectFailed`].
     /// Name resolution itself is not bounded (use addresses, or a local
-    /// resolver, where that matters).
+    /// resolver, where that matters). A `tls://` server is checked against
+    /// [`TlsConfig::system`]; see [`Connection::connect_with`].
     pub fn connect_until(
         addr: &ServerAddr,
         timeout: Duration,
@@ -153,6 +232,34 @@ impl Connection {
         max_packet: usize,
         hook: Option<&Interrupt>,
     ) -> Result<Connection> {
+        Connection::connect_with(addr, timeout, deadline, max_packet, hook, None)
+    }
+
+    /// [`Connection::connect_until`] with the TLS configuration for a
+    /// `tls://` server (`None`: [`TlsConfig::system`]; ignored for a
+    /// plaintext server). For a `tls://` server each attempt's bound covers
+    /// the TCP connect, the TLS handshake and one ECHO round trip through
+    /// it; a handshake that stalls fails when the bound passes. A server
+    /// that does not verify (unknown CA, another name, expired), refuses
+    /// the handshake, or does not speak TLS fails at once with
+    /// [`ErrorKind::ConnectFailed`] and [`Error::is_tls`], without trying
+    /// the host's other addresses.
+    pub fn connect_with(
+        addr: &ServerAddr,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        max_packet: usize,
+        hook: Option<&Interrupt>,
+        tls: Option<&TlsConfig>,
+    ) -> Result<Connection> {
+        let tls_config = if addr.tls {
+            Some(match tls {
+                Some(t) => t.clone(),
+                None => TlsConfig::system().map_err(|e| e.at(addr))?,
+            })
+        } else {
+            None
+        };
         let deadline_hit =
             || Error::timeout("deadline reached while connecting to the job server").at(addr);
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -170,6 +277,7 @@ impl Connection {
             .collect();
         let mut last = Error::new(ErrorKind::ConnectFailed, "no address").at(addr);
         for sa in &addrs {
+            let started = Instant::now();
             let (attempt, cut) = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
@@ -189,9 +297,19 @@ impl Connection {
                     };
                     stream.set_nodelay(true).map_err(io_err)?;
                     stream.set_nonblocking(true).map_err(io_err)?;
-                    return Ok(Connection {
+                    let tls = match &tls_config {
+                        Some(cfg) => Some(Tls {
+                            session: Box::new(cfg.start(&addr.host).map_err(|e| e.at(addr))?),
+                            config: cfg.clone(),
+                            eof: false,
+                            more: false,
+                        }),
+                        None => None,
+                    };
+                    let mut conn = Connection {
                         addr: addr.clone(),
                         stream,
+                        tls,
                         rbuf: vec![0; 65536],
                         rpos: 0,
                         rend: 0,
@@ -201,7 +319,28 @@ impl Connection {
                         closed: false,
                         busy: false,
                         answered: 0,
-                    });
+                    };
+                    if conn.tls.is_some() {
+                        let until = started + attempt;
+                        conn.establish_tls(until, hook).map_err(|e| {
+                            if e.is_interrupted() {
+                                e
+                            } else if cut && deadline.is_some_and(|d| Instant::now() >= d) {
+                                Error::tls(
+                                    ErrorKind::Timeout,
+                                    format!(
+                                        "deadline reached while connecting to the job server \
+                                         ({})",
+                                        e.message()
+                                    ),
+                                )
+                                .at(addr)
+                            } else {
+                                e
+                            }
+                        })?;
+                    }
+                    return Ok(conn);
                 }
                 Err(e) if e.kind() == &ErrorKind::Interrupted => return Err(e.at(addr)),
                 Err(e) if cut && deadline.is_some_and(|d| Instant::now() >= d) => {
@@ -215,6 +354,114 @@ impl Connection {
             }
         }
         Err(last)
+    }
+
+    /// Runs the TLS handshake and one ECHO round trip, until `until`. Every
+    /// failure is a [`ErrorKind::ConnectFailed`] with [`Error::is_tls`]
+    /// (an interrupt stays [`ErrorKind::Interrupted`]).
+    fn establish_tls(&mut self, until: Instant, hook: Option<&Interrupt>) -> Result<()> {
+        let fail = |m: String| Error::tls(ErrorKind::ConnectFailed, m);
+        let addr = self.addr.clone();
+        let tls = self.tls.as_mut().expect("a TLS connection");
+        loop {
+            while tls.session.wants_write() {
+                match tls.session.write_tls(&mut self.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(fail(format!("sending the TLS handshake failed: {e}")).at(&addr))
+                    }
+                }
+            }
+            if !tls.session.is_handshaking() && !tls.session.wants_write() {
+                break;
+            }
+            if Instant::now() >= until {
+                return Err(fail(
+                    "the TLS handshake did not finish within the connect timeout \
+                     (the server is stalled, or is not a TLS server)"
+                        .to_string(),
+                )
+                .at(&addr));
+            }
+            check_interrupt(hook).map_err(|e| e.at(&addr))?;
+            let mut events = libc::POLLIN;
+            if tls.session.wants_write() {
+                events |= libc::POLLOUT;
+            }
+            let mut fds = [libc::pollfd {
+                fd: self.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            }];
+            let ready = poll_fds(&mut fds, slice_until(Some(until)))
+                .map_err(|e| fail(format!("poll failed: {e}")).at(&addr))?;
+            if ready == 0 || fds[0].revents & !libc::POLLOUT == 0 {
+                continue;
+            }
+            match tls.session.read_tls(&mut self.stream) {
+                Ok(0) => {
+                    return Err(fail(
+                        "the server closed the connection during the TLS handshake \
+                         (is it a TLS server?)"
+                            .to_string(),
+                    )
+                    .at(&addr))
+                }
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(fail(format!("receiving the TLS handshake failed: {e}")).at(&addr))
+                }
+            }
+            if let Err(e) = tls.session.process_new_packets() {
+                // Tell the server why (the alert rustls queued), then give up.
+                tls.send_pending(&mut self.stream);
+                return Err(fail(tls.config.explain(&addr.host, &e)).at(&addr));
+            }
+        }
+        // The handshake is done on our side; the server may still refuse
+        // us (TLS 1.3 checks the client certificate after our Finished).
+        // One ECHO through the session settles it within the same bound.
+        let token = b"gearman-sql tls check".to_vec();
+        self.queue_packet(&Packet::req(PacketType::EchoReq, vec![token.clone()]))?;
+        let reply = self.recv(Some(until), hook).map_err(|e| {
+            if e.is_interrupted() {
+                e
+            } else if e.is_tls() {
+                // An alert after the handshake: the connect failed.
+                fail(e.message().to_string()).at(&addr)
+            } else if e.is_timeout() {
+                fail(
+                    "no answer through TLS within the connect timeout after the handshake"
+                        .to_string(),
+                )
+                .at(&addr)
+            } else {
+                fail(format!(
+                    "the connection failed right after the TLS handshake: {}",
+                    e.message()
+                ))
+                .at(&addr)
+            }
+        })?;
+        if reply.kind != PacketType::EchoRes || reply.args.first() != Some(&token) {
+            return Err(fail(format!(
+                "the server behind TLS did not answer ECHO_REQ with its echo (got {}): \
+                 is it a Gearman job server?",
+                reply.kind.name()
+            ))
+            .at(&addr));
+        }
+        Ok(())
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Whether a JOB_CREATED has answered a submission of type `kind` on
@@ -254,7 +501,7 @@ impl Connection {
 
     /// Whether queued bytes remain unsent.
     pub fn wants_write(&self) -> bool {
-        self.wpos < self.wbuf.len()
+        self.wpos < self.wbuf.len() || self.tls.as_ref().is_some_and(|t| t.session.wants_write())
     }
 
     /// Whether the peer closed the connection.
@@ -264,6 +511,54 @@ impl Connection {
 
     /// Writes as much queued data as the socket takes now, without waiting.
     pub(crate) fn write_ready(&mut self) -> Result<()> {
+        if let Some(tls) = self.tls.as_mut() {
+            loop {
+                if self.wpos < self.wbuf.len() {
+                    // rustls takes what fits its buffer (64 KiB) and
+                    // encrypts it into records.
+                    match tls.session.writer().write(&self.wbuf[self.wpos..]) {
+                        Ok(n) => self.wpos += n,
+                        Err(e) => {
+                            self.closed = true;
+                            return Err(Error::lost(format!("send failed: {e}"))
+                                .with_source(e)
+                                .at(&self.addr));
+                        }
+                    }
+                }
+                if !tls.session.wants_write() {
+                    break;
+                }
+                match tls.session.write_tls(&mut self.stream) {
+                    Ok(0) => {
+                        return Err(Error::lost("connection closed while sending").at(&self.addr))
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.closed = true;
+                        return Err(Error::lost(format!("send failed: {e}"))
+                            .with_source(e)
+                            .at(&self.addr));
+                    }
+                }
+            }
+        } else {
+            self.write_plain()?;
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// The plaintext half of [`Connection::write_ready`]: only ever for a
+    /// connection without TLS (a byte written here to a `tls://` server
+    /// would be a byte of a job in the clear).
+    fn write_plain(&mut self) -> Result<()> {
+        debug_assert!(self.tls.is_none());
         while self.wpos < self.wbuf.len() {
             match self.stream.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return Err(Error::lost("connection closed while sending").at(&self.addr)),
@@ -277,10 +572,6 @@ impl Connection {
                         .at(&self.addr));
                 }
             }
-        }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
         }
         Ok(())
     }
@@ -311,7 +602,11 @@ impl Connection {
                     self.rbuf.resize(self.rbuf.len() + grow, 0);
                 }
             }
-            match self.stream.read(&mut self.rbuf[self.rend..]) {
+            let got = match self.tls.as_mut() {
+                Some(tls) => tls.read(&mut self.stream, &mut self.rbuf[self.rend..]),
+                None => self.stream.read(&mut self.rbuf[self.rend..]),
+            };
+            match got {
                 Ok(0) => {
                     self.closed = true;
                     return Ok(total);
@@ -319,14 +614,35 @@ impl Connection {
                 Ok(n) => {
                     self.rend += n;
                     total += n;
-                    if self.rend < self.rbuf.len() {
-                        return Ok(total);
+                    // A short read drained the socket; with TLS, read on
+                    // until the socket is empty: bytes rustls holds would
+                    // not wake a poll.
+                    match self.tls.as_mut() {
+                        None if self.rend < self.rbuf.len() => return Ok(total),
+                        None => {}
+                        Some(t) if total >= TLS_READ_CAP => {
+                            t.more = true;
+                            return Ok(total);
+                        }
+                        Some(_) => {}
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(t) = self.tls.as_mut() {
+                        t.more = false;
+                    }
+                    return Ok(total);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.closed = true;
+                    if let (Some(t), Some(te)) = (self.tls.as_ref(), as_tls_error(&e)) {
+                        return Err(Error::tls(
+                            ErrorKind::ConnectionLost,
+                            t.config.explain(&self.addr.host, te),
+                        )
+                        .at(&self.addr));
+                    }
                     return Err(Error::lost(format!("receive failed: {e}"))
                         .with_source(e)
                         .at(&self.addr));
@@ -393,6 +709,9 @@ impl Connection {
     /// Waits until the socket is readable (or writable, if asked and data is
     /// queued), for at most `timeout`. Returns whether it became ready.
     pub(crate) fn wait(&self, want: Want, timeout: Duration) -> Result<bool> {
+        if self.tls_buffered() {
+            return Ok(true);
+        }
         let mut events = libc::POLLIN;
         if want == Want::ReadWrite && self.wants_write() {
             events |= libc::POLLOUT;
@@ -405,6 +724,12 @@ impl Connection {
         let n = poll_fds(&mut fds, timeout)
             .map_err(|e| Error::lost(format!("poll failed: {e}")).at(&self.addr))?;
         Ok(n > 0)
+    }
+
+    /// Whether a TLS read stopped early and more input may be held where a
+    /// poll does not see it.
+    fn tls_buffered(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.more)
     }
 
     /// Sends all queued bytes, waiting at most until `deadline`.
@@ -487,6 +812,15 @@ impl Connection {
         }
         match self.wait(Want::Read, Duration::ZERO) {
             Ok(false) => self.rpos == self.rend,
+            Ok(true) if self.tls.is_some() => {
+                // TLS records that carry no data (session tickets, key
+                // updates) arrive while idle; only data, an alert or the
+                // end of the stream make the connection unusable.
+                matches!(self.read_ready(), Ok(0))
+                    && !self.closed
+                    && self.rpos == self.rend
+                    && !self.wants_write()
+            }
             Ok(true) => {
                 // Readable while idle: either end-of-stream or stray bytes.
                 // Either way the stream is not in a known state.
@@ -516,13 +850,16 @@ impl Connection {
                 revents: 0,
             })
             .collect();
+        // Input a TLS read left where poll cannot see it: ready now.
+        let buffered = conns.iter().any(|c| c.tls_buffered());
+        let timeout = if buffered { Duration::ZERO } else { timeout };
         poll_fds(&mut fds, timeout).map_err(|e| Error::lost(format!("poll failed: {e}")))?;
         let readable = libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
         Ok(fds
             .iter()
             .enumerate()
-            .filter(|(_, f)| f.revents != 0)
-            .map(|(i, f)| (i, f.revents & readable != 0))
+            .filter(|(i, f)| f.revents != 0 || conns[*i].tls_buffered())
+            .map(|(i, f)| (i, f.revents & readable != 0 || conns[i].tls_buffered()))
             .collect())
     }
 }

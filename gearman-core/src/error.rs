@@ -12,7 +12,9 @@ pub enum ErrorKind {
     Timeout,
     /// The host's interrupt hook asked to stop (e.g. PostgreSQL query cancel).
     Interrupted,
-    /// No TCP connection could be made to the server.
+    /// No connection could be made to the server: TCP failed, or, for a
+    /// `tls://` server, the TLS handshake or the server's certificate did
+    /// not pass ([`Error::is_tls`] tells those apart).
     ConnectFailed,
     /// The connection broke (closed or reset) during an exchange. For a
     /// foreground job the job may still run on the server; its result is lost.
@@ -81,6 +83,7 @@ pub struct Error {
     message: String,
     server: Option<String>,
     source: Option<Arc<std::io::Error>>,
+    tls: bool,
 }
 
 impl PartialEq for Error {
@@ -103,6 +106,18 @@ impl Error {
             message: message.into(),
             server: None,
             source: None,
+            tls: false,
+        }
+    }
+
+    /// A TLS failure: a `tls://` server that could not be verified, refused
+    /// the handshake, or does not speak TLS; or a TLS configuration that
+    /// cannot be used. [`ErrorKind::ConnectFailed`] unless `kind` says
+    /// otherwise; [`Error::is_tls`] is true.
+    pub(crate) fn tls(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            tls: true,
+            ..Error::new(kind, message)
         }
     }
 
@@ -165,6 +180,13 @@ impl Error {
         self
     }
 
+    /// The same error with `context: ` put before its message (e.g. the
+    /// setting a TLS file came from); kind, server and TLS mark are kept.
+    pub fn with_context(mut self, context: impl fmt::Display) -> Error {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
     /// The kind of error.
     pub fn kind(&self) -> &ErrorKind {
         &self.kind
@@ -183,6 +205,15 @@ impl Error {
     /// A deadline passed.
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::Timeout
+    }
+
+    /// Whether the error comes from TLS: a `tls://` server whose certificate
+    /// did not verify (unknown CA, wrong name, expired), that refused the
+    /// handshake (e.g. without a client certificate it requires), that does
+    /// not speak TLS, or whose handshake stalled; or a TLS configuration
+    /// that cannot be loaded ([`ErrorKind::InvalidArgument`]).
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The host's interrupt hook stopped the wait.

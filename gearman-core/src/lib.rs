@@ -9,11 +9,25 @@
 //! - [`Client`]: foreground/background jobs at three priorities, unique keys,
 //!   scheduled jobs, status, concurrent task sets and pipelined submission,
 //!   over several servers with health tracking and routing by unique key.
+//!   Each job goes to its function's list in the client's [`Routing`] table
+//!   (a default list and per-function lists), one connection per server
+//!   shared by every list.
+//! - The semantics both database crates share, in one place: the job
+//!   validator ([`Job::from_args`]), unique keys ([`new_unique_key`]),
+//!   status by handle or unique key across the table
+//!   ([`Client::job_status`]), admin status of every server
+//!   ([`Client::server_status`]), the concurrent sum ([`Client::sum`]), the
+//!   deferred-dispatch ledger and its retry rule
+//!   ([`Client::submit_background_deferred`]), and the one retry rule of
+//!   errors ([`Error::retry`]).
 //! - [`worker::Worker`]: register, grab, sleep/wake, report, reconnect, stop.
 //! - [`Dispatcher`]: a sender thread that takes background jobs from any
 //!   number of threads through a bounded in-memory queue and writes them
 //!   pipelined, one connection per job server.
 //! - [`admin::Admin`]: `status`, `workers`, `show jobs`, `maxqueue`, ...
+//! - [`TlsConfig`]: `tls://host[:port]` servers are reached over TLS
+//!   (rustls), the server verified (chain, dates, name) and never a byte
+//!   sent in plaintext; no setting turns verification off.
 //!
 //! Every wait is bounded: each call has one deadline from its start
 //! (foreground or exchange timeout, optionally an absolute
@@ -32,6 +46,7 @@ mod job;
 pub mod proto;
 mod routing;
 mod servers;
+mod tls;
 pub mod worker;
 
 pub use client::{
@@ -47,3 +62,4 @@ pub use job::{
 };
 pub use routing::Routing;
 pub use servers::{Router, ServerAddr, ServerList, DEFAULT_PORT};
+pub use tls::TlsConfig;

@@ -1,7 +1,10 @@
 //! Server lists, health tracking with back-off, and routing.
 //!
 //! A list is written `host[:port],host[:port]`; `host` alone means port 4730,
-//! IPv6 addresses go in brackets (`[::1]:4730`). A job with a unique key
+//! IPv6 addresses go in brackets (`[::1]:4730`). An entry written
+//! `tls://host[:port]` is reached over TLS (see [`crate::TlsConfig`]): the
+//! server's certificate is verified and nothing is ever sent to it in
+//! plaintext; entries without the prefix are plaintext TCP as before. A job with a unique key
 //! always goes to the same server while that server is healthy
 //! (rendezvous hashing of the unique key), so coalescing and
 //! GET_STATUS_UNIQUE keep working with several servers (protocol.md 4.1,
@@ -25,10 +28,36 @@ pub struct ServerAddr {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// Reached over TLS (the entry was written `tls://host[:port]`): the
+    /// connection verifies the server's certificate against this host name
+    /// or IP address and sends nothing before the handshake succeeded.
+    pub tls: bool,
 }
 
 impl ServerAddr {
-    /// Parses one `host[:port]` entry.
+    /// A plaintext TCP server `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> ServerAddr {
+        ServerAddr {
+            host: host.into(),
+            port,
+            tls: false,
+        }
+    }
+
+    /// A TLS server `tls://host:port`.
+    pub fn new_tls(host: impl Into<String>, port: u16) -> ServerAddr {
+        ServerAddr {
+            host: host.into(),
+            port,
+            tls: true,
+        }
+    }
+
+    /// Parses one `host[:port]` or `tls://host[:port]` entry.
+    ///
+    /// The prefix `tls://` (lower or upper case) asks for TLS; no other
+    /// scheme is accepted (`tcp://`, `ssl://`, ... are refused naming the
+    /// entry).
     ///
     /// `host` is a host name or IPv4 address (ASCII letters, digits, `-`,
     /// `.` and `_`) or an IPv6 address in brackets (`[::1]`, `[fe80::1]:4731`);
@@ -37,11 +66,17 @@ impl ServerAddr {
     /// than one colon outside brackets (`a:b:c`, `garbage:::`), an empty or
     /// non-numeric port (`host:`, `127.0.0.1:4731:`), text after `]`.
     pub fn parse(s: &str) -> Result<ServerAddr> {
-        let s = s.trim();
+        let entry = s.trim();
         let bad = |why: &str| {
             Error::invalid_argument(format!(
-                "invalid server address {s:?}: {why} (expected host[:port] or [ipv6]:port)"
+                "invalid server address {entry:?}: {why} (expected host[:port], [ipv6]:port, \
+                 or either with tls:// in front)"
             ))
+        };
+        let (s, tls) = match entry.find("://") {
+            Some(i) if entry[..i].eq_ignore_ascii_case("tls") => (&entry[i + 3..], true),
+            Some(_) => return Err(bad("the only scheme is tls://")),
+            None => (entry, false),
         };
         if s.is_empty() {
             return Err(bad("empty"));
@@ -112,12 +147,18 @@ impl ServerAddr {
         Ok(ServerAddr {
             host: host.to_string(),
             port,
+            tls,
         })
     }
 }
 
 impl fmt::Display for ServerAddr {
+    /// `host:port`, `[ipv6]:port`, with `tls://` in front for TLS: the
+    /// form [`ServerAddr::parse`] reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str("tls://")?;
+        }
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
@@ -133,7 +174,7 @@ pub struct ServerList {
 }
 
 impl ServerList {
-    /// Parses `host[:port],host[:port]`. Spaces around entries are ignored;
+    /// Parses `host[:port],tls://host[:port],...`. Spaces around entries are ignored;
     /// duplicates are dropped. Errors if the list is empty or an entry is bad.
     pub fn parse(s: &str) -> Result<ServerList> {
         let mut addrs: Vec<ServerAddr> = Vec::new();
@@ -183,10 +224,7 @@ impl ServerList {
 impl Default for ServerList {
     /// `127.0.0.1:4730`.
     fn default() -> ServerList {
-        ServerList::single(ServerAddr {
-            host: "127.0.0.1".into(),
-            port: DEFAULT_PORT,
-        })
+        ServerList::single(ServerAddr::new("127.0.0.1", DEFAULT_PORT))
     }
 }
 
@@ -332,6 +370,45 @@ mod tests {
     }
 
     #[test]
+    fn tls_entries_parse_and_print_back() {
+        let l = ServerList::parse("tls://a, b:7003,TLS://[::1]:4731,tls://10.0.0.1:1,a").unwrap();
+        let got: Vec<(String, bool)> = l.iter().map(|a| (a.to_string(), a.tls)).collect();
+        assert_eq!(
+            got,
+            [
+                ("tls://a:4730".to_string(), true),
+                ("b:7003".to_string(), false),
+                ("tls://[::1]:4731".to_string(), true),
+                ("tls://10.0.0.1:1".to_string(), true),
+                // The same host and port in plaintext is another entry.
+                ("a:4730".to_string(), false),
+            ]
+        );
+        assert_eq!(ServerList::parse(&l.to_string()).unwrap(), l);
+        assert_eq!(l.get(0).unwrap().host, "a");
+        assert_eq!(ServerList::parse("tls://x,tls://x:4730").unwrap().len(), 1);
+        for bad in [
+            "tls://",
+            "tls://:4730",
+            "tcp://a",
+            "ssl://a:4730",
+            "https://a",
+            "tls:/a",
+            "tls://tls://a",
+            "://a",
+            "tls://a:0",
+            "tls://::1",
+        ] {
+            let e = ServerList::parse(&format!("ok,{bad}")).unwrap_err();
+            assert_eq!(e.kind(), &crate::ErrorKind::InvalidArgument, "{bad}");
+            assert!(
+                e.to_string().contains(&format!("{bad:?}")),
+                "{bad}: error does not name the entry: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn rejects_bad_lists() {
         for bad in [
             "", " , ", "a:0", "a:65536", "a:b", "[::1", "[::1]x", ":4730", "a b",
@@ -404,7 +481,7 @@ mod tests {
             /// Parsing never panics; whatever it accepts prints as a list
             /// that parses back to the same servers.
             #[test]
-            fn accepted_lists_round_trip(s in "[a-z0-9:\\[\\].,% _-]{0,40}") {
+            fn accepted_lists_round_trip(s in "(tls://)?[a-z0-9:/\\[\\].,% _-]{0,40}") {
                 if let Ok(l) = ServerList::parse(&s) {
                     let again = ServerList::parse(&l.to_string()).unwrap();
                     prop_assert_eq!(again, l);

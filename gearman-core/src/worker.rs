@@ -90,6 +90,10 @@ pub struct WorkerOptions {
     /// job and keep waiting. Set it only where every client asks for
     /// exceptions or strips the NUL.
     pub exceptions: bool,
+    /// Trust and identity for `tls://` servers (see
+    /// [`Options::tls`](crate::Options::tls)). Default `None`: the system's
+    /// roots, no client certificate.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl Default for WorkerOptions {
@@ -102,6 +106,7 @@ impl Default for WorkerOptions {
             reconnect_max_backoff: Duration::from_secs(10),
             max_packet: DEFAULT_MAX_PACKET,
             exceptions: false,
+            tls: None,
         }
     }
 }
@@ -298,6 +303,11 @@ impl Worker {
                         }
                     }
                 }
+                // A TLS refusal is a configuration or security problem
+                // someone must see; a server that is down is routine.
+                Err(e) if e.is_tls() => {
+                    log::warn!("worker cannot connect to {addr}: {e}; retrying in {backoff:?}")
+                }
                 Err(e) => log::debug!("worker cannot connect to {addr}: {e}"),
             }
             self.sleep(backoff);
@@ -318,8 +328,14 @@ impl Worker {
     }
 
     fn connect(&self, addr: &ServerAddr) -> Result<Connection> {
-        let mut c =
-            Connection::connect(addr, self.opts.connect_timeout, self.opts.max_packet, None)?;
+        let mut c = Connection::connect_with(
+            addr,
+            self.opts.connect_timeout,
+            None,
+            self.opts.max_packet,
+            None,
+            self.opts.tls.as_ref(),
+        )?;
         if let Some(id) = &self.opts.client_id {
             c.queue_packet(&Packet::req(
                 PacketType::SetClientId,

@@ -22,10 +22,34 @@
 //! dispatch_queue_jobs = 100000    # pipelined: most jobs waiting for the sender
 //! dispatch_queue_bytes = 67108864 # pipelined: most bytes (function + workload + key) waiting
 //! dispatch_linger_ms = 1          # pipelined: how long the sender lets a batch fill (0 to 1000)
+//! tls_ca_file = ""                # PEM CA bundle for tls:// servers; "" = the system's roots
+//! tls_cert_file = ""              # client certificate (PEM) for tls:// servers that require one
+//! tls_key_file = ""               # its private key (PEM, unencrypted); both or neither
 //!
 //! [function_servers]              # per-function server lists
 //! resize_image = "10.0.0.7:4730,10.0.0.8"
 //! ```
+//!
+//! ## TLS: `tls://` servers
+//!
+//! A server entry `tls://host[:port]` (in `servers`, `[function_servers]`
+//! and `gman_servers_set`) is reached over TLS (rustls; no OpenSSL is loaded
+//! into mariadbd); `host[:port]` stays plaintext. The server's certificate
+//! chain must lead to a CA of `tls_ca_file` (default: the system's roots,
+//! `/etc/ssl/certs`), be within its validity dates, and name the entry's
+//! host (DNS name) or IP address in its subject alternative names. None of
+//! this can be turned off. `tls_cert_file` and `tls_key_file` give a client
+//! certificate for servers that require one. The files are read once, when
+//! this file is read, by the mariadbd process (user `mysql` must be able to
+//! read them); a missing or unusable file makes the configuration unusable,
+//! like any other error in this file, with a message naming the key and the
+//! file. A server that fails verification, requires a client certificate
+//! that is not configured, does not speak TLS, or stalls the handshake past
+//! `connect_timeout_ms` fails the call like an unreachable server: NULL for
+//! that row, one error-log line and `gman_last_error()` saying why (e.g.
+//! `the server's certificate is not issued by a trusted CA ...`). Nothing is
+//! ever sent to a `tls://` server in plaintext. The handshake is paid once
+//! per pooled connection, not per call.
 //!
 //! ## Timeouts: one deadline per call
 //!
@@ -97,7 +121,8 @@
 //! ## `background_dispatch`
 //!
 //! How `gman_do_background`, `gman_do_high_background`,
-//! `gman_do_low_background` and `gman_do_epoch` hand their job to gearmand.
+//! `gman_do_low_background` and `gman_do_background_at` (`gman_do_epoch`)
+//! hand their job to gearmand.
 //! Read once when the library loads, like every setting here (restart
 //! mariadbd to change it).
 //!
@@ -238,6 +263,15 @@ pub struct Config {
     /// writing it (0 to 1000 ms; a batch of 1,000 jobs goes at once).
     #[serde(default = "d_linger")]
     pub dispatch_linger_ms: u64,
+    /// PEM CA bundle for `tls://` servers; empty: the system's roots.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// Client certificate (PEM) for `tls://` servers; empty: none.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    /// The client certificate's key (PEM, unencrypted); empty: none.
+    #[serde(default)]
+    pub tls_key_file: String,
 }
 
 /// Default [`Config::dispatch_linger_ms`]: 1 ms.
@@ -298,6 +332,9 @@ impl Default for Config {
             dispatch_queue_jobs: DEFAULT_DISPATCH_QUEUE_JOBS,
             dispatch_queue_bytes: DEFAULT_DISPATCH_QUEUE_BYTES,
             dispatch_linger_ms: DEFAULT_DISPATCH_LINGER_MS,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -353,6 +390,34 @@ impl Config {
         Ok(c)
     }
 
+    /// The TLS configuration of `tls_ca_file`, `tls_cert_file` and
+    /// `tls_key_file`, read and checked now; `None` when all are empty.
+    /// The error names the key and the file.
+    pub fn tls(&self) -> Result<Option<gearman_core::TlsConfig>, String> {
+        gearman_core::TlsConfig::from_settings(
+            &self.tls_ca_file,
+            &self.tls_cert_file,
+            &self.tls_key_file,
+        )
+        .map_err(|e| {
+            let msg = e.message();
+            let keys: Vec<&str> = [
+                ("tls_ca_file", &self.tls_ca_file),
+                ("tls_cert_file", &self.tls_cert_file),
+                ("tls_key_file", &self.tls_key_file),
+            ]
+            .into_iter()
+            .filter(|(_, f)| !f.is_empty() && msg.contains(f.as_str()))
+            .map(|(k, _)| k)
+            .collect();
+            if keys.is_empty() {
+                format!("tls_ca_file/tls_cert_file/tls_key_file: {msg}")
+            } else {
+                format!("{}: {msg}", keys.join("/"))
+            }
+        })
+    }
+
     /// The foreground bound, `None` when configured as 0 (unbounded).
     pub fn foreground_timeout(&self) -> Option<Duration> {
         (self.foreground_timeout_ms > 0).then(|| Duration::from_millis(self.foreground_timeout_ms))
@@ -399,6 +464,22 @@ mod tests {
             let e = Config::parse(bad).unwrap_err();
             assert!(e.contains("out of range"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn tls_keys_are_read_and_a_bad_file_names_its_key() {
+        let c = Config::parse("tls_ca_file = \"/nonexistent/ca.pem\"").unwrap();
+        let e = c.tls().unwrap_err();
+        assert!(e.starts_with("tls_ca_file: "), "{e}");
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let c = Config::parse("tls_key_file = \"/k.pem\"").unwrap();
+        let e = c.tls().unwrap_err();
+        assert!(
+            e.starts_with("tls_key_file: ") && e.contains("without its certificate"),
+            "{e}"
+        );
+        assert!(Config::default().tls().unwrap().is_none());
+        assert!(Config::parse("tls_ca = \"x\"").is_err(), "unknown key");
     }
 
     #[test]

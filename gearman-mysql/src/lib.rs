@@ -73,8 +73,8 @@ export_udf! {
     gman_do_background, gman_do_background_init, gman_do_background_deinit: Background = Background(Priority::Normal);
     gman_do_high_background, gman_do_high_background_init, gman_do_high_background_deinit: Background = Background(Priority::High);
     gman_do_low_background, gman_do_low_background_init, gman_do_low_background_deinit: Background = Background(Priority::Low);
-    gman_do_background_at, gman_do_background_at_init, gman_do_background_at_deinit: At = At;
-    gman_do_epoch, gman_do_epoch_init, gman_do_epoch_deinit: At = At;
+    gman_do_background_at, gman_do_background_at_init, gman_do_background_at_deinit: At = At::RUN_AT;
+    gman_do_epoch, gman_do_epoch_init, gman_do_epoch_deinit: At = At::EPOCH;
     gman_do_many, gman_do_many_init, gman_do_many_deinit: DoMany = DoMany;
     gman_servers_set, gman_servers_set_init, gman_servers_set_deinit: ServersSet = ServersSet;
     gman_job_status, gman_job_status_init, gman_job_status_deinit: JobStatus = JobStatus;

@@ -9,7 +9,7 @@ use common::*;
 use gearman_core::worker::WorkError;
 use mysql::prelude::Queryable;
 use serde_json::{json, Value};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PIPELINED: &str = "background_dispatch = \"pipelined\"\n";
@@ -18,30 +18,6 @@ fn json_of(c: &mut mysql::Conn, sql: &str) -> Value {
     let text = one_str(c, sql)
         .unwrap_or_else(|| panic!("{sql} returned NULL; gman_last_error: {:?}", last_error(c)));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{sql}: {e}: {text}"))
-}
-
-/// A handler that answers only once `n` jobs are being worked on at the same
-/// time (or fails after 20 s): all of them must have been submitted before
-/// any result was awaited.
-fn rendezvous(n: usize) -> Handler {
-    let state = Arc::new((Mutex::new(0usize), Condvar::new()));
-    handler(move |ctx| {
-        let (count, cv) = &*state;
-        let mut arrived = count.lock().unwrap();
-        *arrived += 1;
-        cv.notify_all();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while *arrived < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(WorkError::Fail);
-            }
-            arrived = cv.wait_timeout(arrived, left).unwrap().0;
-        }
-        let mut w = ctx.workload().to_vec();
-        w.reverse();
-        Ok(w)
-    })
 }
 
 #[test]
@@ -250,12 +226,15 @@ fn gman_do_background_at_schedules_and_gman_do_epoch_is_its_alias() {
     assert_eq!(st["known"], true, "{st}");
 
     // A DATETIME has no time zone: refused with a hint, not guessed.
-    for f in ["gman_do_background_at", "gman_do_epoch"] {
+    for (f, arg) in [
+        ("gman_do_background_at", "run_at"),
+        ("gman_do_epoch", "unix_seconds"),
+    ] {
         let sql = format!("SELECT {f}('at', 'x', NOW() + INTERVAL 1 HOUR)");
         assert_eq!(one(&mut c, &sql), None);
         let e = last_error(&mut c).unwrap();
         assert!(
-            e.starts_with(&format!("{f}: "))
+            e.starts_with(&format!("{f}: {arg} '"))
                 && e.contains("without a time zone")
                 && e.contains("UNIX_TIMESTAMP("),
             "{e}"
@@ -266,7 +245,7 @@ fn gman_do_background_at_schedules_and_gman_do_epoch_is_its_alias() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("gman_do_background_at(function, workload, unix_seconds [, unique])"),
+        e.contains("gman_do_background_at(function, workload, run_at [, unique])"),
         "{e}"
     );
     env.assert_alive("scheduled jobs");

@@ -348,6 +348,44 @@ fn priorities_order_and_unique_coalescing() {
 }
 
 #[test]
+fn gman_sum_runs_every_server_list_at_once() {
+    let env = Env::start(ALLOW_SET);
+    // Two workers, each holding its job until both hold one.
+    let both = rendezvous(2);
+    let _w: Vec<TestWorker> = (0..2)
+        .map(|_| {
+            TestWorker::start(
+                &env.servers(),
+                vec![("sum_a", both.clone()), ("sum_b", both.clone())],
+            )
+        })
+        .collect();
+    env.wait_workers("sum_a", 2);
+    env.wait_workers("sum_b", 2);
+    let mut c = env.conn();
+    // sum_b has its own list (this gearmand and a closed port), sum_a the
+    // default list: one group's jobs go out together, whatever their lists.
+    let dead = DeadPort::new();
+    let list = format!("{},127.0.0.1:{}", env.gearmand.addr(), dead.port());
+    assert!(one_str(
+        &mut c,
+        &format!("SELECT gman_servers_set('{list}', 'sum_b')")
+    )
+    .is_some());
+    assert_eq!(
+        one_str(
+            &mut c,
+            "SELECT gman_sum(f, w) FROM (SELECT 'sum_a' AS f, '1' AS w UNION ALL \
+             SELECT 'sum_b', '2') t"
+        )
+        .as_deref(),
+        Some("3"),
+        "gman_last_error: {:?}",
+        last_error(&mut c)
+    );
+}
+
+#[test]
 fn gman_sum_runs_the_rows_concurrently() {
     let env = Env::start("");
     let mut workers = Vec::new();
@@ -768,10 +806,7 @@ fn servers_set_routes_per_function_and_per_row() {
         "{hs:?}"
     );
     let count = |g: &Gearmand, f: &str| -> u64 {
-        let addr = gearman_core::ServerAddr {
-            host: "127.0.0.1".into(),
-            port: g.port(),
-        };
+        let addr = gearman_core::ServerAddr::new("127.0.0.1", g.port());
         gearman_core::admin::Admin::connect(&addr, Duration::from_secs(5))
             .unwrap()
             .status()
@@ -854,10 +889,7 @@ fn config_file_locks_servers_set_and_fails_over() {
     let live_servers = ServerList::parse(&live.addr()).unwrap();
     let echo = handler(|ctx| Ok(ctx.workload().to_vec()));
     let _w = TestWorker::start(&live_servers, vec![("echo", echo)]);
-    let addr = gearman_core::ServerAddr {
-        host: "127.0.0.1".into(),
-        port: live.port(),
-    };
+    let addr = gearman_core::ServerAddr::new("127.0.0.1", live.port());
     wait_until("echo worker", Duration::from_secs(10), || {
         gearman_core::admin::Admin::connect(&addr, Duration::from_secs(2))
             .and_then(|mut a| a.status())
@@ -881,10 +913,7 @@ fn config_file_locks_servers_set_and_fails_over() {
     assert_eq!(fo.total, 20);
     // Per-function servers from the file.
     one_str(&mut c, "SELECT gman_do_background('special', 'x')").unwrap();
-    let saddr = gearman_core::ServerAddr {
-        host: "127.0.0.1".into(),
-        port: special.port(),
-    };
+    let saddr = gearman_core::ServerAddr::new("127.0.0.1", special.port());
     let st = gearman_core::admin::Admin::connect(&saddr, Duration::from_secs(2))
         .unwrap()
         .status()
@@ -1886,10 +1915,7 @@ fn pipelined_dispatch_against_python_gear_blames_only_the_ignored_packet() {
     loop {
         let _ = one(&mut c, "SELECT gman_job_status('probe')");
         let st = gearman_core::admin::Admin::connect(
-            &gearman_core::ServerAddr {
-                host: "127.0.0.1".into(),
-                port: gear.port(),
-            },
+            &gearman_core::ServerAddr::new("127.0.0.1", gear.port()),
             Duration::from_secs(2),
         )
         .and_then(|mut a| a.status());

@@ -4,6 +4,7 @@
 use crate::backend;
 use crate::error::{or_report, GmError};
 use crate::functions::make_job;
+use crate::gucs;
 use gearman_core::{Job, Priority};
 use pgrx::prelude::*;
 use pgrx::{Internal, PgMemoryContexts, PgSqlErrorCode};
@@ -68,11 +69,12 @@ pub fn gman_sum_state(
     state
 }
 
-/// Final function of `gman_sum`: runs every collected job at once
-/// (`run_all`) and sums the results, each an integer in text form
-/// (surrounding whitespace allowed). NULL when there were no jobs. All of
-/// it within one deadline, `gearman.timeout`; each result is capped at
-/// `gearman.max_result_size`.
+/// Final function of `gman_sum`: runs every collected job at once (the
+/// core's `Client::sum`, each job routed by its function) and sums the
+/// results, each an integer in text form (surrounding whitespace allowed).
+/// NULL when there were no jobs (or, with `on_error = warning`, none
+/// succeeded). All of it within one deadline, `gearman.timeout`; each
+/// result is capped at `gearman.max_result_size`.
 /// VOLATILE, PARALLEL UNSAFE. Internal use only.
 #[pg_extern(volatile, parallel_unsafe)]
 pub fn gman_sum_final(state: Internal) -> Option<i64> {
@@ -87,64 +89,58 @@ fn sum_final(state: Internal) -> Option<i64> {
         return None;
     }
     let label = st.function.clone().unwrap_or_default();
-    // Jobs may name different functions; group by function for routing.
-    let mut total: i64 = 0;
-    let mut any = false;
-    let mut by_function: Vec<(String, Vec<Job>)> = Vec::new();
-    for j in &st.jobs {
-        let f = j.function_name();
-        match by_function.iter_mut().find(|(name, _)| *name == f) {
-            Some((_, v)) => v.push(j.clone()),
-            None => by_function.push((f, vec![j.clone()])),
-        }
-    }
-    for (function, jobs) in by_function {
-        let servers = match backend::servers_for(&function) {
-            Ok(s) => s,
-            Err(e) => e.raise(),
-        };
-        let text = servers.to_string();
-        let results = match backend::with_client(&servers, true, |c| Ok(c.run_all(&jobs))) {
-            Ok(r) => r,
-            Err(e) => GmError::from_core(&e, &function, &text).raise(),
-        };
-        if results
-            .iter()
-            .any(|r| matches!(r, Err(e) if e.is_interrupted()))
-        {
-            pg_sys::check_for_interrupts!();
-        }
-        for r in results {
-            let r = r
-                .map_err(|e| GmError::from_core(&e, &function, &text))
-                .and_then(|b| parse_int(&b, &function));
-            if let Some(v) = or_report(r) {
-                any = true;
-                total = total.checked_add(v).unwrap_or_else(|| {
-                    GmError::new(
-                        PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-                        "gearman: gman_sum overflowed bigint",
-                    )
-                    .detail(format!("function: {label}"))
-                    .raise()
-                });
+    let routing = backend::routing().unwrap_or_else(|e| e.raise());
+    let map = |i: usize, e: &gearman_core::Error| {
+        let f = st.jobs[i].function_name();
+        let servers = routing.lookup(&st.jobs[i].function).to_string();
+        sum_error(e, &f, &servers)
+    };
+    // The core runs every job at once (each routed by its function), parses
+    // and adds; failed jobs are collected here and reported afterwards,
+    // never while core frames are on the stack. Under on_error = warning
+    // a failed job is left out of the sum with a WARNING.
+    let warn = matches!(gucs::on_error(), gucs::OnError::Warning);
+    let mut skipped: Vec<(usize, gearman_core::Error)> = Vec::new();
+    let mut failed_at = 0;
+    let r = backend::with_client(Some(&routing), true, |c| {
+        c.sum_with(&st.jobs, |i, e| {
+            if warn && !e.is_interrupted() {
+                skipped.push((i, e));
+                Ok(())
+            } else {
+                failed_at = i;
+                Err(e)
             }
-        }
+        })
+    });
+    if r.as_ref().is_err_and(gearman_core::Error::is_interrupted) {
+        pg_sys::check_for_interrupts!();
     }
-    any.then_some(total)
+    for (i, e) in &skipped {
+        map(*i, e).warn();
+    }
+    match r {
+        Ok(total) => total,
+        Err(e) if e.kind() == &gearman_core::ErrorKind::Overflow => GmError::new(
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            "gearman: gman_sum overflowed bigint",
+        )
+        .detail(format!("function: {label}"))
+        .raise(),
+        Err(e) => or_report(Err(map(failed_at, &e))),
+    }
 }
 
-fn parse_int(b: &[u8], function: &str) -> Result<i64, GmError> {
-    let s = String::from_utf8_lossy(b);
-    s.trim().parse::<i64>().map_err(|_| {
-        GmError::new(
+/// A job's error in `gman_sum` as an SQL error: a result that is not an
+/// integer is `22P02` with a hint, the rest as every other call.
+fn sum_error(e: &gearman_core::Error, function: &str, servers: &str) -> GmError {
+    if e.kind() == &gearman_core::ErrorKind::NotAnInteger {
+        return GmError::new(
             PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-            format!(
-                "gearman: gman_sum: the worker's result {:?} is not an integer",
-                s.trim()
-            ),
+            format!("gearman: gman_sum: {}", e.message()),
         )
         .detail(format!("function: {function}"))
-        .hint("gman_sum adds up integer results; use gman_do_many to get each result.")
-    })
+        .hint("gman_sum adds up integer results; use gman_do_many to get each result.");
+    }
+    GmError::from_core(e, function, servers)
 }

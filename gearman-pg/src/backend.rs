@@ -1,11 +1,15 @@
-//! Per-backend state: the cached Gearman client, session server overrides,
-//! and the job handles this backend has seen.
+//! Per-backend state: the cached Gearman client and its routing table
+//! (`gearman.servers` as the default list, `gman_servers_set(servers,
+//! function)` overrides as per-function lists).
 //!
 //! A PostgreSQL backend is a single-threaded process, so the state lives in
 //! a `thread_local!` `RefCell` and needs no lock. The client keeps one
-//! connection per job server, reused across statements and transactions;
-//! the core drops a connection that broke or whose exchange was abandoned,
-//! and reopens it on the next call.
+//! connection per job server, shared by every list that names it and
+//! reused across statements and transactions (calls alternating between
+//! functions with different lists reuse them too); the core drops a
+//! connection that broke or whose exchange was abandoned, and reopens it on
+//! the next call. The job handles the client received are remembered by the
+//! core for `gman_job_status`.
 //!
 //! It also keeps the counters of background jobs sent after COMMIT
 //! (`gearman.dispatch = commit`, see [`crate::xact`]): those are written
@@ -20,18 +24,13 @@
 use crate::error::{process_pending_interrupts, GmError};
 use crate::gucs;
 use gearman_core::{
-    Client, DeferredReport, Error, ErrorKind, Interrupt, Job, JobHandle, Options, ServerAddr,
-    ServerList,
+    Client, DeferredReport, Error, ErrorKind, Interrupt, Job, Options, Routing, ServerList,
 };
 use pgrx::{pg_sys, PgSqlErrorCode};
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Most job handles remembered for `gman_job_status` (oldest forgotten first).
-const MAX_HANDLES: usize = 4096;
 
 /// Unique keys (and functions) named in a WARNING about failed jobs.
 const WARN_FIRST: usize = 5;
@@ -54,13 +53,10 @@ pub struct DispatchCounters {
 #[derive(Default)]
 struct State {
     client: Option<Client>,
-    /// `gman_servers_set(servers, function)` overrides, by function name.
-    function_servers: HashMap<String, Rc<ServerList>>,
-    /// The last parsed `gearman.servers` text and its list.
-    guc_cache: Option<(String, Rc<ServerList>)>,
-    /// Handle text -> the server that issued it, for GET_STATUS routing.
-    handles: HashMap<String, JobHandle>,
-    handle_order: VecDeque<String>,
+    /// The routing table in force and the `gearman.servers` text its
+    /// default list was parsed from. A new `Rc` whenever it changes, so
+    /// jobs held for commit keep the table of their call.
+    routing: Option<(String, Rc<Routing>)>,
     dispatch: DispatchCounters,
     /// The deadline of the SQL call in progress that makes several
     /// exchanges (a status walk over servers), see [`within_deadline`].
@@ -160,88 +156,65 @@ fn interrupt_hook(interruptible: bool) -> Option<Interrupt> {
 /// Parses a server list, as an SQL error.
 pub fn parse_servers(text: &str) -> Result<ServerList, GmError> {
     ServerList::parse(text).map_err(|e| {
-        GmError::invalid(format!("gearman: invalid server list \"{text}\": {e}"))
-            .hint("Write host[:port],host[:port]; the port defaults to 4730.")
+        GmError::invalid(format!("gearman: invalid server list \"{text}\": {e}")).hint(
+            "Write host[:port],host[:port] (tls://host[:port] for TLS); the port defaults \
+                 to 4730.",
+        )
     })
 }
 
-/// The servers a job for `function` goes to now: its `gman_servers_set`
-/// override, else `gearman.servers` (or the deprecated
-/// `pggearman.default_servers`).
-pub fn servers_for(function: &str) -> Result<Rc<ServerList>, GmError> {
+/// The routing table in force: `gearman.servers` (or the deprecated
+/// `pggearman.default_servers`) as the default list, this session's
+/// `gman_servers_set(servers, function)` overrides as per-function lists.
+/// The same `Rc` while nothing changes.
+pub fn routing() -> Result<Rc<Routing>, GmError> {
     let text = gucs::servers_text();
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        if let Some(l) = s.function_servers.get(function) {
-            return Ok(l.clone());
-        }
-        if let Some((t, l)) = &s.guc_cache {
+        if let Some((t, r)) = &s.routing {
             if *t == text {
-                return Ok(l.clone());
+                return Ok(r.clone());
             }
         }
-        let list = Rc::new(parse_servers(&text)?);
-        s.guc_cache = Some((text, list.clone()));
-        Ok(list)
+        let list = parse_servers(&text)?;
+        let mut r = s
+            .routing
+            .as_ref()
+            .map_or_else(Routing::default, |(_, r)| (**r).clone());
+        r.set_default(list);
+        let r = Rc::new(r);
+        s.routing = Some((text, r.clone()));
+        Ok(r)
     })
 }
 
-/// The default servers (no per-function override).
-pub fn default_servers() -> Result<Rc<ServerList>, GmError> {
-    // No function name contains NUL, so this never hits an override.
-    servers_for("\0")
+/// The servers a job for `function` goes to now (for messages).
+pub fn servers_for(function: &str) -> Result<ServerList, GmError> {
+    Ok(routing()?.lookup(function.as_bytes()).clone())
 }
 
-/// Every distinct server list: the default list, then the per-function
-/// overrides in function-name order.
-pub fn all_lists() -> Result<Vec<Rc<ServerList>>, GmError> {
-    let mut out = vec![default_servers()?];
-    STATE.with(|s| {
-        let s = s.borrow();
-        let mut fl: Vec<_> = s.function_servers.iter().collect();
-        fl.sort_by(|a, b| a.0.cmp(b.0));
-        for (_, l) in fl {
-            if !out.iter().any(|o| **o == **l) {
-                out.push(l.clone());
-            }
-        }
-    });
-    Ok(out)
-}
-
-/// Every distinct server: the default list, then the per-function overrides.
-pub fn all_servers() -> Result<Vec<ServerAddr>, GmError> {
-    let mut out: Vec<ServerAddr> = default_servers()?.iter().cloned().collect();
-    STATE.with(|s| {
-        for list in s.borrow().function_servers.values() {
-            for a in list.iter() {
-                if !out.contains(a) {
-                    out.push(a.clone());
-                }
-            }
-        }
-    });
-    Ok(out)
-}
-
-/// Sets (or, with `None`, removes) a per-function server override.
-pub fn set_function_servers(function: &str, list: Option<ServerList>) {
+/// Sets (or, with `None`, removes) a per-function server override. The
+/// function name must have passed `validate_function_name`.
+pub fn set_function_servers(function: &str, list: Option<ServerList>) -> Result<(), GmError> {
+    let current = routing()?;
+    let mut r = (*current).clone();
+    r.set_function(function.as_bytes(), list)
+        .map_err(|e| GmError::from_core(&e, function, "(not set)"))?;
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        match list {
-            Some(l) => {
-                s.function_servers.insert(function.to_string(), Rc::new(l));
-            }
-            None => {
-                s.function_servers.remove(function);
-            }
+        if let Some((_, cur)) = s.routing.as_mut() {
+            *cur = Rc::new(r);
         }
     });
+    Ok(())
 }
 
-/// Runs `f` with the backend's client pointed at `servers`, with the
-/// current timeouts. `interruptible = false` (used after COMMIT, where
-/// interrupts are held anyway) installs no interrupt hook.
+/// Runs `f` with the backend's client, routed by `routing` when given (the
+/// table in force; `None` leaves the client's table as it is, for calls
+/// that name their servers), with the current timeouts. Changing the table
+/// closes only connections to servers no list names any more.
+/// `interruptible = false` (used after COMMIT, where interrupts are held
+/// anyway) installs no interrupt hook.
 ///
 /// A core error of kind `Interrupted` makes PostgreSQL raise its pending
 /// cancel error once `f` has returned.
@@ -251,15 +224,17 @@ pub fn set_function_servers(function: &str, list: Option<ServerList>) {
 /// on the way. Failures among them are counted and reported as one WARNING
 /// (see [`dispatch_status`]).
 pub fn with_client<R>(
-    servers: &ServerList,
+    routing: Option<&Routing>,
     interruptible: bool,
     f: impl FnOnce(&mut Client) -> gearman_core::Result<R>,
 ) -> gearman_core::Result<R> {
+    // gearman.tls_* (read once per change; a bad file fails the call).
+    let tls = crate::tls::current()?;
     let (result, report) = STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.client.get_or_insert_with(|| {
             register_exit_callback();
-            Client::new(servers.clone(), options(true))
+            Client::with_routing(routing.cloned().unwrap_or_default(), options(true))
         });
         let call_deadline = s.call_deadline;
         let client = s.client.as_mut().expect("made above");
@@ -268,20 +243,17 @@ pub fn with_client<R>(
         o.foreground_timeout = Some(gucs::timeout());
         o.max_result = gucs::max_result_size();
         o.deadline = call_deadline;
+        o.tls = tls;
         if o.interrupt.is_some() != interruptible {
             o.interrupt = interrupt_hook(interruptible);
         }
-        // Owed confirmations first (cheap when none is owed: no I/O).
-        let mut report = client.collect_deferred(false);
-        if client.servers() != servers {
-            client.set_servers(servers.clone());
+        if let Some(r) = routing {
+            if client.routing() != r {
+                client.set_routing(r.clone());
+            }
         }
-        let result = f(client);
-        let after = client.take_deferred_report();
-        report.confirmed += after.confirmed;
-        report.failed.extend(after.failed);
-        report.pending = after.pending;
-        (result, report)
+        // Owed confirmations before and after (no I/O when none is owed).
+        client.collecting(f)
     });
     settle(report);
     if let Err(e) = &result {
@@ -292,19 +264,20 @@ pub fn with_client<R>(
     result
 }
 
-/// Writes the background jobs of a committed transaction to `servers`
-/// without waiting for any confirmation, all within `deadline`: connecting
+/// Writes the background jobs of a committed transaction, each routed by
+/// `routing` (the table in force when it was called), without waiting for
+/// any confirmation, all within `deadline`: connecting
 /// and writing draw from it, and a query cancel, `statement_timeout` or
 /// termination ends it early. Returns how many jobs were written (handed to
 /// the kernel; their confirmations are read later) and, if not all, why.
 /// Jobs written whose connection fails before the end are reported (and
 /// counted) by [`with_client`] as failures of unknown fate.
 pub fn send_committed(
-    servers: &ServerList,
+    routing: &Routing,
     jobs: &[Job],
     deadline: Instant,
 ) -> (usize, Option<Error>) {
-    let r = with_client(servers, false, |c| {
+    let r = with_client(None, false, |c| {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Ok((
@@ -333,7 +306,7 @@ pub fn send_committed(
         let before = c.deferred_written();
         let mut r = Ok(());
         for chunk in jobs.chunks(COMMIT_CHUNK) {
-            r = c.submit_background_deferred(chunk);
+            r = c.submit_background_deferred_via(routing, chunk);
             if r.is_err() {
                 break;
             }
@@ -425,11 +398,8 @@ fn failure_warning(report: &DeferredReport) -> Option<GmError> {
         .take(WARN_FIRST)
         .map(|f| ascii(&f.unique))
         .collect();
-    let refused = failed
-        .iter()
-        .filter(|f| matches!(f.error.kind(), ErrorKind::Server { .. }))
-        .count();
-    let unknown = failed.len() - refused;
+    let refused = report.refused();
+    let unknown = report.unknown_fate();
     let overdue = report.overdue();
     let overdue_text = if overdue > 0 {
         format!(", {overdue} of them not confirmed in time")
@@ -559,23 +529,7 @@ pub fn at_exit() {
     }
 }
 
-/// Remembers which server issued `handle`.
-pub fn remember_handle(handle: &JobHandle) {
-    STATE.with(|s| {
-        let mut s = s.borrow_mut();
-        let key = handle.handle.clone();
-        if s.handles.insert(key.clone(), handle.clone()).is_none() {
-            s.handle_order.push_back(key);
-            while s.handle_order.len() > MAX_HANDLES {
-                if let Some(old) = s.handle_order.pop_front() {
-                    s.handles.remove(&old);
-                }
-            }
-        }
-    });
-}
-
-/// The server that issued `handle`, if this backend submitted it recently.
-pub fn lookup_handle(handle: &str) -> Option<JobHandle> {
-    STATE.with(|s| s.borrow().handles.get(handle).cloned())
+/// The client's connection counters (for tests), if it was made.
+pub fn client_stats() -> Option<gearman_core::ClientStats> {
+    STATE.with(|s| s.borrow().client.as_ref().map(Client::stats))
 }

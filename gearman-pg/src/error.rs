@@ -61,6 +61,40 @@ impl GmError {
         let server = err.server().unwrap_or(servers).to_string();
         let detail = format!("server: {server}, function: {function}");
         let (code, hint) = match err.kind() {
+            ErrorKind::InvalidArgument if err.is_tls() => (
+                PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+                "Set gearman.tls_ca_file (PEM CA bundle; empty: the system's roots), \
+                 gearman.tls_cert_file and gearman.tls_key_file (client certificate and its \
+                 unencrypted key, both or neither) to files the PostgreSQL server's \
+                 operating-system user can read (superuser only)."
+                    .to_string(),
+            ),
+            ErrorKind::ConnectFailed | ErrorKind::Timeout | ErrorKind::ConnectionLost
+                if err.is_tls() =>
+            {
+                let (ca, cert, _) = gucs::tls_files();
+                (
+                    PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                    format!(
+                        "The tls:// job server was refused: nothing was sent to it. Check that \
+                         the CA that issued its certificate is in {}, that the certificate \
+                         names the host or IP address of the entry and is within its \
+                         validity dates, that the port is a TLS port, and, for a server that \
+                         requires a client certificate, gearman.tls_cert_file and \
+                         gearman.tls_key_file ({}). Verification cannot be turned off.",
+                        if ca.is_empty() {
+                            "the system's roots (gearman.tls_ca_file is empty)".to_string()
+                        } else {
+                            format!("gearman.tls_ca_file ({ca})")
+                        },
+                        if cert.is_empty() {
+                            "now empty"
+                        } else {
+                            "now set"
+                        }
+                    ),
+                )
+            }
             ErrorKind::ConnectFailed | ErrorKind::NoServers => (
                 PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                 format!(

@@ -31,37 +31,29 @@ use std::ffi::CString;
 /// Seconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 UTC).
 const PG_EPOCH_UNIX: i64 = 946_684_800;
 
-/// Longest unique key gearmand accepts, in bytes.
-const MAX_UNIQUE: usize = 63;
-
-/// Builds and checks a job. An empty unique key means none.
+/// Builds and checks a job with the core's one validator
+/// ([`Job::from_args`]): the same checks and texts as MySQL's UDFs. An
+/// empty unique key means none.
 pub(crate) fn make_job(
     function: &str,
     workload: Vec<u8>,
     unique: Option<&str>,
     priority: Priority,
 ) -> Result<Job, GmError> {
-    if function.is_empty() {
-        return Err(GmError::invalid("gearman: the function name is empty"));
-    }
-    let mut job = Job::new(function, workload).with_priority(priority);
-    if let Some(u) = unique.filter(|u| !u.is_empty()) {
-        if u.len() > MAX_UNIQUE {
-            return Err(GmError::invalid(format!(
-                "gearman: unique key is {} bytes; at most {MAX_UNIQUE} are allowed",
-                u.len()
-            ))
-            .detail(format!("function: {function}"))
-            .hint(
-                "gearmand keys jobs by at most 63 bytes of unique key; a longer key is \
-                   not cut, it is refused. Hash long keys, e.g. md5(key).",
-            ));
-        }
-        job = job.with_unique(u);
-    }
-    job.validate()
-        .map_err(|e| GmError::from_core(&e, function, "(not sent)"))?;
-    Ok(job)
+    let job =
+        Job::from_args(function.as_bytes(), workload, unique.map(str::as_bytes)).map_err(|e| {
+            let long_key = e.message().starts_with("unique key is");
+            let g = GmError::from_core(&e, function, "(not sent)");
+            if long_key {
+                g.hint(
+                    "gearmand keys jobs by at most 63 bytes of unique key; a longer key is \
+                     not cut, it is refused. Hash long keys, e.g. md5(key).",
+                )
+            } else {
+                g
+            }
+        })?;
+    Ok(job.with_priority(priority))
 }
 
 /// Runs a foreground job and returns the worker's result bytes.
@@ -72,14 +64,11 @@ pub(crate) fn foreground(
     priority: Priority,
 ) -> Result<Vec<u8>, GmError> {
     let job = make_job(function, workload, unique, priority)?;
-    let servers = backend::servers_for(function)?;
-    backend::with_client(&servers, true, |c| c.run(&job))
-        .map_err(|e| GmError::from_core(&e, function, &servers.to_string()))
-}
-
-/// A new unique key: a random (v4) UUID, 36 characters, as libgearman makes.
-pub(crate) fn new_unique() -> String {
-    uuid::Uuid::new_v4().hyphenated().to_string()
+    let routing = backend::routing()?;
+    backend::with_client(Some(&routing), true, |c| c.run(&job)).map_err(|e| {
+        let servers = routing.lookup(function.as_bytes());
+        GmError::from_core(&e, function, &servers.to_string())
+    })
 }
 
 /// Seconds since the Unix epoch for a timestamptz (rounded down).
@@ -109,7 +98,7 @@ pub(crate) fn background(
         (Dispatch::Immediate, u) => u,
         (_, Some(u)) => Some(u),
         (_, None) => {
-            unique_owned = new_unique();
+            unique_owned = gearman_core::new_unique_key();
             Some(unique_owned.as_str())
         }
     };
@@ -119,16 +108,19 @@ pub(crate) fn background(
     }
     match mode {
         Dispatch::Immediate => {
-            let servers = backend::servers_for(function)?;
-            let h = backend::with_client(&servers, true, |c| c.submit_background(&job))
-                .map_err(|e| GmError::from_core(&e, function, &servers.to_string()))?;
-            backend::remember_handle(&h);
+            let routing = backend::routing()?;
+            // The core remembers the handle's server for gman_job_status.
+            let h = backend::with_client(Some(&routing), true, |c| c.submit_background(&job))
+                .map_err(|e| {
+                    let servers = routing.lookup(function.as_bytes());
+                    GmError::from_core(&e, function, &servers.to_string())
+                })?;
             Ok(h.handle)
         }
         Dispatch::Commit => {
-            let servers = backend::servers_for(function)?;
+            let routing = backend::routing()?;
             let key = String::from_utf8_lossy(job.unique_bytes()).into_owned();
-            xact::hold(job, servers);
+            xact::hold(job, routing);
             Ok(key)
         }
         Dispatch::Outbox => {
@@ -369,8 +361,9 @@ pub fn gman_do_many(
 /// `(functions text[], workloads text[]) RETURNS TABLE(ordinality int, result text)`.
 /// The arrays must have the same length; a NULL function element is an
 /// error, a NULL workload element an empty workload. Jobs whose functions
-/// have different server lists (`gman_servers_set(servers, function)`) are
-/// gathered one server list after the other. Errors per row as the
+/// have different server lists (`gman_servers_set(servers, function)`) go
+/// each to its own list, all in the same set (every job submitted before
+/// any result is awaited). Errors per row as the
 /// one-function form. VOLATILE, not STRICT (a NULL array gives no rows),
 /// PARALLEL UNSAFE.
 #[pg_extern(name = "gman_do_many", volatile, parallel_unsafe)]
@@ -405,56 +398,43 @@ pub fn gman_do_many_functions(
     TableIterator::new(backend::within_deadline(|_| gather(calls)))
 }
 
-/// Runs `(function, workload)` foreground jobs concurrently, grouped by the
-/// server list of their function; returns `(ordinality, result)` rows in
-/// input order. Bad arguments raise before anything is sent. Called within
-/// one deadline (`gearman.timeout`) for every group together; each job's
-/// result is capped at `gearman.max_result_size`.
+/// Runs `(function, workload)` foreground jobs concurrently, each routed
+/// by its function (jobs of every server list run in one set); returns
+/// `(ordinality, result)` rows in input order. Bad arguments raise before
+/// anything is sent. Called within one deadline (`gearman.timeout`) for
+/// every job together; each job's result is capped at
+/// `gearman.max_result_size`.
 fn gather(calls: Vec<(String, Vec<u8>)>) -> Vec<(i32, Option<String>)> {
-    let mut groups: Vec<(std::rc::Rc<gearman_core::ServerList>, Vec<usize>, Vec<Job>)> = Vec::new();
-    let functions: Vec<String> = calls.iter().map(|(f, _)| f.clone()).collect();
-    for (i, (function, workload)) in calls.into_iter().enumerate() {
-        let job =
-            make_job(&function, workload, None, Priority::Normal).unwrap_or_else(|e| e.raise());
-        let servers = backend::servers_for(&function).unwrap_or_else(|e| e.raise());
-        match groups.iter_mut().find(|(s, _, _)| **s == *servers) {
-            Some((_, idx, jobs)) => {
-                idx.push(i);
-                jobs.push(job);
-            }
-            None => groups.push((servers, vec![i], vec![job])),
+    let jobs: Vec<Job> = calls
+        .iter()
+        .map(|(f, w)| make_job(f, w.clone(), None, Priority::Normal).unwrap_or_else(|e| e.raise()))
+        .collect();
+    let routing = backend::routing().unwrap_or_else(|e| e.raise());
+    let out = match backend::with_client(Some(&routing), true, |c| Ok(c.run_all(&jobs))) {
+        Ok(r) => r,
+        Err(e) => {
+            let f = &calls[0].0;
+            let servers = routing.lookup(f.as_bytes()).to_string();
+            GmError::from_core(&e, f, &servers).raise()
         }
+    };
+    // A cancel that arrived during the set: raise it now.
+    if out
+        .iter()
+        .any(|r| matches!(r, Err(e) if e.is_interrupted()))
+    {
+        pg_sys::check_for_interrupts!();
     }
-    let mut results: Vec<Option<Result<String, GmError>>> =
-        (0..functions.len()).map(|_| None).collect();
-    for (servers, idx, jobs) in groups {
-        let text = servers.to_string();
-        let out = match backend::with_client(&servers, true, |c| Ok(c.run_all(&jobs))) {
-            Ok(r) => r,
-            Err(e) => GmError::from_core(&e, &functions[idx[0]], &text).raise(),
-        };
-        // A cancel that arrived during the set: raise it now.
-        if out
-            .iter()
-            .any(|r| matches!(r, Err(e) if e.is_interrupted()))
-        {
-            pg_sys::check_for_interrupts!();
-        }
-        for (i, r) in idx.into_iter().zip(out) {
-            let f = &functions[i];
-            results[i] = Some(
-                r.map_err(|e| GmError::from_core(&e, f, &text))
-                    .and_then(|b| into_text(b, f)),
-            );
-        }
-    }
-    results
-        .into_iter()
+    out.into_iter()
+        .zip(&calls)
         .enumerate()
-        .map(|(i, r)| {
-            let r = r.unwrap_or_else(|| {
-                Err(GmError::invalid("gearman: gman_do_many: a job was not run"))
-            });
+        .map(|(i, (r, (f, _)))| {
+            let r = r
+                .map_err(|e| {
+                    let servers = routing.lookup(f.as_bytes()).to_string();
+                    GmError::from_core(&e, f, &servers)
+                })
+                .and_then(|b| into_text(b, f));
             (i as i32 + 1, or_report(r))
         })
         .collect()
@@ -506,7 +486,10 @@ pub fn gman_servers_set_function(servers: &str, function: &str) -> bool {
     };
     // Privilege check only (changeVal = false): the same rule as SET.
     set_servers_guc(&gucs::servers_text(), false);
-    backend::set_function_servers(function, list);
+    if let Err(e) = backend::set_function_servers(function, list) {
+        e.report();
+        return false;
+    }
     true
 }
 

@@ -63,6 +63,9 @@ static MAX_RESULT_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 << 20);
 
 /// Largest `gearman.max_result_size`: 1 GB, PostgreSQL's largest value.
 pub const MAX_RESULT_SIZE_LIMIT: i32 = 1 << 30;
+static TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static TLS_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static TLS_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static DISPATCH: GucSetting<Dispatch> = GucSetting::<Dispatch>::new(Dispatch::Commit);
 static ON_ERROR: GucSetting<OnError> = GucSetting::<OnError>::new(OnError::Error);
 
@@ -94,7 +97,7 @@ pub fn init() {
     unsafe {
         GucRegistry::define_string_guc_with_hooks(
             c"gearman.servers",
-            c"Gearman job servers: host[:port],host[:port] (port defaults to 4730).",
+            c"Gearman job servers: host[:port],tls://host[:port] (port defaults to 4730; tls:// is verified TLS).",
             c"Background and foreground jobs go to these servers unless gman_servers_set() \
               overrides them for the session or one function. Changing it needs superuser \
               or GRANT SET ON PARAMETER gearman.servers.",
@@ -125,6 +128,40 @@ pub fn init() {
     };
     if lost(had_servers, &SERVERS_SOURCE) || lost(had_legacy, &LEGACY_SOURCE) {
         restore_configured();
+    }
+    for (name, short, long, setting) in [
+        (
+            c"gearman.tls_ca_file",
+            c"PEM file of the CAs that tls:// job servers are verified against (empty: the system's roots).",
+            c"The server's certificate chain must lead to one of these CAs, be within its \
+              validity dates and name the tls:// entry's host or IP address; this cannot be \
+              turned off. Read by the backend when first needed after a change. Changing it \
+              needs superuser or GRANT SET ON PARAMETER.",
+            &TLS_CA_FILE,
+        ),
+        (
+            c"gearman.tls_cert_file",
+            c"PEM client certificate presented to tls:// job servers that ask for one (empty: none).",
+            c"Set together with gearman.tls_key_file. Changing it needs superuser or GRANT SET \
+              ON PARAMETER.",
+            &TLS_CERT_FILE,
+        ),
+        (
+            c"gearman.tls_key_file",
+            c"PEM private key (unencrypted) of gearman.tls_cert_file (empty: none).",
+            c"Must be readable by the PostgreSQL server's operating-system user. Changing it \
+              needs superuser or GRANT SET ON PARAMETER.",
+            &TLS_KEY_FILE,
+        ),
+    ] {
+        GucRegistry::define_string_guc(
+            name,
+            short,
+            long,
+            setting,
+            GucContext::Suset,
+            GucFlags::default(),
+        );
     }
     GucRegistry::define_int_guc(
         c"gearman.connect_timeout",
@@ -315,6 +352,17 @@ pub fn servers_text() -> String {
     } else {
         current
     }
+}
+
+/// `gearman.tls_ca_file`, `gearman.tls_cert_file`, `gearman.tls_key_file`
+/// (trimmed; empty when unset).
+pub fn tls_files() -> (String, String, String) {
+    let get = |s: &GucSetting<Option<CString>>| {
+        s.get()
+            .map(|c| c.to_string_lossy().trim().to_string())
+            .unwrap_or_default()
+    };
+    (get(&TLS_CA_FILE), get(&TLS_CERT_FILE), get(&TLS_KEY_FILE))
 }
 
 /// `gearman.connect_timeout`.

@@ -19,6 +19,7 @@ pub mod error;
 pub mod functions;
 pub mod gucs;
 pub mod status;
+pub mod tls;
 pub mod trigger;
 pub mod xact;
 

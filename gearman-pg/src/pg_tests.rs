@@ -274,6 +274,42 @@ mod tests {
         assert_eq!(server, Some(g.addr()));
     }
 
+    /// Issue 11: calls alternating between functions with different server
+    /// lists reuse one connection per server (the backend keeps one client
+    /// with a routing table; it used to swap the whole list per call and
+    /// reopen connections).
+    #[pg_test]
+    fn alternating_lists_do_not_reopen_connections() {
+        let g1 = Gearmand::start();
+        let g2 = Gearmand::start();
+        let _w1 = Recorder::start(&g1.addr(), &["on_one"]);
+        let _w2 = Recorder::start(&g2.addr(), &["on_two"]);
+        use_server(&g1);
+        let set = format!("SELECT gman_servers_set('{}', 'on_two')", g2.addr());
+        assert_eq!(Spi::get_one::<bool>(&set).unwrap(), Some(true));
+        assert_eq!(one("SELECT gman_do('on_one', 'a')").as_deref(), Some("a"));
+        assert_eq!(one("SELECT gman_do('on_two', 'b')").as_deref(), Some("b"));
+        let before = crate::backend::client_stats().unwrap().connects;
+        for i in 0..10 {
+            let a = one(&format!("SELECT gman_do('on_one', '{i}')"));
+            let b = one(&format!("SELECT gman_do('on_two', '{i}')"));
+            assert_eq!((a, b), (Some(i.to_string()), Some(i.to_string())));
+        }
+        assert_eq!(crate::backend::client_stats().unwrap().connects, before);
+        let me = format!("postgres-{}", std::process::id());
+        for g in [&g1, &g2] {
+            let addr = gearman_core::ServerAddr::parse(&g.addr()).unwrap();
+            let mut a = gearman_core::admin::Admin::connect(&addr, Duration::from_secs(5)).unwrap();
+            let mine = a
+                .workers()
+                .unwrap()
+                .iter()
+                .filter(|w| w.client_id == me)
+                .count();
+            assert_eq!(mine, 1, "one connection from this backend to {}", g.addr());
+        }
+    }
+
     #[pg_test]
     fn gman_servers_set_session_and_function() {
         let g1 = Gearmand::start();
@@ -364,7 +400,9 @@ mod tests {
         w.wait_for_workload(expected);
     }
 
-    #[pg_test(error = "gearman: unique key is 64 bytes; at most 63 are allowed")]
+    #[pg_test(
+        error = "gearman: unique key is 64 bytes; at most 63 are allowed (gearmand mishandles longer keys)"
+    )]
     fn unique_over_63_bytes_is_rejected() {
         Spi::run("SELECT gman_do_background('f', 'x', repeat('k', 64))").unwrap();
     }

@@ -4,8 +4,7 @@
 use crate::backend;
 use crate::error::{or_report, GmError};
 use crate::gucs;
-use gearman_core::admin::status_all;
-use gearman_core::{first_known, JobHandle, JobStatus, ServerList};
+use gearman_core::KeyStatus;
 use pgrx::prelude::*;
 use std::time::Instant;
 
@@ -24,8 +23,10 @@ use std::time::Instant;
 /// `(handle text) RETURNS TABLE(known bool, running bool, numerator bigint, denominator bigint)`:
 /// one row; `known = false` when no server knows the job (finished, never
 /// submitted, or not yet sent because its transaction is still open).
-/// The whole walk has one deadline, `gearman.timeout` from the start of the
-/// call (connecting, failing over and waiting draw from it).
+/// The rule is the core's `Client::job_status`, the same as MariaDB's
+/// `gman_job_status`. The whole walk has one deadline, `gearman.timeout`
+/// or 5 s from the start of the call, whichever comes first (connecting,
+/// failing over and waiting draw from it).
 /// VOLATILE, STRICT, PARALLEL RESTRICTED.
 #[pg_extern(volatile, strict, parallel_restricted)]
 pub fn gman_job_status(
@@ -50,41 +51,16 @@ pub fn gman_job_status(
     }
 }
 
-fn job_status(key: &str) -> Result<JobStatus, GmError> {
-    if key.is_empty() {
-        return Err(GmError::invalid("gearman: empty job handle or unique key"));
-    }
-    let servers = backend::default_servers()?;
-    let text = servers.to_string();
-    let map = |e: gearman_core::Error| GmError::from_core(&e, "(status)", &text);
-    if let Some(h) = backend::lookup_handle(key) {
-        let list = ServerList::single(h.server.clone());
-        return backend::with_client(&list, true, |c| c.status(&h)).map_err(map);
-    }
-    if key.starts_with("H:") {
-        let servers = backend::all_servers()?;
-        return first_known(servers, |addr| {
-            let h = JobHandle {
-                server: addr.clone(),
-                handle: key.to_string(),
-            };
-            let list = ServerList::single(addr);
-            backend::with_client(&list, true, |c| c.status(&h))
-        })
-        .map_err(map);
-    }
-    // The key routes within the list of the function it was sent for,
-    // which the key does not tell: ask each distinct list, default first.
-    let lists = backend::all_lists()?;
-    let s = first_known(lists, |list| {
-        backend::with_client(&list, true, |c| c.status_by_unique(key.as_bytes()))
-    })
-    .map_err(map)?;
-    Ok(JobStatus {
-        known: s.known,
-        running: s.running,
-        numerator: s.numerator,
-        denominator: s.denominator,
+fn job_status(key: &str) -> Result<KeyStatus, GmError> {
+    let routing = backend::routing()?;
+    // The rule is the core's (the same in MySQL): see Client::job_status.
+    backend::with_client(Some(&routing), true, |c| c.job_status(key)).map_err(|e| {
+        let e = if e.message() == "job handle or unique key is empty" {
+            gearman_core::Error::invalid_argument("empty job handle or unique key")
+        } else {
+            e
+        };
+        GmError::from_core(&e, "(status)", &routing.default_list().to_string())
     })
 }
 
@@ -112,13 +88,26 @@ pub fn gman_server_status() -> TableIterator<
         name!(workers, i64),
     ),
 > {
-    let servers = match backend::all_servers() {
-        Ok(s) => s,
-        Err(e) => e.raise(),
-    };
-    let mut rows = Vec::new();
+    let routing = backend::routing().unwrap_or_else(|e| e.raise());
     let deadline = Instant::now() + gucs::timeout();
-    for (addr, r) in status_all(servers, gucs::connect_timeout(), deadline) {
+    // Every server of the routing table; queued = total - running, the
+    // core's (and MariaDB's) meaning. with_client fails only before any
+    // I/O (a bad gearman.tls_* file): reported per on_error, and no server
+    // is asked (never a fallback to other roots).
+    let answers =
+        match backend::with_client(
+            Some(&routing),
+            true,
+            |c| Ok(c.server_status_until(deadline)),
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                GmError::from_core(&e, "(admin status)", "").report();
+                Vec::new()
+            }
+        };
+    let mut rows = Vec::new();
+    for (addr, r) in answers {
         let r = r.map_err(|e| GmError::from_core(&e, "(admin status)", &addr.to_string()));
         if let Some(list) = or_report(r) {
             for f in list {

@@ -19,7 +19,7 @@
 //!   (`gearman.commit_send_timeout`, default 5 s, from the start of the
 //!   send); a query cancel, `statement_timeout` or termination ends the
 //!   send early. Jobs not written by then are counted as failed and
-//!   reported in one WARNING per server list. Errors here can only be
+//!   reported in one WARNING. Errors here can only be
 //!   WARNINGs: the transaction is already committed;
 //! - `ABORT`: the jobs are dropped;
 //! - `PREPARE TRANSACTION` with held jobs is an error that points to outbox.
@@ -42,7 +42,7 @@
 use crate::backend;
 use crate::error::GmError;
 use crate::gucs::{self, OnError};
-use gearman_core::{Job, ServerList};
+use gearman_core::{Job, Routing, ServerList};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
@@ -52,8 +52,16 @@ use std::time::Instant;
 
 struct Held {
     subxact: pg_sys::SubTransactionId,
-    servers: Rc<ServerList>,
+    /// The routing table in force when the job was made: it goes to the
+    /// list its function had then (design.md), not at commit.
+    routing: Rc<Routing>,
     job: Job,
+}
+
+impl Held {
+    fn servers(&self) -> &ServerList {
+        self.routing.lookup(&self.job.function)
+    }
 }
 
 #[derive(Default)]
@@ -108,14 +116,15 @@ unsafe extern "C-unwind" fn release_callback(
     }
 }
 
-/// Holds `job` until the current transaction commits.
-pub fn hold(job: Job, servers: Rc<ServerList>) {
+/// Holds `job` until the current transaction commits; it goes to the list
+/// its function has in `routing` (the table in force now).
+pub fn hold(job: Job, routing: Rc<Routing>) {
     // SAFETY: plain read of the current subtransaction id.
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     XACT.with(|x| {
         x.borrow_mut().held.push(Held {
             subxact,
-            servers,
+            routing,
             job,
         })
     });
@@ -209,14 +218,11 @@ unsafe extern "C-unwind" fn xact_callback(
 }
 
 /// Distinct server lists among the held jobs, in first-use order.
-fn distinct_servers(held: &[Held]) -> Vec<Rc<ServerList>> {
-    let mut out: Vec<Rc<ServerList>> = Vec::new();
+fn distinct_servers(held: &[Held]) -> Vec<ServerList> {
+    let mut out: Vec<ServerList> = Vec::new();
     for h in held {
-        if !out
-            .iter()
-            .any(|s| Rc::ptr_eq(s, &h.servers) || **s == *h.servers)
-        {
-            out.push(h.servers.clone());
+        if !out.iter().any(|s| s == h.servers()) {
+            out.push(h.servers().clone());
         }
     }
     out
@@ -232,13 +238,13 @@ fn pre_commit() {
 fn pre_commit_checks() {
     let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
     for list in lists {
-        if let Err(e) = backend::with_client(&list, true, |c| c.ensure_connected()) {
+        if let Err(e) = backend::with_client(None, true, |c| c.ensure_connected_on(&list)) {
             let text = list.to_string();
             let n = XACT.with(|x| {
                 x.borrow()
                     .held
                     .iter()
-                    .filter(|h| *h.servers == *list)
+                    .filter(|h| *h.servers() == list)
                     .count()
             });
             let err = GmError::from_core(&e, "(background jobs held for commit)", &text);
@@ -266,7 +272,7 @@ fn pre_commit_checks() {
                         ..err
                     }
                     .warn();
-                    XACT.with(|x| x.borrow_mut().held.retain(|h| *h.servers != *list));
+                    XACT.with(|x| x.borrow_mut().held.retain(|h| *h.servers() != list));
                 }
             }
         }
@@ -276,27 +282,34 @@ fn pre_commit_checks() {
 /// Sends the committed transaction's jobs without waiting for their
 /// confirmations, all within one deadline (`gearman.commit_send_timeout`
 /// from now). Never raises: jobs that could not be written are counted as
-/// failed and become one WARNING per server list; refusals and lost
+/// failed and become one WARNING (per routing table: one unless the table
+/// changed during the transaction); refusals and lost
 /// confirmations are reported later (see the module docs).
 fn send_after_commit(held: Vec<Held>) {
     let deadline = Instant::now() + gucs::commit_send_timeout();
-    // Group by server list, keeping call order within each group.
-    let mut groups: Vec<(Rc<ServerList>, Vec<Job>)> = Vec::new();
+    // Group by routing table (one unless it changed during the
+    // transaction), keeping call order; the core routes each job by it.
+    let mut groups: Vec<(Rc<Routing>, Vec<Job>)> = Vec::new();
     for h in held {
         match groups
             .iter_mut()
-            .find(|(s, _)| Rc::ptr_eq(s, &h.servers) || **s == *h.servers)
+            .find(|(r, _)| Rc::ptr_eq(r, &h.routing) || **r == *h.routing)
         {
             Some((_, jobs)) => jobs.push(h.job),
-            None => groups.push((h.servers, vec![h.job])),
+            None => groups.push((h.routing, vec![h.job])),
         }
     }
-    for (list, jobs) in groups {
-        let (written, err) = backend::send_committed(&list, &jobs, deadline);
+    for (routing, jobs) in groups {
+        let (written, err) = backend::send_committed(&routing, &jobs, deadline);
         let not_written = jobs.len() - written;
         backend::count_sent(jobs.len(), not_written);
         if not_written > 0 {
-            let text = list.to_string();
+            let text = routing
+                .group(&jobs)
+                .iter()
+                .map(|(l, _)| l.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
             let err = err.unwrap_or_else(|| {
                 gearman_core::Error::new(
                     gearman_core::ErrorKind::NoServers,

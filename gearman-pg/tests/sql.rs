@@ -1305,6 +1305,45 @@ fn gman_server_status_queued_counts_waiting_jobs_not_running_ones() {
     }
 }
 
+/// Issue 11, parity with MariaDB (whose suite checks the same state and
+/// texts): function `parity_f` with 3 background jobs queued and no worker
+/// is `queued 3, running 0, workers 0`; validation errors carry the core's
+/// one text (`Job::from_args`), here after `gearman: `.
+#[test]
+fn parity_server_status_and_validation_texts() {
+    let env = Env::start();
+    let mut s = env.connect();
+    s.exec("SET gearman.dispatch = 'immediate'");
+    for i in 0..3 {
+        assert!(s
+            .one(&format!("SELECT gman_do_background('parity_f', 'w{i}')"))
+            .is_some());
+    }
+    let rows = s.rows(
+        "SELECT queued, running, workers FROM gman_server_status() WHERE function = 'parity_f'",
+    );
+    assert_eq!(
+        rows,
+        vec![vec![Some("3".into()), Some("0".into()), Some("0".into())]]
+    );
+    for (sql, text) in [
+        ("SELECT gman_do('', 'x')", "function name is empty"),
+        (
+            "SELECT gman_do('a b', 'x')",
+            "function name \"a b\" contains a space at byte 1; control characters and \
+             whitespace are not allowed",
+        ),
+        (
+            "SELECT gman_do_background('f', 'x', repeat('k', 64))",
+            "unique key is 64 bytes; at most 63 are allowed (gearmand mishandles longer keys)",
+        ),
+    ] {
+        let e = s.exec_err(sql);
+        assert_eq!(e.code, "22023", "{sql}: {e:?}");
+        assert_eq!(e.message, format!("gearman: {text}"), "{sql}");
+    }
+}
+
 /// A role's startup options (`PGOPTIONS='-c gearman.servers=...'`) that it
 /// may not set: returns the error of the connection, or the session.
 fn connect_with_options(env: &Env, user: &str, options: &str) -> Result<Session, support::DbErr> {

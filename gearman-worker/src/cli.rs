@@ -38,6 +38,21 @@ pub struct Cli {
     )]
     pub servers: Vec<String>,
 
+    /// CA bundle (PEM) that `tls://` job servers are verified against
+    /// (default: the system's roots). Any --tls-* flag replaces the file's
+    /// tls_* keys.
+    #[arg(long = "tls-ca", value_name = "FILE", global = true)]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for `tls://` job servers that ask for one
+    /// (with --tls-key).
+    #[arg(long = "tls-cert", value_name = "FILE", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM, unencrypted).
+    #[arg(long = "tls-key", value_name = "FILE", global = true)]
+    pub tls_key: Option<PathBuf>,
+
     /// Quick mode: function name to serve with COMMAND (repeatable).
     #[arg(short = 'f', long = "function", value_name = "NAME")]
     pub functions: Vec<String>,
@@ -199,6 +214,38 @@ impl Cli {
         }
     }
 
+    /// The TLS files from `--tls-ca`, `--tls-cert`, `--tls-key`, read and
+    /// checked; `None` when no such flag is given.
+    ///
+    /// # Errors
+    /// A bad file, naming the flag and the file.
+    pub fn tls_override(&self) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+        if self.tls_ca.is_none() && self.tls_cert.is_none() && self.tls_key.is_none() {
+            return Ok(None);
+        }
+        crate::tls::TlsFiles::load(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            ["--tls-ca", "--tls-cert", "--tls-key"],
+        )
+        .map(Some)
+    }
+
+    /// [`Cli::apply_overrides`], and the TLS files of the flags (from
+    /// [`Cli::tls_override`]) in place of the file's.
+    pub fn apply_overrides_with_tls(
+        &self,
+        cfg: Config,
+        tls: Option<&crate::tls::TlsFiles>,
+    ) -> Config {
+        let mut cfg = self.apply_overrides(cfg);
+        if let Some(t) = tls {
+            cfg.tls = t.clone();
+        }
+        cfg
+    }
+
     /// Checks the flags every mode shares (`--client-id`).
     ///
     /// # Errors
@@ -286,6 +333,7 @@ impl Cli {
             exceptions: self.exceptions,
             metrics_addr: self.metrics_addr.clone(),
             log_format: self.log_format.unwrap_or_default(),
+            tls: self.tls_override()?.unwrap_or_default(),
             functions,
         })
     }

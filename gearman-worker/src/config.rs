@@ -96,6 +96,14 @@ pub struct RawConfig {
     pub metrics_addr: Option<String>,
     /// `text` (default) or `json` (one object per line).
     pub log_format: Option<String>,
+    /// CA bundle (PEM) that `tls://` servers are verified against (default:
+    /// the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for `tls://` servers that ask for one
+    /// (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM, unencrypted).
+    pub tls_key_file: Option<PathBuf>,
     /// The functions served, by name.
     #[serde(default)]
     pub function: BTreeMap<String, RawFunction>,
@@ -161,6 +169,8 @@ pub struct Config {
     pub metrics_addr: Option<String>,
     /// Log line format.
     pub log_format: crate::logging::LogFormat,
+    /// TLS for `tls://` servers (files read and checked once).
+    pub tls: crate::tls::TlsFiles,
     /// Functions, sorted by name.
     pub functions: Vec<FunctionSpec>,
 }
@@ -404,6 +414,12 @@ impl RawConfig {
         for (name, f) in &self.function {
             functions.push(f.validate(name)?);
         }
+        let tls = crate::tls::TlsFiles::load(
+            self.tls_ca_file.as_deref(),
+            self.tls_cert_file.as_deref(),
+            self.tls_key_file.as_deref(),
+            ["tls_ca_file", "tls_cert_file", "tls_key_file"],
+        )?;
         Ok(Config {
             servers,
             client_id: self.client_id.clone(),
@@ -420,6 +436,7 @@ impl RawConfig {
                 Some(f) => f.parse().map_err(|e| ConfigError::key("log_format", e))?,
                 None => crate::logging::LogFormat::Text,
             },
+            tls,
             functions,
         })
     }

@@ -87,6 +87,7 @@ impl Generation {
                 let opts = WorkerOptions {
                     client_id: cfg.client_id.clone(),
                     exceptions: cfg.exceptions,
+                    tls: cfg.tls.config(),
                     ..WorkerOptions::default()
                 };
                 let name = f.name.clone();
@@ -195,6 +196,7 @@ pub fn run(
     let stats = Arc::new(Stats::default());
     let pools = Pools::default();
     logging::set_level(cfg.log_level);
+    crate::tls::install(&cfg.tls);
     announce(&cfg);
     let mut current = Generation::start(&cfg, &pools, &stats);
     let mut grace = cfg.shutdown_grace;
@@ -231,6 +233,7 @@ pub fn run(
                         Ok(new_cfg) => {
                             let new_cfg = overrides(new_cfg);
                             logging::set_level(new_cfg.log_level);
+                            crate::tls::install(&new_cfg.tls);
                             crate::logging::set_format(new_cfg.log_format);
                             if let Some(m) = crate::metrics::global() {
                                 m.set_servers(new_cfg.servers.clone());

@@ -19,7 +19,7 @@
 //! was created, the row stays and a later replay sends the job again.
 
 use crate::db::{my_error, pg_error, Bounds, DatabaseUrl};
-use gearman_core::{Client, Job, Options, ServerList};
+use gearman_core::{Client, Job, ServerList};
 use std::time::Duration;
 
 /// I/O bound of dead-letter connections.
@@ -278,7 +278,7 @@ impl Store {
         report: &mut dyn FnMut(String),
     ) -> Result<u64, String> {
         let mut conn = self.connect()?;
-        let mut client = Client::new(servers.clone(), Options::default());
+        let mut client = Client::new(servers.clone(), crate::tls::client_options());
         let mut n = 0;
         for row in Store::list_on(&mut conn, f)? {
             let mut job = Job::new(row.function.as_str(), row.workload.clone());
@@ -336,7 +336,7 @@ impl Destination {
                     name.as_str(),
                     function_payload(row, crate::logging::unix_now()),
                 );
-                Client::new(servers.clone(), Options::default())
+                Client::new(servers.clone(), crate::tls::client_options())
                     .submit_background(&job)
                     .map(|_| ())
                     .map_err(|e| e.to_string())

@@ -25,6 +25,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod relay;
 pub mod retry;
+pub mod tls;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -63,6 +64,15 @@ pub fn run(cli: cli::Cli) -> u8 {
     if let Some(f) = cli.log_format {
         logging::set_format(f);
     }
+    // --tls-ca/--tls-cert/--tls-key, read once here (they replace the
+    // file's tls_* keys as a whole, now and at every reload).
+    let cli_tls = match cli.tls_override() {
+        Ok(t) => t,
+        Err(e) => return usage_error(e),
+    };
+    if let Some(t) = &cli_tls {
+        tls::install(t);
+    }
     if let Some(cli::Sub::DeadLetter(args)) = &cli.sub {
         return dead_letter_command(&cli, args);
     }
@@ -91,7 +101,7 @@ pub fn run(cli: cli::Cli) -> u8 {
     let (cfg, reload_from) = if let Some(path) = &cli.config {
         match config::load(path, &cli.servers) {
             Ok(c) => (
-                cli.apply_overrides(c),
+                cli.apply_overrides_with_tls(c, cli_tls.as_ref()),
                 Some((path.clone(), cli.servers.clone())),
             ),
             Err(e) => return usage_error(e),
@@ -108,6 +118,12 @@ pub fn run(cli: cli::Cli) -> u8 {
             cfg.functions.len(),
             cfg.servers
         );
+        if let Some(ca) = &cfg.tls.ca_file {
+            println!("  TLS CA file {}", ca.display());
+        }
+        if let Some(cert) = &cfg.tls.cert_file {
+            println!("  TLS client certificate {}", cert.display());
+        }
         for f in &cfg.functions {
             println!("  {} (concurrency {})", f.name, f.concurrency);
         }
@@ -120,7 +136,7 @@ pub fn run(cli: cli::Cli) -> u8 {
             Err(e) => return usage_error(e),
         }
     }
-    let overrides = |c: config::Config| cli.apply_overrides(c);
+    let overrides = |c: config::Config| cli.apply_overrides_with_tls(c, cli_tls.as_ref());
     match daemon::run(cfg, reload_from, &overrides) {
         Ok(daemon::Outcome::Drained) => EXIT_OK,
         Ok(daemon::Outcome::Forced) => EXIT_FAILURE,

@@ -252,8 +252,15 @@ impl Metrics {
         let mut up = 0;
         let mut errors = Vec::new();
         for addr in servers.iter() {
-            match Admin::connect_until(addr, PROBE_TIMEOUT, PROBE_TIMEOUT, deadline)
-                .and_then(|mut a| a.version())
+            let tls = crate::tls::current();
+            match Admin::connect_with(
+                addr,
+                PROBE_TIMEOUT,
+                PROBE_TIMEOUT,
+                Some(deadline),
+                tls.as_ref(),
+            )
+            .and_then(|mut a| a.version())
             {
                 Ok(_) => up += 1,
                 Err(e) => errors.push(format!("{addr}: {e}")),

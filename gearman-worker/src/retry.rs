@@ -41,7 +41,7 @@
 //! job is still retried in the background; the caller does not see the later
 //! attempts.
 
-use gearman_core::{Client, Job, Options, ServerList};
+use gearman_core::{Client, Job, ServerList};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Default first back-off: 1 s.
@@ -226,7 +226,7 @@ pub fn schedule(
     let job = Job::new(function, next.encode())
         .with_unique(retry_unique(handle, &failed.unique, next.attempt))
         .with_epoch(due);
-    let mut client = Client::new(servers.clone(), Options::default());
+    let mut client = Client::new(servers.clone(), crate::tls::client_options());
     client
         .submit_background(&job)
         .map(|_| delay)

@@ -8,6 +8,11 @@
 -- To replace the library later: run uninstall.sql, install the new file, run
 -- this file again.
 --
+-- Upgrading from a build without the last three functions
+-- (gman_do_background_at, gman_do_many, gman_dispatch_status): replace the
+-- library as above (uninstall.sql drops every function, old or new, and
+-- ignores those that do not exist); this file then creates them all.
+--
 -- The first eight lines are those of the original gearman-mysql-udf, so that
 -- existing triggers and install scripts keep working.
 --
@@ -33,6 +38,10 @@
 -- When enabled it returns its argument as given ('127.0.0.1', not
 -- '127.0.0.1:4730'), as gearman-mysql-udf did; a list that is not
 -- host[:port],... (IPv6 in brackets) is refused, naming the bad entry.
+-- An entry tls://host[:port] is reached over TLS, verified against the
+-- configuration file's tls_ca_file (default: the system's roots), with the
+-- client certificate of tls_cert_file/tls_key_file if set; a server that
+-- fails verification gives NULL, one error-log line and gman_last_error().
 --
 -- gman_do_background_at(function, workload, run_at [, unique]): a scheduled
 -- job; run_at is Unix seconds or RFC 3339 text with Z or an offset

@@ -3,7 +3,9 @@
 //! Servers: [`Gearmand`] (the C job server, always `/usr/sbin/gearmand` by
 //! absolute path), the peer job servers [`PerlGearmand`] (Perl's
 //! Gearman::Server, `/usr/bin/gearmand`) and [`GearServer`] (Python's
-//! `gear`), [`Postgres`] and [`MariaDb`].
+//! `gear`), [`Postgres`] and [`MariaDb`]; the TLS rig [`TlsRig`]
+//! (certificates from [`TlsCerts`], a private `stunnel4` as [`Stunnel`] in
+//! front of a private gearmand).
 //!
 //! Each server type is started privately: its own temporary directory, a free
 //! loopback port, its own log, and it is killed when the handle is dropped.
@@ -17,6 +19,7 @@ mod overlap;
 mod peers;
 mod postgres;
 mod process;
+mod tls;
 
 pub use gearmand::{Gearmand, C_GEARMAND};
 pub use mariadb::{install_file, MariaDb, MariaDbOptions};
@@ -28,3 +31,4 @@ pub mod pg {
     pub use crate::postgres::{bin_dir, pg_binary, pg_config, BINDIR_ENV};
 }
 pub use process::{free_port, wait_for_port, BlackHole, DeadPort};
+pub use tls::{Stunnel, TlsCerts, TlsRig, TlsService, STUNNEL};

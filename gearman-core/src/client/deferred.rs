@@ -9,6 +9,7 @@ use crate::conn::Connection;
 use crate::error::{Error, Result, Retry};
 use crate::job::Job;
 use crate::proto::PacketType;
+use crate::routing::Routing;
 use crate::servers::{ServerAddr, ServerList};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -195,11 +196,22 @@ impl Client {
         }
     }
 
-    /// [`Client::submit_background_deferred`] with every job to `list`
-    /// (e.g. the list a job had when it was made, for jobs held until a
-    /// transaction commits), whatever the routing table says now.
+    /// [`Client::submit_background_deferred`] with every job to `list`,
+    /// whatever the routing table says now.
     pub fn submit_background_deferred_on(&mut self, list: &ServerList, jobs: &[Job]) -> Result<()> {
-        match self.deferred_submit(Some(list), jobs)? {
+        self.submit_background_deferred_via(&Routing::new(list.clone()), jobs)
+    }
+
+    /// [`Client::submit_background_deferred`] with each job routed by
+    /// `routing` instead of the client's table: e.g. the table in force
+    /// when a job was made, for jobs held until a transaction commits.
+    /// Connections are the client's, shared as usual.
+    pub fn submit_background_deferred_via(
+        &mut self,
+        routing: &Routing,
+        jobs: &[Job],
+    ) -> Result<()> {
+        match self.deferred_submit(Some(routing), jobs)? {
             (_, Some(e)) => Err(e),
             (_, None) => Ok(()),
         }
@@ -227,7 +239,7 @@ impl Client {
     /// number and its first error (`Err` only for an invalid job).
     fn deferred_submit(
         &mut self,
-        on: Option<&ServerList>,
+        on: Option<&Routing>,
         jobs: &[Job],
     ) -> Result<(u64, Option<Error>)> {
         for job in jobs {
@@ -256,15 +268,19 @@ impl Client {
     /// flushes every connection written to; returns the errors met.
     fn deferred_pass(
         &mut self,
-        on: Option<&ServerList>,
+        on: Option<&Routing>,
         jobs: &[Job],
         which: &[usize],
         call: u64,
         deadline: Instant,
     ) -> Vec<Error> {
+        let own;
         let routing = match on {
-            Some(l) => crate::routing::Routing::new(l.clone()),
-            None => self.routing.clone(),
+            Some(r) => r,
+            None => {
+                own = std::sync::Arc::clone(&self.routing);
+                &*own
+            }
         };
         let mut touched: Vec<ServerAddr> = Vec::new();
         let mut errors: Vec<Error> = Vec::new();
@@ -455,21 +471,7 @@ impl Client {
                 .expect("pending > 0");
             let (due, front_kind) = (front.due, front.kind);
             let io_timeout = self.opts.io_timeout;
-            let overdue_why = |conn: &Connection| {
-                let mut why = format!(
-                    "no confirmation (JOB_CREATED) of the {} within {:?} of sending it: \
-                     unknown whether the job was queued (it may have been)",
-                    front_kind.name(),
-                    io_timeout
-                );
-                if !conn.has_answered(front_kind) {
-                    why.push_str(
-                        "; the server has not answered this packet type on this connection: \
-                         it may not support it",
-                    );
-                }
-                why
-            };
+            let overdue_why = |conn: &Connection| overdue_why(conn, front_kind, io_timeout);
             let step = if block {
                 let wait = deadline.map_or(due, |d| d.min(due));
                 match conn.recv(Some(wait), hook.as_ref()) {
@@ -518,35 +520,43 @@ impl Client {
                     return Err(e);
                 }
             };
-            let d = self
-                .deferred
-                .get_mut(addr)
-                .and_then(VecDeque::pop_front)
-                .expect("pending > 0");
-            match p.kind {
-                PacketType::JobCreated => {
-                    self.ledger.confirmed += 1;
-                    if let Some(c) = self.conns.get_mut(addr) {
-                        c.note_answered(d.kind);
-                    }
-                }
-                PacketType::Error => {
-                    let f = d.failure(server_error(&p).at(addr));
-                    self.ledger.failed.push(f);
-                }
-                other => {
-                    let e = Error::protocol(format!(
-                        "expected JOB_CREATED for a deferred job, got {}",
-                        other.name()
-                    ))
-                    .at(addr);
-                    self.deferred.get_mut(addr).expect("present").push_front(d);
-                    self.fail_deferred(addr, &e);
-                    self.conns.remove(addr);
-                    return Err(e);
+            self.credit_reply(addr, &p)?;
+        }
+    }
+
+    /// Credits one reply read on `addr` to the oldest deferred job there:
+    /// JOB_CREATED confirms it, ERROR is its refusal; anything else fails
+    /// every job owed there and closes the connection.
+    fn credit_reply(&mut self, addr: &ServerAddr, p: &crate::proto::Packet) -> Result<()> {
+        let d = self
+            .deferred
+            .get_mut(addr)
+            .and_then(VecDeque::pop_front)
+            .expect("a job is owed");
+        match p.kind {
+            PacketType::JobCreated => {
+                self.ledger.confirmed += 1;
+                if let Some(c) = self.conns.get_mut(addr) {
+                    c.note_answered(d.kind);
                 }
             }
+            PacketType::Error => {
+                let f = d.failure(server_error(p).at(addr));
+                self.ledger.failed.push(f);
+            }
+            other => {
+                let e = Error::protocol(format!(
+                    "expected JOB_CREATED for a deferred job, got {}",
+                    other.name()
+                ))
+                .at(addr);
+                self.deferred.get_mut(addr).expect("present").push_front(d);
+                self.fail_deferred(addr, &e);
+                self.conns.remove(addr);
+                return Err(e);
+            }
         }
+        Ok(())
     }
 
     /// Every deferred job still owed on `addr` becomes an overdue failure of
@@ -579,4 +589,22 @@ impl Client {
             }
         }
     }
+}
+
+/// Why the oldest deferred job on `conn`, of submission type `kind`, is
+/// overdue.
+fn overdue_why(conn: &Connection, kind: PacketType, io_timeout: std::time::Duration) -> String {
+    let mut why = format!(
+        "no confirmation (JOB_CREATED) of the {} within {:?} of sending it: \
+         unknown whether the job was queued (it may have been)",
+        kind.name(),
+        io_timeout
+    );
+    if !conn.has_answered(kind) {
+        why.push_str(
+            "; the server has not answered this packet type on this connection: \
+             it may not support it",
+        );
+    }
+    why
 }

@@ -3,6 +3,7 @@
 //! connection in windows, replies without a handle (JOB_CREATED, ERROR) are
 //! matched in order (protocol.md 6), WORK_* packets by handle.
 
+use super::dispatch::{dispatch, fail_lane, finish};
 use super::Client;
 use crate::conn::{check_interrupt, slice_until, Connection};
 use crate::error::{Error, ErrorKind, Result};
@@ -19,38 +20,38 @@ pub(super) enum Outcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     Waiting,
     Created,
     Done,
 }
 
-struct Task<'a> {
-    job: &'a Job,
-    background: bool,
-    phase: Phase,
-    data: Vec<u8>,
+pub(super) struct Task<'a> {
+    pub(super) job: &'a Job,
+    pub(super) background: bool,
+    pub(super) phase: Phase,
+    pub(super) data: Vec<u8>,
     /// The last WORK_WARNING's data: added to a WORK_FAIL's message, since a
     /// worker may send its failure reason that way (see
     /// [`WorkerOptions::exceptions`](crate::worker::WorkerOptions::exceptions)).
-    warning: Option<Vec<u8>>,
-    outcome: Option<Result<Outcome>>,
+    pub(super) warning: Option<Vec<u8>>,
+    pub(super) outcome: Option<Result<Outcome>>,
 }
 
 /// Per-connection state within one set.
-struct Lane {
-    addr: ServerAddr,
+pub(super) struct Lane {
+    pub(super) addr: ServerAddr,
     /// Tasks not yet written (window full).
-    backlog: VecDeque<usize>,
+    pub(super) backlog: VecDeque<usize>,
     /// Tasks written, awaiting JOB_CREATED/ERROR, in order.
-    fifo: VecDeque<usize>,
+    pub(super) fifo: VecDeque<usize>,
     /// Foreground tasks by handle; several when coalesced on this connection.
-    running: HashMap<Vec<u8>, VecDeque<usize>>,
+    pub(super) running: HashMap<Vec<u8>, VecDeque<usize>>,
     /// Handles of jobs failed for a too large result: their further packets
     /// are dropped unread into nothing, and the connection is closed when
     /// the set ends (the server may still send them).
-    discard: std::collections::HashSet<Vec<u8>>,
-    open: usize,
+    pub(super) discard: std::collections::HashSet<Vec<u8>>,
+    pub(super) open: usize,
 }
 
 /// The deadlines of one set.
@@ -153,7 +154,7 @@ impl Client {
         background: bool,
         deadline: Instant,
     ) -> Vec<Lane> {
-        let routing = self.routing.clone();
+        let routing = std::sync::Arc::clone(&self.routing);
         let mut lanes: Vec<Lane> = Vec::new();
         for (ti, task) in tasks.iter_mut().enumerate() {
             let job = task.job;
@@ -404,199 +405,6 @@ impl Client {
             }
         }
     }
-}
-
-fn finish(task: &mut Task<'_>, outcome: Result<Outcome>) {
-    if task.phase != Phase::Done {
-        task.phase = Phase::Done;
-        task.outcome = Some(outcome);
-    }
-}
-
-/// Fails every unfinished task of a lane with `e`. Tasks still in the
-/// backlog were never written, so their error says they were not sent; the
-/// others may or may not have reached the server.
-fn fail_lane(lane: &mut Lane, tasks: &mut [Task<'_>], e: &Error) {
-    for ti in lane.backlog.drain(..) {
-        let not_sent = Error::new(e.kind().clone(), format!("not sent: {}", e.message()));
-        let not_sent = match e.server() {
-            Some(s) => not_sent.at(s),
-            None => not_sent,
-        };
-        finish(&mut tasks[ti], Err(not_sent));
-    }
-    let pending = lane
-        .fifo
-        .drain(..)
-        .chain(lane.running.drain().flat_map(|(_, v)| v));
-    for ti in pending {
-        finish(&mut tasks[ti], Err(e.clone()));
-    }
-    lane.open = 0;
-}
-
-/// Handles one packet received on a lane's connection.
-fn dispatch(
-    lane: &mut Lane,
-    tasks: &mut [Task<'_>],
-    p: Packet,
-    events: &mut Option<&mut dyn FnMut(Event)>,
-    max_result: usize,
-) -> Result<Option<PacketType>> {
-    let addr = lane.addr.clone();
-    match p.kind {
-        PacketType::JobCreated | PacketType::Error => {
-            let Some(ti) = lane.fifo.pop_front() else {
-                return Err(Error::protocol(format!(
-                    "unexpected {} with no submission outstanding",
-                    p.kind.name()
-                ))
-                .at(&addr));
-            };
-            if p.kind == PacketType::Error {
-                finish(&mut tasks[ti], Err(server_error(&p).at(&addr)));
-                lane.open -= 1;
-                return Ok(None);
-            }
-            let answered = submit_kind(tasks[ti].job, tasks[ti].background);
-            let handle = p.args.into_iter().next().unwrap_or_default();
-            if tasks[ti].background {
-                let h = JobHandle {
-                    server: addr,
-                    handle: String::from_utf8_lossy(&handle).into_owned(),
-                };
-                finish(&mut tasks[ti], Ok(Outcome::Handle(h)));
-                lane.open -= 1;
-            } else {
-                tasks[ti].phase = Phase::Created;
-                lane.running.entry(handle).or_default().push_back(ti);
-            }
-            return Ok(Some(answered));
-        }
-        PacketType::WorkData
-        | PacketType::WorkWarning
-        | PacketType::WorkStatus
-        | PacketType::WorkComplete
-        | PacketType::WorkFail
-        | PacketType::WorkException => {
-            let handle = p.arg(0).to_vec();
-            let terminal = matches!(
-                p.kind,
-                PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
-            );
-            if lane.discard.contains(&handle) {
-                // A job failed for a too large result: drop its data. The
-                // handle stays until the set ends (the connection is closed
-                // then): a connection attached twice to the job gets its
-                // terminal packet twice.
-                return Ok(None);
-            }
-            let Some(queue) = lane.running.get_mut(&handle) else {
-                // A job we no longer wait for (e.g. its set timed out earlier
-                // on a connection we kept): nothing to deliver it to.
-                return Err(Error::protocol(format!(
-                    "{} for unknown job handle {:?}",
-                    p.kind.name(),
-                    String::from_utf8_lossy(&handle)
-                ))
-                .at(&addr));
-            };
-            // The same connection attached twice to one job gets every
-            // packet twice (protocol.md 4.1): deliver each copy to the next
-            // task in turn.
-            let ti = queue.pop_front().expect("queues are never left empty");
-            let grows = matches!(p.kind, PacketType::WorkData | PacketType::WorkComplete);
-            if grows && tasks[ti].data.len().saturating_add(p.arg(1).len()) > max_result {
-                let e = Error::new(
-                    ErrorKind::ResultTooLarge,
-                    format!(
-                        "result of job {} exceeded {max_result} bytes",
-                        String::from_utf8_lossy(&handle)
-                    ),
-                )
-                .at(&addr);
-                tasks[ti].data = Vec::new();
-                finish(&mut tasks[ti], Err(e));
-                lane.open -= 1;
-                if queue.is_empty() {
-                    lane.running.remove(&handle);
-                    if !terminal {
-                        lane.discard.insert(handle);
-                    }
-                }
-                return Ok(None);
-            }
-            match p.kind {
-                PacketType::WorkData => {
-                    tasks[ti].data.extend_from_slice(p.arg(1));
-                    if let Some(cb) = events.as_mut() {
-                        cb(Event::Data(p.arg(1).to_vec()));
-                    }
-                }
-                PacketType::WorkWarning => {
-                    tasks[ti].warning = Some(p.arg(1).to_vec());
-                    if let Some(cb) = events.as_mut() {
-                        cb(Event::Warning(p.arg(1).to_vec()));
-                    }
-                }
-                PacketType::WorkStatus => {
-                    if let Some(cb) = events.as_mut() {
-                        cb(Event::Status {
-                            numerator: parse_num(p.arg(1)),
-                            denominator: parse_num(p.arg(2)),
-                        });
-                    }
-                }
-                PacketType::WorkComplete => {
-                    let mut data = std::mem::take(&mut tasks[ti].data);
-                    data.extend_from_slice(p.arg(1));
-                    finish(&mut tasks[ti], Ok(Outcome::Result(data)));
-                }
-                PacketType::WorkFail => {
-                    let mut msg =
-                        format!("the worker failed job {}", String::from_utf8_lossy(&handle));
-                    if let Some(w) = tasks[ti].warning.take() {
-                        // Text for people: a command's stderr ends in a
-                        // newline that would split the message.
-                        msg.push_str(": ");
-                        msg.push_str(String::from_utf8_lossy(&w).trim_end());
-                    }
-                    let e = Error::new(ErrorKind::JobFailed, msg).at(&addr);
-                    finish(&mut tasks[ti], Err(e));
-                }
-                _ => {
-                    let data = p.arg(1).to_vec();
-                    let e = Error::new(
-                        ErrorKind::JobException(data.clone()),
-                        format!(
-                            "the worker raised an exception for job {}: {}",
-                            String::from_utf8_lossy(&handle),
-                            String::from_utf8_lossy(&data).trim_end()
-                        ),
-                    )
-                    .at(&addr);
-                    finish(&mut tasks[ti], Err(e));
-                }
-            }
-            if terminal {
-                lane.open -= 1;
-                if queue.is_empty() {
-                    lane.running.remove(&handle);
-                }
-            } else {
-                queue.push_back(ti);
-            }
-        }
-        PacketType::Noop => {}
-        other => {
-            return Err(Error::protocol(format!(
-                "unexpected {} packet on a client connection",
-                other.name()
-            ))
-            .at(&addr))
-        }
-    }
-    Ok(None)
 }
 
 /// The packet type that submits `job`.

@@ -20,6 +20,7 @@
 //!   table, admin status of every server, the concurrent sum.
 
 mod deferred;
+mod dispatch;
 mod engine;
 mod pool;
 mod status;
@@ -36,6 +37,7 @@ use crate::servers::{Router, ServerAddr, ServerList};
 use deferred::{Deferred, Ledger};
 use engine::Outcome;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Client settings. All durations are wall-clock.
@@ -83,6 +85,12 @@ pub struct Options {
     /// [`Client`]) is the earlier of this and the one it computes. Default
     /// `None`.
     pub deadline: Option<Instant>,
+    /// Trust and identity for `tls://` servers, loaded once with
+    /// [`TlsConfig::load`](crate::TlsConfig::load). Default `None`: a
+    /// `tls://` server is verified against the system's roots
+    /// ([`TlsConfig::system`](crate::TlsConfig::system)) and no client
+    /// certificate is presented. Plaintext servers ignore it.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 /// Default [`Options::max_result`]: 16 MiB, MySQL's default largest UDF
@@ -103,6 +111,7 @@ impl Default for Options {
             interrupt: None,
             max_result: DEFAULT_MAX_RESULT,
             deadline: None,
+            tls: None,
         }
     }
 }
@@ -121,6 +130,7 @@ impl std::fmt::Debug for Options {
             .field("interrupt", &self.interrupt.is_some())
             .field("max_result", &self.max_result)
             .field("deadline", &self.deadline)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -148,7 +158,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// by server address: one per server, shared by every list that names it.
 #[derive(Debug)]
 pub struct Client {
-    routing: Routing,
+    /// Shared so that a call takes it without copying the lists.
+    routing: Arc<Routing>,
     opts: Options,
     conns: HashMap<ServerAddr, Connection>,
     router: Router,
@@ -211,7 +222,7 @@ impl Client {
     /// Does no I/O: connections open on first use.
     pub fn with_routing(routing: Routing, opts: Options) -> Client {
         Client {
-            routing,
+            routing: Arc::new(routing),
             opts,
             conns: HashMap::new(),
             router: Router::default(),
@@ -235,8 +246,8 @@ impl Client {
     /// change finds them settled. A server named by the old and the new
     /// table keeps its connection.
     pub fn set_routing(&mut self, routing: Routing) {
-        if routing != self.routing {
-            self.routing = routing;
+        if routing != *self.routing {
+            self.routing = Arc::new(routing);
             self.close_unrouted();
         }
     }
@@ -251,7 +262,7 @@ impl Client {
         function: &[u8],
         list: Option<ServerList>,
     ) -> Result<()> {
-        let mut r = self.routing.clone();
+        let mut r = (*self.routing).clone();
         r.set_function(function, list)?;
         self.set_routing(r);
         Ok(())
@@ -275,7 +286,7 @@ impl Client {
     /// lists stay); connections as [`Client::set_routing`].
     pub fn set_servers(&mut self, servers: ServerList) {
         if *self.routing.default_list() != servers {
-            self.routing.set_default(servers);
+            Arc::make_mut(&mut self.routing).set_default(servers);
             self.close_unrouted();
         }
     }

@@ -167,7 +167,7 @@ impl Client {
 
     pub(super) fn open(&self, addr: &ServerAddr, deadline: Instant) -> Result<Connection> {
         let hook = self.opts.interrupt.as_ref();
-        let mut c = Connection::connect_until(
+        let mut c = Connection::connect_with(
             addr,
             self.opts.connect_timeout,
             Some(deadline),
@@ -175,6 +175,7 @@ impl Client {
                 .max_packet
                 .max(self.opts.max_result.saturating_add(RESULT_PACKET_ROOM)),
             hook,
+            self.opts.tls.as_ref(),
         )?;
         if let Some(id) = &self.opts.client_id {
             c.queue_packet(&Packet::req(

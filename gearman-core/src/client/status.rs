@@ -3,15 +3,17 @@
 
 use super::engine::parse_num;
 use super::Client;
-use crate::admin::{status_all, FunctionStatus};
+use crate::admin::{status_all_with, FunctionStatus};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::{first_known, Job, JobHandle, JobStatus, Known, UniqueStatus, MAX_UNIQUE};
 use crate::proto::{Packet, PacketType};
 use crate::servers::{ServerAddr, ServerList};
 use std::time::Instant;
 
-/// Largest result, in bytes, taken from one job of [`Client::sum`]: an
-/// integer in text form with room for surrounding whitespace.
+/// A bound on one job's result for [`Client::sum`] that a caller may set
+/// as [`Options::max_result`](crate::Options::max_result) (the MySQL UDF
+/// does): an integer in text form with room for surrounding whitespace.
+/// The sum itself applies the client's `max_result`, whatever it is.
 pub const SUM_RESULT_MAX: usize = 4096;
 
 /// The status of a job asked by handle or by unique key
@@ -207,18 +209,20 @@ impl Client {
         deadline: Instant,
     ) -> Vec<(ServerAddr, Result<Vec<FunctionStatus>>)> {
         let deadline = self.opts.deadline.map_or(deadline, |d| d.min(deadline));
-        status_all(
+        status_all_with(
             self.routing.all_servers(),
             self.opts.connect_timeout,
             deadline,
+            self.opts.tls.as_ref(),
         )
     }
 
     /// Runs every job at once (as [`Client::run_all`], each routed by its
     /// function) and adds up the results, each an integer in text form
     /// (ASCII whitespace around it allowed). `Ok(None)` when no job gave a
-    /// number (no jobs at all). Each result is capped at
-    /// [`SUM_RESULT_MAX`] bytes.
+    /// number (no jobs at all). Each result is bounded by
+    /// [`Options::max_result`](crate::Options::max_result), as for
+    /// [`Client::run_all`] (see [`SUM_RESULT_MAX`]).
     ///
     /// # Errors
     /// The first failed job's error (as the job returned it), a result that
@@ -241,10 +245,7 @@ impl Client {
         if jobs.is_empty() {
             return Ok(None);
         }
-        let cap = self.opts.max_result;
-        self.opts.max_result = cap.min(SUM_RESULT_MAX);
         let results = self.run_all(jobs);
-        self.opts.max_result = cap;
         let mut total: Option<i64> = None;
         for (i, (job, r)) in jobs.iter().zip(results).enumerate() {
             match r.and_then(|b| parse_int(&b, job)) {

@@ -83,7 +83,11 @@ impl Runtime {
                     )
                 })?;
         }
+        let tls = config
+            .tls()
+            .map_err(|e| format!("configuration file {}: {e}", config_path.display()))?;
         let opts = Options {
+            tls,
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             io_timeout: Duration::from_millis(config.io_timeout_ms),
             foreground_timeout: config.foreground_timeout(),

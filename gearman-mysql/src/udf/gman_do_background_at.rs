@@ -1,5 +1,7 @@
-//! `gman_do_background_at(function, workload, unix_seconds [, unique])`
-//! and its older name `gman_do_epoch`: a scheduled background job
+//! `gman_do_background_at(function, workload, run_at [, unique])` and its
+//! older name `gman_do_epoch(function, workload, unix_seconds [, unique])`
+//! (the same function; the argument is named as each name documented it):
+//! a scheduled background job
 //! (SUBMIT_JOB_EPOCH), its handle or unique key as
 //! [`super::gman_do_background`].
 //!
@@ -16,12 +18,29 @@ use crate::runtime::runtime;
 
 /// A background job run at a given time.
 #[derive(Debug, Clone, Copy)]
-pub struct At;
+pub struct At {
+    /// The name of the time argument in messages.
+    arg: &'static str,
+    usage: &'static str,
+}
+
+impl At {
+    /// `gman_do_background_at`.
+    pub const RUN_AT: At = At {
+        arg: "run_at",
+        usage: "(function, workload, run_at [, unique])",
+    };
+    /// `gman_do_epoch`, its older name.
+    pub const EPOCH: At = At {
+        arg: "unix_seconds",
+        usage: "(function, workload, unix_seconds [, unique])",
+    };
+}
 
 impl Udf for At {
     fn signature(&self) -> Signature {
         Signature {
-            usage: "(function, workload, unix_seconds [, unique])",
+            usage: self.usage,
             min: 3,
             max: 4,
         }
@@ -43,11 +62,11 @@ impl Udf for At {
         let t = match args.get(2) {
             Some(Arg::Int(i)) => *i,
             Some(Arg::Real(r)) if r.fract() == 0.0 && r.abs() < 9.0e15 => *r as i64,
-            Some(Arg::Bytes(b)) => seconds_of_text(b)?,
-            _ => return Err("unix_seconds is NULL".into()),
+            Some(Arg::Bytes(b)) => seconds_of_text(self.arg, b)?,
+            _ => return Err(format!("{} is NULL", self.arg)),
         };
         if t < 0 {
-            return Err(format!("unix_seconds {t} is negative"));
+            return Err(format!("{} {t} is negative", self.arg));
         }
         let job = job::from_args(args, 3)?.with_epoch(t);
         submit(site, rt, job).map(Some)
@@ -55,7 +74,7 @@ impl Udf for At {
 }
 
 /// Unix seconds from text: an integer, or RFC 3339 with a zone.
-fn seconds_of_text(b: &[u8]) -> Result<i64, String> {
+fn seconds_of_text(arg: &str, b: &[u8]) -> Result<i64, String> {
     let text = String::from_utf8_lossy(b);
     let s = text.trim();
     if let Ok(n) = s.parse::<i64>() {
@@ -73,13 +92,13 @@ fn seconds_of_text(b: &[u8]) -> Result<i64, String> {
     // The same without a zone (a DATETIME value): refused, not guessed.
     if time::OffsetDateTime::parse(&format!("{iso}Z"), rfc3339).is_ok() {
         return Err(format!(
-            "unix_seconds '{s}' is a date and time without a time zone: pass \
+            "{arg} '{s}' is a date and time without a time zone: pass \
              UNIX_TIMESTAMP('{s}') (read in the session's time zone), or RFC 3339 text \
              with Z or an offset, e.g. '2026-12-03T10:00:00Z'"
         ));
     }
     Err(format!(
-        "unix_seconds '{s}' is not an integer, nor RFC 3339 time with Z or an offset \
+        "{arg} '{s}' is not an integer (Unix seconds), nor RFC 3339 time with Z or an offset \
          (e.g. '2026-12-03T10:00:00Z')"
     ))
 }
@@ -90,14 +109,15 @@ mod tests {
 
     #[test]
     fn everything_becomes_text_except_the_seconds() {
-        let t = At
+        let mut at = At::EPOCH;
+        let t = at
             .init(
                 "gman_do_epoch",
                 &[STRING_RESULT, STRING_RESULT, DECIMAL_RESULT],
             )
             .unwrap();
         assert_eq!(t, vec![STRING_RESULT, STRING_RESULT, INT_RESULT]);
-        let t = At
+        let t = at
             .init("gman_do_epoch", &[INT_RESULT, REAL_RESULT, STRING_RESULT])
             .unwrap();
         assert_eq!(t, vec![STRING_RESULT; 3]);
@@ -105,20 +125,26 @@ mod tests {
 
     #[test]
     fn run_at_text_is_seconds_or_rfc3339_with_a_zone() {
-        assert_eq!(seconds_of_text(b" 1700000000 "), Ok(1_700_000_000));
-        assert_eq!(seconds_of_text(b"2023-11-14T22:13:20Z"), Ok(1_700_000_000));
         assert_eq!(
-            seconds_of_text(b"2023-11-14 23:13:20.75+01:00"),
+            seconds_of_text("run_at", b" 1700000000 "),
             Ok(1_700_000_000)
         );
-        let e = seconds_of_text(b"2023-11-14 22:13:20").unwrap_err();
+        assert_eq!(
+            seconds_of_text("run_at", b"2023-11-14T22:13:20Z"),
+            Ok(1_700_000_000)
+        );
+        assert_eq!(
+            seconds_of_text("run_at", b"2023-11-14 23:13:20.75+01:00"),
+            Ok(1_700_000_000)
+        );
+        let e = seconds_of_text("run_at", b"2023-11-14 22:13:20").unwrap_err();
         assert!(
             e.contains("without a time zone") && e.contains("UNIX_TIMESTAMP"),
             "{e}"
         );
-        let e = seconds_of_text(b"soon").unwrap_err();
-        assert!(e.contains("'soon' is not an integer"), "{e}");
-        let e = seconds_of_text("2023-11-14é".as_bytes()).unwrap_err();
+        let e = seconds_of_text("run_at", b"soon").unwrap_err();
+        assert!(e.contains("run_at 'soon' is not an integer"), "{e}");
+        let e = seconds_of_text("run_at", "2023-11-14é".as_bytes()).unwrap_err();
         assert!(e.contains("not an integer"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{job, Aggregate, Signature, Site};
 use crate::abi::Arg;
-use crate::config::DEFAULT_MAX_SUM_ROWS;
+use crate::config::{DEFAULT_MAX_SUM_ROWS, SUM_RESULT_MAX};
 use crate::runtime::runtime;
 use gearman_core::{ErrorKind, Job};
 use std::time::Instant;
@@ -64,9 +64,9 @@ impl Aggregate for Sum {
 
 impl Sum {
     /// The group's jobs at once, across every server list they use
-    /// (gearman-core's `Client::sum`: results capped at `SUM_RESULT_MAX`
-    /// bytes, parsed as integers, added with overflow checked), within one
-    /// `foreground_timeout_ms` from the start.
+    /// (gearman-core's `Client::sum`: parsed as integers, added with
+    /// overflow checked), each result capped at [`SUM_RESULT_MAX`] bytes,
+    /// within one `foreground_timeout_ms` from the start.
     fn run(&mut self) -> Result<Option<i64>, String> {
         if let Some(e) = self.error.take() {
             return Err(e);
@@ -79,10 +79,16 @@ impl Sum {
         let jobs = &self.jobs;
         let mut failed_job = None;
         rt.with_client_until(deadline, |c| {
-            c.sum_with(jobs, |i, e| {
+            // Each row's result is an integer: a small cap per job bounds
+            // the whole group (rows x SUM_RESULT_MAX).
+            let cap = c.options().max_result;
+            c.options_mut().max_result = cap.min(SUM_RESULT_MAX);
+            let r = c.sum_with(jobs, |i, e| {
                 failed_job = Some(i);
                 Err(e)
-            })
+            });
+            c.options_mut().max_result = cap;
+            r
         })
         .map_err(|e| match (e.kind(), failed_job) {
             // These name the function already.

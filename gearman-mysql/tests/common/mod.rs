@@ -5,12 +5,13 @@
 #![allow(dead_code)]
 
 use gearman_core::admin::Admin;
+use gearman_core::worker::WorkError;
 use gearman_core::worker::{JobContext, StopHandle, WorkResult, Worker, WorkerOptions};
 use gearman_core::{ServerAddr, ServerList};
 use gearman_testkit::{Gearmand, MariaDb, MariaDbOptions};
 use mysql::prelude::Queryable;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -96,10 +97,7 @@ impl Env {
     }
 
     pub fn admin(&self) -> Admin {
-        let addr = ServerAddr {
-            host: "127.0.0.1".into(),
-            port: self.gearmand.port(),
-        };
+        let addr = ServerAddr::new("127.0.0.1", self.gearmand.port());
         Admin::connect(&addr, Duration::from_secs(5)).expect("admin connection")
     }
 
@@ -273,4 +271,28 @@ pub fn wait_until(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A handler that answers only once `n` jobs are being worked on at the same
+/// time (or fails after 20 s): all of them must have been submitted before
+/// any result was awaited.
+pub fn rendezvous(n: usize) -> Handler {
+    let state = Arc::new((Mutex::new(0usize), Condvar::new()));
+    handler(move |ctx| {
+        let (count, cv) = &*state;
+        let mut arrived = count.lock().unwrap();
+        *arrived += 1;
+        cv.notify_all();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while *arrived < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WorkError::Fail);
+            }
+            arrived = cv.wait_timeout(arrived, left).unwrap().0;
+        }
+        let mut w = ctx.workload().to_vec();
+        w.reverse();
+        Ok(w)
+    })
 }

@@ -112,7 +112,7 @@ impl RelaySettings {
     fn client(&self) -> Client {
         let opts = Options {
             client_id: self.client_id.clone(),
-            ..Options::default()
+            ..crate::tls::client_options()
         };
         Client::new(self.servers.clone(), opts)
     }

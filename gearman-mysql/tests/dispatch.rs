@@ -215,3 +215,47 @@ fn shutdown_with_queued_jobs_neither_hangs_nor_crashes() {
         "{log}"
     );
 }
+
+/// Without cached threads (`thread_cache_size = 0`) the connection threads
+/// that ran the UDFs end with their connections, and with them the
+/// thread-local destructors that otherwise keep the library mapped: the
+/// library's own pin (and, as observed, the sender thread's own
+/// thread-local destructors: this test passes without the pin too) keeps
+/// the sender's code mapped through `DROP FUNCTION` of every UDF.
+#[test]
+fn drop_function_after_every_caller_thread_ended_keeps_the_sender_safe() {
+    let mut env = Env::start_with(PIPELINED, &["--thread-cache-size=0"]);
+    {
+        let mut c = env.conn();
+        let n: Option<u64> = c
+            .query_first("SELECT COUNT(gman_do_background('disp_tc', seq)) FROM seq_1_to_500")
+            .unwrap();
+        assert_eq!(n, Some(500));
+    }
+    wait_until("500 jobs queued", Duration::from_secs(20), || {
+        total(&env, "disp_tc") >= 500
+    });
+    // The caller's thread is gone; drop every UDF.
+    std::thread::sleep(Duration::from_millis(300));
+    let uninstall = std::fs::read_to_string(common::sql_file("uninstall.sql")).unwrap();
+    env.db.sql(&uninstall).unwrap();
+    assert!(library_mapped(&env), "the pinned library stays mapped");
+    std::thread::sleep(Duration::from_millis(500));
+    env.assert_alive("DROP FUNCTION with no caller thread left");
+    let install = std::fs::read_to_string(common::sql_file("install.sql")).unwrap();
+    env.db.sql(&install).unwrap();
+    let mut c = env.conn();
+    let n: Option<u64> = c
+        .query_first("SELECT COUNT(gman_do_background('disp_tc', seq)) FROM seq_1_to_100")
+        .unwrap();
+    assert_eq!(n, Some(100));
+    wait_until("600 jobs queued", Duration::from_secs(20), || {
+        total(&env, "disp_tc") >= 600
+    });
+    assert_eq!(total(&env, "disp_tc"), 600);
+    drop(c);
+    env.db.stop();
+    let log = env.db.error_log();
+    assert!(!log.contains("got signal"), "crashed:\n{log}");
+    assert!(log.contains("Shutdown complete"), "{log}");
+}

@@ -21,6 +21,9 @@
 //!   ([`Client::submit_background_deferred`]), and the one retry rule of
 //!   errors ([`Error::retry`]).
 //! - [`worker::Worker`]: register, grab, sleep/wake, report, reconnect, stop.
+//! - [`Dispatcher`]: a sender thread that takes background jobs from any
+//!   number of threads through a bounded in-memory queue and writes them
+//!   pipelined, one connection per job server.
 //! - [`admin::Admin`]: `status`, `workers`, `show jobs`, `maxqueue`, ...
 //! - [`TlsConfig`]: `tls://host[:port]` servers are reached over TLS
 //!   (rustls), the server verified (chain, dates, name) and never a byte
@@ -37,6 +40,7 @@
 pub mod admin;
 mod client;
 mod conn;
+pub mod dispatcher;
 mod error;
 mod job;
 pub mod proto;
@@ -50,6 +54,7 @@ pub use client::{
     SUM_RESULT_MAX,
 };
 pub use conn::{Connection, Interrupt};
+pub use dispatcher::{Dispatcher, DispatcherOptions, DispatcherStats};
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use job::{
     first_known, new_unique_key, validate_function_name, Event, Job, JobHandle, JobStatus, Known,

@@ -19,6 +19,9 @@
 //! max_sum_rows = 100000           # rows one gman_sum group, elements one gman_do_many call may have
 //! max_result_bytes = 16777216     # largest gman_do* result, gman_do_many output (bytes, 1 B to 1 GiB), see below
 //! background_dispatch = "round_trip"  # or "pipelined", see below
+//! dispatch_queue_jobs = 100000    # pipelined: most jobs waiting for the sender
+//! dispatch_queue_bytes = 67108864 # pipelined: most bytes (function + workload + key) waiting
+//! dispatch_linger_ms = 1          # pipelined: how long the sender lets a batch fill (0 to 1000)
 //! tls_ca_file = ""                # PEM CA bundle for tls:// servers; "" = the system's roots
 //! tls_cert_file = ""              # client certificate (PEM) for tls:// servers that require one
 //! tls_key_file = ""               # its private key (PEM, unencrypted); both or neither
@@ -127,33 +130,47 @@
 //!   gearmand's JOB_CREATED (one network round trip per row). The call
 //!   returns the job handle (`H:host:n`); a refusal (e.g. `QUEUE_ERROR` from
 //!   `maxqueue`) is that row's error: NULL for that row (see `gman_last_error()`).
-//! - `"pipelined"`: each call writes SUBMIT_JOB_BG and returns at once,
-//!   without waiting for JOB_CREATED; the confirmations are read later on the
-//!   same pooled connection. No job handle exists yet, so the call returns
-//!   the job's unique key: the caller's, or a generated one (36 characters,
-//!   UUID-shaped) when none was given; `gman_job_status()` accepts it. A call
-//!   still fails (NULL for that row) when the job cannot be written (no server
-//!   reachable). The first job of each kind (background, scheduled) on a
-//!   new connection waits for its confirmation (within `io_timeout_ms`), so
-//!   a server that ignores a packet type (Python `gear` ignores
-//!   SUBMIT_JOB_EPOCH) is found out before anything is pipelined behind it;
-//!   such a first job that is refused or not answered in time fails its own
-//!   row (NULL, fate unknown when unanswered). A job that gearmand refuses, or whose confirmation does
-//!   not arrive within `io_timeout_ms` of its write or whose connection is
-//!   lost first (fate unknown: it may have been queued; the connection is
-//!   then closed), is noticed only when the
-//!   confirmations are collected: at the start and end of later calls that use
-//!   the same pooled connection (from any session) and at the end of
-//!   statements that submitted pipelined jobs (without waiting). It is then
-//!   reported by the thread that collected it: one error-log line per
-//!   statement with the counts (`pipelined background dispatch: N jobs not
-//!   confirmed; R refused ...; U of unknown fate ...`); and in `gman_last_error()` of the connection that
-//!   submitted the job (only of that one, even when another session's call
-//!   collected the confirmation; the last 16,384 submitters are remembered);
-//!   the row that submitted it has already returned its key. Confirmations still unread
-//!   when mariadbd shuts down are not reported. Use it where throughput
-//!   matters more than a per-row answer (bulk `SELECT`s, busy triggers), or
-//!   use the outbox (`sql/mysql/outbox.sql`) where no job may be lost.
+//! - `"pipelined"`: each call hands its job to the library's one sender
+//!   thread (per mariadbd process) and returns at once, without a socket
+//!   call; the sender writes what is queued in pipelined batches (when
+//!   1,000 jobs are queued or the oldest has waited `dispatch_linger_ms`,
+//!   1 ms by default), one
+//!   connection per job server shared by every session (client id
+//!   `gearman-mysql-udf-dispatcher`), so triggers of many connections cost
+//!   gearmand one write per batch instead of one per row. No job handle
+//!   exists yet, so the call returns the job's unique key: the caller's,
+//!   or a generated one (36 characters, UUID-shaped) when none was given;
+//!   `gman_job_status()` accepts it. The sender's queue holds at most
+//!   `dispatch_queue_jobs` jobs (100,000) and `dispatch_queue_bytes` bytes
+//!   (64 MiB: function, workload and key lengths); when it is full a call
+//!   waits for room at most `io_timeout_ms` and then fails its row (NULL,
+//!   `gman_last_error()`: `dispatcher queue full: ...`). A call also fails
+//!   its row for an invalid job. When no server of a job's list accepts a
+//!   connection, its jobs wait in the queue (retried every 200 ms, each
+//!   server with its connect back-off) and are written once one does: they
+//!   are not dropped for their age, the queue fills, and then calls fail
+//!   as above. The first job of each kind (background, scheduled) on each
+//!   new sender connection is written alone and its confirmation awaited
+//!   (within `io_timeout_ms`), so a server that ignores a packet type
+//!   (Python `gear` ignores SUBMIT_JOB_EPOCH) is found out before anything
+//!   is pipelined behind it; such a job is then of unknown fate. A job
+//!   that gearmand refuses, or whose confirmation does not arrive within
+//!   `io_timeout_ms` of its write or whose connection is lost first (fate
+//!   unknown: it may have been queued; the connection is then closed), is
+//!   reported by the sender: one error-log line per batch with the counts
+//!   (`pipelined background dispatch: N jobs not confirmed; R refused ...;
+//!   U of unknown fate ...`), and in `gman_last_error()` of the connection
+//!   that submitted the job (only of that one; the last 16,384 submitters
+//!   are remembered); the row that submitted it has already returned its
+//!   key. `gman_dispatch_status()` shows the counts and the sender's queue.
+//!   `DROP FUNCTION` of every UDF leaves the library loaded (it pins itself
+//!   when the sender starts) and the sender running; at server shutdown
+//!   the sender writes what it can of its queue within `io_timeout_ms`,
+//!   logs what it could not (`pipelined dispatch stopped ...: ... never
+//!   sent`), and is joined. What is queued or unconfirmed is lost if
+//!   mariadbd crashes. Use it where throughput matters more than a per-row
+//!   answer (bulk `SELECT`s, busy triggers), or use the outbox
+//!   (`sql/mysql/outbox.sql`) where no job may be lost.
 //!   Every pipelined job carries a unique key, and gearmand 1.1 looks unique
 //!   keys up in hash tables of `--hashtable-buckets` buckets (991 by
 //!   default): with hundreds of thousands of jobs queued, each submission
@@ -236,6 +253,16 @@ pub struct Config {
     /// `"round_trip"` (default) or `"pipelined"`.
     #[serde(default)]
     pub background_dispatch: BackgroundDispatch,
+    /// Pipelined dispatch: most jobs in the sender's queue (1 to 10^7).
+    #[serde(default = "d_queue_jobs")]
+    pub dispatch_queue_jobs: u64,
+    /// Pipelined dispatch: most bytes in the sender's queue (1 B to 1 GiB).
+    #[serde(default = "d_queue_bytes")]
+    pub dispatch_queue_bytes: u64,
+    /// Pipelined dispatch: how long the sender lets a batch fill before
+    /// writing it (0 to 1000 ms; a batch of 1,000 jobs goes at once).
+    #[serde(default = "d_linger")]
+    pub dispatch_linger_ms: u64,
     /// PEM CA bundle for `tls://` servers; empty: the system's roots.
     #[serde(default)]
     pub tls_ca_file: String,
@@ -245,6 +272,25 @@ pub struct Config {
     /// The client certificate's key (PEM, unencrypted); empty: none.
     #[serde(default)]
     pub tls_key_file: String,
+}
+
+/// Default [`Config::dispatch_linger_ms`]: 1 ms.
+pub const DEFAULT_DISPATCH_LINGER_MS: u64 = 1;
+
+fn d_linger() -> u64 {
+    DEFAULT_DISPATCH_LINGER_MS
+}
+
+/// Default [`Config::dispatch_queue_jobs`].
+pub const DEFAULT_DISPATCH_QUEUE_JOBS: u64 = 100_000;
+/// Default [`Config::dispatch_queue_bytes`]: 64 MiB.
+pub const DEFAULT_DISPATCH_QUEUE_BYTES: u64 = 64 << 20;
+
+fn d_queue_jobs() -> u64 {
+    DEFAULT_DISPATCH_QUEUE_JOBS
+}
+fn d_queue_bytes() -> u64 {
+    DEFAULT_DISPATCH_QUEUE_BYTES
 }
 
 fn d_connect() -> u64 {
@@ -283,6 +329,9 @@ impl Default for Config {
             max_sum_rows: DEFAULT_MAX_SUM_ROWS,
             max_result_bytes: DEFAULT_MAX_RESULT,
             background_dispatch: BackgroundDispatch::RoundTrip,
+            dispatch_queue_jobs: DEFAULT_DISPATCH_QUEUE_JOBS,
+            dispatch_queue_bytes: DEFAULT_DISPATCH_QUEUE_BYTES,
+            dispatch_linger_ms: DEFAULT_DISPATCH_LINGER_MS,
             tls_ca_file: String::new(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
@@ -318,6 +367,24 @@ impl Config {
             return Err(format!(
                 "max_result_bytes = {} is out of range (1 to {MAX_MAX_RESULT})",
                 c.max_result_bytes
+            ));
+        }
+        if c.dispatch_queue_jobs == 0 || c.dispatch_queue_jobs > 10_000_000 {
+            return Err(format!(
+                "dispatch_queue_jobs = {} is out of range (1 to 10000000)",
+                c.dispatch_queue_jobs
+            ));
+        }
+        if c.dispatch_linger_ms > 1000 {
+            return Err(format!(
+                "dispatch_linger_ms = {} is out of range (0 to 1000)",
+                c.dispatch_linger_ms
+            ));
+        }
+        if c.dispatch_queue_bytes == 0 || c.dispatch_queue_bytes > MAX_MAX_RESULT {
+            return Err(format!(
+                "dispatch_queue_bytes = {} is out of range (1 to {MAX_MAX_RESULT})",
+                c.dispatch_queue_bytes
             ));
         }
         Ok(c)
@@ -382,6 +449,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dispatch_queue_limits_are_checked() {
+        let c = Config::parse("dispatch_queue_jobs = 10\ndispatch_queue_bytes = 4096").unwrap();
+        assert_eq!((c.dispatch_queue_jobs, c.dispatch_queue_bytes), (10, 4096));
+        for bad in [
+            "dispatch_queue_jobs = 0",
+            "dispatch_queue_jobs = 10000001",
+            "dispatch_queue_bytes = 0",
+            "dispatch_queue_bytes = 1073741825",
+            "dispatch_linger_ms = 1001",
+        ] {
+            let e = Config::parse(bad).unwrap_err();
+            assert!(e.contains("out of range"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn tls_keys_are_read_and_a_bad_file_names_its_key() {

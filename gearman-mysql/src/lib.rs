@@ -16,7 +16,7 @@
 //! | `gman_servers_set(servers [, function])` | its `servers` argument as given (`'127.0.0.1'`, not `'127.0.0.1:4730'`), as gearman-mysql-udf returned; NULL or `''` with a `function` clears that function's own list (returns the argument: NULL or `''`). Refused unless `allow_servers_set = true` |
 //! | `gman_job_status(handle_or_unique)` | JSON `{"known","running","numerator","denominator"}` (+ `"waiting"` for a unique key, e.g. the value a pipelined background call returned); a handle is asked of every server, a unique key of the server it routes to in the default list, then in each function's own list (gearman-core's `Client::job_status`); the key must be valid UTF-8 |
 //! | `gman_server_status()` | JSON array, one object per server and function: `server, function, total, queued, running, workers`; `total` is every job gearmand holds for the function, `queued` the jobs waiting for a worker (`total - running`, as in PostgreSQL), `running` those a worker has taken; a server that cannot be asked has one object `{"server", "error"}` |
-//! | `gman_dispatch_status()` | JSON `{"dispatch","sent","confirmed","failed","refused","unknown","pending"}`: the pipelined background jobs of this server process (all connections) since the library was loaded; `sent = confirmed + failed + pending`, `failed = refused + unknown`; reads the confirmations already arrived first (without waiting) |
+//! | `gman_dispatch_status()` | JSON `{"dispatch","sent","confirmed","failed","refused","unknown","pending"}`: the pipelined background jobs of this server process (all connections) since the library was loaded (`sent`: handed to the sender; `pending` includes those still queued); `sent = confirmed + failed + pending`, `failed = refused + unknown`; once the sender has started, also `"sender": {"queued","queued_bytes","oldest_age_ms","written","unsent","panics","servers": {"host:port": "up"/"down"/"unknown"}}` |
 //! | `gman_last_error()` | the last error of this connection's latest statement that called another `gman_*` function, or NULL (see [`runtime::session`]) |
 //!
 //! Errors: a wrong argument count or a row-valued argument fails the
@@ -30,13 +30,14 @@
 //! call-site and statement (identical lines within one second are folded
 //! into a count).
 //!
-//! Pipelined background dispatch (opt-in, see [`config`]): a job that
+//! Pipelined background dispatch (opt-in, see [`config`]): calls hand their
+//! jobs to one sender thread per process ([`runtime::dispatch`]) that
+//! writes them pipelined, one connection per job server. A job that
 //! gearmand refuses after its call returned its key, or whose confirmation
 //! does not arrive within `io_timeout_ms` of its write (unknown fate: it may
-//! have been queued), is reported when some thread collects the confirmation:
-//! one `pipelined background dispatch: N jobs not confirmed ...` error-log line
-//! per statement, and the `gman_last_error()` of the connection that
-//! submitted the job.
+//! have been queued), is reported by the sender: one `pipelined background
+//! dispatch: N jobs not confirmed ...` error-log line per batch, and the
+//! `gman_last_error()` of the connection that submitted the job.
 //!
 //! Configuration: see [`config`]; defaults: servers `127.0.0.1:4730`, connect
 //! timeout 2 s, I/O timeout 5 s, foreground timeout 30 s, background
@@ -99,4 +100,19 @@ static READ_CONFIG_AT_LOAD: extern "C" fn() = {
         });
     }
     read_config_at_load
+};
+
+/// Stops and joins the pipelined-dispatch sender thread when the library is
+/// unloaded (`dlclose()` after `DROP FUNCTION` of its last UDF, or at server
+/// shutdown): a thread left running in an unmapped library would crash
+/// mariadbd. Bounded: see [`runtime::dispatch::shutdown`]. Not in test
+/// builds of this crate.
+#[cfg(all(target_os = "linux", not(test)))]
+#[used]
+#[link_section = ".fini_array"]
+static STOP_DISPATCHER_AT_UNLOAD: extern "C" fn() = {
+    extern "C" fn stop_dispatcher_at_unload() {
+        let _ = std::panic::catch_unwind(runtime::dispatch::shutdown);
+    }
+    stop_dispatcher_at_unload
 };

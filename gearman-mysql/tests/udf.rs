@@ -1097,8 +1097,10 @@ fn pipelined_background_delivers_every_row_once_and_returns_unique_keys() {
             .any(|f| f.function == "nobody" && f.total == 4)
     });
 
-    // A job that cannot be written at call time fails that row, as in
-    // round-trip mode.
+    // A job whose servers cannot be reached returns its key all the same:
+    // it waits in the sender's bounded queue until a server of its list
+    // takes a connection (the call fails only when the queue stays full
+    // for io_timeout_ms).
     let dead_port = DeadPort::new();
     let dead = dead_port.port();
     one_str(
@@ -1106,12 +1108,14 @@ fn pipelined_background_delivers_every_row_once_and_returns_unique_keys() {
         &format!("SELECT gman_servers_set('127.0.0.1:{dead}', 'dead')"),
     )
     .unwrap();
-    assert_eq!(one(&mut c, "SELECT gman_do_background('dead', 'x')"), None);
-    let e = last_error(&mut c).unwrap();
-    assert!(
-        e.contains("gman_do_background") && e.contains("'dead'"),
-        "{e}"
-    );
+    let k = one_str(&mut c, "SELECT gman_do_background('dead', 'x')").unwrap();
+    assert_eq!(k.len(), 36, "{k}");
+    let mut st = String::new();
+    wait_until("the dead server seen down", Duration::from_secs(10), || {
+        st = one_str(&mut c, "SELECT gman_dispatch_status()").unwrap();
+        st.contains(&format!("\"127.0.0.1:{dead}\":\"down\""))
+    });
+    assert!(st.contains("\"queued\":1"), "{st}");
     assert!(
         not_queued_lines(&env).is_empty(),
         "nothing refused: {:?}",
@@ -1818,6 +1822,12 @@ fn overdue_pipelined_confirmations_are_reported_as_unknown_fate() {
     // The first job of its kind on the connection is confirmed before
     // anything is pipelined behind it.
     assert!(one_str(&mut a, "SELECT gman_do_background('late', 'warm')").is_some());
+    // The sender writes it after the call returned: wait for its
+    // confirmation before pausing gearmand.
+    wait_until("the warm job confirmed", Duration::from_secs(10), || {
+        one_str(&mut a, "SELECT gman_dispatch_status()")
+            .is_some_and(|s| s.contains("\"confirmed\":1,"))
+    });
     env.gearmand.pause();
     let n: Option<u64> = a
         .query_first("SELECT COUNT(gman_do_background('late', seq)) FROM seq_1_to_50")
@@ -1872,8 +1882,9 @@ fn overdue_pipelined_confirmations_are_reported_as_unknown_fate() {
 /// Confirmations are matched in order, so before a packet type had been
 /// seen answered on a connection, a later job's JOB_CREATED was credited to
 /// the ignored one. The first job of each kind is now confirmed before
-/// anything is pipelined behind it: the epoch call fails on its own row
-/// (unknown fate), and every background job is confirmed, none blamed.
+/// anything is pipelined behind it: the epoch job is reported as of
+/// unknown fate (its call returned its key: the sender thread writes it),
+/// and every background job is confirmed, none blamed.
 #[test]
 fn pipelined_dispatch_against_python_gear_blames_only_the_ignored_packet() {
     let gear = gearman_testkit::GearServer::start();
@@ -1883,16 +1894,17 @@ fn pipelined_dispatch_against_python_gear_blames_only_the_ignored_packet() {
     ));
     let mut db = start_db(&config, &[]);
     let mut c = common::connect(&db);
-    assert_eq!(
+    assert!(
         one(
             &mut c,
             "SELECT gman_do_epoch('ep', 'x', UNIX_TIMESTAMP() + 3600)"
-        ),
-        None,
-        "gear never confirms a scheduled job"
+        )
+        .is_some(),
+        "handed to the sender"
     );
-    let e = last_error(&mut c).unwrap();
-    assert!(e.contains("gman_do_epoch") && e.contains("'ep'"), "{e}");
+    wait_until("the epoch job reported", Duration::from_secs(20), || {
+        last_error(&mut c).is_some_and(|e| e.contains("'ep'") && e.contains("unknown fate"))
+    });
     let keys: Vec<Option<String>> = c
         .query("SELECT gman_do_background('bg', CONCAT('b', seq)) FROM seq_1_to_20")
         .unwrap();

@@ -19,8 +19,10 @@
 -- gman_do_background / _high_ / _low_ / gman_do_background_at (gman_do_epoch:
 -- its older name, same function) return the job handle
 -- (H:host:n). With background_dispatch = "pipelined" in the configuration
--- file (gearman-udf.toml) they return without waiting for gearmand's
--- confirmation and give the job's unique key instead (the caller's, or a
+-- file (gearman-udf.toml) they hand the job to the library's one sender
+-- thread (which writes every session's jobs pipelined, one connection per
+-- job server), return without waiting for gearmand's confirmation and give
+-- the job's unique key instead (the caller's, or a
 -- generated 36-character one); gman_job_status() accepts either. Jobs that
 -- gearmand refuses later, or whose confirmation does not come within
 -- io_timeout_ms (fate unknown: they may have been queued), are reported in
@@ -56,7 +58,9 @@
 -- gman_dispatch_status(): JSON {"dispatch","sent","confirmed","failed",
 -- "refused","unknown","pending"}: the pipelined background jobs of the whole
 -- server process since the library was loaded (sent = confirmed + failed +
--- pending; failed = refused + unknown).
+-- pending; failed = refused + unknown; pending includes jobs still queued),
+-- and once the sender thread has started "sender": {"queued","queued_bytes",
+-- "oldest_age_ms","written","unsent","panics","servers"}.
 -- gman_server_status(): JSON, one object per server and function with total
 -- (jobs gearmand holds), queued (jobs waiting for a worker: total - running),
 -- running and workers.

@@ -218,26 +218,22 @@ pub fn flush_deferred_failures() {
 }
 
 impl Runtime {
-    /// Writes one background job (with a unique key) without waiting for
-    /// its JOB_CREATED (`background_dispatch = "pipelined"`), through the
-    /// core's deferred ledger and its one retry rule
-    /// (`Client::submit_background_deferred_one`: a broken pooled
-    /// connection is reopened and the job written once more; a failure
-    /// known within the call is this row's error, not a later report).
-    /// The calling connection is noted as its submitter before the write:
-    /// its confirmation may be collected (by any thread) as soon as it is
-    /// written, and a later refusal goes to that connection.
+    /// Hands one background job (with a unique key) to the process-wide
+    /// sender (`background_dispatch = "pipelined"`, see
+    /// [`super::dispatch`]) and returns without a socket call; waits at
+    /// most `io_timeout_ms` for room in its bounded queue. The calling
+    /// connection is noted as its submitter first: a later refusal or
+    /// unknown fate goes to that connection's `gman_last_error()`.
     pub fn submit_pipelined(&self, job: &Job) -> gearman_core::Result<()> {
         let key = job.unique_bytes();
         // As the core names the function in its reports.
         let function = job.function_name();
         note_submitter(function.as_bytes(), key);
         SENT.fetch_add(1, Ordering::AcqRel);
-        self.with_client(|c| c.submit_background_deferred_one(job))
-            .inspect_err(|_| {
-                SENT.fetch_sub(1, Ordering::AcqRel);
-                take_submitter(function.as_bytes(), key);
-            })
+        super::dispatch::submit(self, job.clone()).inspect_err(|_| {
+            SENT.fetch_sub(1, Ordering::AcqRel);
+            take_submitter(function.as_bytes(), key);
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 //! ([`session`]) and the error-log writer ([`log`]).
 
 pub mod deferred;
+pub mod dispatch;
 pub mod log;
 pub mod pool;
 pub mod session;

@@ -25,7 +25,7 @@ impl Udf for DispatchStatus {
         let rt = runtime()?;
         rt.collect_idle();
         let c = dispatch_counts();
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "dispatch": if rt.pipelined() { "pipelined" } else { "round_trip" },
             "sent": c.sent,
             "confirmed": c.confirmed,
@@ -34,6 +34,23 @@ impl Udf for DispatchStatus {
             "unknown": c.unknown,
             "pending": c.pending(),
         });
+        // The process-wide sender, once started: its queue and servers.
+        if let Some(s) = crate::runtime::dispatch::stats() {
+            let servers: serde_json::Map<String, serde_json::Value> = s
+                .servers
+                .iter()
+                .map(|(a, r)| (a.to_string(), format!("{r:?}").to_lowercase().into()))
+                .collect();
+            json["sender"] = serde_json::json!({
+                "queued": s.queued,
+                "queued_bytes": s.queued_bytes,
+                "oldest_age_ms": s.oldest_age.map(|d| d.as_millis() as u64),
+                "written": s.sent,
+                "unsent": s.unsent,
+                "panics": s.panics,
+                "servers": servers,
+            });
+        }
         Ok(Some(json.to_string().into_bytes()))
     }
 }

@@ -1,0 +1,961 @@
+//! The dispatcher: background jobs from any number of threads handed off in
+//! memory and written by one sender thread, pipelined, one connection per
+//! job server.
+//!
+//! [`Dispatcher::submit`] validates the jobs and appends them to a bounded
+//! queue (bounded by job count, [`DispatcherOptions::max_jobs`], and by
+//! bytes, [`DispatcherOptions::max_bytes`]) and returns without any socket
+//! call. The sender thread takes whatever is queued (at most
+//! [`DispatcherOptions::batch`] jobs at a time), groups it by the server
+//! list each job's function has in the [`Routing`] table, and writes each
+//! group through one [`Client`]'s deferred ledger
+//! ([`Client::submit_background_deferred`]): one write per server per
+//! batch, the JOB_CREATED/ERROR replies matched later, the ledger's retry
+//! rule, back-off and fail-over as for any client call.
+//!
+//! # When the queue is full
+//! [`Dispatcher::submit`] waits (back-pressure) until the jobs fit, at most
+//! until its deadline, then fails with [`ErrorKind::Timeout`] saying the
+//! dispatcher queue is full; nothing of that call is queued then. Memory is
+//! bounded by the two limits (plus one batch in the sender's hands).
+//!
+//! # When no job server is reachable
+//! Jobs wait in the queue: the jobs of a list none of whose servers
+//! accepts a connection are set apart (per list, still counted in the
+//! queue and its limits), so they hold up no other list's jobs; the sender
+//! tries that list again every [`DispatcherOptions::retry_interval`] (each
+//! server also keeps the client's connect back-off) and writes them, in
+//! their order, once a server of their list accepts a connection again. Meanwhile the queue fills, and submitters
+//! get back-pressure and then their deadline's error. Jobs are not dropped
+//! for their age; [`DispatcherStats::oldest_age`] shows how long the oldest
+//! has waited. [`Dispatcher::stop`] counts what is still queued at its
+//! deadline as unsent. A server that accepts connections but does not
+//! answer (a stopped process) costs, per `io_timeout`, the first job
+//! written on each new connection (awaited, then counted of unknown fate:
+//! it may have been queued); the rest of the batch goes back to the queue.
+//!
+//! # What a crash loses
+//! The queue is in memory: a process that dies loses the queued jobs and
+//! those written but not yet confirmed (their fate unknown). Jobs that must
+//! survive a crash belong in an outbox table.
+//!
+//! # Counters
+//! [`Dispatcher::stats`] reads atomics, without waiting for the sender:
+//! `submitted = sent + unsent + queued (+ the batch being written)`, and
+//! `sent = confirmed + refused + unknown + pending`.
+//!
+//! # Panics
+//! A panic on the sender thread is caught: it is counted
+//! ([`DispatcherStats::panics`]), the jobs in flight on its client are
+//! counted as of unknown fate, and the loop restarts with a new client.
+
+use crate::client::{Client, DeferredReport, Options};
+use crate::error::{Error, ErrorKind, Result};
+use crate::job::Job;
+use crate::routing::Routing;
+use crate::servers::{ServerAddr, ServerList};
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Called on the sender thread with each batch of outcomes read (a report
+/// with the confirmed count and the failed jobs: refused, or of unknown
+/// fate). Must not block; a panic in it is caught as any panic of the
+/// sender.
+pub type ReportHook = Arc<dyn Fn(&DeferredReport) + Send + Sync>;
+
+/// Dispatcher settings.
+#[derive(Clone)]
+pub struct DispatcherOptions {
+    /// Settings of the sender's client: `io_timeout` bounds each write and
+    /// each confirmation (see [`Client::submit_background_deferred`]),
+    /// `retry_backoff` each server's connect back-off, `max_in_flight` the
+    /// unconfirmed jobs per connection.
+    pub client: Options,
+    /// Most jobs queued, the batch the sender is writing included.
+    /// Default 100,000.
+    pub max_jobs: usize,
+    /// Most bytes queued: the sum over queued jobs of function, workload
+    /// and unique key lengths. Default 64 MiB.
+    pub max_bytes: usize,
+    /// Most jobs the sender takes from the queue for one write per server.
+    /// Default 1,000.
+    pub batch: usize,
+    /// How long the sender lets a batch fill: it writes when `batch` jobs
+    /// are queued or the oldest queued job has waited this long (or on
+    /// [`Dispatcher::flush`] and [`Dispatcher::stop`]). Fewer, larger
+    /// writes cost gearmand less CPU per job; each job may wait this much
+    /// longer. Default 0 (write as soon as the sender is free).
+    pub linger: Duration,
+    /// How long the sender waits before trying again a server list none of
+    /// whose servers accepted a connection. Default 200 ms.
+    pub retry_interval: Duration,
+    /// Name of the sender thread. Default `gearman-dispatch`.
+    pub thread_name: String,
+    /// See [`ReportHook`]. Default none.
+    pub on_report: Option<ReportHook>,
+}
+
+impl Default for DispatcherOptions {
+    fn default() -> DispatcherOptions {
+        DispatcherOptions {
+            client: Options::default(),
+            max_jobs: 100_000,
+            max_bytes: 64 << 20,
+            batch: 1000,
+            linger: Duration::ZERO,
+            retry_interval: Duration::from_millis(200),
+            thread_name: "gearman-dispatch".into(),
+            on_report: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for DispatcherOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatcherOptions")
+            .field("client", &self.client)
+            .field("max_jobs", &self.max_jobs)
+            .field("max_bytes", &self.max_bytes)
+            .field("batch", &self.batch)
+            .field("linger", &self.linger)
+            .field("retry_interval", &self.retry_interval)
+            .field("thread_name", &self.thread_name)
+            .field("on_report", &self.on_report.is_some())
+            .finish()
+    }
+}
+
+/// Whether the sender could last use a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    /// Not tried yet.
+    Unknown,
+    /// The last connect or write to it succeeded.
+    Up,
+    /// The last connect to it failed, or its connection broke.
+    Down,
+}
+
+/// A snapshot of the dispatcher's counters (see [`Dispatcher::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DispatcherStats {
+    /// Jobs accepted by [`Dispatcher::submit`].
+    pub submitted: u64,
+    /// Jobs written to a job server.
+    pub sent: u64,
+    /// Of `sent`, jobs confirmed (JOB_CREATED: queued).
+    pub confirmed: u64,
+    /// Of `sent`, jobs refused (an ERROR reply: not queued).
+    pub refused: u64,
+    /// Of `sent`, jobs whose confirmation did not come in time or whose
+    /// connection was lost first (they may have been queued).
+    pub unknown: u64,
+    /// Jobs never written: still queued when [`Dispatcher::stop`]'s
+    /// deadline passed, or taken by the sender when it panicked. (Jobs a
+    /// write call could not write, e.g. because its deadline ran out while
+    /// awaiting the answer to a connection's first job, go back to the
+    /// queue.)
+    pub unsent: u64,
+    /// Jobs in the queue now.
+    pub queued: u64,
+    /// Bytes in the queue now, with those of the batch being written (both
+    /// count against [`DispatcherOptions::max_bytes`]).
+    pub queued_bytes: u64,
+    /// How long the oldest queued job has waited (`None`: queue empty).
+    pub oldest_age: Option<Duration>,
+    /// Panics caught on the sender thread.
+    pub panics: u64,
+    /// Each server of the routing table and whether the sender could last
+    /// use it.
+    pub servers: Vec<(ServerAddr, Reachability)>,
+}
+
+impl DispatcherStats {
+    /// Written jobs whose confirmation has not been read yet.
+    pub fn pending(&self) -> u64 {
+        self.sent
+            .saturating_sub(self.confirmed + self.refused + self.unknown)
+    }
+}
+
+struct Queued {
+    job: Job,
+    bytes: usize,
+    at: Instant,
+    /// Position in the batch (requeued jobs keep their order).
+    seq: usize,
+}
+
+/// Jobs of a list none of whose servers could be used, waiting apart
+/// until `retry_at` so they hold up no other list.
+struct Parked {
+    list: ServerList,
+    jobs: VecDeque<Queued>,
+    retry_at: Instant,
+}
+
+struct Queue {
+    jobs: VecDeque<Queued>,
+    /// Per unreachable list; their jobs count in `bytes` and `parked_jobs`.
+    parked: Vec<Parked>,
+    parked_jobs: usize,
+    bytes: usize,
+    /// Jobs and bytes in the sender's hands (taken, being written): they
+    /// count against the limits until written.
+    held: (usize, usize),
+    stopping: Option<Instant>,
+    /// Set by `flush`: the sender waits for confirmations.
+    flushing: u64,
+    /// The sender waits for work (a submission must wake it); false while
+    /// it works or lingers (woken only by a full batch).
+    sleeping: bool,
+    routing: Option<Routing>,
+}
+
+#[derive(Default)]
+struct Counters {
+    submitted: AtomicU64,
+    sent: AtomicU64,
+    confirmed: AtomicU64,
+    refused: AtomicU64,
+    unknown: AtomicU64,
+    unsent: AtomicU64,
+    queued: AtomicU64,
+    queued_bytes: AtomicU64,
+    /// Nanoseconds from `epoch` to the oldest job's enqueueing; `u64::MAX`
+    /// when empty.
+    oldest: AtomicU64,
+    panics: AtomicU64,
+    /// Jobs taken from the queue and not yet counted as sent or unsent.
+    taken: AtomicU64,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when jobs arrive or stop/flush is asked.
+    work: Condvar,
+    /// Signalled when room frees up or progress is made.
+    progress: Condvar,
+    counters: Counters,
+    epoch: Instant,
+    servers: Mutex<Vec<(ServerAddr, Arc<AtomicU8>)>>,
+    done: AtomicBool,
+    max_jobs: usize,
+    max_bytes: usize,
+    batch: usize,
+    io_timeout: Duration,
+}
+
+impl Queue {
+    /// Jobs waiting: queued and parked.
+    fn depth(&self) -> usize {
+        self.jobs.len() + self.parked_jobs
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish_queue(&self, q: &Queue) {
+        let c = &self.counters;
+        c.queued.store(q.depth() as u64, Ordering::Release);
+        c.queued_bytes
+            .store((q.bytes + q.held.1) as u64, Ordering::Release);
+        let oldest = q
+            .jobs
+            .front()
+            .into_iter()
+            .chain(q.parked.iter().filter_map(|p| p.jobs.front()))
+            .map(|j| j.at.saturating_duration_since(self.epoch).as_nanos() as u64)
+            .min()
+            .unwrap_or(u64::MAX);
+        c.oldest.store(oldest, Ordering::Release);
+    }
+
+    fn set_servers(&self, routing: &Routing) {
+        let mut s = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let all = routing.all_servers();
+        s.retain(|(a, _)| all.contains(a));
+        for a in all {
+            if !s.iter().any(|(x, _)| *x == a) {
+                s.push((a, Arc::new(AtomicU8::new(0))));
+            }
+        }
+    }
+
+    fn mark(&self, addr: &str, r: Reachability) {
+        let s = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        for (a, v) in s.iter() {
+            if a.to_string() == addr {
+                v.store(
+                    match r {
+                        Reachability::Unknown => 0,
+                        Reachability::Up => 1,
+                        Reachability::Down => 2,
+                    },
+                    Ordering::Release,
+                );
+            }
+        }
+    }
+
+    fn note(&self, report: &DeferredReport, hook: Option<&ReportHook>) {
+        let c = &self.counters;
+        c.confirmed.fetch_add(report.confirmed, Ordering::AcqRel);
+        for f in &report.failed {
+            if f.is_unknown_fate() {
+                c.unknown.fetch_add(1, Ordering::AcqRel);
+                if let Some(s) = f.error.server() {
+                    if f.error.is_connection_lost() {
+                        self.mark(s, Reachability::Down);
+                    }
+                }
+            } else {
+                c.refused.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        if report.confirmed > 0 || !report.failed.is_empty() {
+            if let Some(h) = hook {
+                h(report);
+            }
+        }
+        self.progress.notify_all();
+    }
+}
+
+/// A sender thread and its bounded queue. See the module docs.
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    /// Starts the sender thread for jobs routed by `routing`. Does no I/O
+    /// on the calling thread; connections open on the sender when jobs
+    /// come.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn start(routing: Routing, opts: DispatcherOptions) -> Result<Dispatcher> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                parked: Vec::new(),
+                parked_jobs: 0,
+                bytes: 0,
+                held: (0, 0),
+                stopping: None,
+                flushing: 0,
+                sleeping: false,
+                routing: None,
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            counters: Counters {
+                oldest: AtomicU64::new(u64::MAX),
+                ..Counters::default()
+            },
+            epoch: Instant::now(),
+            servers: Mutex::new(Vec::new()),
+            done: AtomicBool::new(false),
+            max_jobs: opts.max_jobs.max(1),
+            max_bytes: opts.max_bytes.max(1),
+            batch: opts.batch.max(1),
+            io_timeout: opts.client.io_timeout,
+        });
+        shared.set_servers(&routing);
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(opts.thread_name.clone())
+            .spawn(move || sender(s, routing, opts))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Interrupted,
+                    format!("could not start the dispatcher thread: {e}"),
+                )
+            })?;
+        Ok(Dispatcher {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues `jobs` (all or none) for the sender and returns without any
+    /// socket call. When they do not fit (see
+    /// [`DispatcherOptions::max_jobs`], [`DispatcherOptions::max_bytes`]),
+    /// waits for room until `deadline`.
+    ///
+    /// # Errors
+    /// - [`ErrorKind::InvalidArgument`]: a job is invalid (as
+    ///   [`Job::validate`] says), or the call alone exceeds a limit;
+    /// - [`ErrorKind::Timeout`]: `dispatcher queue full: ...`, no room
+    ///   before `deadline`;
+    /// - [`ErrorKind::Interrupted`]: the dispatcher is stopping or stopped.
+    pub fn submit(&self, jobs: Vec<Job>, deadline: Instant) -> Result<()> {
+        let mut bytes = 0usize;
+        for j in &jobs {
+            j.validate()?;
+            bytes += job_bytes(j);
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let (max_jobs, max_bytes) = self.limits();
+        if jobs.len() > max_jobs || bytes > max_bytes {
+            return Err(Error::invalid_argument(format!(
+                "{} jobs of {bytes} bytes exceed the dispatcher queue's limits \
+                 ({max_jobs} jobs, {max_bytes} bytes)",
+                jobs.len()
+            )));
+        }
+        let sh = &self.shared;
+        let mut q = sh.lock();
+        loop {
+            if q.stopping.is_some() || sh.done.load(Ordering::Acquire) {
+                return Err(Error::interrupted("the dispatcher is stopped"));
+            }
+            if q.depth() + q.held.0 + jobs.len() <= max_jobs
+                && q.bytes + q.held.1 + bytes <= max_bytes
+            {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::timeout(format!(
+                    "dispatcher queue full: {} jobs, {} bytes queued (limits {max_jobs} jobs, \
+                     {max_bytes} bytes); no room for {} more jobs before the deadline",
+                    q.depth() + q.held.0,
+                    q.bytes + q.held.1,
+                    jobs.len()
+                )));
+            }
+            q = sh
+                .progress
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let at = Instant::now();
+        let n = jobs.len() as u64;
+        for job in jobs {
+            let b = job_bytes(&job);
+            q.bytes += b;
+            q.jobs.push_back(Queued {
+                job,
+                bytes: b,
+                at,
+                seq: 0,
+            });
+        }
+        sh.counters.submitted.fetch_add(n, Ordering::AcqRel);
+        sh.publish_queue(&q);
+        // Wake the sender only when it waits for work or a batch is full:
+        // no futex call per job while it is busy or lingering.
+        let wake = q.sleeping || q.jobs.len() >= sh.batch;
+        drop(q);
+        if wake {
+            sh.work.notify_all();
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> (usize, usize) {
+        (self.shared.max_jobs, self.shared.max_bytes)
+    }
+
+    /// Replaces the routing table; the sender uses it from its next batch
+    /// (jobs already queued included).
+    pub fn set_routing(&self, routing: Routing) {
+        self.shared.set_servers(&routing);
+        self.shared.lock().routing = Some(routing);
+        self.shared.work.notify_all();
+    }
+
+    /// The counters now (atomics; no wait for the sender).
+    pub fn stats(&self) -> DispatcherStats {
+        let c = &self.shared.counters;
+        // Outcomes before `sent`, so `pending` never goes negative.
+        let confirmed = c.confirmed.load(Ordering::Acquire);
+        let refused = c.refused.load(Ordering::Acquire);
+        let unknown = c.unknown.load(Ordering::Acquire);
+        let oldest = c.oldest.load(Ordering::Acquire);
+        let oldest_age = (oldest != u64::MAX).then(|| {
+            let at = self.shared.epoch + Duration::from_nanos(oldest);
+            Instant::now().saturating_duration_since(at)
+        });
+        let servers = self
+            .shared
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(a, v)| {
+                let r = match v.load(Ordering::Acquire) {
+                    1 => Reachability::Up,
+                    2 => Reachability::Down,
+                    _ => Reachability::Unknown,
+                };
+                (a.clone(), r)
+            })
+            .collect();
+        DispatcherStats {
+            submitted: c.submitted.load(Ordering::Acquire),
+            sent: c.sent.load(Ordering::Acquire),
+            confirmed,
+            refused,
+            unknown,
+            unsent: c.unsent.load(Ordering::Acquire),
+            queued: c.queued.load(Ordering::Acquire),
+            queued_bytes: c.queued_bytes.load(Ordering::Acquire),
+            oldest_age,
+            panics: c.panics.load(Ordering::Acquire),
+            servers,
+        }
+    }
+
+    /// Waits until every job submitted before this call has been written
+    /// and its confirmation read (or counted as refused, unknown or
+    /// unsent), at most until `deadline`. Returns whether that happened.
+    pub fn flush(&self, deadline: Instant) -> bool {
+        let sh = &self.shared;
+        let target = sh.counters.submitted.load(Ordering::Acquire);
+        let mut q = sh.lock();
+        q.flushing += 1;
+        sh.work.notify_all();
+        let settled = |sh: &Shared| {
+            let c = &sh.counters;
+            let out = c.confirmed.load(Ordering::Acquire)
+                + c.refused.load(Ordering::Acquire)
+                + c.unknown.load(Ordering::Acquire)
+                + c.unsent.load(Ordering::Acquire);
+            out >= target
+        };
+        let ok = loop {
+            if settled(sh) {
+                break true;
+            }
+            if sh.done.load(Ordering::Acquire) {
+                break settled(sh);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            // Bounded slices: progress is signalled, but never rely on it.
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            q = sh
+                .progress
+                .wait_timeout(q, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        q.flushing -= 1;
+        ok
+    }
+
+    /// Stops the sender: it writes what it can of the queue and reads the
+    /// confirmations until `deadline`, then counts what is still queued as
+    /// unsent and what is still unconfirmed as of unknown fate, closes its
+    /// connections and ends; the thread is joined. Later submissions fail.
+    /// Returns whether the thread was joined: `false` only if it did not
+    /// end within one second past `deadline` (it is then left detached;
+    /// it still ends once its current wait, bounded by `io_timeout`, is
+    /// over). Calling it again is harmless.
+    pub fn stop(&self, deadline: Instant) -> bool {
+        let sh = &self.shared;
+        {
+            let mut q = sh.lock();
+            if q.stopping.is_none() {
+                q.stopping = Some(deadline);
+            }
+        }
+        sh.work.notify_all();
+        sh.progress.notify_all();
+        let give_up = deadline + Duration::from_secs(1);
+        let mut q = sh.lock();
+        while !sh.done.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= give_up {
+                break;
+            }
+            let wait = (give_up - now).min(Duration::from_millis(50));
+            q = sh
+                .progress
+                .wait_timeout(q, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(q);
+        let mut t = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if sh.done.load(Ordering::Acquire) {
+            if let Some(h) = t.take() {
+                let _ = h.join();
+            }
+            true
+        } else {
+            t.is_none()
+        }
+    }
+
+    /// Whether the sender thread has ended.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.done.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Dispatcher {
+    /// Stops with a deadline of the client's `io_timeout` from now.
+    fn drop(&mut self) {
+        if !self.shared.done.load(Ordering::Acquire) {
+            self.stop(Instant::now() + self.shared.io_timeout);
+        }
+    }
+}
+
+fn job_bytes(j: &Job) -> usize {
+    j.function.len() + j.workload.len() + j.unique_bytes().len()
+}
+
+/// The sender thread: runs [`run`] under `catch_unwind`, restarting it
+/// after a panic, and marks the dispatcher done when it returns.
+fn sender(sh: Arc<Shared>, routing: Routing, opts: DispatcherOptions) {
+    let mut routing = routing;
+    loop {
+        let mut client = None;
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            run(&sh, &mut routing, &opts, &mut client)
+        }));
+        match r {
+            Ok(()) => break,
+            Err(_) => {
+                let c = &sh.counters;
+                c.panics.fetch_add(1, Ordering::AcqRel);
+                // Jobs taken but not written: never sent.
+                let taken = c.taken.swap(0, Ordering::AcqRel);
+                sh.lock().held = (0, 0);
+                c.unsent.fetch_add(taken, Ordering::AcqRel);
+                // Jobs written but not settled: of unknown fate.
+                let pending = sh_pending(&sh);
+                c.unknown.fetch_add(pending, Ordering::AcqRel);
+                log::error!(
+                    "gearman dispatcher: the sender panicked; {taken} jobs unsent, \
+                     {pending} of unknown fate; restarting"
+                );
+                drop(catch_unwind(AssertUnwindSafe(move || drop(client))));
+                sh.progress.notify_all();
+                if sh.lock().stopping.is_some_and(|d| Instant::now() >= d) {
+                    let mut q = sh.lock();
+                    count_unsent(&sh, &mut q);
+                    break;
+                }
+            }
+        }
+    }
+    sh.done.store(true, Ordering::Release);
+    let _q = sh.lock();
+    sh.progress.notify_all();
+}
+
+fn sh_pending(sh: &Shared) -> u64 {
+    let c = &sh.counters;
+    c.sent.load(Ordering::Acquire).saturating_sub(
+        c.confirmed.load(Ordering::Acquire)
+            + c.refused.load(Ordering::Acquire)
+            + c.unknown.load(Ordering::Acquire),
+    )
+}
+
+fn count_unsent(sh: &Shared, q: &mut Queue) {
+    let n = q.depth() as u64;
+    q.jobs.clear();
+    q.parked.clear();
+    q.parked_jobs = 0;
+    q.bytes = 0;
+    sh.counters.unsent.fetch_add(n, Ordering::AcqRel);
+    sh.publish_queue(q);
+}
+
+/// The sender's loop; returns once stopped.
+fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut Option<Client>) {
+    let hook = opts.on_report.as_ref();
+    let client =
+        slot.get_or_insert_with(|| Client::with_routing(routing.clone(), opts.client.clone()));
+    let batch_max = opts.batch.max(1);
+    loop {
+        // Take a batch, or wait for one.
+        let (batch, stopping, flushing) = {
+            let mut q = sh.lock();
+            loop {
+                if let Some(r) = q.routing.take() {
+                    *routing = r;
+                    client.set_routing(routing.clone());
+                }
+                let stopping = q.stopping;
+                let past_stop = stopping.is_some_and(|d| Instant::now() >= d);
+                if past_stop {
+                    count_unsent(sh, &mut q);
+                    break (Vec::new(), stopping, q.flushing > 0);
+                }
+                // Let a batch fill (see `linger`) unless it is full or
+                // someone waits for the queue to empty.
+                let linger_until = q.jobs.front().map(|j| j.at + opts.linger);
+                let lingering = !opts.linger.is_zero()
+                    && q.jobs.len() < batch_max
+                    && stopping.is_none()
+                    && q.flushing == 0
+                    && linger_until.is_some_and(|t| Instant::now() < t);
+                if !q.jobs.is_empty() && lingering {
+                    let t = linger_until.expect("queue not empty");
+                    q.sleeping = false;
+                    q = sh
+                        .work
+                        .wait_timeout(q, t.saturating_duration_since(Instant::now()))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
+                }
+                let b = take_batch(&mut q, routing, batch_max);
+                if !b.is_empty() {
+                    sh.counters.taken.store(b.len() as u64, Ordering::Release);
+                    sh.publish_queue(&q);
+                    sh.progress.notify_all();
+                    break (b, stopping, q.flushing > 0);
+                }
+                let pending = client.deferred_pending();
+                if q.jobs.is_empty() && (stopping.is_some() || q.flushing > 0) && pending > 0 {
+                    // Wait for the confirmations outside the lock.
+                    break (Vec::new(), stopping, true);
+                }
+                if q.depth() == 0 && stopping.is_some() && pending == 0 {
+                    break (Vec::new(), stopping, false);
+                }
+                // Nothing to write now: collect what arrived, then sleep a
+                // little (shorter while confirmations are owed).
+                if pending > 0 {
+                    drop(q);
+                    let r = client.collect_deferred(false);
+                    sh.note(&r, hook);
+                    q = sh.lock();
+                    if client.deferred_pending() == 0 || !q.jobs.is_empty() {
+                        continue;
+                    }
+                }
+                let mut wait = if client.deferred_pending() > 0 {
+                    Duration::from_millis(5)
+                } else {
+                    Duration::from_millis(500)
+                };
+                if let Some(t) = q.parked.iter().map(|p| p.retry_at).min() {
+                    wait = wait.min(t.saturating_duration_since(Instant::now()));
+                }
+                if let Some(d) = stopping {
+                    wait = wait.min(d.saturating_duration_since(Instant::now()));
+                }
+                q.sleeping = true;
+                q = sh
+                    .work
+                    .wait_timeout(q, wait.max(Duration::from_millis(1)))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                q.sleeping = false;
+            }
+        };
+        let deadline_cap = stopping;
+        client.options_mut().deadline = deadline_cap;
+        if batch.is_empty() {
+            if flushing || stopping.is_some() {
+                let r = client.collect_deferred(true);
+                sh.note(&r, hook);
+            }
+            if let Some(d) = stopping {
+                let q = sh.lock();
+                let over = Instant::now() >= d;
+                if (q.depth() == 0 && client.deferred_pending() == 0) || over {
+                    drop(q);
+                    break;
+                }
+            }
+            continue;
+        }
+        let parked = write_batch(sh, client, routing, batch, hook);
+        let mut q = sh.lock();
+        q.held = (0, 0);
+        let retry_at = Instant::now() + opts.retry_interval;
+        for (list, jobs) in parked {
+            if q.stopping.is_some_and(|d| Instant::now() >= d) {
+                let n = jobs.len() as u64;
+                sh.counters.unsent.fetch_add(n, Ordering::AcqRel);
+                continue;
+            }
+            q.parked_jobs += jobs.len();
+            q.bytes += jobs.iter().map(|j| j.bytes).sum::<usize>();
+            match q.parked.iter_mut().position(|p| p.list == list) {
+                Some(i) => {
+                    // Older than what was parked since: in front.
+                    let p = &mut q.parked[i];
+                    for j in jobs.into_iter().rev() {
+                        p.jobs.push_front(j);
+                    }
+                    p.retry_at = retry_at;
+                }
+                None => q.parked.push(Parked {
+                    list,
+                    jobs: jobs.into(),
+                    retry_at,
+                }),
+            }
+        }
+        sh.counters.taken.store(0, Ordering::Release);
+        sh.publish_queue(&q);
+        drop(q);
+        sh.progress.notify_all();
+    }
+    // Stopped: what is still owed is of unknown fate; close connections.
+    let r = client.collect_deferred(false);
+    sh.note(&r, hook);
+    let owed = client.deferred_pending() as u64;
+    if owed > 0 {
+        client.options_mut().deadline = Some(Instant::now());
+        client.disconnect();
+        let r = client.take_deferred_report();
+        sh.note(&r, hook);
+    }
+    let mut q = sh.lock();
+    count_unsent(sh, &mut q);
+}
+
+/// Takes up to `max` jobs: first those of parked lists that are due for
+/// another try, then from the queue, where a job of a parked list (not
+/// due) joins its list's parked jobs instead. Moves their bytes to `held`.
+fn take_batch(q: &mut Queue, routing: &Routing, max: usize) -> Vec<Queued> {
+    let now = Instant::now();
+    let mut b: Vec<Queued> = Vec::new();
+    for p in q.parked.iter_mut().filter(|p| p.retry_at <= now) {
+        while b.len() < max {
+            match p.jobs.pop_front() {
+                Some(j) => b.push(j),
+                None => break,
+            }
+        }
+    }
+    q.parked_jobs -= b.len();
+    q.parked.retain(|p| !p.jobs.is_empty());
+    while b.len() < max {
+        let Some(j) = q.jobs.pop_front() else {
+            break;
+        };
+        let list = routing.lookup(&j.job.function);
+        if let Some(p) = q
+            .parked
+            .iter_mut()
+            .find(|p| p.retry_at > now && &p.list == list)
+        {
+            p.jobs.push_back(j);
+            q.parked_jobs += 1;
+            continue;
+        }
+        b.push(j);
+    }
+    for (k, j) in b.iter_mut().enumerate() {
+        j.seq = k;
+        q.bytes -= j.bytes;
+        q.held.0 += 1;
+        q.held.1 += j.bytes;
+    }
+    b
+}
+
+/// Writes one batch, grouped by server list: one write per server. Returns
+/// the jobs not written, by list (to wait apart, parked, until retried):
+/// those of lists none of whose servers could be used, and those a write
+/// call could not write.
+fn write_batch(
+    sh: &Shared,
+    client: &mut Client,
+    routing: &Routing,
+    batch: Vec<Queued>,
+    hook: Option<&ReportHook>,
+) -> Vec<(ServerList, Vec<Queued>)> {
+    let c = &sh.counters;
+    let jobs: Vec<Job> = batch.iter().map(|q| q.job.clone()).collect();
+    let mut slots: Vec<Option<Queued>> = batch.into_iter().map(Some).collect();
+    let mut parked: Vec<(ServerList, Vec<Queued>)> = Vec::new();
+    for (list, idx) in routing.group(&jobs) {
+        let mut requeue = Vec::new();
+        // Some server of the list must accept a connection first; if none
+        // does, the jobs wait in the queue (nothing of them is written).
+        match client.ensure_connected_on(&list) {
+            Ok(addr) => sh.mark(&addr.to_string(), Reachability::Up),
+            Err(e) => {
+                for a in list.iter() {
+                    sh.mark(&a.to_string(), Reachability::Down);
+                }
+                log::warn!("gearman dispatcher: no job server of the list can be used: {e}");
+                for i in idx {
+                    if let Some(q) = slots[i].take() {
+                        requeue.push(q);
+                    }
+                }
+                parked.push((list, requeue));
+                continue;
+            }
+        }
+        // The order the ledger writes them in: scheduled (epoch) jobs last.
+        let mut order: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| jobs[i].epoch.is_none())
+            .collect();
+        order.extend(idx.iter().copied().filter(|&i| jobs[i].epoch.is_some()));
+        let group: Vec<Job> = order.iter().map(|&i| jobs[i].clone()).collect();
+        let before = client.deferred_written();
+        let r = client.submit_background_deferred_on(&list, &group);
+        let written = (client.deferred_written() - before).min(group.len() as u64);
+        c.sent.fetch_add(written, Ordering::AcqRel);
+        c.taken.fetch_sub(written, Ordering::AcqRel);
+        let missing = group.len() - written as usize;
+        if missing > 0 {
+            // Not written: the call's deadline ran out (e.g. waiting for the
+            // answer to a connection's first job of a type) or every server
+            // failed part-way. The ledger writes in order and a job is not
+            // written only when no server could be used for it, which past
+            // the deadline holds for every later job too: the unwritten are
+            // the last ones. They go back to the queue.
+            let why = r.err().map(|e| e.to_string()).unwrap_or_default();
+            log::warn!(
+                "gearman dispatcher: {missing} of {} jobs not written now, queued again: {why}",
+                group.len()
+            );
+            for &i in &order[order.len() - missing..] {
+                if let Some(q) = slots[i].take() {
+                    requeue.push(q);
+                }
+            }
+        }
+        for &i in &order[..order.len() - missing] {
+            slots[i] = None;
+        }
+        if !requeue.is_empty() {
+            // They keep their order in the batch.
+            requeue.sort_by_key(|q| q.seq);
+            parked.push((list, requeue));
+        }
+    }
+    let r = client.collect_deferred(false);
+    sh.note(&r, hook);
+    parked
+}

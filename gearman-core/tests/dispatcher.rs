@@ -1,0 +1,406 @@
+//! The dispatcher against a real gearmand: jobs from many threads arrive
+//! exactly once over one connection, back-pressure when the queue is full,
+//! jobs wait while gearmand is down, stop flushes, panics are caught, and
+//! the counters add up.
+
+mod common;
+
+use gearman_core::admin::Admin;
+use gearman_core::dispatcher::{Dispatcher, DispatcherOptions, DispatcherStats, Reachability};
+use gearman_core::{DeferredReport, ErrorKind, Job, Options, Routing, ServerAddr, ServerList};
+use gearman_testkit::Gearmand;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn admin(addr: &str) -> Admin {
+    Admin::connect(&ServerAddr::parse(addr).unwrap(), Duration::from_secs(5)).unwrap()
+}
+
+fn queued(addr: &str, function: &str) -> u64 {
+    admin(addr)
+        .status()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.function == function)
+        .map_or(0, |s| s.total)
+}
+
+fn opts() -> DispatcherOptions {
+    DispatcherOptions {
+        client: Options {
+            client_id: Some("dispatcher-test".into()),
+            retry_backoff: Duration::from_millis(50),
+            io_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            ..Options::default()
+        },
+        retry_interval: Duration::from_millis(50),
+        ..DispatcherOptions::default()
+    }
+}
+
+fn start(addr: &str, o: DispatcherOptions) -> Dispatcher {
+    Dispatcher::start(Routing::new(ServerList::parse(addr).unwrap()), o).unwrap()
+}
+
+fn soon(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs)
+}
+
+/// `submitted = sent + unsent + queued` once nothing is in the sender's
+/// hands, and `sent = confirmed + refused + unknown + pending`.
+fn assert_adds_up(s: &DispatcherStats) {
+    assert_eq!(s.submitted, s.sent + s.unsent + s.queued, "{s:?}");
+    assert_eq!(
+        s.sent,
+        s.confirmed + s.refused + s.unknown + s.pending(),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn jobs_from_many_threads_arrive_exactly_once_over_one_connection() {
+    let g = Gearmand::start();
+    let d = Arc::new(start(&g.addr(), opts()));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for i in 0..250 {
+                    // No unique key: a duplicate would be queued twice.
+                    let jobs = vec![
+                        Job::new("disp_many", format!("{t}-{i}-a")),
+                        Job::new("disp_many", format!("{t}-{i}-b")),
+                    ];
+                    d.submit(jobs, soon(10)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(d.flush(soon(20)), "{:?}", d.stats());
+    let s = d.stats();
+    assert_eq!(s.submitted, 4000);
+    assert_eq!(s.sent, 4000);
+    assert_eq!(s.confirmed, 4000, "{s:?}");
+    assert_eq!((s.refused, s.unknown, s.unsent, s.queued), (0, 0, 0, 0));
+    assert_eq!(s.oldest_age, None);
+    assert_eq!(s.servers.len(), 1);
+    assert_eq!(s.servers[0].1, Reachability::Up);
+    assert_adds_up(&s);
+    assert_eq!(queued(&g.addr(), "disp_many"), 4000);
+    // One gearmand connection for all eight threads.
+    let conns = admin(&g.addr())
+        .workers()
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.client_id == "dispatcher-test")
+        .count();
+    assert_eq!(conns, 1);
+    assert!(d.stop(soon(5)));
+    assert!(d.is_stopped());
+}
+
+#[test]
+fn a_full_queue_pushes_back_then_fails_at_the_deadline() {
+    // Nothing listens there: every job waits in the queue.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let d = start(
+        &dead,
+        DispatcherOptions {
+            max_jobs: 10,
+            max_bytes: 1000,
+            ..opts()
+        },
+    );
+    for i in 0..10 {
+        d.submit(vec![Job::new("f", format!("{i}"))], soon(5))
+            .unwrap();
+    }
+    let t = Instant::now();
+    let r = d.submit(
+        vec![Job::new("f", "one more")],
+        Instant::now() + Duration::from_millis(300),
+    );
+    let e = r.expect_err(&format!("{:?}", d.stats()));
+    assert!(t.elapsed() < Duration::from_millis(1500), "bounded wait");
+    assert_eq!(*e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        e.to_string().contains("dispatcher queue full: 10 jobs"),
+        "{e}"
+    );
+    let s = d.stats();
+    assert_eq!(s.submitted, 10);
+    assert!(s.queued_bytes <= 1000);
+    assert!(s.oldest_age.is_some());
+    // Too large for the queue at all, and invalid jobs: refused at once.
+    let e = d
+        .submit(vec![Job::new("f", vec![b'x'; 2000])], soon(5))
+        .unwrap_err();
+    assert_eq!(*e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(
+        e.to_string()
+            .contains("exceed the dispatcher queue's limits"),
+        "{e}"
+    );
+    let e = d
+        .submit(vec![Job::new("bad name", "")], soon(5))
+        .unwrap_err();
+    assert_eq!(*e.kind(), ErrorKind::InvalidArgument, "{e}");
+    // The server was tried and found down.
+    let t = Instant::now();
+    while d.stats().servers[0].1 != Reachability::Down {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Stop: nothing could be written; everything is unsent.
+    let t = Instant::now();
+    assert!(d.stop(Instant::now() + Duration::from_millis(300)));
+    assert!(t.elapsed() < Duration::from_secs(5), "bounded stop");
+    let s = d.stats();
+    assert_eq!((s.sent, s.unsent, s.queued), (0, 10, 0), "{s:?}");
+    assert_adds_up(&s);
+    let e = d.submit(vec![Job::new("f", "late")], soon(1)).unwrap_err();
+    assert_eq!(*e.kind(), ErrorKind::Interrupted, "{e}");
+}
+
+#[test]
+fn jobs_wait_while_gearmand_is_down_and_go_once_it_is_back() {
+    let mut g = Gearmand::start();
+    let d = start(&g.addr(), opts());
+    d.submit(vec![Job::new("disp_down", "before")], soon(5))
+        .unwrap();
+    assert!(d.flush(soon(10)));
+    g.kill();
+    let jobs: Vec<Job> = (0..50)
+        .map(|i| Job::new("disp_down", format!("{i}")))
+        .collect();
+    d.submit(jobs, soon(5)).unwrap();
+    // They wait: flush cannot finish while the server is down.
+    assert!(!d.flush(Instant::now() + Duration::from_millis(500)));
+    let s = d.stats();
+    assert_eq!(s.servers[0].1, Reachability::Down, "{s:?}");
+    assert_eq!(s.queued, 50, "{s:?}");
+    assert!(s.oldest_age.is_some());
+    g.restart();
+    assert!(d.flush(soon(20)), "{:?}", d.stats());
+    let s = d.stats();
+    assert_eq!(s.confirmed, 51, "{s:?}");
+    assert_eq!((s.refused, s.unknown, s.unsent, s.queued), (0, 0, 0, 0));
+    assert_eq!(s.servers[0].1, Reachability::Up);
+    assert_adds_up(&s);
+    // The restarted gearmand (no persistent queue) holds the 50.
+    assert_eq!(queued(&g.addr(), "disp_down"), 50);
+    assert!(d.stop(soon(5)));
+}
+
+#[test]
+fn stop_flushes_what_is_queued() {
+    let g = Gearmand::start();
+    let d = start(&g.addr(), opts());
+    let jobs: Vec<Job> = (0..3000)
+        .map(|i| Job::new("disp_stop", format!("{i}")))
+        .collect();
+    d.submit(jobs, soon(5)).unwrap();
+    assert!(d.stop(soon(20)));
+    let s = d.stats();
+    assert_eq!(s.confirmed, 3000, "{s:?}");
+    assert_eq!((s.unsent, s.unknown, s.queued, s.pending()), (0, 0, 0, 0));
+    assert_adds_up(&s);
+    assert_eq!(queued(&g.addr(), "disp_stop"), 3000);
+    // Stopping again is harmless.
+    assert!(d.stop(soon(1)));
+}
+
+#[test]
+fn refusals_are_counted_and_reported_with_their_keys() {
+    let g = Gearmand::start();
+    let mut c = common::client(&g.addr());
+    c.submit_background(&Job::new("disp_capped", "creates it"))
+        .unwrap();
+    admin(&g.addr()).maxqueue("disp_capped", Some(4)).unwrap();
+    let failed: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let f2 = failed.clone();
+    let d = start(
+        &g.addr(),
+        DispatcherOptions {
+            on_report: Some(Arc::new(move |r: &DeferredReport| {
+                let mut f = f2.lock().unwrap();
+                f.extend(r.failed.iter().map(|x| x.unique.clone()));
+            })),
+            ..opts()
+        },
+    );
+    let jobs: Vec<Job> = (0..7)
+        .map(|i| Job::new("disp_capped", "").with_unique(format!("u{i}")))
+        .collect();
+    d.submit(jobs, soon(5)).unwrap();
+    assert!(d.flush(soon(10)));
+    let s = d.stats();
+    assert_eq!((s.confirmed, s.refused, s.unknown), (3, 4, 0), "{s:?}");
+    assert_adds_up(&s);
+    let f = failed.lock().unwrap().clone();
+    assert_eq!(
+        f,
+        [
+            b"u3".to_vec(),
+            b"u4".to_vec(),
+            b"u5".to_vec(),
+            b"u6".to_vec()
+        ]
+    );
+}
+
+#[test]
+fn a_panic_on_the_sender_is_caught_and_the_sender_goes_on() {
+    let g = Gearmand::start();
+    let calls = Arc::new(AtomicU64::new(0));
+    let c2 = calls.clone();
+    let d = start(
+        &g.addr(),
+        DispatcherOptions {
+            on_report: Some(Arc::new(move |_r: &DeferredReport| {
+                if c2.fetch_add(1, Ordering::AcqRel) == 0 {
+                    panic!("a hook bug");
+                }
+            })),
+            ..opts()
+        },
+    );
+    d.submit(vec![Job::new("disp_panic", "first")], soon(5))
+        .unwrap();
+    let t = Instant::now();
+    while d.stats().panics == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", d.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.submit(vec![Job::new("disp_panic", "second")], soon(5))
+        .unwrap();
+    assert!(d.flush(soon(10)), "{:?}", d.stats());
+    let s = d.stats();
+    assert_eq!(s.panics, 1);
+    // The first job was confirmed before the hook panicked on its report.
+    assert_eq!(s.confirmed, 2, "{s:?}");
+    assert_adds_up(&s);
+    assert_eq!(queued(&g.addr(), "disp_panic"), 2);
+    assert!(d.stop(soon(5)));
+}
+
+/// A paused gearmand accepts the connection but never answers the first
+/// job written on it, which the ledger awaits within the call's deadline;
+/// the rest of the batch cannot be written in that call. Those jobs go back
+/// to the queue (they were once counted unsent and dropped) and are written
+/// once gearmand runs again.
+#[test]
+fn jobs_not_written_by_a_call_go_back_to_the_queue() {
+    let g = Gearmand::start();
+    let mut o = opts();
+    o.client.io_timeout = Duration::from_millis(500);
+    let d = start(&g.addr(), o);
+    g.pause();
+    let jobs: Vec<Job> = (0..20)
+        .map(|i| Job::new("disp_paused", format!("{i}")))
+        .collect();
+    d.submit(jobs, soon(5)).unwrap();
+    let t = Instant::now();
+    while d.stats().unknown == 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", d.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = d.stats();
+    assert_eq!(s.unsent, 0, "{s:?}");
+    assert!(s.queued > 0, "the rest waits: {s:?}");
+    g.resume();
+    assert!(d.flush(soon(20)), "{:?}", d.stats());
+    let s = d.stats();
+    assert_eq!(s.unsent, 0, "{s:?}");
+    assert_eq!(s.sent, 20, "each written once: {s:?}");
+    assert_eq!(s.confirmed + s.unknown, 20, "{s:?}");
+    assert_adds_up(&s);
+    // The unknown-fate probes were queued after all once gearmand ran.
+    let t = Instant::now();
+    while queued(&g.addr(), "disp_paused") < 20 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(queued(&g.addr(), "disp_paused"), 20);
+    assert!(d.stop(soon(5)));
+}
+
+/// With `linger`, the sender lets a batch fill: a lone job waits, a full
+/// batch goes at once, and flush does not wait for the linger.
+#[test]
+fn linger_lets_a_batch_fill_and_a_full_batch_or_flush_ends_it() {
+    let g = Gearmand::start();
+    let d = start(
+        &g.addr(),
+        DispatcherOptions {
+            linger: Duration::from_secs(600),
+            batch: 5,
+            ..opts()
+        },
+    );
+    d.submit(vec![Job::new("disp_linger", "alone")], soon(5))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.stats().queued, 1, "lingering: {:?}", d.stats());
+    assert!(d.flush(soon(10)), "flush ends the linger: {:?}", d.stats());
+    assert_eq!(d.stats().confirmed, 1);
+    let jobs: Vec<Job> = (0..5)
+        .map(|i| Job::new("disp_linger", format!("{i}")))
+        .collect();
+    d.submit(jobs, soon(5)).unwrap();
+    let t = Instant::now();
+    while d.stats().confirmed < 6 {
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", d.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_adds_up(&d.stats());
+    assert_eq!(queued(&g.addr(), "disp_linger"), 6);
+    assert!(d.stop(soon(5)));
+}
+
+/// Jobs of a list none of whose servers can be reached wait apart: they
+/// do not hold up the jobs of other lists queued behind them, even when
+/// there are more of them than one batch (they used to fill every batch
+/// from the front of the queue and starve the rest).
+#[test]
+fn an_unreachable_list_does_not_hold_up_the_others() {
+    let g = Gearmand::start();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut routing = Routing::new(ServerList::parse(&g.addr()).unwrap());
+    routing
+        .set_function(b"to_dead", Some(ServerList::parse(&dead).unwrap()))
+        .unwrap();
+    let d = Dispatcher::start(routing, DispatcherOptions { batch: 5, ..opts() }).unwrap();
+    let mut jobs: Vec<Job> = (0..20)
+        .map(|i| Job::new("to_dead", format!("{i}")))
+        .collect();
+    jobs.extend((0..7).map(|i| Job::new("disp_live", format!("{i}"))));
+    d.submit(jobs, soon(5)).unwrap();
+    let t = Instant::now();
+    while d.stats().confirmed < 7 {
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", d.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = d.stats();
+    assert_eq!(s.queued, 20, "the dead list's jobs wait: {s:?}");
+    assert_adds_up(&s);
+    assert_eq!(queued(&g.addr(), "disp_live"), 7);
+    let reach: Vec<Reachability> = s.servers.iter().map(|(_, r)| *r).collect();
+    assert_eq!(reach, [Reachability::Up, Reachability::Down], "{s:?}");
+    // Stop: the waiting jobs are unsent, nothing else.
+    assert!(d.stop(Instant::now() + Duration::from_millis(300)));
+    let s = d.stats();
+    assert_eq!((s.confirmed, s.unsent, s.queued), (7, 20, 0), "{s:?}");
+    assert_adds_up(&s);
+}

@@ -353,3 +353,34 @@ fn errors_keep_their_cause_and_say_how_to_retry() {
     let io = e.io_error().expect("the OS error is kept");
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
 }
+
+/// One call's results have a total budget: past it the job whose data
+/// would cross it fails (ResultTooLarge, "in all"); the others go on.
+#[test]
+fn a_set_holds_at_most_max_total_result_bytes() {
+    let g = Gearmand::start();
+    let _w = test_worker(&g.addr());
+    let mut c = Client::new(
+        list(&g.addr()),
+        Options {
+            max_total_result: Some(10),
+            ..opts()
+        },
+    );
+    let jobs: Vec<Job> = (0..5).map(|_| Job::new("echo", "abcd")).collect();
+    let r = c.run_all(&jobs);
+    let ok = r.iter().filter(|x| x.is_ok()).count();
+    assert_eq!(ok, 2, "{r:?}");
+    for e in r.iter().filter_map(|x| x.as_ref().err()) {
+        assert_eq!(e.kind(), &ErrorKind::ResultTooLarge, "{e}");
+        assert!(e.to_string().contains("exceeded 10 bytes in all"), "{e}");
+    }
+    // The budget is per call: the next call starts from zero.
+    assert_eq!(
+        c.run_all(&jobs[..2]).iter().filter(|x| x.is_ok()).count(),
+        2
+    );
+    let nums: Vec<Job> = (0..5).map(|_| Job::new("echo", "1234")).collect();
+    let e = c.sum(&nums).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::ResultTooLarge, "{e}");
+}

@@ -1,7 +1,7 @@
 //! Replies on a lane's connection, matched to the tasks of a set:
 //! JOB_CREATED and ERROR in submission order, WORK_* by job handle.
 
-use super::engine::{parse_num, server_error, submit_kind, Lane, Outcome, Phase, Task};
+use super::engine::{parse_num, server_error, submit_kind, Budget, Lane, Outcome, Phase, Task};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::{Event, JobHandle};
 use crate::proto::{Packet, PacketType};
@@ -43,7 +43,7 @@ pub(super) fn dispatch(
     tasks: &mut [Task<'_>],
     p: Packet,
     events: &mut Option<&mut dyn FnMut(Event)>,
-    max_result: usize,
+    budget: &mut Budget,
 ) -> Result<Option<PacketType>> {
     match p.kind {
         PacketType::JobCreated | PacketType::Error => on_reply(lane, tasks, p),
@@ -52,7 +52,7 @@ pub(super) fn dispatch(
         | PacketType::WorkStatus
         | PacketType::WorkComplete
         | PacketType::WorkFail
-        | PacketType::WorkException => on_work(lane, tasks, p, events, max_result).map(|_| None),
+        | PacketType::WorkException => on_work(lane, tasks, p, events, budget).map(|_| None),
         PacketType::Noop => Ok(None),
         other => Err(Error::protocol(format!(
             "unexpected {} packet on a client connection",
@@ -99,7 +99,7 @@ fn on_work(
     tasks: &mut [Task<'_>],
     p: Packet,
     events: &mut Option<&mut dyn FnMut(Event)>,
-    max_result: usize,
+    budget: &mut Budget,
 ) -> Result<()> {
     let addr = lane.addr.clone();
     let handle = p.arg(0).to_vec();
@@ -129,15 +129,23 @@ fn on_work(
     // task in turn.
     let ti = queue.pop_front().expect("queues are never left empty");
     let grows = matches!(p.kind, PacketType::WorkData | PacketType::WorkComplete);
-    if grows && tasks[ti].data.len().saturating_add(p.arg(1).len()) > max_result {
-        let e = Error::new(
-            ErrorKind::ResultTooLarge,
+    let add = if grows { p.arg(1).len() } else { 0 };
+    let over_job = tasks[ti].data.len().saturating_add(add) > budget.per_job;
+    let over_total = budget
+        .total
+        .is_some_and(|t| budget.held.saturating_add(add) > t);
+    if grows && (over_job || over_total) {
+        let job = String::from_utf8_lossy(&handle);
+        let msg = if over_job {
+            format!("result of job {job} exceeded {} bytes", budget.per_job)
+        } else {
             format!(
-                "result of job {} exceeded {max_result} bytes",
-                String::from_utf8_lossy(&handle)
-            ),
-        )
-        .at(&addr);
+                "the results of this call exceeded {} bytes in all; job {job} was given up",
+                budget.total.unwrap_or(0)
+            )
+        };
+        let e = Error::new(ErrorKind::ResultTooLarge, msg).at(&addr);
+        budget.held -= tasks[ti].data.len();
         tasks[ti].data = Vec::new();
         finish(&mut tasks[ti], Err(e));
         lane.open -= 1;
@@ -149,6 +157,7 @@ fn on_work(
         }
         return Ok(());
     }
+    budget.held += add;
     deliver(&mut tasks[ti], &p, &handle, &addr, events);
     if terminal {
         lane.open -= 1;

@@ -54,6 +54,14 @@ pub(super) struct Lane {
     pub(super) open: usize,
 }
 
+/// The result bytes one set may hold: per job and, optionally, in all.
+pub(super) struct Budget {
+    pub(super) per_job: usize,
+    pub(super) total: Option<usize>,
+    /// Result bytes held now, over every task of the set.
+    pub(super) held: usize,
+}
+
 /// The deadlines of one set.
 #[derive(Clone, Copy)]
 struct SetClock {
@@ -118,6 +126,11 @@ impl Client {
                 self.opts.deadline
             },
         };
+        let mut budget = Budget {
+            per_job: self.opts.max_result,
+            total: self.opts.max_total_result,
+            held: 0,
+        };
         loop {
             let active = self.feed_lanes(&mut lanes, &mut tasks, background);
             if active.is_empty() {
@@ -127,7 +140,14 @@ impl Client {
                 self.fail_active(&mut lanes, &active, &mut tasks, &e, background);
                 break;
             }
-            if !self.pump(&mut lanes, active, &mut tasks, &mut events, clock) {
+            if !self.pump(
+                &mut lanes,
+                active,
+                &mut tasks,
+                &mut events,
+                clock,
+                &mut budget,
+            ) {
                 break;
             }
         }
@@ -317,6 +337,7 @@ impl Client {
         tasks: &mut [Task<'_>],
         events: &mut Option<&mut dyn FnMut(Event)>,
         clock: SetClock,
+        budget: &mut Budget,
     ) -> bool {
         let awaiting_created = active.iter().any(|&li| !lanes[li].fifo.is_empty());
         let next_deadline = if awaiting_created {
@@ -361,7 +382,6 @@ impl Client {
                 return false;
             }
         };
-        let max_result = self.opts.max_result;
         for (k, readable) in ready {
             let lane = &mut lanes[active[k]];
             let conn = self
@@ -374,7 +394,7 @@ impl Client {
                 }
                 conn.read_ready()?;
                 while let Some(p) = conn.next_packet()? {
-                    if let Some(kind) = dispatch(lane, tasks, p, events, max_result)? {
+                    if let Some(kind) = dispatch(lane, tasks, p, events, budget)? {
                         conn.note_answered(kind);
                     }
                 }

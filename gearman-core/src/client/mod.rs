@@ -80,6 +80,14 @@ pub struct Options {
     /// A `run_all` of N jobs holds at most N times this. Default 16 MiB
     /// ([`DEFAULT_MAX_RESULT`]).
     pub max_result: usize,
+    /// Largest total, in bytes, of the results one call holds at once over
+    /// all its jobs ([`Client::run_all`], [`Client::sum`]; a single job is
+    /// bounded by `max_result` anyway). Past it, the job whose data would
+    /// cross it fails with [`ErrorKind::ResultTooLarge`](crate::ErrorKind::ResultTooLarge)
+    /// ("the results of this call exceeded N bytes in all"), its data is
+    /// dropped as for `max_result`, and the other jobs go on within what is
+    /// left. Default `None` (no bound beyond N times `max_result`).
+    pub max_total_result: Option<usize>,
     /// An absolute bound on every call while set (e.g. the end of the
     /// statement a database is running): each call's own deadline (see
     /// [`Client`]) is the earlier of this and the one it computes. Default
@@ -110,6 +118,7 @@ impl Default for Options {
             max_in_flight: 1024,
             interrupt: None,
             max_result: DEFAULT_MAX_RESULT,
+            max_total_result: None,
             deadline: None,
             tls: None,
         }
@@ -129,6 +138,7 @@ impl std::fmt::Debug for Options {
             .field("max_in_flight", &self.max_in_flight)
             .field("interrupt", &self.interrupt.is_some())
             .field("max_result", &self.max_result)
+            .field("max_total_result", &self.max_total_result)
             .field("deadline", &self.deadline)
             .field("tls", &self.tls)
             .finish()

@@ -134,11 +134,16 @@ pub fn within_deadline<R>(f: impl FnOnce(Instant) -> R) -> R {
     f(deadline)
 }
 
+/// Largest total of the results one call holds over all its jobs
+/// (`gman_do_many`, `gman_sum`): 1 GB, PostgreSQL's largest value.
+pub const MAX_TOTAL_RESULT: usize = 1 << 30;
+
 fn options(interruptible: bool) -> Options {
     Options {
         connect_timeout: gucs::connect_timeout(),
         foreground_timeout: Some(gucs::timeout()),
         max_result: gucs::max_result_size(),
+        max_total_result: Some(MAX_TOTAL_RESULT),
         client_id: Some(format!("postgres-{}", std::process::id())),
         interrupt: interrupt_hook(interruptible),
         ..Options::default()

@@ -150,6 +150,12 @@ impl GmError {
                     gearman_core::MAX_FUNCTION
                 ),
             ),
+            ErrorKind::ResultTooLarge if err.message().contains("in all") => (
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                "All results of one gman_do_many or gman_sum call together are held up to \
+                 1GB; split the call into smaller ones."
+                    .to_string(),
+            ),
             ErrorKind::ResultTooLarge => (
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 format!(

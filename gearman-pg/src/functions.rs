@@ -403,7 +403,8 @@ pub fn gman_do_many_functions(
 /// `(ordinality, result)` rows in input order. Bad arguments raise before
 /// anything is sent. Called within one deadline (`gearman.timeout`) for
 /// every job together; each job's result is capped at
-/// `gearman.max_result_size`.
+/// `gearman.max_result_size`, and all results together at 1 GB (past it,
+/// the job that would cross it fails with 54000).
 fn gather(calls: Vec<(String, Vec<u8>)>) -> Vec<(i32, Option<String>)> {
     let jobs: Vec<Job> = calls
         .iter()

@@ -255,11 +255,17 @@ fn pre_commit_checks() {
                          commit; the transaction is rolled back: {}",
                         e
                     ),
-                    hint: Some(
-                        "Start gearmand or fix gearman.servers and run the transaction again, \
-                         or use gearman.dispatch = 'outbox' to keep jobs while gearmand is down."
-                            .to_string(),
-                    ),
+                    // A TLS refusal keeps its own hint (which setting to fix).
+                    hint: if e.is_tls() {
+                        err.hint.clone()
+                    } else {
+                        Some(
+                            "Start gearmand or fix gearman.servers and run the transaction \
+                             again, or use gearman.dispatch = 'outbox' to keep jobs while \
+                             gearmand is down."
+                                .to_string(),
+                        )
+                    },
                     ..err
                 }
                 .raise(),

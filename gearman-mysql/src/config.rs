@@ -80,8 +80,11 @@
 //! as soon as it does (the rest is read and dropped, never kept): that row
 //! is NULL and `gman_last_error()` says `result of job H exceeded N bytes`.
 //! It is also the result length the functions declare to the server.
-//! `gman_do_many` accepts it per job, and for its whole output (the JSON
-//! array of all results): a longer output fails the row.
+//! `gman_do_many` accepts it per job, for all the results it gathers
+//! together (the job whose result would cross it fails: `null` in its place,
+//! named by `gman_last_error()`, and nothing more is held), and for its
+//! whole output (the JSON array of all results): a longer output fails the
+//! row.
 //! `gman_sum` accepts at most [`SUM_RESULT_MAX`] bytes per row (an integer
 //! as text), so a group holds at most `max_sum_rows` times that.
 //!

@@ -93,6 +93,10 @@ impl Runtime {
             foreground_timeout: config.foreground_timeout(),
             client_id: Some("gearman-mysql-udf".into()),
             max_result: config.max_result_bytes as usize,
+            // gman_do_many's output is at most max_result_bytes, so the
+            // results it gathers need not exceed that either: the job that
+            // would cross it fails (null in its place) and no more is held.
+            max_total_result: Some(config.max_result_bytes as usize),
             ..Options::default()
         };
         Ok(Runtime {

@@ -5,9 +5,14 @@
 //! [`Dispatcher::submit`] validates the jobs and appends them to a bounded
 //! queue (bounded by job count, [`DispatcherOptions::max_jobs`], and by
 //! bytes, [`DispatcherOptions::max_bytes`]) and returns without any socket
-//! call. The sender thread takes whatever is queued (at most
-//! [`DispatcherOptions::batch`] jobs at a time), groups it by the server
-//! list each job's function has in the [`Routing`] table, and writes each
+//! call. [`Dispatcher::submit_to`] does the same for jobs that go to a
+//! server list of the caller's choosing, whatever the routing table says
+//! (e.g. the list in force in the database session that made them: each
+//! session may have its own). The sender thread takes whatever is queued
+//! (at most [`DispatcherOptions::batch`] jobs at a time), groups it by
+//! server list (the job's own, from `submit_to`, else the one its
+//! function has in the [`Routing`] table), keeping call order within each
+//! list, and writes each
 //! group through one [`Client`]'s deferred ledger
 //! ([`Client::submit_background_deferred`]): one write per server per
 //! batch, the JOB_CREATED/ERROR replies matched later, the ledger's retry
@@ -169,8 +174,10 @@ pub struct DispatcherStats {
     pub oldest_age: Option<Duration>,
     /// Panics caught on the sender thread.
     pub panics: u64,
-    /// Each server of the routing table and whether the sender could last
-    /// use it.
+    /// Each server of the routing table and of the lists given to
+    /// [`Dispatcher::submit_to`] (from the first such call on; at most
+    /// 64 such lists are remembered past the time their jobs are
+    /// written), and whether the sender could last use it.
     pub servers: Vec<(ServerAddr, Reachability)>,
 }
 
@@ -188,6 +195,76 @@ struct Queued {
     at: Instant,
     /// Position in the batch (requeued jobs keep their order).
     seq: usize,
+    /// The list given to [`Dispatcher::submit_to`] (interned, see
+    /// [`ServerTable::intern`]); `None`: the routing table's list for the
+    /// job's function.
+    list: Option<Arc<ServerList>>,
+}
+
+impl Queued {
+    /// The list this job goes to.
+    fn list<'a>(&'a self, routing: &'a Routing) -> &'a ServerList {
+        match &self.list {
+            Some(l) => l,
+            None => routing.lookup(&self.job.function),
+        }
+    }
+}
+
+/// Most distinct lists given to [`Dispatcher::submit_to`] kept interned;
+/// past it, those no queued job refers to any more are forgotten (and
+/// their servers leave [`DispatcherStats::servers`] unless routed).
+const MAX_LISTS: usize = 64;
+
+/// The servers whose reachability [`DispatcherStats::servers`] reports:
+/// those of the routing table and of the lists given to
+/// [`Dispatcher::submit_to`].
+#[derive(Default)]
+struct ServerTable {
+    entries: Vec<(ServerAddr, Arc<AtomicU8>)>,
+    /// The routing table's servers.
+    routed: Vec<ServerAddr>,
+    /// The lists given to `submit_to`, each once: jobs of one list share
+    /// one `Arc` (no allocation per job).
+    lists: Vec<Arc<ServerList>>,
+}
+
+impl ServerTable {
+    /// Keeps the entries of servers routed or in an interned list (in that
+    /// order of first appearance), adding new ones as `Unknown`.
+    fn rebuild(&mut self) {
+        let mut wanted: Vec<&ServerAddr> = self.routed.iter().collect();
+        for l in &self.lists {
+            for a in l.iter() {
+                if !wanted.contains(&a) {
+                    wanted.push(a);
+                }
+            }
+        }
+        self.entries.retain(|(a, _)| wanted.contains(&a));
+        let mut add = Vec::new();
+        for a in wanted {
+            if !self.entries.iter().any(|(x, _)| x == a) {
+                add.push((a.clone(), Arc::new(AtomicU8::new(0))));
+            }
+        }
+        self.entries.extend(add);
+    }
+
+    /// The shared copy of `list`, made (and its servers added to the
+    /// table) on first sight.
+    fn intern(&mut self, list: &ServerList) -> Arc<ServerList> {
+        if let Some(l) = self.lists.iter().find(|l| ***l == *list) {
+            return l.clone();
+        }
+        if self.lists.len() >= MAX_LISTS {
+            self.lists.retain(|l| Arc::strong_count(l) > 1);
+        }
+        let l = Arc::new(list.clone());
+        self.lists.push(l.clone());
+        self.rebuild();
+        l
+    }
 }
 
 /// Jobs of a list none of whose servers could be used, waiting apart
@@ -242,7 +319,7 @@ struct Shared {
     progress: Condvar,
     counters: Counters,
     epoch: Instant,
-    servers: Mutex<Vec<(ServerAddr, Arc<AtomicU8>)>>,
+    servers: Mutex<ServerTable>,
     done: AtomicBool,
     max_jobs: usize,
     max_bytes: usize,
@@ -278,20 +355,19 @@ impl Shared {
         c.oldest.store(oldest, Ordering::Release);
     }
 
+    fn server_table(&self) -> MutexGuard<'_, ServerTable> {
+        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set_servers(&self, routing: &Routing) {
-        let mut s = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        let all = routing.all_servers();
-        s.retain(|(a, _)| all.contains(a));
-        for a in all {
-            if !s.iter().any(|(x, _)| *x == a) {
-                s.push((a, Arc::new(AtomicU8::new(0))));
-            }
-        }
+        let mut t = self.server_table();
+        t.routed = routing.all_servers();
+        t.rebuild();
     }
 
     fn mark(&self, addr: &str, r: Reachability) {
-        let s = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        for (a, v) in s.iter() {
+        let s = self.server_table();
+        for (a, v) in s.entries.iter() {
             if a.to_string() == addr {
                 v.store(
                     match r {
@@ -370,7 +446,7 @@ impl Dispatcher {
                 ..Counters::default()
             },
             epoch: Instant::now(),
-            servers: Mutex::new(Vec::new()),
+            servers: Mutex::new(ServerTable::default()),
             done: AtomicBool::new(false),
             max_jobs: opts.max_jobs.max(1),
             max_bytes: opts.max_bytes.max(1),
@@ -406,6 +482,26 @@ impl Dispatcher {
     ///   before `deadline`;
     /// - [`ErrorKind::Interrupted`]: the dispatcher is stopping or stopped.
     pub fn submit(&self, jobs: Vec<Job>, deadline: Instant) -> Result<()> {
+        self.enqueue(jobs, None, deadline)
+    }
+
+    /// As [`Dispatcher::submit`] (same validation, limits, back-pressure
+    /// and errors; all or none), but every job of the call goes to `list`,
+    /// whatever the routing table says (now or later): e.g. the list in
+    /// force in the session that made the jobs. Jobs of one list keep
+    /// their call order, whether they came by `submit` (routed to that
+    /// list) or by `submit_to`; the sender still writes once per server
+    /// per batch. The servers of `list` join
+    /// [`DispatcherStats::servers`]. `list` is copied once per distinct
+    /// list (kept, shared by its jobs), not per call.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::submit`].
+    pub fn submit_to(&self, list: &ServerList, jobs: Vec<Job>, deadline: Instant) -> Result<()> {
+        self.enqueue(jobs, Some(list), deadline)
+    }
+
+    fn enqueue(&self, jobs: Vec<Job>, list: Option<&ServerList>, deadline: Instant) -> Result<()> {
         let mut bytes = 0usize;
         for j in &jobs {
             j.validate()?;
@@ -423,6 +519,8 @@ impl Dispatcher {
             )));
         }
         let sh = &self.shared;
+        // Before the queue lock: the two are never held together.
+        let list = list.map(|l| sh.server_table().intern(l));
         let mut q = sh.lock();
         loop {
             if q.stopping.is_some() || sh.done.load(Ordering::Acquire) {
@@ -459,6 +557,7 @@ impl Dispatcher {
                 bytes: b,
                 at,
                 seq: 0,
+                list: list.clone(),
             });
         }
         sh.counters.submitted.fetch_add(n, Ordering::AcqRel);
@@ -499,9 +598,8 @@ impl Dispatcher {
         });
         let servers = self
             .shared
-            .servers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .server_table()
+            .entries
             .iter()
             .map(|(a, v)| {
                 let r = match v.load(Ordering::Acquire) {
@@ -858,7 +956,7 @@ fn take_batch(q: &mut Queue, routing: &Routing, max: usize) -> Vec<Queued> {
         let Some(j) = q.jobs.pop_front() else {
             break;
         };
-        let list = routing.lookup(&j.job.function);
+        let list = j.list(routing);
         if let Some(p) = q
             .parked
             .iter_mut()
@@ -879,6 +977,21 @@ fn take_batch(q: &mut Queue, routing: &Routing, max: usize) -> Vec<Queued> {
     b
 }
 
+/// Groups a batch by the list each job goes to (its own, else the
+/// routing table's): one entry per distinct list, in order of first use,
+/// with the indices of its jobs in order.
+fn group(batch: &[Queued], routing: &Routing) -> Vec<(ServerList, Vec<usize>)> {
+    let mut out: Vec<(&ServerList, Vec<usize>)> = Vec::new();
+    for (i, j) in batch.iter().enumerate() {
+        let l = j.list(routing);
+        match out.iter_mut().find(|(x, _)| std::ptr::eq(*x, l) || *x == l) {
+            Some((_, v)) => v.push(i),
+            None => out.push((l, vec![i])),
+        }
+    }
+    out.into_iter().map(|(l, v)| (l.clone(), v)).collect()
+}
+
 /// Writes one batch, grouped by server list: one write per server. Returns
 /// the jobs not written, by list (to wait apart, parked, until retried):
 /// those of lists none of whose servers could be used, and those a write
@@ -891,10 +1004,11 @@ fn write_batch(
     hook: Option<&ReportHook>,
 ) -> Vec<(ServerList, Vec<Queued>)> {
     let c = &sh.counters;
+    let groups = group(&batch, routing);
     let jobs: Vec<Job> = batch.iter().map(|q| q.job.clone()).collect();
     let mut slots: Vec<Option<Queued>> = batch.into_iter().map(Some).collect();
     let mut parked: Vec<(ServerList, Vec<Queued>)> = Vec::new();
-    for (list, idx) in routing.group(&jobs) {
+    for (list, idx) in groups {
         let mut requeue = Vec::new();
         // Some server of the list must accept a connection first; if none
         // does, the jobs wait in the queue (nothing of them is written).
@@ -958,4 +1072,37 @@ fn write_batch(
     let r = client.collect_deferred(false);
     sh.note(&r, hook);
     parked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(s: &str) -> ServerList {
+        ServerList::parse(s).unwrap()
+    }
+
+    #[test]
+    fn lists_are_interned_and_only_unused_ones_forgotten() {
+        let mut t = ServerTable {
+            routed: vec![ServerAddr::parse("r:1").unwrap()],
+            ..ServerTable::default()
+        };
+        t.rebuild();
+        let a = t.intern(&l("a:1,r:1"));
+        let a2 = t.intern(&l("a:1,r:1"));
+        assert!(Arc::ptr_eq(&a, &a2), "one copy per distinct list");
+        let names: Vec<String> = t.entries.iter().map(|(a, _)| a.to_string()).collect();
+        assert_eq!(names, ["r:1", "a:1"]);
+        drop(a2);
+        // Fill up: the unused lists go, the one still held stays.
+        for i in 0..MAX_LISTS {
+            t.intern(&l(&format!("x{i}:1")));
+        }
+        assert!(t.lists.len() <= MAX_LISTS);
+        assert!(t.lists.iter().any(|x| Arc::ptr_eq(x, &a)));
+        assert!(t.entries.iter().any(|(x, _)| x.to_string() == "a:1"));
+        assert!(!t.entries.iter().any(|(x, _)| x.to_string() == "x0:1"));
+        assert!(t.entries.iter().any(|(x, _)| x.to_string() == "r:1"));
+    }
 }

@@ -404,3 +404,114 @@ fn an_unreachable_list_does_not_hold_up_the_others() {
     assert_eq!((s.confirmed, s.unsent, s.queued), (7, 20, 0), "{s:?}");
     assert_adds_up(&s);
 }
+
+fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn reach(s: &DispatcherStats, addr: &str) -> Option<Reachability> {
+    s.servers
+        .iter()
+        .find(|(a, _)| a.to_string() == addr)
+        .map(|(_, r)| *r)
+}
+
+/// `submit_to` sends every job of the call to the given list, whatever
+/// the routing table says; its servers join `stats().servers`; a dead
+/// list of its own waits apart; and jobs of one list keep their call order
+/// whether they came routed or with the list given (one batch, one group).
+#[test]
+fn submit_to_sends_to_the_given_list_in_call_order() {
+    let a = Gearmand::start();
+    let b = Gearmand::start();
+    let dead = dead_addr();
+    let d = start(
+        &a.addr(),
+        DispatcherOptions {
+            linger: Duration::from_secs(600),
+            ..opts()
+        },
+    );
+    let la = ServerList::parse(&a.addr()).unwrap();
+    let lb = ServerList::parse(&b.addr()).unwrap();
+    let ldead = ServerList::parse(&dead).unwrap();
+    assert_eq!(d.stats().servers.len(), 1);
+    // Routed (to a) and given (a, b, the dead one), interleaved in one batch.
+    d.submit(vec![Job::new("disp_order", "0")], soon(5))
+        .unwrap();
+    d.submit_to(&lb, vec![Job::new("disp_to", "b0")], soon(5))
+        .unwrap();
+    d.submit_to(
+        &la,
+        vec![Job::new("disp_order", "1"), Job::new("disp_order", "2")],
+        soon(5),
+    )
+    .unwrap();
+    d.submit_to(&ldead, vec![Job::new("disp_order", "never")], soon(5))
+        .unwrap();
+    d.submit(vec![Job::new("disp_order", "3")], soon(5))
+        .unwrap();
+    d.submit_to(&lb, vec![Job::new("disp_to", "b1")], soon(5))
+        .unwrap();
+    d.submit_to(&la, vec![Job::new("disp_order", "4")], soon(5))
+        .unwrap();
+    let s = d.stats();
+    assert_eq!(s.submitted, 8, "{s:?}");
+    let servers: Vec<String> = s.servers.iter().map(|(a, _)| a.to_string()).collect();
+    assert_eq!(servers, [a.addr(), b.addr(), dead.clone()], "{s:?}");
+    // Invalid jobs and limits as for `submit`: nothing queued.
+    let e = d
+        .submit_to(
+            &lb,
+            vec![Job::new("disp_to", "ok"), Job::new("bad name", "")],
+            soon(5),
+        )
+        .unwrap_err();
+    assert_eq!(*e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert_eq!(d.stats().submitted, 8);
+    // The dead list's job cannot be flushed; the rest goes.
+    assert!(!d.flush(Instant::now() + Duration::from_secs(2)));
+    let s = d.stats();
+    assert_eq!((s.confirmed, s.queued), (7, 1), "{s:?}");
+    assert_adds_up(&s);
+    assert_eq!(reach(&s, &a.addr()), Some(Reachability::Up), "{s:?}");
+    assert_eq!(reach(&s, &b.addr()), Some(Reachability::Up), "{s:?}");
+    assert_eq!(reach(&s, &dead), Some(Reachability::Down), "{s:?}");
+    assert_eq!(queued(&a.addr(), "disp_order"), 5);
+    assert_eq!(queued(&a.addr(), "disp_to"), 0);
+    assert_eq!(queued(&b.addr(), "disp_to"), 2);
+    assert_eq!(queued(&b.addr(), "disp_order"), 0);
+    // A new routing table does not drop the given lists' servers.
+    d.set_routing(Routing::new(la.clone()));
+    let servers: Vec<String> = d
+        .stats()
+        .servers
+        .iter()
+        .map(|(a, _)| a.to_string())
+        .collect();
+    assert_eq!(servers, [a.addr(), b.addr(), dead.clone()]);
+    // The order gearmand hands the jobs to one worker: the call order.
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g2 = got.clone();
+    let mut w = gearman_core::worker::Worker::new(la.clone(), common::quick_worker_options());
+    w.register(
+        "disp_order",
+        move |j: &mut gearman_core::worker::JobContext<'_>| {
+            g2.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(j.workload()).into_owned());
+            Ok(Vec::new())
+        },
+    );
+    let _w = common::spawn(w);
+    let t = Instant::now();
+    while got.lock().unwrap().len() < 5 {
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", got);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*got.lock().unwrap(), ["0", "1", "2", "3", "4"]);
+    assert!(d.stop(Instant::now() + Duration::from_millis(300)));
+    let s = d.stats();
+    assert_eq!((s.confirmed, s.unsent), (7, 1), "{s:?}");
+}

@@ -39,6 +39,24 @@
 //! written on each new connection (awaited, then counted of unknown fate:
 //! it may have been queued); the rest of the batch goes back to the queue.
 //!
+//! # Reachability
+//! [`DispatcherStats::servers`] lists each server of the routing table
+//! and of the lists given to [`Dispatcher::submit_to`] with what the
+//! sender last found ([`Reachability`]): `Up` once it connected or wrote
+//! to it, `Down` once a connect to it failed or its connection broke
+//! (also for a server a list's other servers stood in for). The sender
+//! probes each server marked `Down` again while it has nothing to write:
+//! a connect only (at most `connect_timeout`, never under the queue lock),
+//! every [`DispatcherOptions::retry_interval`] and not before the client's
+//! connect back-off for it ends (`retry_backoff`, doubling per failed
+//! connect, at most 60 s); the server is marked `Up` when it accepts, and
+//! the jobs waiting for a list of it are tried at once. So a server that
+//! comes back shows `Up` even with nothing queued for it (a caller that
+//! refuses work while every server of its list is `Down` does not lock
+//! itself out). Under a load that never leaves the sender idle, a `Down`
+//! server is tried again by the writes themselves (once its back-off
+//! ends, a job whose turn it is tries it first).
+//!
 //! # What a crash loses
 //! The queue is in memory: a process that dies loses the queued jobs and
 //! those written but not yet confirmed (their fate unknown). Jobs that must
@@ -96,7 +114,9 @@ pub struct DispatcherOptions {
     /// longer. Default 0 (write as soon as the sender is free).
     pub linger: Duration,
     /// How long the sender waits before trying again a server list none of
-    /// whose servers accepted a connection. Default 200 ms.
+    /// whose servers accepted a connection, and between two probes of a
+    /// server marked [`Reachability::Down`] (see the module docs). Default
+    /// 200 ms.
     pub retry_interval: Duration,
     /// Name of the sender thread. Default `gearman-dispatch`.
     pub thread_name: String,
@@ -141,7 +161,8 @@ pub enum Reachability {
     Unknown,
     /// The last connect or write to it succeeded.
     Up,
-    /// The last connect to it failed, or its connection broke.
+    /// The last connect to it failed, or its connection broke; probed
+    /// again while the sender is idle (see the module docs).
     Down,
 }
 
@@ -327,6 +348,90 @@ struct Shared {
     io_timeout: Duration,
 }
 
+fn reach_code(r: Reachability) -> u8 {
+    match r {
+        Reachability::Unknown => 0,
+        Reachability::Up => 1,
+        Reachability::Down => 2,
+    }
+}
+
+/// The sender's schedule of reachability probes: each server marked
+/// [`Reachability::Down`] is tried again (a connect only) every
+/// `retry_interval`, and not before the client's connect back-off for it
+/// ends.
+#[derive(Default)]
+struct Probes {
+    at: Vec<(ServerAddr, Instant)>,
+}
+
+impl Probes {
+    /// Follows `down` (the servers marked Down now: one first seen is
+    /// probed `retry` later) and returns those due at `now`.
+    fn due(
+        &mut self,
+        down: Vec<ServerAddr>,
+        retry: Duration,
+        client: &Client,
+        now: Instant,
+    ) -> Vec<ServerAddr> {
+        self.at.retain(|(a, _)| down.contains(a));
+        for a in down {
+            if !self.at.iter().any(|(x, _)| *x == a) {
+                self.at.push((a, now + retry));
+            }
+        }
+        for (a, t) in &mut self.at {
+            if let Some(b) = client.connect_backoff(a) {
+                *t = (*t).max(b);
+            }
+        }
+        self.at
+            .iter()
+            .filter(|(_, t)| *t <= now)
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    /// When the next probe is due.
+    fn next(&self) -> Option<Instant> {
+        self.at.iter().map(|(_, t)| *t).min()
+    }
+
+    /// Tries to connect to each of `due`; marks those that accept
+    /// [`Reachability::Up`] and returns them; the others are tried again
+    /// `retry` later. Called without the queue lock.
+    fn run(
+        &mut self,
+        sh: &Shared,
+        client: &mut Client,
+        due: Vec<ServerAddr>,
+        retry: Duration,
+    ) -> Vec<ServerAddr> {
+        let mut up = Vec::new();
+        for a in due {
+            match client.ensure_connected_on(&ServerList::single(a.clone())) {
+                Ok(_) => {
+                    sh.mark_addr(&a, Reachability::Up);
+                    log::info!("gearman dispatcher: job server {a} is reachable again");
+                    self.at.retain(|(x, _)| *x != a);
+                    up.push(a);
+                }
+                Err(e) => {
+                    log::debug!("gearman dispatcher: job server {a} still unreachable: {e}");
+                    let next = Instant::now() + retry;
+                    for (x, t) in &mut self.at {
+                        if *x == a {
+                            *t = next;
+                        }
+                    }
+                }
+            }
+        }
+        up
+    }
+}
+
 impl Queue {
     /// Jobs waiting: queued and parked.
     fn depth(&self) -> usize {
@@ -369,16 +474,28 @@ impl Shared {
         let s = self.server_table();
         for (a, v) in s.entries.iter() {
             if a.to_string() == addr {
-                v.store(
-                    match r {
-                        Reachability::Unknown => 0,
-                        Reachability::Up => 1,
-                        Reachability::Down => 2,
-                    },
-                    Ordering::Release,
-                );
+                v.store(reach_code(r), Ordering::Release);
             }
         }
+    }
+
+    fn mark_addr(&self, addr: &ServerAddr, r: Reachability) {
+        let s = self.server_table();
+        for (a, v) in s.entries.iter() {
+            if a == addr {
+                v.store(reach_code(r), Ordering::Release);
+            }
+        }
+    }
+
+    /// The servers marked [`Reachability::Down`] now.
+    fn down_servers(&self) -> Vec<ServerAddr> {
+        self.server_table()
+            .entries
+            .iter()
+            .filter(|(_, v)| v.load(Ordering::Acquire) == reach_code(Reachability::Down))
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     fn note(&self, report: &DeferredReport, hook: Option<&ReportHook>) {
@@ -793,6 +910,7 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
     let client =
         slot.get_or_insert_with(|| Client::with_routing(routing.clone(), opts.client.clone()));
     let batch_max = opts.batch.max(1);
+    let mut probes = Probes::default();
     loop {
         // Take a batch, or wait for one.
         let (batch, stopping, flushing) = {
@@ -852,11 +970,36 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
                         continue;
                     }
                 }
+                // Idle: probe the servers marked Down that are due (never
+                // under the queue lock), so their reachability shows even
+                // with nothing to write to them; lists waiting for one
+                // that is back are tried at once.
+                let mut next_probe = None;
+                if stopping.is_none() {
+                    let now = Instant::now();
+                    let due = probes.due(sh.down_servers(), opts.retry_interval, client, now);
+                    if !due.is_empty() {
+                        drop(q);
+                        let up = probes.run(sh, client, due, opts.retry_interval);
+                        q = sh.lock();
+                        let now = Instant::now();
+                        for p in q.parked.iter_mut() {
+                            if p.list.iter().any(|a| up.contains(a)) {
+                                p.retry_at = now;
+                            }
+                        }
+                        continue;
+                    }
+                    next_probe = probes.next();
+                }
                 let mut wait = if client.deferred_pending() > 0 {
                     Duration::from_millis(5)
                 } else {
                     Duration::from_millis(500)
                 };
+                if let Some(t) = next_probe {
+                    wait = wait.min(t.saturating_duration_since(Instant::now()));
+                }
                 if let Some(t) = q.parked.iter().map(|p| p.retry_at).min() {
                     wait = wait.min(t.saturating_duration_since(Instant::now()));
                 }
@@ -1013,10 +1156,10 @@ fn write_batch(
         // Some server of the list must accept a connection first; if none
         // does, the jobs wait in the queue (nothing of them is written).
         match client.ensure_connected_on(&list) {
-            Ok(addr) => sh.mark(&addr.to_string(), Reachability::Up),
+            Ok(addr) => sh.mark_addr(&addr, Reachability::Up),
             Err(e) => {
                 for a in list.iter() {
-                    sh.mark(&a.to_string(), Reachability::Down);
+                    sh.mark_addr(a, Reachability::Down);
                 }
                 log::warn!("gearman dispatcher: no job server of the list can be used: {e}");
                 for i in idx {
@@ -1038,6 +1181,15 @@ fn write_batch(
         let group: Vec<Job> = order.iter().map(|&i| jobs[i].clone()).collect();
         let before = client.deferred_written();
         let r = client.submit_background_deferred_on(&list, &group);
+        // What the call found of the list's servers: connected (Up), or
+        // its last connect failed (Down, probed again while idle).
+        for a in list.iter() {
+            if client.has_connection(a) {
+                sh.mark_addr(a, Reachability::Up);
+            } else if client.connect_backoff(a).is_some() {
+                sh.mark_addr(a, Reachability::Down);
+            }
+        }
         let written = (client.deferred_written() - before).min(group.len() as u64);
         c.sent.fetch_add(written, Ordering::AcqRel);
         c.taken.fetch_sub(written, Ordering::AcqRel);

@@ -515,3 +515,68 @@ fn submit_to_sends_to_the_given_list_in_call_order() {
     let s = d.stats();
     assert_eq!((s.confirmed, s.unsent), (7, 1), "{s:?}");
 }
+
+fn wait_reach(d: &Dispatcher, addr: &str, want: Reachability, secs: u64) {
+    let t = Instant::now();
+    while reach(&d.stats(), addr) != Some(want) {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{addr} not {want:?} within {secs} s: {:?}",
+            d.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server of a list that another server of the list serves shows Down
+/// once a connect to it failed, and Up again once it is back, with
+/// nothing queued: the sender probes Down servers while idle (it used to
+/// leave the first Unknown and, once Down, Down until jobs were written
+/// to it).
+#[test]
+fn a_down_server_shows_up_again_with_nothing_queued() {
+    let mut a = Gearmand::start();
+    let b = Gearmand::start();
+    let list = format!("{},{}", a.addr(), b.addr());
+    let d = start(&list, opts());
+    a.kill();
+    for i in 0..20 {
+        // No unique key: round robin, so `a` is tried.
+        d.submit(vec![Job::new("disp_probe", format!("{i}"))], soon(5))
+            .unwrap();
+        assert!(d.flush(soon(10)), "{:?}", d.stats());
+    }
+    let s = d.stats();
+    assert_eq!((s.confirmed, s.queued), (20, 0), "{s:?}");
+    assert_adds_up(&s);
+    assert_eq!(queued(&b.addr(), "disp_probe"), 20);
+    assert_eq!(reach(&s, &b.addr()), Some(Reachability::Up), "{s:?}");
+    wait_reach(&d, &a.addr(), Reachability::Down, 10);
+    a.restart();
+    wait_reach(&d, &a.addr(), Reachability::Up, 10);
+    let s = d.stats();
+    assert_eq!((s.submitted, s.queued), (20, 0), "nothing written: {s:?}");
+    assert!(d.stop(soon(5)));
+}
+
+/// The one server of the routing table goes away, a job waits for it;
+/// the server comes back on the same port: it shows Up within a bounded
+/// poll, with nothing more submitted, and the waiting job arrives.
+#[test]
+fn a_server_back_on_its_port_shows_up_and_gets_the_waiting_job() {
+    let mut g = Gearmand::start();
+    let d = start(&g.addr(), opts());
+    g.kill();
+    d.submit(vec![Job::new("disp_back", "waited")], soon(5))
+        .unwrap();
+    wait_reach(&d, &g.addr(), Reachability::Down, 10);
+    assert_eq!(d.stats().queued, 1);
+    g.restart();
+    wait_reach(&d, &g.addr(), Reachability::Up, 10);
+    assert!(d.flush(soon(10)), "{:?}", d.stats());
+    let s = d.stats();
+    assert_eq!((s.submitted, s.confirmed, s.queued), (1, 1, 0), "{s:?}");
+    assert_adds_up(&s);
+    assert_eq!(queued(&g.addr(), "disp_back"), 1);
+    assert!(d.stop(soon(5)));
+}

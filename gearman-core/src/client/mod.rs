@@ -499,6 +499,18 @@ impl Client {
         })
     }
 
+    /// If the last connect to `addr` failed: when its connect back-off
+    /// ends (see [`Options::retry_backoff`]).
+    pub(crate) fn connect_backoff(&self, addr: &ServerAddr) -> Option<Instant> {
+        self.router.backoff_until(addr)
+    }
+
+    /// Whether a connection to `addr` is open (as far as known without
+    /// I/O).
+    pub(crate) fn has_connection(&self, addr: &ServerAddr) -> bool {
+        self.conns.get(addr).is_some_and(|c| !c.is_closed())
+    }
+
     /// The deadline of a call that may take `base` from now, bounded by
     /// [`Options::deadline`].
     fn deadline_in(&self, base: Duration) -> Instant {

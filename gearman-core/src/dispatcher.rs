@@ -14,9 +14,14 @@
 //! function has in the [`Routing`] table), keeping call order within each
 //! list, and writes each
 //! group through one [`Client`]'s deferred ledger
-//! ([`Client::submit_background_deferred`]): one write per server per
-//! batch, the JOB_CREATED/ERROR replies matched later, the ledger's retry
-//! rule, back-off and fail-over as for any client call.
+//! ([`Client::submit_background_deferred_on_tracked`]): one write per
+//! server per batch, the JOB_CREATED/ERROR replies matched later, the
+//! ledger's retry rule, back-off and fail-over as for any client call.
+//! The jobs a write call did not write (its deadline ran out, or no server
+//! of the list could be used part-way), which the ledger names exactly,
+//! go back to the queue, in their order, and are written later; every
+//! other job is counted sent and ends up confirmed, refused or of unknown
+//! fate.
 //!
 //! # When the queue is full
 //! [`Dispatcher::submit`] waits (back-pressure) until the jobs fit, at most
@@ -37,7 +42,8 @@
 //! deadline as unsent. A server that accepts connections but does not
 //! answer (a stopped process) costs, per `io_timeout`, the first job
 //! written on each new connection (awaited, then counted of unknown fate:
-//! it may have been queued); the rest of the batch goes back to the queue.
+//! it may have been queued); the jobs of the batch that call did not write
+//! go back to the queue.
 //!
 //! # Reachability
 //! [`DispatcherStats::servers`] lists each server of the routing table
@@ -1148,7 +1154,6 @@ fn write_batch(
 ) -> Vec<(ServerList, Vec<Queued>)> {
     let c = &sh.counters;
     let groups = group(&batch, routing);
-    let jobs: Vec<Job> = batch.iter().map(|q| q.job.clone()).collect();
     let mut slots: Vec<Option<Queued>> = batch.into_iter().map(Some).collect();
     let mut parked: Vec<(ServerList, Vec<Queued>)> = Vec::new();
     for (list, idx) in groups {
@@ -1171,16 +1176,11 @@ fn write_batch(
                 continue;
             }
         }
-        // The order the ledger writes them in: scheduled (epoch) jobs last.
-        let mut order: Vec<usize> = idx
+        let group: Vec<Job> = idx
             .iter()
-            .copied()
-            .filter(|&i| jobs[i].epoch.is_none())
+            .filter_map(|&i| slots[i].as_ref().map(|q| q.job.clone()))
             .collect();
-        order.extend(idx.iter().copied().filter(|&i| jobs[i].epoch.is_some()));
-        let group: Vec<Job> = order.iter().map(|&i| jobs[i].clone()).collect();
-        let before = client.deferred_written();
-        let r = client.submit_background_deferred_on(&list, &group);
+        let r = client.submit_background_deferred_on_tracked(&list, &group);
         // What the call found of the list's servers: connected (Up), or
         // its last connect failed (Down, probed again while idle).
         for a in list.iter() {
@@ -1190,29 +1190,48 @@ fn write_batch(
                 sh.mark_addr(a, Reachability::Down);
             }
         }
-        let written = (client.deferred_written() - before).min(group.len() as u64);
+        let w = match r {
+            Ok(w) => w,
+            Err(e) => {
+                // An invalid job: `enqueue` validated them, so this is a
+                // bug; nothing was written, and writing again would fail
+                // again: counted as unsent.
+                log::error!(
+                    "gearman dispatcher: {} jobs refused by the client, dropped: {e}",
+                    group.len()
+                );
+                let n = group.len() as u64;
+                c.unsent.fetch_add(n, Ordering::AcqRel);
+                c.taken.fetch_sub(n, Ordering::AcqRel);
+                for &i in &idx {
+                    slots[i] = None;
+                }
+                continue;
+            }
+        };
+        let written = (group.len() - w.unwritten.len()) as u64;
         c.sent.fetch_add(written, Ordering::AcqRel);
         c.taken.fetch_sub(written, Ordering::AcqRel);
-        let missing = group.len() - written as usize;
-        if missing > 0 {
+        if !w.unwritten.is_empty() {
             // Not written: the call's deadline ran out (e.g. waiting for the
             // answer to a connection's first job of a type) or every server
-            // failed part-way. The ledger writes in order and a job is not
-            // written only when no server could be used for it, which past
-            // the deadline holds for every later job too: the unwritten are
-            // the last ones. They go back to the queue.
-            let why = r.err().map(|e| e.to_string()).unwrap_or_default();
+            // failed part-way. The client says which (not necessarily the
+            // last ones: scheduled jobs go last, and a job whose connection
+            // broke is written again after the others). They go back to
+            // the queue.
+            let why = w.error.map(|e| e.to_string()).unwrap_or_default();
             log::warn!(
-                "gearman dispatcher: {missing} of {} jobs not written now, queued again: {why}",
+                "gearman dispatcher: {} of {} jobs not written now, queued again: {why}",
+                w.unwritten.len(),
                 group.len()
             );
-            for &i in &order[order.len() - missing..] {
-                if let Some(q) = slots[i].take() {
+            for &k in &w.unwritten {
+                if let Some(q) = slots[idx[k]].take() {
                     requeue.push(q);
                 }
             }
         }
-        for &i in &order[..order.len() - missing] {
+        for &i in &idx {
             slots[i] = None;
         }
         if !requeue.is_empty() {

@@ -580,3 +580,154 @@ fn a_server_back_on_its_port_shows_up_and_gets_the_waiting_job() {
     assert_eq!(queued(&g.addr(), "disp_back"), 1);
     assert!(d.stop(soon(5)));
 }
+
+/// What a scripted job server received: (connection number, packet type,
+/// workload).
+type Received = Arc<Mutex<Vec<(usize, gearman_core::proto::PacketType, String)>>>;
+
+/// A scripted job server: on its first connection it confirms the first
+/// SUBMIT_JOB_BG and closes the connection on the next submission
+/// (unanswered); on every later connection it confirms SUBMIT_JOB_BG and
+/// never answers SUBMIT_JOB_EPOCH (as a server without scheduled jobs).
+fn break_then_ignore_epoch() -> (String, Received) {
+    use gearman_core::proto::{decode, encode, Decoded, Magic, PacketType as T};
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let got: Received = Arc::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { return };
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut confirmed = 0;
+                loop {
+                    let Ok(k) = s.read(&mut chunk) else { return };
+                    if k == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..k]);
+                    while let Ok(Decoded::Packet(p, used)) = decode(&buf, 1 << 20) {
+                        buf.drain(..used);
+                        if p.kind != T::SubmitJobBg && p.kind != T::SubmitJobEpoch {
+                            continue;
+                        }
+                        let workload = p.args.last().cloned().unwrap_or_default();
+                        g.lock().unwrap().push((
+                            n,
+                            p.kind,
+                            String::from_utf8_lossy(&workload).into_owned(),
+                        ));
+                        if n == 0 && confirmed == 1 {
+                            return; // closed, unanswered
+                        }
+                        if p.kind == T::SubmitJobBg {
+                            let mut out = Vec::new();
+                            let h = format!("H:fake:{n}:{confirmed}");
+                            encode(Magic::Res, T::JobCreated, &[h.as_bytes()], &mut out).unwrap();
+                            if s.write_all(&out).is_err() {
+                                return;
+                            }
+                            confirmed += 1;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// The jobs a write call did not write are exactly those requeued: here
+/// the middle one (its connection broke, and its second write found the
+/// call's deadline spent by a later job's unanswered SUBMIT_JOB_EPOCH). The
+/// dispatcher used to requeue the last jobs in write order instead: the
+/// epoch job went twice and the broken one was lost.
+#[test]
+fn exactly_the_jobs_a_call_did_not_write_are_queued_again() {
+    let (addr, got) = break_then_ignore_epoch();
+    let failed: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let f2 = failed.clone();
+    let mut o = opts();
+    o.client.io_timeout = Duration::from_secs(1);
+    o.client.max_in_flight = 1;
+    o.linger = Duration::from_secs(600);
+    o.on_report = Some(Arc::new(move |r: &DeferredReport| {
+        let mut f = f2.lock().unwrap();
+        f.extend(r.failed.iter().map(|x| x.unique.clone()));
+    }));
+    let d = start(&addr, o);
+    let epoch = 4_000_000_000i64;
+    d.submit(
+        vec![
+            Job::new("disp_exact", "0").with_unique("k0"),
+            Job::new("disp_exact", "1").with_unique("k1"),
+            Job::new("disp_exact", "2")
+                .with_unique("k2")
+                .with_epoch(epoch),
+        ],
+        soon(5),
+    )
+    .unwrap();
+    assert!(d.flush(soon(20)), "{:?}", d.stats());
+    let s = d.stats();
+    assert_eq!(s.sent, 3, "each written once: {s:?}");
+    assert_eq!((s.confirmed, s.unknown, s.unsent), (2, 1, 0), "{s:?}");
+    assert_adds_up(&s);
+    assert_eq!(*failed.lock().unwrap(), [b"k2".to_vec()]);
+    let mut times: Vec<(String, usize)> = Vec::new();
+    for (_, _, w) in got.lock().unwrap().iter() {
+        match times.iter_mut().find(|(x, _)| x == w) {
+            Some((_, n)) => *n += 1,
+            None => times.push((w.clone(), 1)),
+        }
+    }
+    times.sort();
+    let want = [
+        ("0".to_string(), 1),
+        ("1".to_string(), 2),
+        ("2".to_string(), 1),
+    ];
+    assert_eq!(times, want, "{:?}", got.lock().unwrap());
+    assert!(d.stop(soon(5)));
+}
+
+/// The ledger itself: `submit_background_deferred_on_tracked` names the
+/// job it did not write (the middle one), and counts the others written.
+#[test]
+fn the_ledger_names_the_jobs_it_did_not_write() {
+    let (addr, _got) = break_then_ignore_epoch();
+    let list = ServerList::parse(&addr).unwrap();
+    let mut c = gearman_core::Client::new(
+        list.clone(),
+        Options {
+            io_timeout: Duration::from_secs(1),
+            max_in_flight: 1,
+            ..Options::default()
+        },
+    );
+    let jobs = vec![
+        Job::new("f", "0"),
+        Job::new("f", "1"),
+        Job::new("f", "2").with_epoch(4_000_000_000),
+    ];
+    let w = c
+        .submit_background_deferred_on_tracked(&list, &jobs)
+        .unwrap();
+    assert_eq!(w.unwritten, [1], "{w:?}");
+    let e = w.error.expect("the deadline error");
+    assert_eq!(*e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(c.deferred_written(), 2);
+    let r = c.collect_deferred(true);
+    assert_eq!((r.confirmed, r.failed.len(), r.pending), (1, 1, 0), "{r:?}");
+    assert!(r.failed[0].error.is_timeout(), "{r:?}");
+    // Invalid jobs: an error, nothing written.
+    let e = c
+        .submit_background_deferred_on_tracked(&list, &[Job::new("bad name", "")])
+        .unwrap_err();
+    assert_eq!(*e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert_eq!(c.deferred_written(), 2);
+}

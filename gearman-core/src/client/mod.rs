@@ -25,7 +25,7 @@ mod engine;
 mod pool;
 mod status;
 
-pub use deferred::{DeferredFailure, DeferredReport};
+pub use deferred::{DeferredFailure, DeferredReport, DeferredWrite};
 pub use status::{KeyStatus, SUM_RESULT_MAX};
 
 use crate::conn::{Connection, Interrupt};

@@ -42,6 +42,7 @@ mod client;
 mod conn;
 pub mod dispatcher;
 mod error;
+pub mod handoff;
 mod job;
 pub mod proto;
 mod routing;

@@ -48,6 +48,9 @@ pub struct DispatchCounters {
     /// `QUEUE_ERROR` under `maxqueue`), connection lost before the
     /// confirmation, or not written at all (no server reachable at COMMIT).
     pub failed: u64,
+    /// Jobs of committed transactions handed to the dispatcher background
+    /// worker (with `shared_preload_libraries`; not in `sent`).
+    pub handed_off: u64,
 }
 
 #[derive(Default)]
@@ -467,6 +470,11 @@ pub fn count_sent(sent: usize, not_written: usize) {
         s.dispatch.sent += sent as u64;
         s.dispatch.failed += not_written as u64;
     });
+}
+
+/// Counts jobs this backend handed to the dispatcher after COMMIT.
+pub fn count_handed_off(jobs: u64) {
+    STATE.with(|s| s.borrow_mut().dispatch.handed_off += jobs);
 }
 
 /// This backend's counters of jobs sent after COMMIT, and the number still

@@ -66,6 +66,8 @@ pub const MAX_RESULT_SIZE_LIMIT: i32 = 1 << 30;
 static TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static TLS_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static TLS_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static DISPATCH_QUEUE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+static USE_DISPATCHER: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DISPATCH: GucSetting<Dispatch> = GucSetting::<Dispatch>::new(Dispatch::Commit);
 static ON_ERROR: GucSetting<OnError> = GucSetting::<OnError>::new(OnError::Error);
 
@@ -217,6 +219,34 @@ pub fn init() {
         c"commit: held per transaction and sent after COMMIT; immediate: sent at call time; \
           outbox: written to gearman.outbox in the transaction for a relay to send.",
         &DISPATCH,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // A server-start setting can only be defined while
+    // shared_preload_libraries is loaded (PostgreSQL refuses it later).
+    // SAFETY: plain read of a flag PostgreSQL sets in the postmaster.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_int_guc(
+            c"gearman.dispatch_queue_size",
+            c"Shared memory for background jobs handed to the dispatcher at COMMIT (kilobytes; default 16MB).",
+            c"Exists only with gearman in shared_preload_libraries; set at server start. A \
+              transaction whose jobs need more than this is sent by its own backend instead. \
+              When the queue is full, a committing transaction waits for room for at most \
+              gearman.commit_send_timeout, then fails per gearman.on_error.",
+            &DISPATCH_QUEUE_KB,
+            64,
+            1024 * 1024,
+            GucContext::Postmaster,
+            GucFlags::UNIT_KB,
+        );
+    }
+    GucRegistry::define_bool_guc(
+        c"gearman.use_dispatcher",
+        c"With gearman in shared_preload_libraries, commit-mode jobs go through the dispatcher background worker.",
+        c"on (the default): at COMMIT the backend copies its jobs into shared memory and the \
+          dispatcher writes them, pipelined, one connection per job server for the whole \
+          server. off: this session writes its own jobs after COMMIT, as without the preload.",
+        &USE_DISPATCHER,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -388,6 +418,16 @@ pub fn commit_send_timeout() -> Duration {
 /// `gearman.timeout` in milliseconds, for messages.
 pub fn timeout_ms() -> i32 {
     TIMEOUT_MS.get()
+}
+
+/// `gearman.dispatch_queue_size` in bytes.
+pub fn dispatch_queue_bytes() -> u64 {
+    DISPATCH_QUEUE_KB.get().max(64) as u64 * 1024
+}
+
+/// `gearman.use_dispatcher`.
+pub fn use_dispatcher() -> bool {
+    USE_DISPATCHER.get()
 }
 
 /// `gearman.dispatch`.

@@ -42,6 +42,7 @@
 use crate::backend;
 use crate::error::GmError;
 use crate::gucs::{self, OnError};
+use crate::shmq;
 use gearman_core::{Job, Routing, ServerList};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -64,9 +65,22 @@ impl Held {
     }
 }
 
+/// A transaction's jobs encoded for the dispatcher, with the room reserved
+/// for them in the shared queue.
+struct Handoff {
+    body: Vec<u8>,
+    jobs: u64,
+    /// Bytes reserved (record header included).
+    bytes: u64,
+}
+
 #[derive(Default)]
 struct XactState {
     held: Vec<Held>,
+    /// With the dispatcher: the jobs of the transaction that is committing,
+    /// encoded at PRE_COMMIT with room reserved, copied into the queue once
+    /// its locks are released.
+    handoff: Option<Handoff>,
     /// Jobs of the transaction that is committing, to be written once its
     /// locks are released.
     committed: Vec<Held>,
@@ -108,7 +122,16 @@ unsafe extern "C-unwind" fn release_callback(
     {
         return;
     }
-    let committed = XACT.with(|x| std::mem::take(&mut x.borrow_mut().committed));
+    let (committed, handoff) = XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        (std::mem::take(&mut x.committed), x.handoff.take())
+    });
+    if let Some(h) = handoff {
+        if let Some(q) = shmq::get() {
+            q.push(&h.body, h.jobs);
+            backend::count_handed_off(h.jobs);
+        }
+    }
     if committed.is_empty() {
         backend::collect_owed();
     } else {
@@ -182,12 +205,17 @@ unsafe extern "C-unwind" fn xact_callback(
             });
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
-            XACT.with(|x| {
+            let handoff = XACT.with(|x| {
                 let mut x = x.borrow_mut();
                 x.held.clear();
                 x.committed.clear();
                 x.notified.clear();
+                x.handoff.take()
             });
+            // Failed after PRE_COMMIT: give the reserved room back.
+            if let (Some(h), Some(q)) = (handoff, shmq::get()) {
+                q.release(h.bytes);
+            }
         }
         pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
             let n = held_count();
@@ -229,58 +257,193 @@ fn distinct_servers(held: &[Held]) -> Vec<ServerList> {
 }
 
 /// Checks that every server list with held jobs has a reachable server
-/// (without a round trip), while the transaction can still fail.
+/// (without a round trip), while the transaction can still fail. With the
+/// dispatcher, hands off instead (see [`hand_off`]).
 fn pre_commit() {
+    if held_count() == 0 {
+        return;
+    }
+    if let Some(q) = dispatcher_queue() {
+        if hand_off(q) {
+            return;
+        }
+    }
     // One deadline (gearman.timeout) for the checks of every list together.
     backend::within_deadline(|_| pre_commit_checks());
+}
+
+/// The shared queue, when this transaction's jobs go through the
+/// dispatcher: the library was preloaded, `gearman.use_dispatcher` is on,
+/// and the server is not in recovery (a hot standby runs no dispatcher).
+fn dispatcher_queue() -> Option<shmq::Queue> {
+    let q = shmq::get()?;
+    // SAFETY: plain call; reads shared state.
+    let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
+    (gucs::use_dispatcher() && !in_recovery).then_some(q)
+}
+
+/// Hands the held jobs to the dispatcher: fails (per `gearman.on_error`)
+/// the jobs of each list whose every server the dispatcher last found down
+/// and this backend cannot connect to either (a connect, no round trip;
+/// only while the dispatcher reports the list down), encodes the rest and reserves room for them in the shared queue,
+/// waiting while it is full (at most `gearman.commit_send_timeout`; then
+/// they fail per `gearman.on_error`). Returns false when the jobs are too
+/// large for the queue: this backend then sends them itself.
+fn hand_off(q: shmq::Queue) -> bool {
+    let down: Vec<String> = q
+        .servers()
+        .into_iter()
+        .filter(|(_, r)| *r == shmq::Reach::Down)
+        .map(|(a, _)| a)
+        .collect();
+    if !down.is_empty() {
+        let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
+        for list in lists {
+            if list.iter().all(|a| down.contains(&a.to_string())) {
+                // The dispatcher may not have noticed a recovery yet (it
+                // retries within its connect back-off): this backend checks
+                // itself, as without the preload, and closes what it opened.
+                let r = backend::within_deadline(|_| {
+                    backend::with_client(None, true, |c| {
+                        let r = c.ensure_connected_on(&list);
+                        c.disconnect();
+                        r
+                    })
+                });
+                if let Err(e) = r {
+                    unreachable_list(&list, &e);
+                }
+            }
+        }
+    }
+    let (body, jobs) = XACT.with(|x| {
+        let x = x.borrow();
+        let mut body = Vec::new();
+        let mut i = 0;
+        while i < x.held.len() {
+            // Consecutive jobs of one list form one group (call order kept).
+            let list = x.held[i].servers();
+            let mut j = i;
+            while j < x.held.len() && x.held[j].servers() == list {
+                j += 1;
+            }
+            let group: Vec<Job> = x.held[i..j].iter().map(|h| h.job.clone()).collect();
+            gearman_core::handoff::encode_group(&mut body, list, &group);
+            i = j;
+        }
+        (body, x.held.len() as u64)
+    });
+    if jobs == 0 {
+        return true;
+    }
+    let need = shmq::RECORD_HEADER + body.len() as u64;
+    if need > q.capacity() || body.len() > u32::MAX as usize {
+        return false;
+    }
+    let deadline = Instant::now() + gucs::commit_send_timeout();
+    match q.reserve(need, deadline) {
+        Ok(()) => XACT.with(|x| {
+            let mut x = x.borrow_mut();
+            x.held.clear();
+            x.handoff = Some(Handoff {
+                body,
+                jobs,
+                bytes: need,
+            });
+        }),
+        Err(full) => {
+            let e = gearman_core::Error::new(
+                gearman_core::ErrorKind::Timeout,
+                format!(
+                    "the dispatcher queue stayed full for gearman.commit_send_timeout ({} ms): \
+                     {} job(s) in {} of {} bytes, {} bytes reserved by committing transactions",
+                    gucs::commit_send_timeout().as_millis(),
+                    full.jobs,
+                    full.used,
+                    full.capacity,
+                    full.reserved
+                ),
+            );
+            let n = jobs;
+            match gucs::on_error() {
+                OnError::Error => GmError::new(
+                    PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+                    format!(
+                        "gearman: {n} background job(s) held for commit could not be handed to \
+                         the dispatcher; the transaction is rolled back: {e}"
+                    ),
+                )
+                .hint(
+                    "Is gearmand up and the dispatcher running (SELECT * FROM \
+                     gman_dispatch_status())? Raise gearman.dispatch_queue_size or \
+                     gearman.commit_send_timeout, or use gearman.dispatch = 'outbox' to keep \
+                     jobs while gearmand is down.",
+                )
+                .raise(),
+                OnError::Warning => {
+                    GmError::new(
+                        PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+                        format!("gearman: {n} background job(s) held for commit are dropped: {e}"),
+                    )
+                    .warn();
+                    XACT.with(|x| x.borrow_mut().held.clear());
+                }
+            }
+        }
+    }
+    true
+}
+
+/// A list with held jobs has no usable server: the transaction fails
+/// (`on_error = error`), or its jobs are dropped with a WARNING.
+fn unreachable_list(list: &ServerList, e: &gearman_core::Error) {
+    let text = list.to_string();
+    let n = XACT.with(|x| {
+        x.borrow()
+            .held
+            .iter()
+            .filter(|h| h.servers() == list)
+            .count()
+    });
+    let err = GmError::from_core(e, "(background jobs held for commit)", &text);
+    match gucs::on_error() {
+        OnError::Error => GmError {
+            message: format!(
+                "gearman: no job server reachable for {n} background job(s) held for \
+                 commit; the transaction is rolled back: {e}"
+            ),
+            // A TLS refusal keeps its own hint (which setting to fix).
+            hint: if e.is_tls() {
+                err.hint.clone()
+            } else {
+                Some(
+                    "Start gearmand or fix gearman.servers and run the transaction again, or \
+                     use gearman.dispatch = 'outbox' to keep jobs while gearmand is down."
+                        .to_string(),
+                )
+            },
+            ..err
+        }
+        .raise(),
+        OnError::Warning => {
+            GmError {
+                message: format!(
+                    "gearman: no job server reachable; {n} background job(s) held for commit \
+                     are dropped: {e}"
+                ),
+                ..err
+            }
+            .warn();
+            XACT.with(|x| x.borrow_mut().held.retain(|h| h.servers() != list));
+        }
+    }
 }
 
 fn pre_commit_checks() {
     let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
     for list in lists {
         if let Err(e) = backend::with_client(None, true, |c| c.ensure_connected_on(&list)) {
-            let text = list.to_string();
-            let n = XACT.with(|x| {
-                x.borrow()
-                    .held
-                    .iter()
-                    .filter(|h| *h.servers() == list)
-                    .count()
-            });
-            let err = GmError::from_core(&e, "(background jobs held for commit)", &text);
-            match gucs::on_error() {
-                OnError::Error => GmError {
-                    message: format!(
-                        "gearman: no job server reachable for {n} background job(s) held for \
-                         commit; the transaction is rolled back: {}",
-                        e
-                    ),
-                    // A TLS refusal keeps its own hint (which setting to fix).
-                    hint: if e.is_tls() {
-                        err.hint.clone()
-                    } else {
-                        Some(
-                            "Start gearmand or fix gearman.servers and run the transaction \
-                             again, or use gearman.dispatch = 'outbox' to keep jobs while \
-                             gearmand is down."
-                                .to_string(),
-                        )
-                    },
-                    ..err
-                }
-                .raise(),
-                OnError::Warning => {
-                    GmError {
-                        message: format!(
-                            "gearman: no job server reachable; {n} background job(s) held for \
-                             commit are dropped: {e}"
-                        ),
-                        ..err
-                    }
-                    .warn();
-                    XACT.with(|x| x.borrow_mut().held.retain(|h| *h.servers() != list));
-                }
-            }
+            unreachable_list(&list, &e);
         }
     }
 }

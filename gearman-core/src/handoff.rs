@@ -22,7 +22,12 @@ use crate::job::{Job, Priority};
 use crate::servers::ServerList;
 
 /// Appends one group (`list` and its `jobs`) to `out`.
-pub fn encode_group(out: &mut Vec<u8>, list: &ServerList, jobs: &[Job]) {
+pub fn encode_group<'a, I>(out: &mut Vec<u8>, list: &ServerList, jobs: I)
+where
+    I: IntoIterator<Item = &'a Job>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let jobs = jobs.into_iter();
     let text = list.to_string();
     put_bytes(out, text.as_bytes());
     put_u32(out, jobs.len());

@@ -39,7 +39,7 @@ proptest! {
         let mut buf = Vec::new();
         for (l, jobs) in &groups {
             let before = buf.len();
-            encode_group(&mut buf, l, jobs);
+            encode_group(&mut buf, l, jobs.iter());
             prop_assert_eq!(buf.len() - before, encoded_len(l.to_string().len(), jobs));
         }
         let back = decode(&buf).unwrap();

@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 pub const NAME: &str = "gearman dispatcher";
 /// Bytes of shared-memory records taken per round.
 const TAKE_MAX: u64 = 4 << 20;
+/// Most time between two publications of the counters while busy.
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// Failure reports kept for the log between two rounds.
 const REPORTS_MAX: usize = 64;
 
@@ -308,6 +310,9 @@ pub extern "C-unwind" fn gearman_dispatcher_main(_arg: pg_sys::Datum) {
         sender.settings.servers
     );
     let mut backlog = Backlog::new();
+    // Counters and reachability are published at most every PUBLISH_EVERY
+    // while busy (publishing takes the queue's lock) and before each sleep.
+    let mut published = Instant::now();
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: re-reads the configuration files, as any backend does
@@ -322,10 +327,13 @@ pub extern "C-unwind" fn gearman_dispatcher_main(_arg: pg_sys::Datum) {
             }
         }
         base.unsent += feed(&q, &sender, &mut backlog, Duration::ZERO);
-        publish(&q, &sender, &base);
-        log_reports(&reports);
         let st = sender.d.stats();
         let busy = !backlog.is_empty() || st.queued > 0 || st.pending() > 0;
+        if !busy || published.elapsed() >= PUBLISH_EVERY {
+            publish(&q, &sender, &base);
+            log_reports(&reports);
+            published = Instant::now();
+        }
         let timeout = if busy {
             Duration::from_millis(20)
         } else {

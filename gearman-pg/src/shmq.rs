@@ -96,6 +96,8 @@ struct Header {
     ring_jobs: u64,
     nservers: u32,
     servers: [Slot; MAX_SERVERS],
+    /// Servers published as down (read without the lock).
+    down: std::sync::atomic::AtomicU32,
     // Atomics:
     dispatcher_pid: AtomicI32,
     latch: AtomicPtr<pg_sys::Latch>,
@@ -241,14 +243,20 @@ unsafe extern "C-unwind" fn save_counters(_code: std::ffi::c_int, _arg: pg_sys::
             return;
         }
         let c = &(*h).counters;
-        let values = counters_list(c).map(|a| a.load(Ordering::Relaxed));
+        let mut values = counters_list(c).map(|a| a.load(Ordering::Relaxed));
+        // Everything handed off and not settled was in flight: in the
+        // ring, taken by the dispatcher, or written and unconfirmed (the
+        // dispatcher publishes its counters a moment late, so this is also
+        // where a job confirmed in the last instant lands: fate unknown).
         let settled = c.confirmed.load(Ordering::Relaxed)
             + c.refused.load(Ordering::Relaxed)
             + c.unknown.load(Ordering::Relaxed);
-        let written_unconfirmed = c.sent.load(Ordering::Relaxed).saturating_sub(settled);
-        let in_flight = ptr::read_volatile(&raw const (*h).ring_jobs)
-            + c.dispatcher_queued.load(Ordering::Relaxed)
-            + written_unconfirmed;
+        let in_flight = c.handed_off.load(Ordering::Relaxed).saturating_sub(
+            settled + c.unsent.load(Ordering::Relaxed) + c.lost.load(Ordering::Relaxed),
+        );
+        // `sent` keeps the written jobs whose fate is known; the others are
+        // counted in `lost` from now on.
+        values[1] = settled;
         ptr::write(&raw mut CARRY, Some(Carry { values, in_flight }));
         SHM = ptr::null_mut();
     }
@@ -550,7 +558,18 @@ impl Queue {
                 );
             }
             (*h).nservers = n as u32;
+            let down = servers
+                .iter()
+                .take(n)
+                .filter(|(_, r)| *r == Reach::Down)
+                .count();
+            (*h).down.store(down as u32, Ordering::Release);
         }
+    }
+
+    /// Whether the dispatcher published any server as down (no lock).
+    pub fn any_down(&self) -> bool {
+        self.h().down.load(Ordering::Acquire) > 0
     }
 
     /// The published reachability of each server (address text, state).

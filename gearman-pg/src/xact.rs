@@ -290,12 +290,15 @@ fn dispatcher_queue() -> Option<shmq::Queue> {
 /// they fail per `gearman.on_error`). Returns false when the jobs are too
 /// large for the queue: this backend then sends them itself.
 fn hand_off(q: shmq::Queue) -> bool {
-    let down: Vec<String> = q
-        .servers()
-        .into_iter()
-        .filter(|(_, r)| *r == shmq::Reach::Down)
-        .map(|(a, _)| a)
-        .collect();
+    let down: Vec<String> = if q.any_down() {
+        q.servers()
+            .into_iter()
+            .filter(|(_, r)| *r == shmq::Reach::Down)
+            .map(|(a, _)| a)
+            .collect()
+    } else {
+        Vec::new()
+    };
     if !down.is_empty() {
         let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
         for list in lists {
@@ -327,8 +330,11 @@ fn hand_off(q: shmq::Queue) -> bool {
             while j < x.held.len() && x.held[j].servers() == list {
                 j += 1;
             }
-            let group: Vec<Job> = x.held[i..j].iter().map(|h| h.job.clone()).collect();
-            gearman_core::handoff::encode_group(&mut body, list, &group);
+            gearman_core::handoff::encode_group(
+                &mut body,
+                list,
+                x.held[i..j].iter().map(|h| &h.job),
+            );
             i = j;
         }
         (body, x.held.len() as u64)

@@ -256,6 +256,15 @@ fn killed_dispatcher_is_restarted_and_counts_what_was_in_flight() {
         (num(&st, "cluster_confirmed") >= 2).then_some(st)
     });
     assert_eq!(num(&st, "cluster_handed_off"), 7, "{st:?}");
+    // handed_off = sent + unsent + lost + queued, across the crash.
+    assert_eq!(
+        num(&st, "cluster_sent")
+            + num(&st, "cluster_unsent")
+            + num(&st, "cluster_lost")
+            + num(&st, "cluster_queued"),
+        7,
+        "{st:?}"
+    );
 }
 
 #[test]

@@ -27,18 +27,11 @@
 //! the statement returns, and until `gman_dispatch_status()` shows every job
 //! confirmed by gearmand.
 
-use gearman_testkit::pg::pg_binary;
+mod common;
+
+use common::{arg, create_extension, server_version};
 use gearman_testkit::{Gearmand, Postgres, Stunnel, TlsCerts, TlsService};
 use std::time::{Duration, Instant};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let jobs = arg("--jobs", 100_000);
@@ -53,15 +46,9 @@ fn main() {
         &format!("gearman.servers={plain}"),
         &format!("gearman.tls_ca_file={}", certs.ca().display()),
     ]);
-    if let Err(e) = pg.try_psql("CREATE EXTENSION gearman") {
-        panic!(
-            "CREATE EXTENSION gearman failed: {e}\nrun `cargo pgrx install --release \
-             --pg-config {}` in gearman-pg first",
-            pg_binary("pg_config").display()
-        );
-    }
+    create_extension(&pg);
     let mut db = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
-    let version: String = db.query_one("SHOW server_version", &[]).unwrap().get(0);
+    let version = server_version(&mut db);
     println!(
         "gearmand {plain}, stunnel {tls} / PostgreSQL {version} on port {}; {jobs} jobs per \
          figure in {rounds} alternating rounds",

@@ -5,13 +5,23 @@
 //! [`Dispatcher::submit`] validates the jobs and appends them to a bounded
 //! queue (bounded by job count, [`DispatcherOptions::max_jobs`], and by
 //! bytes, [`DispatcherOptions::max_bytes`]) and returns without any socket
-//! call. The sender thread takes whatever is queued (at most
-//! [`DispatcherOptions::batch`] jobs at a time), groups it by the server
-//! list each job's function has in the [`Routing`] table, and writes each
+//! call. [`Dispatcher::submit_to`] does the same for jobs that go to a
+//! server list of the caller's choosing, whatever the routing table says
+//! (e.g. the list in force in the database session that made them: each
+//! session may have its own). The sender thread takes whatever is queued
+//! (at most [`DispatcherOptions::batch`] jobs at a time), groups it by
+//! server list (the job's own, from `submit_to`, else the one its
+//! function has in the [`Routing`] table), keeping call order within each
+//! list, and writes each
 //! group through one [`Client`]'s deferred ledger
-//! ([`Client::submit_background_deferred`]): one write per server per
-//! batch, the JOB_CREATED/ERROR replies matched later, the ledger's retry
-//! rule, back-off and fail-over as for any client call.
+//! ([`Client::submit_background_deferred_on_tracked`]): one write per
+//! server per batch, the JOB_CREATED/ERROR replies matched later, the
+//! ledger's retry rule, back-off and fail-over as for any client call.
+//! The jobs a write call did not write (its deadline ran out, or no server
+//! of the list could be used part-way), which the ledger names exactly,
+//! go back to the queue, in their order, and are written later; every
+//! other job is counted sent and ends up confirmed, refused or of unknown
+//! fate.
 //!
 //! # When the queue is full
 //! [`Dispatcher::submit`] waits (back-pressure) until the jobs fit, at most
@@ -32,7 +42,26 @@
 //! deadline as unsent. A server that accepts connections but does not
 //! answer (a stopped process) costs, per `io_timeout`, the first job
 //! written on each new connection (awaited, then counted of unknown fate:
-//! it may have been queued); the rest of the batch goes back to the queue.
+//! it may have been queued); the jobs of the batch that call did not write
+//! go back to the queue.
+//!
+//! # Reachability
+//! [`DispatcherStats::servers`] lists each server of the routing table
+//! and of the lists given to [`Dispatcher::submit_to`] with what the
+//! sender last found ([`Reachability`]): `Up` once it connected or wrote
+//! to it, `Down` once a connect to it failed or its connection broke
+//! (also for a server a list's other servers stood in for). The sender
+//! probes each server marked `Down` again while it has nothing to write:
+//! a connect only (at most `connect_timeout`, never under the queue lock),
+//! every [`DispatcherOptions::retry_interval`] and not before the client's
+//! connect back-off for it ends (`retry_backoff`, doubling per failed
+//! connect, at most 60 s); the server is marked `Up` when it accepts, and
+//! the jobs waiting for a list of it are tried at once. So a server that
+//! comes back shows `Up` even with nothing queued for it (a caller that
+//! refuses work while every server of its list is `Down` does not lock
+//! itself out). Under a load that never leaves the sender idle, a `Down`
+//! server is tried again by the writes themselves (once its back-off
+//! ends, a job whose turn it is tries it first).
 //!
 //! # What a crash loses
 //! The queue is in memory: a process that dies loses the queued jobs and
@@ -91,7 +120,9 @@ pub struct DispatcherOptions {
     /// longer. Default 0 (write as soon as the sender is free).
     pub linger: Duration,
     /// How long the sender waits before trying again a server list none of
-    /// whose servers accepted a connection. Default 200 ms.
+    /// whose servers accepted a connection, and between two probes of a
+    /// server marked [`Reachability::Down`] (see the module docs). Default
+    /// 200 ms.
     pub retry_interval: Duration,
     /// Name of the sender thread. Default `gearman-dispatch`.
     pub thread_name: String,
@@ -136,7 +167,8 @@ pub enum Reachability {
     Unknown,
     /// The last connect or write to it succeeded.
     Up,
-    /// The last connect to it failed, or its connection broke.
+    /// The last connect to it failed, or its connection broke; probed
+    /// again while the sender is idle (see the module docs).
     Down,
 }
 
@@ -169,8 +201,10 @@ pub struct DispatcherStats {
     pub oldest_age: Option<Duration>,
     /// Panics caught on the sender thread.
     pub panics: u64,
-    /// Each server of the routing table and whether the sender could last
-    /// use it.
+    /// Each server of the routing table and of the lists given to
+    /// [`Dispatcher::submit_to`] (from the first such call on; at most
+    /// 64 such lists are remembered past the time their jobs are
+    /// written), and whether the sender could last use it.
     pub servers: Vec<(ServerAddr, Reachability)>,
 }
 
@@ -188,6 +222,76 @@ struct Queued {
     at: Instant,
     /// Position in the batch (requeued jobs keep their order).
     seq: usize,
+    /// The list given to [`Dispatcher::submit_to`] (interned, see
+    /// [`ServerTable::intern`]); `None`: the routing table's list for the
+    /// job's function.
+    list: Option<Arc<ServerList>>,
+}
+
+impl Queued {
+    /// The list this job goes to.
+    fn list<'a>(&'a self, routing: &'a Routing) -> &'a ServerList {
+        match &self.list {
+            Some(l) => l,
+            None => routing.lookup(&self.job.function),
+        }
+    }
+}
+
+/// Most distinct lists given to [`Dispatcher::submit_to`] kept interned;
+/// past it, those no queued job refers to any more are forgotten (and
+/// their servers leave [`DispatcherStats::servers`] unless routed).
+const MAX_LISTS: usize = 64;
+
+/// The servers whose reachability [`DispatcherStats::servers`] reports:
+/// those of the routing table and of the lists given to
+/// [`Dispatcher::submit_to`].
+#[derive(Default)]
+struct ServerTable {
+    entries: Vec<(ServerAddr, Arc<AtomicU8>)>,
+    /// The routing table's servers.
+    routed: Vec<ServerAddr>,
+    /// The lists given to `submit_to`, each once: jobs of one list share
+    /// one `Arc` (no allocation per job).
+    lists: Vec<Arc<ServerList>>,
+}
+
+impl ServerTable {
+    /// Keeps the entries of servers routed or in an interned list (in that
+    /// order of first appearance), adding new ones as `Unknown`.
+    fn rebuild(&mut self) {
+        let mut wanted: Vec<&ServerAddr> = self.routed.iter().collect();
+        for l in &self.lists {
+            for a in l.iter() {
+                if !wanted.contains(&a) {
+                    wanted.push(a);
+                }
+            }
+        }
+        self.entries.retain(|(a, _)| wanted.contains(&a));
+        let mut add = Vec::new();
+        for a in wanted {
+            if !self.entries.iter().any(|(x, _)| x == a) {
+                add.push((a.clone(), Arc::new(AtomicU8::new(0))));
+            }
+        }
+        self.entries.extend(add);
+    }
+
+    /// The shared copy of `list`, made (and its servers added to the
+    /// table) on first sight.
+    fn intern(&mut self, list: &ServerList) -> Arc<ServerList> {
+        if let Some(l) = self.lists.iter().find(|l| ***l == *list) {
+            return l.clone();
+        }
+        if self.lists.len() >= MAX_LISTS {
+            self.lists.retain(|l| Arc::strong_count(l) > 1);
+        }
+        let l = Arc::new(list.clone());
+        self.lists.push(l.clone());
+        self.rebuild();
+        l
+    }
 }
 
 /// Jobs of a list none of whose servers could be used, waiting apart
@@ -242,12 +346,96 @@ struct Shared {
     progress: Condvar,
     counters: Counters,
     epoch: Instant,
-    servers: Mutex<Vec<(ServerAddr, Arc<AtomicU8>)>>,
+    servers: Mutex<ServerTable>,
     done: AtomicBool,
     max_jobs: usize,
     max_bytes: usize,
     batch: usize,
     io_timeout: Duration,
+}
+
+fn reach_code(r: Reachability) -> u8 {
+    match r {
+        Reachability::Unknown => 0,
+        Reachability::Up => 1,
+        Reachability::Down => 2,
+    }
+}
+
+/// The sender's schedule of reachability probes: each server marked
+/// [`Reachability::Down`] is tried again (a connect only) every
+/// `retry_interval`, and not before the client's connect back-off for it
+/// ends.
+#[derive(Default)]
+struct Probes {
+    at: Vec<(ServerAddr, Instant)>,
+}
+
+impl Probes {
+    /// Follows `down` (the servers marked Down now: one first seen is
+    /// probed `retry` later) and returns those due at `now`.
+    fn due(
+        &mut self,
+        down: Vec<ServerAddr>,
+        retry: Duration,
+        client: &Client,
+        now: Instant,
+    ) -> Vec<ServerAddr> {
+        self.at.retain(|(a, _)| down.contains(a));
+        for a in down {
+            if !self.at.iter().any(|(x, _)| *x == a) {
+                self.at.push((a, now + retry));
+            }
+        }
+        for (a, t) in &mut self.at {
+            if let Some(b) = client.connect_backoff(a) {
+                *t = (*t).max(b);
+            }
+        }
+        self.at
+            .iter()
+            .filter(|(_, t)| *t <= now)
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    /// When the next probe is due.
+    fn next(&self) -> Option<Instant> {
+        self.at.iter().map(|(_, t)| *t).min()
+    }
+
+    /// Tries to connect to each of `due`; marks those that accept
+    /// [`Reachability::Up`] and returns them; the others are tried again
+    /// `retry` later. Called without the queue lock.
+    fn run(
+        &mut self,
+        sh: &Shared,
+        client: &mut Client,
+        due: Vec<ServerAddr>,
+        retry: Duration,
+    ) -> Vec<ServerAddr> {
+        let mut up = Vec::new();
+        for a in due {
+            match client.ensure_connected_on(&ServerList::single(a.clone())) {
+                Ok(_) => {
+                    sh.mark_addr(&a, Reachability::Up);
+                    log::info!("gearman dispatcher: job server {a} is reachable again");
+                    self.at.retain(|(x, _)| *x != a);
+                    up.push(a);
+                }
+                Err(e) => {
+                    log::debug!("gearman dispatcher: job server {a} still unreachable: {e}");
+                    let next = Instant::now() + retry;
+                    for (x, t) in &mut self.at {
+                        if *x == a {
+                            *t = next;
+                        }
+                    }
+                }
+            }
+        }
+        up
+    }
 }
 
 impl Queue {
@@ -278,31 +466,42 @@ impl Shared {
         c.oldest.store(oldest, Ordering::Release);
     }
 
+    fn server_table(&self) -> MutexGuard<'_, ServerTable> {
+        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set_servers(&self, routing: &Routing) {
-        let mut s = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        let all = routing.all_servers();
-        s.retain(|(a, _)| all.contains(a));
-        for a in all {
-            if !s.iter().any(|(x, _)| *x == a) {
-                s.push((a, Arc::new(AtomicU8::new(0))));
+        let mut t = self.server_table();
+        t.routed = routing.all_servers();
+        t.rebuild();
+    }
+
+    fn mark(&self, addr: &str, r: Reachability) {
+        let s = self.server_table();
+        for (a, v) in s.entries.iter() {
+            if a.to_string() == addr {
+                v.store(reach_code(r), Ordering::Release);
             }
         }
     }
 
-    fn mark(&self, addr: &str, r: Reachability) {
-        let s = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        for (a, v) in s.iter() {
-            if a.to_string() == addr {
-                v.store(
-                    match r {
-                        Reachability::Unknown => 0,
-                        Reachability::Up => 1,
-                        Reachability::Down => 2,
-                    },
-                    Ordering::Release,
-                );
+    fn mark_addr(&self, addr: &ServerAddr, r: Reachability) {
+        let s = self.server_table();
+        for (a, v) in s.entries.iter() {
+            if a == addr {
+                v.store(reach_code(r), Ordering::Release);
             }
         }
+    }
+
+    /// The servers marked [`Reachability::Down`] now.
+    fn down_servers(&self) -> Vec<ServerAddr> {
+        self.server_table()
+            .entries
+            .iter()
+            .filter(|(_, v)| v.load(Ordering::Acquire) == reach_code(Reachability::Down))
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     fn note(&self, report: &DeferredReport, hook: Option<&ReportHook>) {
@@ -370,7 +569,7 @@ impl Dispatcher {
                 ..Counters::default()
             },
             epoch: Instant::now(),
-            servers: Mutex::new(Vec::new()),
+            servers: Mutex::new(ServerTable::default()),
             done: AtomicBool::new(false),
             max_jobs: opts.max_jobs.max(1),
             max_bytes: opts.max_bytes.max(1),
@@ -406,6 +605,26 @@ impl Dispatcher {
     ///   before `deadline`;
     /// - [`ErrorKind::Interrupted`]: the dispatcher is stopping or stopped.
     pub fn submit(&self, jobs: Vec<Job>, deadline: Instant) -> Result<()> {
+        self.enqueue(jobs, None, deadline)
+    }
+
+    /// As [`Dispatcher::submit`] (same validation, limits, back-pressure
+    /// and errors; all or none), but every job of the call goes to `list`,
+    /// whatever the routing table says (now or later): e.g. the list in
+    /// force in the session that made the jobs. Jobs of one list keep
+    /// their call order, whether they came by `submit` (routed to that
+    /// list) or by `submit_to`; the sender still writes once per server
+    /// per batch. The servers of `list` join
+    /// [`DispatcherStats::servers`]. `list` is copied once per distinct
+    /// list (kept, shared by its jobs), not per call.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::submit`].
+    pub fn submit_to(&self, list: &ServerList, jobs: Vec<Job>, deadline: Instant) -> Result<()> {
+        self.enqueue(jobs, Some(list), deadline)
+    }
+
+    fn enqueue(&self, jobs: Vec<Job>, list: Option<&ServerList>, deadline: Instant) -> Result<()> {
         let mut bytes = 0usize;
         for j in &jobs {
             j.validate()?;
@@ -423,6 +642,8 @@ impl Dispatcher {
             )));
         }
         let sh = &self.shared;
+        // Before the queue lock: the two are never held together.
+        let list = list.map(|l| sh.server_table().intern(l));
         let mut q = sh.lock();
         loop {
             if q.stopping.is_some() || sh.done.load(Ordering::Acquire) {
@@ -459,6 +680,7 @@ impl Dispatcher {
                 bytes: b,
                 at,
                 seq: 0,
+                list: list.clone(),
             });
         }
         sh.counters.submitted.fetch_add(n, Ordering::AcqRel);
@@ -499,9 +721,8 @@ impl Dispatcher {
         });
         let servers = self
             .shared
-            .servers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .server_table()
+            .entries
             .iter()
             .map(|(a, v)| {
                 let r = match v.load(Ordering::Acquire) {
@@ -695,6 +916,7 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
     let client =
         slot.get_or_insert_with(|| Client::with_routing(routing.clone(), opts.client.clone()));
     let batch_max = opts.batch.max(1);
+    let mut probes = Probes::default();
     loop {
         // Take a batch, or wait for one.
         let (batch, stopping, flushing) = {
@@ -754,11 +976,36 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
                         continue;
                     }
                 }
+                // Idle: probe the servers marked Down that are due (never
+                // under the queue lock), so their reachability shows even
+                // with nothing to write to them; lists waiting for one
+                // that is back are tried at once.
+                let mut next_probe = None;
+                if stopping.is_none() {
+                    let now = Instant::now();
+                    let due = probes.due(sh.down_servers(), opts.retry_interval, client, now);
+                    if !due.is_empty() {
+                        drop(q);
+                        let up = probes.run(sh, client, due, opts.retry_interval);
+                        q = sh.lock();
+                        let now = Instant::now();
+                        for p in q.parked.iter_mut() {
+                            if p.list.iter().any(|a| up.contains(a)) {
+                                p.retry_at = now;
+                            }
+                        }
+                        continue;
+                    }
+                    next_probe = probes.next();
+                }
                 let mut wait = if client.deferred_pending() > 0 {
                     Duration::from_millis(5)
                 } else {
                     Duration::from_millis(500)
                 };
+                if let Some(t) = next_probe {
+                    wait = wait.min(t.saturating_duration_since(Instant::now()));
+                }
                 if let Some(t) = q.parked.iter().map(|p| p.retry_at).min() {
                     wait = wait.min(t.saturating_duration_since(Instant::now()));
                 }
@@ -858,7 +1105,7 @@ fn take_batch(q: &mut Queue, routing: &Routing, max: usize) -> Vec<Queued> {
         let Some(j) = q.jobs.pop_front() else {
             break;
         };
-        let list = routing.lookup(&j.job.function);
+        let list = j.list(routing);
         if let Some(p) = q
             .parked
             .iter_mut()
@@ -879,6 +1126,21 @@ fn take_batch(q: &mut Queue, routing: &Routing, max: usize) -> Vec<Queued> {
     b
 }
 
+/// Groups a batch by the list each job goes to (its own, else the
+/// routing table's): one entry per distinct list, in order of first use,
+/// with the indices of its jobs in order.
+fn group(batch: &[Queued], routing: &Routing) -> Vec<(ServerList, Vec<usize>)> {
+    let mut out: Vec<(&ServerList, Vec<usize>)> = Vec::new();
+    for (i, j) in batch.iter().enumerate() {
+        let l = j.list(routing);
+        match out.iter_mut().find(|(x, _)| std::ptr::eq(*x, l) || *x == l) {
+            Some((_, v)) => v.push(i),
+            None => out.push((l, vec![i])),
+        }
+    }
+    out.into_iter().map(|(l, v)| (l.clone(), v)).collect()
+}
+
 /// Writes one batch, grouped by server list: one write per server. Returns
 /// the jobs not written, by list (to wait apart, parked, until retried):
 /// those of lists none of whose servers could be used, and those a write
@@ -891,18 +1153,18 @@ fn write_batch(
     hook: Option<&ReportHook>,
 ) -> Vec<(ServerList, Vec<Queued>)> {
     let c = &sh.counters;
-    let jobs: Vec<Job> = batch.iter().map(|q| q.job.clone()).collect();
+    let groups = group(&batch, routing);
     let mut slots: Vec<Option<Queued>> = batch.into_iter().map(Some).collect();
     let mut parked: Vec<(ServerList, Vec<Queued>)> = Vec::new();
-    for (list, idx) in routing.group(&jobs) {
+    for (list, idx) in groups {
         let mut requeue = Vec::new();
         // Some server of the list must accept a connection first; if none
         // does, the jobs wait in the queue (nothing of them is written).
         match client.ensure_connected_on(&list) {
-            Ok(addr) => sh.mark(&addr.to_string(), Reachability::Up),
+            Ok(addr) => sh.mark_addr(&addr, Reachability::Up),
             Err(e) => {
                 for a in list.iter() {
-                    sh.mark(&a.to_string(), Reachability::Down);
+                    sh.mark_addr(a, Reachability::Down);
                 }
                 log::warn!("gearman dispatcher: no job server of the list can be used: {e}");
                 for i in idx {
@@ -914,39 +1176,62 @@ fn write_batch(
                 continue;
             }
         }
-        // The order the ledger writes them in: scheduled (epoch) jobs last.
-        let mut order: Vec<usize> = idx
+        let group: Vec<Job> = idx
             .iter()
-            .copied()
-            .filter(|&i| jobs[i].epoch.is_none())
+            .filter_map(|&i| slots[i].as_ref().map(|q| q.job.clone()))
             .collect();
-        order.extend(idx.iter().copied().filter(|&i| jobs[i].epoch.is_some()));
-        let group: Vec<Job> = order.iter().map(|&i| jobs[i].clone()).collect();
-        let before = client.deferred_written();
-        let r = client.submit_background_deferred_on(&list, &group);
-        let written = (client.deferred_written() - before).min(group.len() as u64);
+        let r = client.submit_background_deferred_on_tracked(&list, &group);
+        // What the call found of the list's servers: connected (Up), or
+        // its last connect failed (Down, probed again while idle).
+        for a in list.iter() {
+            if client.has_connection(a) {
+                sh.mark_addr(a, Reachability::Up);
+            } else if client.connect_backoff(a).is_some() {
+                sh.mark_addr(a, Reachability::Down);
+            }
+        }
+        let w = match r {
+            Ok(w) => w,
+            Err(e) => {
+                // An invalid job: `enqueue` validated them, so this is a
+                // bug; nothing was written, and writing again would fail
+                // again: counted as unsent.
+                log::error!(
+                    "gearman dispatcher: {} jobs refused by the client, dropped: {e}",
+                    group.len()
+                );
+                let n = group.len() as u64;
+                c.unsent.fetch_add(n, Ordering::AcqRel);
+                c.taken.fetch_sub(n, Ordering::AcqRel);
+                for &i in &idx {
+                    slots[i] = None;
+                }
+                continue;
+            }
+        };
+        let written = (group.len() - w.unwritten.len()) as u64;
         c.sent.fetch_add(written, Ordering::AcqRel);
         c.taken.fetch_sub(written, Ordering::AcqRel);
-        let missing = group.len() - written as usize;
-        if missing > 0 {
+        if !w.unwritten.is_empty() {
             // Not written: the call's deadline ran out (e.g. waiting for the
             // answer to a connection's first job of a type) or every server
-            // failed part-way. The ledger writes in order and a job is not
-            // written only when no server could be used for it, which past
-            // the deadline holds for every later job too: the unwritten are
-            // the last ones. They go back to the queue.
-            let why = r.err().map(|e| e.to_string()).unwrap_or_default();
+            // failed part-way. The client says which (not necessarily the
+            // last ones: scheduled jobs go last, and a job whose connection
+            // broke is written again after the others). They go back to
+            // the queue.
+            let why = w.error.map(|e| e.to_string()).unwrap_or_default();
             log::warn!(
-                "gearman dispatcher: {missing} of {} jobs not written now, queued again: {why}",
+                "gearman dispatcher: {} of {} jobs not written now, queued again: {why}",
+                w.unwritten.len(),
                 group.len()
             );
-            for &i in &order[order.len() - missing..] {
-                if let Some(q) = slots[i].take() {
+            for &k in &w.unwritten {
+                if let Some(q) = slots[idx[k]].take() {
                     requeue.push(q);
                 }
             }
         }
-        for &i in &order[..order.len() - missing] {
+        for &i in &idx {
             slots[i] = None;
         }
         if !requeue.is_empty() {
@@ -958,4 +1243,37 @@ fn write_batch(
     let r = client.collect_deferred(false);
     sh.note(&r, hook);
     parked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(s: &str) -> ServerList {
+        ServerList::parse(s).unwrap()
+    }
+
+    #[test]
+    fn lists_are_interned_and_only_unused_ones_forgotten() {
+        let mut t = ServerTable {
+            routed: vec![ServerAddr::parse("r:1").unwrap()],
+            ..ServerTable::default()
+        };
+        t.rebuild();
+        let a = t.intern(&l("a:1,r:1"));
+        let a2 = t.intern(&l("a:1,r:1"));
+        assert!(Arc::ptr_eq(&a, &a2), "one copy per distinct list");
+        let names: Vec<String> = t.entries.iter().map(|(a, _)| a.to_string()).collect();
+        assert_eq!(names, ["r:1", "a:1"]);
+        drop(a2);
+        // Fill up: the unused lists go, the one still held stays.
+        for i in 0..MAX_LISTS {
+            t.intern(&l(&format!("x{i}:1")));
+        }
+        assert!(t.lists.len() <= MAX_LISTS);
+        assert!(t.lists.iter().any(|x| Arc::ptr_eq(x, &a)));
+        assert!(t.entries.iter().any(|(x, _)| x.to_string() == "a:1"));
+        assert!(!t.entries.iter().any(|(x, _)| x.to_string() == "x0:1"));
+        assert!(t.entries.iter().any(|(x, _)| x.to_string() == "r:1"));
+    }
 }

@@ -50,8 +50,8 @@ mod tls;
 pub mod worker;
 
 pub use client::{
-    Client, ClientStats, DeferredFailure, DeferredReport, KeyStatus, Options, DEFAULT_MAX_RESULT,
-    SUM_RESULT_MAX,
+    Client, ClientStats, DeferredFailure, DeferredReport, DeferredWrite, KeyStatus, Options,
+    DEFAULT_MAX_RESULT, SUM_RESULT_MAX,
 };
 pub use conn::{Connection, Interrupt};
 pub use dispatcher::{Dispatcher, DispatcherOptions, DispatcherStats};

@@ -299,6 +299,12 @@ impl Router {
         h.dead_until = Instant::now() + wait;
     }
 
+    /// When the back-off of `addr` ends, if its last connect failed
+    /// (`None`: it did not, or it was never tried).
+    pub fn backoff_until(&self, addr: &ServerAddr) -> Option<Instant> {
+        self.health.get(addr).map(|h| h.dead_until)
+    }
+
     /// Records a success: the server is healthy again.
     pub fn mark_alive(&mut self, addr: &ServerAddr) {
         self.health.remove(addr);

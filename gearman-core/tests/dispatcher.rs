@@ -404,3 +404,330 @@ fn an_unreachable_list_does_not_hold_up_the_others() {
     assert_eq!((s.confirmed, s.unsent, s.queued), (7, 20, 0), "{s:?}");
     assert_adds_up(&s);
 }
+
+fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn reach(s: &DispatcherStats, addr: &str) -> Option<Reachability> {
+    s.servers
+        .iter()
+        .find(|(a, _)| a.to_string() == addr)
+        .map(|(_, r)| *r)
+}
+
+/// `submit_to` sends every job of the call to the given list, whatever
+/// the routing table says; its servers join `stats().servers`; a dead
+/// list of its own waits apart; and jobs of one list keep their call order
+/// whether they came routed or with the list given (one batch, one group).
+#[test]
+fn submit_to_sends_to_the_given_list_in_call_order() {
+    let a = Gearmand::start();
+    let b = Gearmand::start();
+    let dead = dead_addr();
+    let d = start(
+        &a.addr(),
+        DispatcherOptions {
+            linger: Duration::from_secs(600),
+            ..opts()
+        },
+    );
+    let la = ServerList::parse(&a.addr()).unwrap();
+    let lb = ServerList::parse(&b.addr()).unwrap();
+    let ldead = ServerList::parse(&dead).unwrap();
+    assert_eq!(d.stats().servers.len(), 1);
+    // Routed (to a) and given (a, b, the dead one), interleaved in one batch.
+    d.submit(vec![Job::new("disp_order", "0")], soon(5))
+        .unwrap();
+    d.submit_to(&lb, vec![Job::new("disp_to", "b0")], soon(5))
+        .unwrap();
+    d.submit_to(
+        &la,
+        vec![Job::new("disp_order", "1"), Job::new("disp_order", "2")],
+        soon(5),
+    )
+    .unwrap();
+    d.submit_to(&ldead, vec![Job::new("disp_order", "never")], soon(5))
+        .unwrap();
+    d.submit(vec![Job::new("disp_order", "3")], soon(5))
+        .unwrap();
+    d.submit_to(&lb, vec![Job::new("disp_to", "b1")], soon(5))
+        .unwrap();
+    d.submit_to(&la, vec![Job::new("disp_order", "4")], soon(5))
+        .unwrap();
+    let s = d.stats();
+    assert_eq!(s.submitted, 8, "{s:?}");
+    let servers: Vec<String> = s.servers.iter().map(|(a, _)| a.to_string()).collect();
+    assert_eq!(servers, [a.addr(), b.addr(), dead.clone()], "{s:?}");
+    // Invalid jobs and limits as for `submit`: nothing queued.
+    let e = d
+        .submit_to(
+            &lb,
+            vec![Job::new("disp_to", "ok"), Job::new("bad name", "")],
+            soon(5),
+        )
+        .unwrap_err();
+    assert_eq!(*e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert_eq!(d.stats().submitted, 8);
+    // The dead list's job cannot be flushed; the rest goes.
+    assert!(!d.flush(Instant::now() + Duration::from_secs(2)));
+    let s = d.stats();
+    assert_eq!((s.confirmed, s.queued), (7, 1), "{s:?}");
+    assert_adds_up(&s);
+    assert_eq!(reach(&s, &a.addr()), Some(Reachability::Up), "{s:?}");
+    assert_eq!(reach(&s, &b.addr()), Some(Reachability::Up), "{s:?}");
+    assert_eq!(reach(&s, &dead), Some(Reachability::Down), "{s:?}");
+    assert_eq!(queued(&a.addr(), "disp_order"), 5);
+    assert_eq!(queued(&a.addr(), "disp_to"), 0);
+    assert_eq!(queued(&b.addr(), "disp_to"), 2);
+    assert_eq!(queued(&b.addr(), "disp_order"), 0);
+    // A new routing table does not drop the given lists' servers.
+    d.set_routing(Routing::new(la.clone()));
+    let servers: Vec<String> = d
+        .stats()
+        .servers
+        .iter()
+        .map(|(a, _)| a.to_string())
+        .collect();
+    assert_eq!(servers, [a.addr(), b.addr(), dead.clone()]);
+    // The order gearmand hands the jobs to one worker: the call order.
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g2 = got.clone();
+    let mut w = gearman_core::worker::Worker::new(la.clone(), common::quick_worker_options());
+    w.register(
+        "disp_order",
+        move |j: &mut gearman_core::worker::JobContext<'_>| {
+            g2.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(j.workload()).into_owned());
+            Ok(Vec::new())
+        },
+    );
+    let _w = common::spawn(w);
+    let t = Instant::now();
+    while got.lock().unwrap().len() < 5 {
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", got);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*got.lock().unwrap(), ["0", "1", "2", "3", "4"]);
+    assert!(d.stop(Instant::now() + Duration::from_millis(300)));
+    let s = d.stats();
+    assert_eq!((s.confirmed, s.unsent), (7, 1), "{s:?}");
+}
+
+fn wait_reach(d: &Dispatcher, addr: &str, want: Reachability, secs: u64) {
+    let t = Instant::now();
+    while reach(&d.stats(), addr) != Some(want) {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{addr} not {want:?} within {secs} s: {:?}",
+            d.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server of a list that another server of the list serves shows Down
+/// once a connect to it failed, and Up again once it is back, with
+/// nothing queued: the sender probes Down servers while idle (it used to
+/// leave the first Unknown and, once Down, Down until jobs were written
+/// to it).
+#[test]
+fn a_down_server_shows_up_again_with_nothing_queued() {
+    let mut a = Gearmand::start();
+    let b = Gearmand::start();
+    let list = format!("{},{}", a.addr(), b.addr());
+    let d = start(&list, opts());
+    a.kill();
+    for i in 0..20 {
+        // No unique key: round robin, so `a` is tried.
+        d.submit(vec![Job::new("disp_probe", format!("{i}"))], soon(5))
+            .unwrap();
+        assert!(d.flush(soon(10)), "{:?}", d.stats());
+    }
+    let s = d.stats();
+    assert_eq!((s.confirmed, s.queued), (20, 0), "{s:?}");
+    assert_adds_up(&s);
+    assert_eq!(queued(&b.addr(), "disp_probe"), 20);
+    assert_eq!(reach(&s, &b.addr()), Some(Reachability::Up), "{s:?}");
+    wait_reach(&d, &a.addr(), Reachability::Down, 10);
+    a.restart();
+    wait_reach(&d, &a.addr(), Reachability::Up, 10);
+    let s = d.stats();
+    assert_eq!((s.submitted, s.queued), (20, 0), "nothing written: {s:?}");
+    assert!(d.stop(soon(5)));
+}
+
+/// The one server of the routing table goes away, a job waits for it;
+/// the server comes back on the same port: it shows Up within a bounded
+/// poll, with nothing more submitted, and the waiting job arrives.
+#[test]
+fn a_server_back_on_its_port_shows_up_and_gets_the_waiting_job() {
+    let mut g = Gearmand::start();
+    let d = start(&g.addr(), opts());
+    g.kill();
+    d.submit(vec![Job::new("disp_back", "waited")], soon(5))
+        .unwrap();
+    wait_reach(&d, &g.addr(), Reachability::Down, 10);
+    assert_eq!(d.stats().queued, 1);
+    g.restart();
+    wait_reach(&d, &g.addr(), Reachability::Up, 10);
+    assert!(d.flush(soon(10)), "{:?}", d.stats());
+    let s = d.stats();
+    assert_eq!((s.submitted, s.confirmed, s.queued), (1, 1, 0), "{s:?}");
+    assert_adds_up(&s);
+    assert_eq!(queued(&g.addr(), "disp_back"), 1);
+    assert!(d.stop(soon(5)));
+}
+
+/// What a scripted job server received: (connection number, packet type,
+/// workload).
+type Received = Arc<Mutex<Vec<(usize, gearman_core::proto::PacketType, String)>>>;
+
+/// A scripted job server: on its first connection it confirms the first
+/// SUBMIT_JOB_BG and closes the connection on the next submission
+/// (unanswered); on every later connection it confirms SUBMIT_JOB_BG and
+/// never answers SUBMIT_JOB_EPOCH (as a server without scheduled jobs).
+fn break_then_ignore_epoch() -> (String, Received) {
+    use gearman_core::proto::{decode, encode, Decoded, Magic, PacketType as T};
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let got: Received = Arc::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { return };
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut confirmed = 0;
+                loop {
+                    let Ok(k) = s.read(&mut chunk) else { return };
+                    if k == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..k]);
+                    while let Ok(Decoded::Packet(p, used)) = decode(&buf, 1 << 20) {
+                        buf.drain(..used);
+                        if p.kind != T::SubmitJobBg && p.kind != T::SubmitJobEpoch {
+                            continue;
+                        }
+                        let workload = p.args.last().cloned().unwrap_or_default();
+                        g.lock().unwrap().push((
+                            n,
+                            p.kind,
+                            String::from_utf8_lossy(&workload).into_owned(),
+                        ));
+                        if n == 0 && confirmed == 1 {
+                            return; // closed, unanswered
+                        }
+                        if p.kind == T::SubmitJobBg {
+                            let mut out = Vec::new();
+                            let h = format!("H:fake:{n}:{confirmed}");
+                            encode(Magic::Res, T::JobCreated, &[h.as_bytes()], &mut out).unwrap();
+                            if s.write_all(&out).is_err() {
+                                return;
+                            }
+                            confirmed += 1;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// The jobs a write call did not write are exactly those requeued: here
+/// the middle one (its connection broke, and its second write found the
+/// call's deadline spent by a later job's unanswered SUBMIT_JOB_EPOCH). The
+/// dispatcher used to requeue the last jobs in write order instead: the
+/// epoch job went twice and the broken one was lost.
+#[test]
+fn exactly_the_jobs_a_call_did_not_write_are_queued_again() {
+    let (addr, got) = break_then_ignore_epoch();
+    let failed: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let f2 = failed.clone();
+    let mut o = opts();
+    o.client.io_timeout = Duration::from_secs(1);
+    o.client.max_in_flight = 1;
+    o.linger = Duration::from_secs(600);
+    o.on_report = Some(Arc::new(move |r: &DeferredReport| {
+        let mut f = f2.lock().unwrap();
+        f.extend(r.failed.iter().map(|x| x.unique.clone()));
+    }));
+    let d = start(&addr, o);
+    let epoch = 4_000_000_000i64;
+    d.submit(
+        vec![
+            Job::new("disp_exact", "0").with_unique("k0"),
+            Job::new("disp_exact", "1").with_unique("k1"),
+            Job::new("disp_exact", "2")
+                .with_unique("k2")
+                .with_epoch(epoch),
+        ],
+        soon(5),
+    )
+    .unwrap();
+    assert!(d.flush(soon(20)), "{:?}", d.stats());
+    let s = d.stats();
+    assert_eq!(s.sent, 3, "each written once: {s:?}");
+    assert_eq!((s.confirmed, s.unknown, s.unsent), (2, 1, 0), "{s:?}");
+    assert_adds_up(&s);
+    assert_eq!(*failed.lock().unwrap(), [b"k2".to_vec()]);
+    let mut times: Vec<(String, usize)> = Vec::new();
+    for (_, _, w) in got.lock().unwrap().iter() {
+        match times.iter_mut().find(|(x, _)| x == w) {
+            Some((_, n)) => *n += 1,
+            None => times.push((w.clone(), 1)),
+        }
+    }
+    times.sort();
+    let want = [
+        ("0".to_string(), 1),
+        ("1".to_string(), 2),
+        ("2".to_string(), 1),
+    ];
+    assert_eq!(times, want, "{:?}", got.lock().unwrap());
+    assert!(d.stop(soon(5)));
+}
+
+/// The ledger itself: `submit_background_deferred_on_tracked` names the
+/// job it did not write (the middle one), and counts the others written.
+#[test]
+fn the_ledger_names_the_jobs_it_did_not_write() {
+    let (addr, _got) = break_then_ignore_epoch();
+    let list = ServerList::parse(&addr).unwrap();
+    let mut c = gearman_core::Client::new(
+        list.clone(),
+        Options {
+            io_timeout: Duration::from_secs(1),
+            max_in_flight: 1,
+            ..Options::default()
+        },
+    );
+    let jobs = vec![
+        Job::new("f", "0"),
+        Job::new("f", "1"),
+        Job::new("f", "2").with_epoch(4_000_000_000),
+    ];
+    let w = c
+        .submit_background_deferred_on_tracked(&list, &jobs)
+        .unwrap();
+    assert_eq!(w.unwritten, [1], "{w:?}");
+    let e = w.error.expect("the deadline error");
+    assert_eq!(*e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(c.deferred_written(), 2);
+    let r = c.collect_deferred(true);
+    assert_eq!((r.confirmed, r.failed.len(), r.pending), (1, 1, 0), "{r:?}");
+    assert!(r.failed[0].error.is_timeout(), "{r:?}");
+    // Invalid jobs: an error, nothing written.
+    let e = c
+        .submit_background_deferred_on_tracked(&list, &[Job::new("bad name", "")])
+        .unwrap_err();
+    assert_eq!(*e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert_eq!(c.deferred_written(), 2);
+}

@@ -136,6 +136,22 @@ impl DeferredReport {
     }
 }
 
+/// What one call of [`Client::submit_background_deferred_on_tracked`]
+/// wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeferredWrite {
+    /// Indices into the call's jobs of those it did not write, ascending:
+    /// no server of their list could be used before the call's deadline
+    /// (or a job whose connection broke could not be written again, see
+    /// the retry rule: it may have reached the server before the break).
+    /// They are in no report and not counted by
+    /// [`Client::deferred_written`]; every other job of the call is.
+    pub unwritten: Vec<usize>,
+    /// The call's first error, as [`Client::submit_background_deferred`]
+    /// returns it (`None`: every job was written without one).
+    pub error: Option<Error>,
+}
+
 impl DeferredFailure {
     /// Whether the job may have been queued (anything but a server's
     /// refusal with ERROR).
@@ -191,8 +207,8 @@ impl Client {
     /// most `io_timeout`.
     pub fn submit_background_deferred(&mut self, jobs: &[Job]) -> Result<()> {
         match self.deferred_submit(None, jobs)? {
-            (_, Some(e)) => Err(e),
-            (_, None) => Ok(()),
+            (_, Some(e), _) => Err(e),
+            (_, None, _) => Ok(()),
         }
     }
 
@@ -200,6 +216,30 @@ impl Client {
     /// whatever the routing table says now.
     pub fn submit_background_deferred_on(&mut self, list: &ServerList, jobs: &[Job]) -> Result<()> {
         self.submit_background_deferred_via(&Routing::new(list.clone()), jobs)
+    }
+
+    /// [`Client::submit_background_deferred_on`], saying exactly which
+    /// jobs of the call were not written (a caller that writes them again
+    /// later, as the dispatcher does, must not guess: the retry rule and
+    /// the scheduled-jobs-last order mean they need not be the last ones).
+    ///
+    /// # Errors
+    /// Only an invalid job (nothing is written then); the other errors
+    /// are in [`DeferredWrite::error`].
+    pub fn submit_background_deferred_on_tracked(
+        &mut self,
+        list: &ServerList,
+        jobs: &[Job],
+    ) -> Result<DeferredWrite> {
+        let routing = Routing::new(list.clone());
+        let (_, error, written) = self.deferred_submit(Some(&routing), jobs)?;
+        let unwritten = written
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !**w)
+            .map(|(i, _)| i)
+            .collect();
+        Ok(DeferredWrite { unwritten, error })
     }
 
     /// [`Client::submit_background_deferred`] with each job routed by
@@ -212,8 +252,8 @@ impl Client {
         jobs: &[Job],
     ) -> Result<()> {
         match self.deferred_submit(Some(routing), jobs)? {
-            (_, Some(e)) => Err(e),
-            (_, None) => Ok(()),
+            (_, Some(e), _) => Err(e),
+            (_, None, _) => Ok(()),
         }
     }
 
@@ -225,7 +265,7 @@ impl Client {
     /// callers that answer per job (MySQL's pipelined mode, one row at a
     /// time).
     pub fn submit_background_deferred_one(&mut self, job: &Job) -> Result<()> {
-        let (call, r) = self.deferred_submit(None, std::slice::from_ref(job))?;
+        let (call, r, _) = self.deferred_submit(None, std::slice::from_ref(job))?;
         let own = self.ledger.take_of(call, |_| true);
         self.deferred_written -= own.len() as u64;
         match (r, own.into_iter().next()) {
@@ -236,12 +276,14 @@ impl Client {
     }
 
     /// The retry rule around [`Client::deferred_pass`]: returns the call's
-    /// number and its first error (`Err` only for an invalid job).
+    /// number, its first error and, per job, whether it was written
+    /// (counted by `deferred_written`, and so in a later report); `Err`
+    /// only for an invalid job.
     fn deferred_submit(
         &mut self,
         on: Option<&Routing>,
         jobs: &[Job],
-    ) -> Result<(u64, Option<Error>)> {
+    ) -> Result<(u64, Option<Error>, Vec<bool>)> {
         for job in jobs {
             job.validate()?;
         }
@@ -249,7 +291,8 @@ impl Client {
         self.ledger.calls += 1;
         let call = self.ledger.calls;
         let all: Vec<usize> = (0..jobs.len()).collect();
-        let mut errors = self.deferred_pass(on, jobs, &all, call, deadline);
+        let mut written = vec![false; jobs.len()];
+        let mut errors = self.deferred_pass(on, jobs, &all, call, deadline, &mut written);
         let again: Vec<usize> = self
             .ledger
             .take_of(call, |f| f.error.retry() == Retry::Reconnect)
@@ -258,14 +301,18 @@ impl Client {
             .collect();
         if !again.is_empty() {
             self.deferred_written -= again.len() as u64;
+            for &i in &again {
+                written[i] = false;
+            }
             errors.retain(|e| e.retry() != Retry::Reconnect);
-            errors.extend(self.deferred_pass(on, jobs, &again, call, deadline));
+            errors.extend(self.deferred_pass(on, jobs, &again, call, deadline, &mut written));
         }
-        Ok((call, errors.into_iter().next()))
+        Ok((call, errors.into_iter().next(), written))
     }
 
-    /// Writes `jobs[i]` for each `i` of `which` (scheduled ones last) and
-    /// flushes every connection written to; returns the errors met.
+    /// Writes `jobs[i]` for each `i` of `which` (scheduled ones last),
+    /// setting `written[i]` for each job written, and flushes every
+    /// connection written to; returns the errors met.
     fn deferred_pass(
         &mut self,
         on: Option<&Routing>,
@@ -273,6 +320,7 @@ impl Client {
         which: &[usize],
         call: u64,
         deadline: Instant,
+        written: &mut [bool],
     ) -> Vec<Error> {
         let own;
         let routing = match on {
@@ -294,7 +342,7 @@ impl Client {
             let job = &jobs[index];
             let list = routing.lookup(&job.function);
             let tag = Tag { call, index };
-            if let Err(e) = self.defer_one(list, job, tag, &mut touched, deadline) {
+            if let Err(e) = self.defer_one(list, job, tag, &mut touched, deadline, written) {
                 errors.push(e);
             }
         }
@@ -315,7 +363,9 @@ impl Client {
     /// Writes one deferred job to a server of `list` (a probe of a type
     /// not yet answered on its connection is awaited), keeping the
     /// connection's in-flight window bounded. `touched` holds the
-    /// connections written to and still usable.
+    /// connections written to and still usable; `written[tag.index]` is
+    /// set once the job is (it then counts in `deferred_written` and ends
+    /// up in a report).
     fn defer_one(
         &mut self,
         list: &ServerList,
@@ -323,6 +373,7 @@ impl Client {
         tag: Tag,
         touched: &mut Vec<ServerAddr>,
         deadline: Instant,
+        written: &mut [bool],
     ) -> Result<()> {
         let addr = {
             let open: Vec<&ServerAddr> = touched.iter().collect();
@@ -340,6 +391,7 @@ impl Client {
         let probe = !conn.has_answered(kind);
         encode_submit(job, true, conn.queue())?;
         self.deferred_written += 1;
+        written[tag.index] = true;
         self.deferred
             .entry(addr.clone())
             .or_default()

@@ -25,7 +25,7 @@ mod engine;
 mod pool;
 mod status;
 
-pub use deferred::{DeferredFailure, DeferredReport};
+pub use deferred::{DeferredFailure, DeferredReport, DeferredWrite};
 pub use status::{KeyStatus, SUM_RESULT_MAX};
 
 use crate::conn::{Connection, Interrupt};
@@ -497,6 +497,18 @@ impl Client {
         self.walk(order, deadline, |c, addr| {
             c.connection_nowait(addr, deadline).map(|_| addr.clone())
         })
+    }
+
+    /// If the last connect to `addr` failed: when its connect back-off
+    /// ends (see [`Options::retry_backoff`]).
+    pub(crate) fn connect_backoff(&self, addr: &ServerAddr) -> Option<Instant> {
+        self.router.backoff_until(addr)
+    }
+
+    /// Whether a connection to `addr` is open (as far as known without
+    /// I/O).
+    pub(crate) fn has_connection(&self, addr: &ServerAddr) -> bool {
+        self.conns.get(addr).is_some_and(|c| !c.is_closed())
     }
 
     /// The deadline of a call that may take `base` from now, bounded by

@@ -1,5 +1,7 @@
 //! Benchmark of the PostgreSQL extension (issue 4), one run, one private
-//! gearmand and one private PostgreSQL 15. Prints figures; asserts nothing.
+//! gearmand and one private PostgreSQL (15, or the installation
+//! whose `bin` directory `GEARMAN_TEST_PG_BINDIR` names). Prints figures;
+//! asserts nothing.
 //!
 //! Run with `gearman-pg/bench.sh` (installs the release build of the
 //! extension first), or by hand:
@@ -27,19 +29,12 @@
 //!    difference to the plain INSERT, next to the core client's round trip
 //!    (`submit_background`, serial).
 
-use gearman_core::worker::{Worker, WorkerOptions};
+mod common;
+
+use common::{arg, create_extension, server_version, start_echo_workers};
 use gearman_core::{Client, Job, Options, ServerList};
 use gearman_testkit::{Gearmand, Postgres};
 use std::time::{Duration, Instant};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn rate(n: usize, d: Duration) -> String {
     format!(
@@ -64,20 +59,6 @@ fn vm_rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-fn start_workers(addr: &str, function: &str, n: usize) -> Vec<gearman_core::worker::StopHandle> {
-    (0..n)
-        .map(|_| {
-            let mut w = Worker::new(ServerList::parse(addr).unwrap(), WorkerOptions::default());
-            w.register(function, |j| Ok(j.workload().to_vec()));
-            let stop = w.stop_handle();
-            std::thread::spawn(move || {
-                let _ = w.run();
-            });
-            stop
-        })
-        .collect()
-}
-
 fn main() {
     let jobs = arg("--jobs", 100_000);
     let calls = arg("--calls", 1_000_000);
@@ -92,22 +73,18 @@ fn main() {
         Gearmand::start()
     };
     let pg = Postgres::start_with(&[&format!("gearman.servers={}", g.addr())]);
-    if let Err(e) = pg.try_psql("CREATE EXTENSION gearman") {
-        panic!(
-            "CREATE EXTENSION gearman failed: {e}\nrun `cargo pgrx install --release \
-             --pg-config /usr/lib/postgresql/15/bin/pg_config` in gearman-pg first"
-        );
-    }
+    create_extension(&pg);
     let mut db = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
     let servers = ServerList::parse(&g.addr()).unwrap();
     println!(
-        "gearmand {} (--hashtable-buckets {}) / PostgreSQL 15 on port {}",
+        "gearmand {} (--hashtable-buckets {}) / PostgreSQL {} on port {}",
         g.addr(),
         if buckets > 0 {
             buckets.to_string()
         } else {
             "991, the default".into()
         },
+        server_version(&mut db),
         pg.port()
     );
 
@@ -189,7 +166,7 @@ fn main() {
     );
 
     // 2. Foreground round trips.
-    let stops = start_workers(&g.addr(), "echo", 4);
+    let stops = start_echo_workers(&g.addr(), "echo", 4);
     std::thread::sleep(Duration::from_millis(300));
     let n = jobs / 10;
     println!("\n2. foreground round trips, {n} jobs, 4 echo workers");

@@ -25,18 +25,22 @@
 //!    AFTER INSERT FOR EACH ROW PL/pgSQL trigger that does nothing, (c) with
 //!    a trigger calling `gman_do_background('bench_fn', NEW.payload)` under
 //!    `gearman.dispatch = 'commit'`, (d) the same under `immediate`, (b') the
-//!    no-op trigger on the preloaded cluster and (e) the `commit` trigger on
-//!    the preloaded cluster; `--rounds` rounds, phases alternating. Per
-//!    phase: INSERTs/s, ratio to (b) (for (e) also to (b')), gearmand CPU
-//!    per job (utime + stime of the gearmand process from `/proc/<pid>/stat`
-//!    from the phase's start until gearmand queued its last job, divided by
-//!    the jobs), the largest number of gearmand connections seen (the admin
-//!    `workers` list, polled every 50 ms from another thread, without the
-//!    benchmark's own two admin connections), and jobs delivered vs
-//!    committed.
+//!    no-op trigger on the preloaded cluster, (e) the `commit` trigger on
+//!    the preloaded cluster (through the dispatcher) and (e') the same with
+//!    `SET gearman.use_dispatcher = off` (each backend writes its own jobs,
+//!    as without the preload); `--rounds` rounds, phases alternating. Per
+//!    phase: INSERTs/s, ratio to (b) (for (e) and (e') also to (b')),
+//!    gearmand CPU per job (utime + stime of the gearmand process from
+//!    `/proc/<pid>/stat` from the phase's start until gearmand queued its
+//!    last job, divided by the jobs), the largest numbers of gearmand
+//!    connections of PostgreSQL backends (client id `postgres-<pid>`) and
+//!    of the dispatcher (`postgres-dispatcher-<pid>`) seen (the admin
+//!    `workers` list, polled every 50 ms from another thread), and jobs
+//!    delivered vs committed; then the preloaded cluster's dispatcher
+//!    counters (`gman_dispatch_status()`).
 //! 2. One session, `--single` INSERTs per phase and round: µs per INSERT
-//!    for (b), (c), (b'), (e) (mean over the rounds, and each round), and
-//!    the overheads (c)-(b), (e)-(b), (e)-(b').
+//!    for (b), (c), (b'), (e), (e') (mean over the rounds, and each round),
+//!    and the overheads (c)-(b), (e)-(b), (e)-(b'), (e')-(b').
 //! 3. Bulk: `SELECT count(gman_do_background('bench_bulk', 'p'||i)) FROM
 //!    generate_series(1, --bulk) i` in `commit` dispatch (one statement, its
 //!    own transaction) on each cluster, timed until gearmand has queued
@@ -65,7 +69,7 @@ use gearman_testkit::{Gearmand, Postgres};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 /// The function the triggers call.
@@ -124,36 +128,42 @@ impl Rig {
     }
 }
 
-/// Polls gearmand's `workers` (one line per connection) every 50 ms and
-/// keeps the largest count since the last [`ConnWatch::take`], less the
-/// connections open when it started (the benchmark's admin connections).
+/// Polls gearmand's `workers` (one line per connection, with its client
+/// id) every 50 ms and keeps the largest number of PostgreSQL backend
+/// connections (client id `postgres-<pid>`) and of dispatcher connections
+/// (`postgres-dispatcher-<pid>`) seen since the last [`ConnWatch::take`].
 struct ConnWatch {
-    max: Arc<AtomicUsize>,
+    max: Arc<[AtomicUsize; 2]>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ConnWatch {
-    /// Starts the poller; returns once it has counted the baseline.
     fn start(addr: ServerAddr) -> ConnWatch {
-        let max = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
         let thread = {
             let (max, stop) = (max.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut a = Admin::connect(&addr, Duration::from_secs(5)).expect("admin");
-                let base = a.workers().expect("workers").len();
-                tx.send(base).unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(w) = a.workers() {
-                        max.fetch_max(w.len().saturating_sub(base), Ordering::Relaxed);
+                        let dispatchers = w
+                            .iter()
+                            .filter(|w| w.client_id.starts_with("postgres-dispatcher-"))
+                            .count();
+                        let backends = w
+                            .iter()
+                            .filter(|w| w.client_id.starts_with("postgres-"))
+                            .count()
+                            - dispatchers;
+                        max[0].fetch_max(backends, Ordering::Relaxed);
+                        max[1].fetch_max(dispatchers, Ordering::Relaxed);
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
             })
         };
-        rx.recv().expect("connection poller");
         ConnWatch {
             max,
             stop,
@@ -161,9 +171,13 @@ impl ConnWatch {
         }
     }
 
-    /// The largest count since the last call, and starts over.
-    fn take(&self) -> usize {
-        self.max.swap(0, Ordering::Relaxed)
+    /// The largest (backend, dispatcher) connection counts since the last
+    /// call, and starts over.
+    fn take(&self) -> (usize, usize) {
+        (
+            self.max[0].swap(0, Ordering::Relaxed),
+            self.max[1].swap(0, Ordering::Relaxed),
+        )
     }
 }
 
@@ -176,14 +190,14 @@ impl Drop for ConnWatch {
     }
 }
 
-/// `sessions` new sessions of `cluster`, each with `gearman.dispatch =
-/// mode`, each `rows` single-row autocommit INSERTs into `table`; returns
-/// the wall time from the moment all are connected until the last is done.
+/// `sessions` new sessions of `cluster`, each running `set` first, then
+/// `rows` single-row autocommit INSERTs into `table`; returns the wall
+/// time from the moment all are connected until the last is done.
 fn run_sessions(
     rig: &Rig,
     cluster: usize,
     table: &str,
-    mode: &str,
+    set: &str,
     sessions: usize,
     rows: usize,
     tag: &str,
@@ -192,8 +206,7 @@ fn run_sessions(
     let threads: Vec<_> = (0..sessions)
         .map(|k| {
             let mut db = rig.connect(cluster);
-            db.batch_execute(&format!("SET gearman.dispatch = '{mode}'"))
-                .unwrap();
+            db.batch_execute(set).unwrap();
             let stmt = db
                 .prepare(&format!("INSERT INTO {table} (payload) VALUES ($1)"))
                 .unwrap();
@@ -215,12 +228,12 @@ fn run_sessions(
     t.elapsed()
 }
 
-/// One INSERT phase: which cluster, table and dispatch mode.
+/// One INSERT phase: which cluster, table and session settings.
 struct Phase {
     label: &'static str,
     cluster: usize,
     table: &'static str,
-    mode: &'static str,
+    set: &'static str,
 }
 
 impl Phase {
@@ -235,7 +248,8 @@ struct Measured {
     wall: Duration,
     cpu: f64,
     rows: u64,
-    max_conns: usize,
+    /// Largest (backend, dispatcher) gearmand connection counts.
+    max_conns: (usize, usize),
     delivered: u64,
 }
 
@@ -258,7 +272,7 @@ fn measure(
         rig,
         phase.cluster,
         phase.table,
-        phase.mode,
+        phase.set,
         sessions,
         rows,
         tag,
@@ -270,7 +284,8 @@ fn measure(
     };
     m.cpu += cpu_seconds(rig.pid) - c0;
     m.rows += expected;
-    m.max_conns = m.max_conns.max(watch.take());
+    let (b, d) = watch.take();
+    m.max_conns = (m.max_conns.0.max(b), m.max_conns.1.max(d));
     m.delivered += q - q0;
 }
 
@@ -292,7 +307,6 @@ fn main() {
     let mut admin = Admin::connect(&addr, Duration::from_secs(5)).expect("admin");
     let version = admin.version().unwrap_or_default();
     let pid = g.pid().expect("gearmand pid");
-    // Before the clusters start: its baseline is the two admin connections.
     let watch = ConnWatch::start(addr.clone());
     let servers = format!("gearman.servers={}", g.addr());
     let plain = Postgres::start_with(&[&servers]);
@@ -342,42 +356,49 @@ fn main() {
     );
 
     // 1. Concurrent sessions.
+    const COMMIT: &str = "SET gearman.dispatch = 'commit'";
     let phases = [
         Phase {
             label: "(a) plain table",
             cluster: 0,
             table: "bench_plain",
-            mode: "commit",
+            set: COMMIT,
         },
         Phase {
             label: "(b) no-op PL/pgSQL trigger",
             cluster: 0,
             table: "bench_noop",
-            mode: "commit",
+            set: COMMIT,
         },
         Phase {
             label: "(c) trigger, commit",
             cluster: 0,
             table: "bench_trig",
-            mode: "commit",
+            set: COMMIT,
         },
         Phase {
             label: "(d) trigger, immediate",
             cluster: 0,
             table: "bench_trig",
-            mode: "immediate",
+            set: "SET gearman.dispatch = 'immediate'",
         },
         Phase {
             label: "(b') no-op trigger, preloaded",
             cluster: 1,
             table: "bench_noop",
-            mode: "commit",
+            set: COMMIT,
         },
         Phase {
             label: "(e) trigger, commit, preloaded",
             cluster: 1,
             table: "bench_trig",
-            mode: "commit",
+            set: COMMIT,
+        },
+        Phase {
+            label: "(e') (e), use_dispatcher off",
+            cluster: 1,
+            table: "bench_trig",
+            set: "SET gearman.dispatch = 'commit'; SET gearman.use_dispatcher = off",
         },
     ];
     println!(
@@ -394,12 +415,12 @@ fn main() {
     let rate = |m: &Measured| m.rows as f64 / m.wall.as_secs_f64();
     let (rb, rb2) = (rate(&got[1]), rate(&got[4]));
     println!(
-        "   {:<31} {:>11} {:>9} {:>14} {:>11} {:>19}",
-        "phase", "INSERTs/s", "vs (b)", "gearmand CPU", "gearmand", "jobs delivered"
+        "   {:<31} {:>11} {:>9} {:>14} {:>13} {:>19}",
+        "phase", "INSERTs/s", "vs (b)", "gearmand CPU", "gearmand conns", "jobs delivered"
     );
     println!(
-        "   {:<31} {:>11} {:>9} {:>14} {:>11} {:>19}",
-        "", "", "", "per job", "conns (max)", "/ committed"
+        "   {:<31} {:>11} {:>9} {:>14} {:>13} {:>19}",
+        "", "", "", "per job", "backends+disp", "/ committed"
     );
     for (p, m) in phases.iter().zip(&got) {
         let (cpu, jobs) = if p.dispatches() {
@@ -423,26 +444,28 @@ fn main() {
             )
         };
         println!(
-            "   {:<31} {:>11.0} {:>9.2} {:>14} {:>11} {:>19}",
+            "   {:<31} {:>11.0} {:>9.2} {:>14} {:>13} {:>19}",
             p.label,
             rate(m),
             rate(m) / rb,
             cpu,
-            m.max_conns,
+            format!("{} + {}", m.max_conns.0, m.max_conns.1),
             jobs
         );
     }
     println!(
-        "   (e) vs (b') on the same preloaded cluster: {:.2}",
-        rate(&got[5]) / rb2
+        "   on the preloaded cluster, vs (b'): (e) {:.2}, (e') {:.2}",
+        rate(&got[5]) / rb2,
+        rate(&got[6]) / rb2
     );
+    println!("   cluster 2: {}", dispatch_status(&mut db[1]));
 
     // 2. One session.
     println!(
         "\n2. one session, {single} single-row INSERTs (autocommit) per phase x {rounds} \
          round(s), phases alternating"
     );
-    let single_phases = [&phases[1], &phases[2], &phases[4], &phases[5]];
+    let single_phases = [&phases[1], &phases[2], &phases[4], &phases[5], &phases[6]];
     let mut got = vec![Measured::default(); single_phases.len()];
     let mut per_round = vec![Vec::new(); single_phases.len()];
     for r in 0..rounds {
@@ -477,10 +500,12 @@ fn main() {
         );
     }
     println!(
-        "   overhead (c)-(b) {:+.1} µs, (e)-(b) {:+.1} µs, (e)-(b') {:+.1} µs per INSERT",
+        "   overhead (c)-(b) {:+.1} µs, (e)-(b) {:+.1} µs, (e)-(b') {:+.1} µs, (e')-(b') {:+.1} µs \
+         per INSERT",
         us[1] - us[0],
         us[3] - us[0],
-        us[3] - us[2]
+        us[3] - us[2],
+        us[4] - us[2]
     );
     drop(watch);
 
@@ -547,6 +572,8 @@ fn main() {
         );
     }
 
+    println!("   cluster 2: {}", dispatch_status(&mut db[1]));
+
     // 4. Non-regression: foreground gman_do and immediate dispatch.
     println!(
         "\n4. non-regression, {calls} calls per figure x {rounds} round(s), clusters \
@@ -601,6 +628,22 @@ fn main() {
         s.stop();
     }
     println!("\nload average {} at the end", load_average());
+}
+
+/// The preloaded cluster's dispatcher counters from `gman_dispatch_status()`
+/// (cluster-wide), or the error when the installed extension has none.
+fn dispatch_status(db: &mut postgres::Client) -> String {
+    db.query_one(
+        "SELECT format('dispatcher %s (pid %s, starts %s): handed off %s, sent %s, confirmed %s, \
+                refused %s, unknown %s, unsent %s, lost %s, queued %s, full waits %s, \
+                full timeouts %s', dispatcher, dispatcher_pid, dispatcher_starts, \
+                cluster_handed_off, cluster_sent, cluster_confirmed, cluster_refused, \
+                cluster_unknown, cluster_unsent, cluster_lost, cluster_queued, \
+                cluster_full_waits, cluster_full_timeouts) FROM gman_dispatch_status()",
+        &[],
+    )
+    .map(|r| r.get(0))
+    .unwrap_or_else(|e| format!("gman_dispatch_status(): {e}"))
 }
 
 /// Reads `n` JOB_CREATED packets.

@@ -97,6 +97,8 @@ struct Rig {
     pid: u32,
     /// [plain cluster, preloaded cluster].
     pg: [Postgres; 2],
+    /// The preloaded cluster's dispatcher process.
+    dispatcher_pid: Option<u32>,
 }
 
 impl Rig {
@@ -247,6 +249,8 @@ impl Phase {
 struct Measured {
     wall: Duration,
     cpu: f64,
+    /// CPU seconds of the preloaded cluster's dispatcher process.
+    dispatcher_cpu: f64,
     rows: u64,
     /// Largest (backend, dispatcher) gearmand connection counts.
     max_conns: (usize, usize),
@@ -267,6 +271,7 @@ fn measure(
     let expected = (sessions * rows) as u64;
     let q0 = rig.queued(FUNCTION);
     let c0 = cpu_seconds(rig.pid);
+    let d0 = rig.dispatcher_pid.map_or(0.0, cpu_seconds);
     watch.take();
     m.wall += run_sessions(
         rig,
@@ -283,6 +288,7 @@ fn measure(
         rig.queued(FUNCTION)
     };
     m.cpu += cpu_seconds(rig.pid) - c0;
+    m.dispatcher_cpu += rig.dispatcher_pid.map_or(0.0, cpu_seconds) - d0;
     m.rows += expected;
     let (b, d) = watch.take();
     m.max_conns = (m.max_conns.0.max(b), m.max_conns.1.max(d));
@@ -316,6 +322,7 @@ fn main() {
         admin,
         pid,
         pg: [plain, preload],
+        dispatcher_pid: None,
     };
     for pg in &rig.pg {
         create_extension(pg);
@@ -335,6 +342,14 @@ fn main() {
         )
         .map(|rows| rows.iter().map(|r| r.get(0)).collect())
         .unwrap_or_default();
+    rig.dispatcher_pid = db[1]
+        .query_one(
+            "SELECT max(pid) FROM pg_stat_activity WHERE backend_type = 'gearman dispatcher'",
+            &[],
+        )
+        .ok()
+        .and_then(|r| r.get::<_, Option<i32>>(0))
+        .map(|p| p as u32);
     println!(
         "gearmand {version} at {} (--hashtable-buckets {}), no worker / PostgreSQL {pg_version}: \
          cluster 1 on port {} without preload, cluster 2 on port {} with \
@@ -454,9 +469,11 @@ fn main() {
         );
     }
     println!(
-        "   on the preloaded cluster, vs (b'): (e) {:.2}, (e') {:.2}",
+        "   on the preloaded cluster, vs (b'): (e) {:.2}, (e') {:.2}; the dispatcher process \
+         used {:.1} µs of CPU per job in (e)",
         rate(&got[5]) / rb2,
-        rate(&got[6]) / rb2
+        rate(&got[6]) / rb2,
+        got[5].dispatcher_cpu * 1e6 / got[5].rows as f64
     );
     println!("   cluster 2: {}", dispatch_status(&mut db[1]));
 

@@ -56,10 +56,11 @@ pub struct DispatchCounters {
 #[derive(Default)]
 struct State {
     client: Option<Client>,
-    /// The routing table in force and the `gearman.servers` text its
+    /// The routing table in force, with the settings' generation
+    /// ([`gucs::servers_generation`]) and the `gearman.servers` text its
     /// default list was parsed from. A new `Rc` whenever it changes, so
     /// jobs held for commit keep the table of their call.
-    routing: Option<(String, Rc<Routing>)>,
+    routing: Option<(u64, String, Rc<Routing>)>,
     dispatch: DispatchCounters,
     /// The deadline of the SQL call in progress that makes several
     /// exchanges (a status walk over servers), see [`within_deadline`].
@@ -176,11 +177,24 @@ pub fn parse_servers(text: &str) -> Result<ServerList, GmError> {
 /// `gman_servers_set(servers, function)` overrides as per-function lists.
 /// The same `Rc` while nothing changes.
 pub fn routing() -> Result<Rc<Routing>, GmError> {
+    // Fast path: the settings took no value since the table was made.
+    let generation = gucs::servers_generation();
+    let hit = STATE.with(|s| {
+        let s = s.borrow();
+        match &s.routing {
+            Some((g, _, r)) if *g == generation && generation != 0 => Some(r.clone()),
+            _ => None,
+        }
+    });
+    if let Some(r) = hit {
+        return Ok(r);
+    }
     let text = gucs::servers_text();
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        if let Some((t, r)) = &s.routing {
+        if let Some((g, t, r)) = &mut s.routing {
             if *t == text {
+                *g = generation;
                 return Ok(r.clone());
             }
         }
@@ -188,10 +202,10 @@ pub fn routing() -> Result<Rc<Routing>, GmError> {
         let mut r = s
             .routing
             .as_ref()
-            .map_or_else(Routing::default, |(_, r)| (**r).clone());
+            .map_or_else(Routing::default, |(_, _, r)| (**r).clone());
         r.set_default(list);
         let r = Rc::new(r);
-        s.routing = Some((text, r.clone()));
+        s.routing = Some((generation, text, r.clone()));
         Ok(r)
     })
 }
@@ -210,7 +224,7 @@ pub fn set_function_servers(function: &str, list: Option<ServerList>) -> Result<
         .map_err(|e| GmError::from_core(&e, function, "(not set)"))?;
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        if let Some((_, cur)) = s.routing.as_mut() {
+        if let Some((_, _, cur)) = s.routing.as_mut() {
             *cur = Rc::new(r);
         }
     });

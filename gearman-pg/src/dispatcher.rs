@@ -25,7 +25,9 @@
 //! changes them): `gearman.servers` (servers shown before any job names
 //! them), `gearman.connect_timeout`, `gearman.commit_send_timeout` (bound on
 //! each write and each confirmation, and on the flush at shutdown),
-//! `gearman.tls_ca_file`, `gearman.tls_cert_file`, `gearman.tls_key_file`.
+//! `gearman.tls_ca_file`, `gearman.tls_cert_file`, `gearman.tls_key_file`,
+//! `gearman.dispatch_linger` (while records keep coming, it takes them at
+//! most that often, so each write carries many commits' jobs).
 //! Each job goes to the server list in force in its backend when it was
 //! queued.
 
@@ -71,6 +73,7 @@ struct Settings {
     servers: String,
     connect_timeout: Duration,
     io_timeout: Duration,
+    linger: Duration,
     tls: (String, String, String),
 }
 
@@ -80,6 +83,7 @@ impl Settings {
             servers: gucs::servers_text(),
             connect_timeout: gucs::connect_timeout(),
             io_timeout: gucs::commit_send_timeout(),
+            linger: gucs::dispatch_linger(),
             tls: gucs::tls_files(),
         }
     }
@@ -138,7 +142,9 @@ fn start_sender(settings: Settings, reports: &Arc<Mutex<Reports>>, capacity: u64
         },
         max_jobs: 1_000_000,
         max_bytes: capacity.clamp(1 << 20, 1 << 30) as usize,
-        linger: Duration::from_millis(1),
+        // The main loop lingers (collects records) as long; the sender
+        // writes each round's jobs at once.
+        linger: Duration::ZERO,
         thread_name: "gearman dispatcher sender".into(),
         on_report: Some(Arc::new(move |rep: &DeferredReport| {
             if rep.failed.is_empty() {
@@ -242,16 +248,18 @@ type Backlog = VecDeque<(ServerList, Vec<Job>)>;
 /// Moves records from shared memory into the sender: first what is left of
 /// earlier rounds, then new records, stopping (records stay in shared
 /// memory) while the sender's queue is full. `wait` bounds each submission.
-/// Returns the jobs dropped (a record that does not decode: never expected).
-fn feed(q: &shmq::Queue, s: &Sender, backlog: &mut Backlog, wait: Duration) -> u64 {
+/// Returns the jobs dropped (a record that does not decode: never expected)
+/// and the records taken.
+fn feed(q: &shmq::Queue, s: &Sender, backlog: &mut Backlog, wait: Duration) -> (u64, usize) {
     let mut dropped = 0;
+    let mut taken = 0;
     loop {
         while let Some((list, jobs)) = backlog.pop_front() {
             match s.d.submit_to(&list, jobs.clone(), Instant::now() + wait) {
                 Ok(()) => {}
                 Err(e) if e.is_timeout() => {
                     backlog.push_front((list, jobs));
-                    return dropped;
+                    return (dropped, taken);
                 }
                 Err(e) => {
                     // Invalid jobs cannot come from a backend (validated
@@ -266,8 +274,9 @@ fn feed(q: &shmq::Queue, s: &Sender, backlog: &mut Backlog, wait: Duration) -> u
         }
         let records = q.take(TAKE_MAX);
         if records.is_empty() {
-            return dropped;
+            return (dropped, taken);
         }
+        taken += records.len();
         for (body, jobs) in records {
             match handoff::decode(&body) {
                 Ok(groups) => backlog.extend(groups),
@@ -326,13 +335,27 @@ pub extern "C-unwind" fn gearman_dispatcher_main(_arg: pg_sys::Datum) {
                 log!("gearman dispatcher: settings reloaded");
             }
         }
-        base.unsent += feed(&q, &sender, &mut backlog, Duration::ZERO);
+        let (dropped, taken) = feed(&q, &sender, &mut backlog, Duration::ZERO);
+        base.unsent += dropped;
         let st = sender.d.stats();
         let busy = !backlog.is_empty() || st.queued > 0 || st.pending() > 0;
         if !busy || published.elapsed() >= PUBLISH_EVERY {
             publish(&q, &sender, &base);
             log_reports(&reports);
             published = Instant::now();
+        }
+        if taken > 0 && !sender.settings.linger.is_zero() {
+            // Commits are coming: collect for gearman.dispatch_linger instead
+            // of waking for each one. Backends setting the latch meanwhile make no system
+            // call (this process is not waiting on it).
+            // SAFETY: resets this process's own latch.
+            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+            std::thread::sleep(sender.settings.linger);
+            // SAFETY: plain read of a flag set by the SIGTERM handler.
+            if unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) } != 0 {
+                break;
+            }
+            continue;
         }
         let timeout = if busy {
             Duration::from_millis(20)
@@ -350,7 +373,7 @@ pub extern "C-unwind" fn gearman_dispatcher_main(_arg: pg_sys::Datum) {
     let mut quiet = 0;
     while quiet < 3 && Instant::now() < deadline {
         let before = backlog.len();
-        base.unsent += feed(&q, &sender, &mut backlog, Duration::from_millis(10));
+        base.unsent += feed(&q, &sender, &mut backlog, Duration::from_millis(10)).0;
         if backlog.len() == before && q.depth().0 == 0 {
             quiet += 1;
             std::thread::sleep(Duration::from_millis(10));

@@ -119,7 +119,11 @@ pub(crate) fn background(
         }
         Dispatch::Commit => {
             let routing = backend::routing()?;
-            let key = String::from_utf8_lossy(job.unique_bytes()).into_owned();
+            // The key we made, or the caller's (text: valid UTF-8).
+            let key = match unique {
+                Some(u) => u.to_string(),
+                None => String::from_utf8_lossy(job.unique_bytes()).into_owned(),
+            };
             xact::hold(job, routing);
             Ok(key)
         }

@@ -68,8 +68,15 @@ static TLS_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 static TLS_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static DISPATCH_QUEUE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 static USE_DISPATCHER: GucSetting<bool> = GucSetting::<bool>::new(true);
+static DISPATCH_LINGER_MS: GucSetting<i32> = GucSetting::<i32>::new(2);
 static DISPATCH: GucSetting<Dispatch> = GucSetting::<Dispatch>::new(Dispatch::Commit);
 static ON_ERROR: GucSetting<OnError> = GucSetting::<OnError>::new(OnError::Error);
+
+/// Bumped whenever `gearman.servers` or `pggearman.default_servers` takes a
+/// value (their assign hooks run for SET, RESET, rollback and reload), so
+/// that the routing table is rebuilt only then (see
+/// [`servers_generation`]).
+static SERVERS_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The source (`GucSource`) of the value of `gearman.servers` in force.
 static SERVERS_SOURCE: AtomicU32 = AtomicU32::new(pg_sys::GucSource::PGC_S_DEFAULT);
@@ -240,6 +247,18 @@ pub fn init() {
             GucFlags::UNIT_KB,
         );
     }
+    GucRegistry::define_int_guc(
+        c"gearman.dispatch_linger",
+        c"How long the dispatcher lets jobs gather before a write while commits keep coming (milliseconds; default 2).",
+        c"Used only with gearman in shared_preload_libraries; set in postgresql.conf (reload). \
+          Longer: fewer, larger writes (less CPU in the dispatcher and in gearmand per \
+          job), each job sent up to that much later. 0: every round writes at once.",
+        &DISPATCH_LINGER_MS,
+        0,
+        1000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_bool_guc(
         c"gearman.use_dispatcher",
         c"With gearman in shared_preload_libraries, commit-mode jobs go through the dispatcher background worker.",
@@ -321,6 +340,7 @@ unsafe extern "C-unwind" fn assign_servers(
     _newval: *const std::ffi::c_char,
     extra: *mut std::ffi::c_void,
 ) {
+    SERVERS_GEN.fetch_add(1, Ordering::Relaxed);
     // SAFETY: `extra` is NULL or the u32 written by check_servers.
     if let Some(source) = unsafe { extra.cast::<u32>().as_ref() } {
         SERVERS_SOURCE.store(*source, Ordering::Relaxed);
@@ -333,6 +353,7 @@ unsafe extern "C-unwind" fn assign_legacy(
     _newval: *const std::ffi::c_char,
     extra: *mut std::ffi::c_void,
 ) {
+    SERVERS_GEN.fetch_add(1, Ordering::Relaxed);
     // SAFETY: `extra` is NULL or the u32 written by check_servers.
     if let Some(source) = unsafe { extra.cast::<u32>().as_ref() } {
         LEGACY_SOURCE.store(*source, Ordering::Relaxed);
@@ -384,6 +405,17 @@ pub fn servers_text() -> String {
     }
 }
 
+/// A number that changes whenever the server list settings take a value;
+/// 0 (never a generation) while a configured value still has to be
+/// restored from the catalog (see [`servers_text`]).
+pub fn servers_generation() -> u64 {
+    if RESTORE_CATALOG.load(Ordering::Relaxed) {
+        0
+    } else {
+        SERVERS_GEN.load(Ordering::Relaxed)
+    }
+}
+
 /// `gearman.tls_ca_file`, `gearman.tls_cert_file`, `gearman.tls_key_file`
 /// (trimmed; empty when unset).
 pub fn tls_files() -> (String, String, String) {
@@ -423,6 +455,11 @@ pub fn timeout_ms() -> i32 {
 /// `gearman.dispatch_queue_size` in bytes.
 pub fn dispatch_queue_bytes() -> u64 {
     DISPATCH_QUEUE_KB.get().max(64) as u64 * 1024
+}
+
+/// `gearman.dispatch_linger`.
+pub fn dispatch_linger() -> Duration {
+    Duration::from_millis(DISPATCH_LINGER_MS.get().max(0) as u64)
 }
 
 /// `gearman.use_dispatcher`.

@@ -24,6 +24,17 @@
 //! - `ABORT`: the jobs are dropped;
 //! - `PREPARE TRANSACTION` with held jobs is an error that points to outbox.
 //!
+//! With `gearman` in `shared_preload_libraries` (and `gearman.use_dispatcher`
+//! on, not in recovery) `PRE_COMMIT` hands off instead of checking and
+//! sending ([`hand_off`]): a list the dispatcher reports down is checked by
+//! this backend (connect only) and fails per `on_error` if it is down; the
+//! jobs are encoded and room is reserved for them in the shared queue
+//! ([`crate::shmq`]; a full queue makes the commit wait at most
+//! `gearman.commit_send_timeout`, then fail per `on_error`); after the locks
+//! are released the record is copied in and the dispatcher's latch set
+//! ([`crate::dispatcher`] writes it). `ABORT` after `PRE_COMMIT` gives the
+//! room back. Jobs larger than the whole queue are sent as below.
+//!
 //! So a commit-mode transaction costs no round trip to gearmand. The
 //! confirmations are read on the next use of the connection by this backend
 //! (any `gman_*` call, the next commit that sends jobs, or
@@ -321,7 +332,19 @@ fn hand_off(q: shmq::Queue) -> bool {
     }
     let (body, jobs) = XACT.with(|x| {
         let x = x.borrow();
-        let mut body = Vec::new();
+        // One allocation: the jobs' bytes plus their framing (22 bytes a
+        // job at most) and room for a few lists.
+        let size: usize = x
+            .held
+            .iter()
+            .map(|h| {
+                h.job.function.len()
+                    + h.job.workload.len()
+                    + h.job.unique.as_ref().map_or(0, Vec::len)
+                    + 22
+            })
+            .sum();
+        let mut body = Vec::with_capacity(size + 256);
         let mut i = 0;
         while i < x.held.len() {
             // Consecutive jobs of one list form one group (call order kept).

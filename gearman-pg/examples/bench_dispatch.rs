@@ -35,7 +35,9 @@
 //!    last job, divided by the jobs), the largest numbers of gearmand
 //!    connections of PostgreSQL backends (client id `postgres-<pid>`) and
 //!    of the dispatcher (`postgres-dispatcher-<pid>`) seen (the admin
-//!    `workers` list, polled every 50 ms from another thread), and jobs
+//!    `workers` list, polled every 50 ms from another thread), the
+//!    dispatcher process's CPU per job (utime + stime, as gearmand's; for
+//!    (e) and (e'), whose sessions may or may not use it), and jobs
 //!    delivered vs committed; then the preloaded cluster's dispatcher
 //!    counters (`gman_dispatch_status()`).
 //! 2. One session, `--single` INSERTs per phase and round: µs per INSERT
@@ -97,7 +99,7 @@ struct Rig {
     pid: u32,
     /// [plain cluster, preloaded cluster].
     pg: [Postgres; 2],
-    /// The preloaded cluster's dispatcher process.
+    /// The preloaded cluster's dispatcher process, if it has one.
     dispatcher_pid: Option<u32>,
 }
 
@@ -271,7 +273,7 @@ fn measure(
     let expected = (sessions * rows) as u64;
     let q0 = rig.queued(FUNCTION);
     let c0 = cpu_seconds(rig.pid);
-    let d0 = rig.dispatcher_pid.map_or(0.0, cpu_seconds);
+    let d0 = rig.dispatcher_pid.map_or(0.0, try_cpu_seconds);
     watch.take();
     m.wall += run_sessions(
         rig,
@@ -288,7 +290,7 @@ fn measure(
         rig.queued(FUNCTION)
     };
     m.cpu += cpu_seconds(rig.pid) - c0;
-    m.dispatcher_cpu += rig.dispatcher_pid.map_or(0.0, cpu_seconds) - d0;
+    m.dispatcher_cpu += rig.dispatcher_pid.map_or(0.0, try_cpu_seconds) - d0;
     m.rows += expected;
     let (b, d) = watch.take();
     m.max_conns = (m.max_conns.0.max(b), m.max_conns.1.max(d));
@@ -334,22 +336,18 @@ fn main() {
         .query_one("SHOW shared_preload_libraries", &[])
         .unwrap()
         .get(0);
-    let dispatcher: Vec<String> = db[1]
+    let dispatcher: Vec<(String, i32)> = db[1]
         .query(
-            "SELECT format('%s (pid %s)', backend_type, pid) FROM pg_stat_activity \
-             WHERE backend_type ILIKE '%gearman%'",
+            "SELECT backend_type, pid FROM pg_stat_activity WHERE backend_type ILIKE '%gearman%'",
             &[],
         )
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         .unwrap_or_default();
-    rig.dispatcher_pid = db[1]
-        .query_one(
-            "SELECT max(pid) FROM pg_stat_activity WHERE backend_type = 'gearman dispatcher'",
-            &[],
-        )
-        .ok()
-        .and_then(|r| r.get::<_, Option<i32>>(0))
-        .map(|p| p as u32);
+    rig.dispatcher_pid = dispatcher.first().map(|d| d.1 as u32);
+    let dispatcher: Vec<String> = dispatcher
+        .iter()
+        .map(|(t, pid)| format!("{t} (pid {pid})"))
+        .collect();
     println!(
         "gearmand {version} at {} (--hashtable-buckets {}), no worker / PostgreSQL {pg_version}: \
          cluster 1 on port {} without preload, cluster 2 on port {} with \
@@ -430,14 +428,25 @@ fn main() {
     let rate = |m: &Measured| m.rows as f64 / m.wall.as_secs_f64();
     let (rb, rb2) = (rate(&got[1]), rate(&got[4]));
     println!(
-        "   {:<31} {:>11} {:>9} {:>14} {:>13} {:>19}",
-        "phase", "INSERTs/s", "vs (b)", "gearmand CPU", "gearmand conns", "jobs delivered"
+        "   {:<31} {:>11} {:>9} {:>14} {:>14} {:>13} {:>19}",
+        "phase",
+        "INSERTs/s",
+        "vs (b)",
+        "gearmand CPU",
+        "dispatcher CPU",
+        "gearmand conns",
+        "jobs delivered"
     );
     println!(
-        "   {:<31} {:>11} {:>9} {:>14} {:>13} {:>19}",
-        "", "", "", "per job", "backends+disp", "/ committed"
+        "   {:<31} {:>11} {:>9} {:>14} {:>14} {:>13} {:>19}",
+        "", "", "", "per job", "per job", "backends+disp", "/ committed"
     );
     for (p, m) in phases.iter().zip(&got) {
+        let disp = if p.cluster == 1 && p.dispatches() && rig.dispatcher_pid.is_some() {
+            format!("{:.1} µs", m.dispatcher_cpu * 1e6 / m.rows as f64)
+        } else {
+            "-".into()
+        };
         let (cpu, jobs) = if p.dispatches() {
             (
                 format!("{:.1} µs", m.cpu * 1e6 / m.rows as f64),
@@ -459,21 +468,20 @@ fn main() {
             )
         };
         println!(
-            "   {:<31} {:>11.0} {:>9.2} {:>14} {:>13} {:>19}",
+            "   {:<31} {:>11.0} {:>9.2} {:>14} {:>14} {:>13} {:>19}",
             p.label,
             rate(m),
             rate(m) / rb,
             cpu,
+            disp,
             format!("{} + {}", m.max_conns.0, m.max_conns.1),
             jobs
         );
     }
     println!(
-        "   on the preloaded cluster, vs (b'): (e) {:.2}, (e') {:.2}; the dispatcher process \
-         used {:.1} µs of CPU per job in (e)",
+        "   on the preloaded cluster, vs (b'): (e) {:.2}, (e') {:.2}",
         rate(&got[5]) / rb2,
-        rate(&got[6]) / rb2,
-        got[5].dispatcher_cpu * 1e6 / got[5].rows as f64
+        rate(&got[6]) / rb2
     );
     println!("   cluster 2: {}", dispatch_status(&mut db[1]));
 
@@ -506,10 +514,18 @@ fn main() {
             rounds.join(", "),
             if p.dispatches() {
                 format!(
-                    "; jobs delivered {} / {}, gearmand CPU {:.1} µs per job",
+                    "; jobs delivered {} / {}, gearmand CPU {:.1} µs per job{}",
                     got[k].delivered,
                     got[k].rows,
-                    got[k].cpu * 1e6 / got[k].rows as f64
+                    got[k].cpu * 1e6 / got[k].rows as f64,
+                    if p.cluster == 1 && rig.dispatcher_pid.is_some() {
+                        format!(
+                            ", dispatcher CPU {:.1} µs per job",
+                            got[k].dispatcher_cpu * 1e6 / got[k].rows as f64
+                        )
+                    } else {
+                        String::new()
+                    }
                 )
             } else {
                 String::new()
@@ -645,6 +661,15 @@ fn main() {
         s.stop();
     }
     println!("\nload average {} at the end", load_average());
+}
+
+/// [`cpu_seconds`] of a process that may have exited (0 then).
+fn try_cpu_seconds(pid: u32) -> f64 {
+    if std::path::Path::new(&format!("/proc/{pid}/stat")).exists() {
+        cpu_seconds(pid)
+    } else {
+        0.0
+    }
 }
 
 /// The preloaded cluster's dispatcher counters from `gman_dispatch_status()`

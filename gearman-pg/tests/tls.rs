@@ -18,7 +18,12 @@ use support::{handlers, Session, TestWorker, INSTALL_HINT};
 /// PostgreSQL configured (server settings) for the rig's client-certificate
 /// port, with the CA and the client certificate.
 fn start(rig: &TlsRig) -> Postgres {
-    let settings = [
+    start_with(rig, &[])
+}
+
+/// As [`start`], with more server settings.
+fn start_with(rig: &TlsRig, more: &[&str]) -> Postgres {
+    let mut settings = vec![
         format!(
             "gearman.servers={}",
             rig.entry(TlsService::ClientCertRequired)
@@ -31,6 +36,7 @@ fn start(rig: &TlsRig) -> Postgres {
         format!("gearman.tls_key_file={}", rig.certs.client_key().display()),
         "gearman.connect_timeout=1000".to_string(),
     ];
+    settings.extend(more.iter().map(|m| m.to_string()));
     let refs: Vec<&str> = settings.iter().map(String::as_str).collect();
     let pg = Postgres::start_with(&refs);
     if let Err(e) = pg.try_psql("CREATE EXTENSION gearman") {
@@ -222,4 +228,37 @@ fn tls_settings_are_superuser_only_and_bad_files_name_the_setting() {
         assert_eq!(e.code, "42501", "{setting}: {e:?}");
     }
     s.exec("RESET ROLE");
+}
+
+/// With `shared_preload_libraries`, the dispatcher background worker sends
+/// the commit-mode jobs of every session through TLS, with the server's
+/// TLS settings (CA and client certificate), over one connection.
+#[test]
+fn the_dispatcher_sends_commit_jobs_through_tls() {
+    let rig = TlsRig::start();
+    let pg = start_with(&rig, &["shared_preload_libraries=gearman"]);
+    let w = TestWorker::start(&rig.gearmand.addr(), &["tls_disp"], handlers::echo);
+    let mut s = Session::connect(&pg.url());
+    s.exec("BEGIN; SELECT gman_do_background('tls_disp', 'via-dispatcher'); COMMIT");
+    s.exec("BEGIN; SELECT gman_do_background('tls_disp', 'rolled back'); ROLLBACK");
+    s.exec("SELECT gman_do_background('tls_disp', 'second')");
+    w.wait_for_workload("second");
+    assert_eq!(w.workloads(), ["via-dispatcher", "second"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.rows(
+            "SELECT handed_off, sent, dispatcher, cluster_confirmed FROM gman_dispatch_status()",
+        );
+        let row: Vec<&str> = r[0]
+            .iter()
+            .map(|v| v.as_deref().unwrap_or("NULL"))
+            .collect();
+        // This backend wrote nothing itself: both went to the dispatcher.
+        assert_eq!(&row[..3], ["2", "0", "running"], "{row:?}");
+        if row[3] == "2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not confirmed: {row:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -285,12 +285,18 @@ fn pre_commit() {
 
 /// The shared queue, when this transaction's jobs go through the
 /// dispatcher: the library was preloaded, `gearman.use_dispatcher` is on,
+/// a dispatcher process runs (not while it starts or restarts, or when
+/// PostgreSQL could not start it, e.g. `max_worker_processes` is used up),
 /// and the server is not in recovery (a hot standby runs no dispatcher).
+/// Otherwise this backend sends its own jobs.
 fn dispatcher_queue() -> Option<shmq::Queue> {
     let q = shmq::get()?;
+    if !gucs::use_dispatcher() || q.dispatcher_pid().is_none() {
+        return None;
+    }
     // SAFETY: plain call; reads shared state.
     let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
-    (gucs::use_dispatcher() && !in_recovery).then_some(q)
+    (!in_recovery).then_some(q)
 }
 
 /// Hands the held jobs to the dispatcher: fails (per `gearman.on_error`)

@@ -395,3 +395,18 @@ fn clean_shutdown_flushes_what_the_dispatcher_holds() {
     );
     drop(pg);
 }
+
+#[test]
+fn without_a_dispatcher_process_sessions_send_their_own_jobs() {
+    // No room for background workers: the dispatcher never starts.
+    let env = Env::start_with(&[PRELOAD, "max_worker_processes=0"]);
+    let w = env.worker(&["disp_none"]);
+    let mut s = env.connect();
+    s.exec("SELECT gman_do_background('disp_none', 'sent-by-the-backend')");
+    w.wait_for_workload("sent-by-the-backend");
+    let st = status(&mut s);
+    assert_eq!(st["dispatcher"].as_deref(), Some("not running"), "{st:?}");
+    assert_eq!(num(&st, "sent"), 1, "{st:?}");
+    assert_eq!(num(&st, "handed_off"), 0, "{st:?}");
+    assert_eq!(num(&st, "cluster_handed_off"), 0, "{st:?}");
+}

@@ -16,7 +16,7 @@
 
 use gearman_core::admin::Admin;
 use gearman_core::ServerAddr;
-use gearman_testkit::{Gearmand, MariaDb, MariaDbOptions};
+use gearman_testkit::{cpu_seconds, Gearmand, MariaDb, MariaDbOptions};
 use mysql::prelude::Queryable;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -37,19 +37,6 @@ fn udf_library() -> PathBuf {
         .join("libgearman_mysql_udf.so");
     assert!(lib.is_file(), "{} missing", lib.display());
     lib
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command (which may hold spaces) start at ") ".
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    // rest[0] is field 3 (state): utime is field 14, stime 15.
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
 }
 
 /// `sessions` threads, each `inserts` single-row INSERTs into `table`;

@@ -61,13 +61,11 @@
 
 mod common;
 
-use common::{
-    arg, cpu_seconds, create_extension, load_average, server_version, start_echo_workers,
-};
+use common::{arg, create_extension, load_average, server_version, start_echo_workers};
 use gearman_core::admin::Admin;
 use gearman_core::proto::{decode, encode, Decoded, Magic, PacketType, DEFAULT_MAX_PACKET};
 use gearman_core::{Client, Job, Options, ServerAddr, ServerList};
-use gearman_testkit::{Gearmand, Postgres};
+use gearman_testkit::{cpu_seconds, Gearmand, Postgres};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -30,5 +30,5 @@ pub use postgres::Postgres;
 pub mod pg {
     pub use crate::postgres::{bin_dir, pg_binary, pg_config, BINDIR_ENV};
 }
-pub use process::{free_port, wait_for_port, BlackHole, DeadPort};
+pub use process::{cpu_seconds, free_port, wait_for_port, BlackHole, DeadPort};
 pub use tls::{Stunnel, TlsCerts, TlsRig, TlsService, STUNNEL};

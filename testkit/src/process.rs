@@ -208,6 +208,23 @@ impl Default for BlackHole {
     }
 }
 
+/// utime + stime of process `pid` (all its threads) from
+/// `/proc/<pid>/stat`, in seconds: the CPU a benchmark charges to a server.
+///
+/// # Panics
+/// When the process does not exist or its stat line does not parse.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // The fields after the command (which may hold spaces) start at ") ".
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // rest[0] is field 3 (state): utime is field 14, stime 15.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,19 +53,6 @@ pub fn start_echo_workers(addr: &str, function: &str, n: usize) -> Vec<StopHandl
         .collect()
 }
 
-/// utime + stime of process `pid` from `/proc/<pid>/stat`, in seconds.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // The fields after the command (which may hold spaces) start at ") ".
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    // rest[0] is field 3 (state): utime is field 14, stime 15.
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
-}
-
 /// The 1-minute load average (`/proc/loadavg`).
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -328,7 +328,19 @@ pub extern "C-unwind" fn gearman_dispatcher_main(_arg: pg_sys::Datum) {
             // on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             let now = Settings::current();
-            if now != sender.settings {
+            let mut same_connections = now.clone();
+            same_connections.servers = sender.settings.servers.clone();
+            if now.servers != sender.settings.servers && same_connections == sender.settings {
+                // Only the default list changed (it only names servers to
+                // show): the sender keeps its queue and connections.
+                if let Ok(list) = ServerList::parse(&now.servers) {
+                    sender.d.set_routing(Routing::new(list));
+                }
+                sender.settings.servers = now.servers;
+            } else if now != sender.settings {
+                // Connection settings changed: a new sender; the old one
+                // writes what it holds within io_timeout (what it cannot
+                // write then is counted unsent).
                 let old = std::mem::replace(&mut sender, start_sender(now, &reports, q.capacity()));
                 old.d.stop(Instant::now() + old.settings.io_timeout);
                 absorb(&mut base, &old);

@@ -317,24 +317,26 @@ fn hand_off(q: shmq::Queue) -> bool {
         Vec::new()
     };
     if !down.is_empty() {
-        let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
-        for list in lists {
-            if list.iter().all(|a| down.contains(&a.to_string())) {
-                // The dispatcher may not have noticed a recovery yet (it
-                // retries within its connect back-off): this backend checks
-                // itself, as without the preload, and closes what it opened.
-                let r = backend::within_deadline(|_| {
-                    backend::with_client(None, true, |c| {
+        // One deadline (gearman.timeout) for the checks of every list.
+        backend::within_deadline(|_| {
+            let lists = XACT.with(|x| distinct_servers(&x.borrow().held));
+            for list in lists {
+                if list.iter().all(|a| down.contains(&a.to_string())) {
+                    // The dispatcher may not have noticed a recovery yet (it
+                    // retries within its connect back-off): this backend
+                    // checks itself, as without the preload, then closes its
+                    // connections (the dispatcher writes the jobs).
+                    let r = backend::with_client(None, true, |c| {
                         let r = c.ensure_connected_on(&list);
                         c.disconnect();
                         r
-                    })
-                });
-                if let Err(e) = r {
-                    unreachable_list(&list, &e);
+                    });
+                    if let Err(e) = r {
+                        unreachable_list(&list, &e);
+                    }
                 }
             }
-        }
+        });
     }
     let (body, jobs) = XACT.with(|x| {
         let x = x.borrow();
@@ -372,7 +374,8 @@ fn hand_off(q: shmq::Queue) -> bool {
         return true;
     }
     let need = shmq::RECORD_HEADER + body.len() as u64;
-    if need > q.capacity() || body.len() > u32::MAX as usize {
+    // (The queue holds at most 1 GB, so a record's length fits its u32.)
+    if need > q.capacity() {
         return false;
     }
     let deadline = Instant::now() + gucs::commit_send_timeout();

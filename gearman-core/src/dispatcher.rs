@@ -604,8 +604,8 @@ impl Dispatcher {
     /// - [`ErrorKind::Timeout`]: `dispatcher queue full: ...`, no room
     ///   before `deadline`;
     /// - [`ErrorKind::Interrupted`]: the dispatcher is stopping or stopped.
-    pub fn submit(&self, jobs: Vec<Job>, deadline: Instant) -> Result<()> {
-        self.enqueue(jobs, None, deadline)
+    pub fn submit(&self, mut jobs: Vec<Job>, deadline: Instant) -> Result<()> {
+        self.enqueue(&mut jobs, None, deadline)
     }
 
     /// As [`Dispatcher::submit`] (same validation, limits, back-pressure
@@ -620,13 +620,39 @@ impl Dispatcher {
     ///
     /// # Errors
     /// As [`Dispatcher::submit`].
-    pub fn submit_to(&self, list: &ServerList, jobs: Vec<Job>, deadline: Instant) -> Result<()> {
+    pub fn submit_to(
+        &self,
+        list: &ServerList,
+        mut jobs: Vec<Job>,
+        deadline: Instant,
+    ) -> Result<()> {
+        self.enqueue(&mut jobs, Some(list), deadline)
+    }
+
+    /// As [`Dispatcher::submit_to`], but the jobs are taken out of `jobs`
+    /// only when queued: after any error `jobs` is as it was, e.g. to
+    /// offer them again after a [`ErrorKind::Timeout`] without keeping a
+    /// copy.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::submit`].
+    pub fn submit_to_taking(
+        &self,
+        list: &ServerList,
+        jobs: &mut Vec<Job>,
+        deadline: Instant,
+    ) -> Result<()> {
         self.enqueue(jobs, Some(list), deadline)
     }
 
-    fn enqueue(&self, jobs: Vec<Job>, list: Option<&ServerList>, deadline: Instant) -> Result<()> {
+    fn enqueue(
+        &self,
+        jobs: &mut Vec<Job>,
+        list: Option<&ServerList>,
+        deadline: Instant,
+    ) -> Result<()> {
         let mut bytes = 0usize;
-        for j in &jobs {
+        for j in jobs.iter() {
             j.validate()?;
             bytes += job_bytes(j);
         }
@@ -672,7 +698,7 @@ impl Dispatcher {
         }
         let at = Instant::now();
         let n = jobs.len() as u64;
-        for job in jobs {
+        for job in jobs.drain(..) {
             let b = job_bytes(&job);
             q.bytes += b;
             q.jobs.push_back(Queued {
@@ -1176,9 +1202,9 @@ fn write_batch(
                 continue;
             }
         }
-        let group: Vec<Job> = idx
+        let group: Vec<&Job> = idx
             .iter()
-            .filter_map(|&i| slots[i].as_ref().map(|q| q.job.clone()))
+            .filter_map(|&i| slots[i].as_ref().map(|q| &q.job))
             .collect();
         let r = client.submit_background_deferred_on_tracked(&list, &group);
         // What the call found of the list's servers: connected (Up), or

@@ -27,9 +27,19 @@ where
     I: IntoIterator<Item = &'a Job>,
     I::IntoIter: ExactSizeIterator,
 {
+    encode_group_text(out, &list.to_string(), jobs);
+}
+
+/// As [`encode_group`], with the list given as its text (as
+/// [`ServerList`]'s `Display` writes it): for a caller that keeps the text
+/// of a list it encodes often.
+pub fn encode_group_text<'a, I>(out: &mut Vec<u8>, list_text: &str, jobs: I)
+where
+    I: IntoIterator<Item = &'a Job>,
+    I::IntoIter: ExactSizeIterator,
+{
     let jobs = jobs.into_iter();
-    let text = list.to_string();
-    put_bytes(out, text.as_bytes());
+    put_bytes(out, list_text.as_bytes());
     put_u32(out, jobs.len());
     for j in jobs {
         out.push(match j.priority {
@@ -73,13 +83,24 @@ pub fn encoded_len(list_len: usize, jobs: &[Job]) -> usize {
 /// [`crate::ErrorKind::Protocol`] when the record is truncated or corrupt
 /// (a length past its end, a bad priority or flag, a list that does not
 /// parse).
-pub fn decode(mut buf: &[u8]) -> Result<Vec<(ServerList, Vec<Job>)>> {
+pub fn decode(buf: &[u8]) -> Result<Vec<(ServerList, Vec<Job>)>> {
+    decode_groups(buf)?
+        .into_iter()
+        .map(|(text, jobs)| Ok((parse_list(text)?, jobs)))
+        .collect()
+}
+
+/// As [`decode`], but each group's server list is left as its text, for a
+/// caller that parses each distinct list once (e.g. a dispatcher taking
+/// many records of the same list). Check it with [`parse_list`].
+///
+/// # Errors
+/// As [`decode`], except that the lists are not parsed.
+pub fn decode_groups(mut buf: &[u8]) -> Result<Vec<(&str, Vec<Job>)>> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let text = take_bytes(&mut buf)?;
         let text = std::str::from_utf8(text).map_err(|_| corrupt("server list is not UTF-8"))?;
-        let list = ServerList::parse(text)
-            .map_err(|e| corrupt(&format!("server list {text:?}: {}", e.message())))?;
         let n = take_u32(&mut buf)? as usize;
         // Each job takes at least 14 bytes: never reserve more than the
         // record can hold.
@@ -115,9 +136,17 @@ pub fn decode(mut buf: &[u8]) -> Result<Vec<(ServerList, Vec<Job>)>> {
                 epoch,
             });
         }
-        out.push((list, jobs));
+        out.push((text, jobs));
     }
     Ok(out)
+}
+
+/// Parses a server list's text from [`decode_groups`].
+///
+/// # Errors
+/// [`crate::ErrorKind::Protocol`] when it does not parse (a corrupt record).
+pub fn parse_list(text: &str) -> Result<ServerList> {
+    ServerList::parse(text).map_err(|e| corrupt(&format!("server list {text:?}: {}", e.message())))
 }
 
 fn corrupt(why: &str) -> Error {

@@ -16,10 +16,37 @@
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 /// The IANA port of the Gearman job server.
 pub const DEFAULT_PORT: u16 = 4730;
+
+/// A map keyed by job server address, hashed with FNV-1a instead of the
+/// standard library's SipHash: the keys come from configuration, not from
+/// the network, and the client looks a server up several times per job.
+pub(crate) type AddrMap<V> = HashMap<ServerAddr, V, BuildHasherDefault<AddrHasher>>;
+
+/// FNV-1a (64 bits), for [`AddrMap`].
+pub(crate) struct AddrHasher(u64);
+
+impl Default for AddrHasher {
+    fn default() -> AddrHasher {
+        AddrHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// One job server address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -276,7 +303,7 @@ struct Health {
 /// Health of servers as seen by one client, and the routing decisions.
 #[derive(Debug, Default)]
 pub struct Router {
-    health: HashMap<ServerAddr, Health>,
+    health: AddrMap<Health>,
     next: usize,
 }
 

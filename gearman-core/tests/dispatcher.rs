@@ -153,6 +153,20 @@ fn a_full_queue_pushes_back_then_fails_at_the_deadline() {
         .submit(vec![Job::new("bad name", "")], soon(5))
         .unwrap_err();
     assert_eq!(*e.kind(), ErrorKind::InvalidArgument, "{e}");
+    // submit_to_taking leaves the jobs with the caller on any error (to
+    // offer them again), and takes them only when queued.
+    let list = ServerList::parse(&dead).unwrap();
+    let mut two = vec![Job::new("f", "a"), Job::new("f", "b")];
+    let e = d
+        .submit_to_taking(&list, &mut two, Instant::now() + Duration::from_millis(50))
+        .unwrap_err();
+    assert_eq!(*e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(two.len(), 2, "kept after a timeout");
+    let mut bad = vec![Job::new("f", "ok"), Job::new("bad name", "")];
+    let e = d.submit_to_taking(&list, &mut bad, soon(5)).unwrap_err();
+    assert_eq!(*e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert_eq!(bad.len(), 2, "kept after a refusal");
+    assert_eq!(d.stats().submitted, 10);
     // The server was tried and found down.
     let t = Instant::now();
     while d.stats().servers[0].1 != Reachability::Down {

@@ -1,7 +1,9 @@
 //! Tier 1: the job hand-off encoding (gearman_core::handoff) round-trips
 //! any jobs and lists, and rejects every truncation of a record.
 
-use gearman_core::handoff::{decode, encode_group, encoded_len};
+use gearman_core::handoff::{
+    decode, decode_groups, encode_group, encode_group_text, encoded_len, parse_list,
+};
 use gearman_core::{Job, Priority, ServerList};
 use proptest::prelude::*;
 
@@ -43,7 +45,18 @@ proptest! {
             prop_assert_eq!(buf.len() - before, encoded_len(l.to_string().len(), jobs));
         }
         let back = decode(&buf).unwrap();
-        prop_assert_eq!(back, groups);
+        prop_assert_eq!(&back, &groups);
+        // The same record with the lists left as text, and encoded from
+        // the lists' text.
+        let raw = decode_groups(&buf).unwrap();
+        prop_assert_eq!(raw.len(), groups.len());
+        let mut again = Vec::new();
+        for ((text, jobs), (l, want)) in raw.iter().zip(&groups) {
+            prop_assert_eq!(&parse_list(text).unwrap(), l);
+            prop_assert_eq!(jobs, want);
+            encode_group_text(&mut again, text, jobs.iter());
+        }
+        prop_assert_eq!(again, buf);
     }
 
     #[test]
@@ -70,4 +83,17 @@ fn a_corrupt_length_is_reported_not_allocated() {
     buf.extend_from_slice(&u32::MAX.to_le_bytes());
     let e = decode(&buf).unwrap_err();
     assert!(e.to_string().contains("corrupt job hand-off record"), "{e}");
+}
+
+#[test]
+fn a_list_that_does_not_parse_is_a_corrupt_record() {
+    let j = Job::new("f", "w");
+    let mut buf = Vec::new();
+    encode_group_text(&mut buf, "no such:port:list", [&j]);
+    // decode_groups leaves the list to the caller; parse_list refuses it.
+    let groups = decode_groups(&buf).unwrap();
+    assert_eq!(groups.len(), 1);
+    let e = parse_list(groups[0].0).unwrap_err();
+    assert!(e.to_string().contains("corrupt job hand-off record"), "{e}");
+    assert!(decode(&buf).is_err());
 }

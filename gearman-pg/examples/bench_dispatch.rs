@@ -16,8 +16,12 @@
 //! cargo pgrx install --release --pg-config /opt/postgresql-18/bin/pg_config
 //! GEARMAN_TEST_PG_BINDIR=/opt/postgresql-18/bin cargo run --release --example bench_dispatch -- \
 //!     [--sessions 8] [--rows 2000] [--rounds 1] [--single 5000] [--bulk 50000] \
-//!     [--calls 10000] [--hashtable-buckets 1000003]
+//!     [--calls 10000] [--hashtable-buckets 1000003] [--pin]
 //! ```
+//!
+//! `--pin` (2 CPUs or more): the PostgreSQL servers on CPU 0, gearmand, the
+//! dispatcher and this client on CPU 1, so the job server and the
+//! dispatcher do not compete with the backends (see [`pin`]).
 //!
 //! Parts:
 //! 1. `--sessions` concurrent sessions (threads), each `--rows` single-row
@@ -295,6 +299,44 @@ fn measure(
     m.delivered += q - q0;
 }
 
+/// `--pin`: the PostgreSQL servers (postmaster and every process, and so
+/// every backend it starts later) on CPU 0; gearmand, the dispatcher and
+/// this client on CPU 1. Shows what the hand-off costs the database's own
+/// CPU when the job server and the dispatcher do not compete with the
+/// backends for it (as with gearmand on another host and a spare core for
+/// the dispatcher). Needs `taskset` (util-linux) and 2 CPUs or more.
+fn pin(rig: &Rig) {
+    fn taskset(cpu: &str, pid: u32) {
+        let ok = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "taskset -a -p -c {cpu} {pid} failed");
+    }
+    for pg in &rig.pg {
+        let pm = pg.pid().expect("postmaster pid");
+        taskset("0", pm);
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &pm.to_string()])
+            .output()
+            .expect("pgrep");
+        for c in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+            taskset("0", c.parse().expect("pgrep prints pids"));
+        }
+    }
+    taskset("1", rig.pid);
+    if let Some(d) = rig.dispatcher_pid {
+        taskset("1", d);
+    }
+    taskset("1", std::process::id());
+    println!(
+        "pinned: PostgreSQL (both clusters) on CPU 0; gearmand, the dispatcher (pid {:?}) and \
+         this client on CPU 1",
+        rig.dispatcher_pid
+    );
+}
+
 fn main() {
     let sessions = arg("--sessions", 8).max(1);
     let rows = arg("--rows", 2000).max(1);
@@ -365,6 +407,9 @@ fn main() {
         },
         load_average()
     );
+    if std::env::args().any(|a| a == "--pin") {
+        pin(&rig);
+    }
 
     // 1. Concurrent sessions.
     const COMMIT: &str = "SET gearman.dispatch = 'commit'";

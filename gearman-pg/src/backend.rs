@@ -345,6 +345,19 @@ pub fn send_committed(
 
 /// Takes the confirmations of jobs sent after earlier commits that have
 /// arrived, without waiting, and reports failures among them (one WARNING).
+/// Whether this backend's connections may owe confirmations (true when
+/// that cannot be read now). No I/O, no PostgreSQL call, never panics: for
+/// the fast path of the end-of-transaction callbacks.
+pub fn may_owe_confirmations() -> bool {
+    STATE
+        .try_with(|s| {
+            s.try_borrow().map_or(true, |s| {
+                s.client.as_ref().is_some_and(|c| c.deferred_pending() > 0)
+            })
+        })
+        .unwrap_or(true)
+}
+
 /// Does nothing (no I/O) when none is owed. Called at the end of every
 /// transaction, so that a later statement reports them even if it calls
 /// no `gman_*` function.

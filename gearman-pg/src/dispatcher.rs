@@ -242,8 +242,20 @@ fn log_reports(reports: &Arc<Mutex<Reports>>) {
     }
 }
 
-/// Decoded groups not yet accepted by the sender (its queue was full).
-type Backlog = VecDeque<(ServerList, Vec<Job>)>;
+/// Decoded jobs not yet accepted by the sender (its queue was full), by
+/// server list, with their bytes. Consecutive records of one list are
+/// merged into one entry (one submission for many commits), up to
+/// [`MERGE_JOBS`] jobs and [`MERGE_BYTES`] bytes an entry.
+type Backlog = VecDeque<(ServerList, Vec<Job>, usize)>;
+/// Most jobs of one merged submission.
+const MERGE_JOBS: usize = 4096;
+/// Most bytes (function, unique key and workload) of one merged
+/// submission: within the sender's smallest queue (1 MB).
+const MERGE_BYTES: usize = 256 << 10;
+
+fn job_bytes(j: &Job) -> usize {
+    j.function.len() + j.workload.len() + j.unique.as_ref().map_or(0, Vec::len)
+}
 
 /// Moves records from shared memory into the sender: first what is left of
 /// earlier rounds, then new records, stopping (records stay in shared
@@ -253,14 +265,13 @@ type Backlog = VecDeque<(ServerList, Vec<Job>)>;
 fn feed(q: &shmq::Queue, s: &Sender, backlog: &mut Backlog, wait: Duration) -> (u64, usize) {
     let mut dropped = 0;
     let mut taken = 0;
+    // The last list parsed (records nearly always name the same one).
+    let mut last: Option<(String, ServerList)> = None;
     loop {
-        while let Some((list, jobs)) = backlog.pop_front() {
-            match s.d.submit_to(&list, jobs.clone(), Instant::now() + wait) {
+        while let Some((list, jobs, _)) = backlog.front_mut() {
+            match s.d.submit_to_taking(list, jobs, Instant::now() + wait) {
                 Ok(()) => {}
-                Err(e) if e.is_timeout() => {
-                    backlog.push_front((list, jobs));
-                    return (dropped, taken);
-                }
+                Err(e) if e.is_timeout() => return (dropped, taken),
                 Err(e) => {
                     // Invalid jobs cannot come from a backend (validated
                     // when queued); never lose the rest over one.
@@ -271,6 +282,7 @@ fn feed(q: &shmq::Queue, s: &Sender, backlog: &mut Backlog, wait: Duration) -> (
                     dropped += jobs.len() as u64;
                 }
             }
+            backlog.pop_front();
         }
         let records = q.take(TAKE_MAX);
         if records.is_empty() {
@@ -278,11 +290,37 @@ fn feed(q: &shmq::Queue, s: &Sender, backlog: &mut Backlog, wait: Duration) -> (
         }
         taken += records.len();
         for (body, jobs) in records {
-            match handoff::decode(&body) {
-                Ok(groups) => backlog.extend(groups),
+            let groups = match handoff::decode_groups(&body) {
+                Ok(g) => g,
                 Err(e) => {
                     warning!("gearman dispatcher: {jobs} job(s) dropped: {e}");
                     dropped += jobs;
+                    continue;
+                }
+            };
+            for (text, mut js) in groups {
+                if last.as_ref().is_none_or(|(t, _)| t != text) {
+                    match handoff::parse_list(text) {
+                        Ok(l) => last = Some((text.to_string(), l)),
+                        Err(e) => {
+                            warning!("gearman dispatcher: {} job(s) dropped: {e}", js.len());
+                            dropped += js.len() as u64;
+                            continue;
+                        }
+                    }
+                }
+                let list = &last.as_ref().expect("parsed above").1;
+                let bytes: usize = js.iter().map(job_bytes).sum();
+                match backlog.back_mut() {
+                    Some((l, v, b))
+                        if l == list
+                            && v.len() + js.len() <= MERGE_JOBS
+                            && *b + bytes <= MERGE_BYTES =>
+                    {
+                        v.append(&mut js);
+                        *b += bytes;
+                    }
+                    _ => backlog.push_back((list.clone(), js, bytes)),
                 }
             }
         }
@@ -384,16 +422,16 @@ pub extern "C-unwind" fn gearman_dispatcher_main(_arg: pg_sys::Datum) {
     q.set_dispatcher(None);
     let mut quiet = 0;
     while quiet < 3 && Instant::now() < deadline {
-        let before = backlog.len();
-        base.unsent += feed(&q, &sender, &mut backlog, Duration::from_millis(10)).0;
-        if backlog.len() == before && q.depth().0 == 0 {
+        let (dropped, taken) = feed(&q, &sender, &mut backlog, Duration::from_millis(10));
+        base.unsent += dropped;
+        if taken == 0 && q.depth().0 == 0 {
             quiet += 1;
             std::thread::sleep(Duration::from_millis(10));
         } else {
             quiet = 0;
         }
     }
-    let left: u64 = backlog.iter().map(|(_, j)| j.len() as u64).sum::<u64>() + q.depth().0;
+    let left: u64 = backlog.iter().map(|(_, j, _)| j.len() as u64).sum::<u64>() + q.depth().0;
     sender.d.stop(deadline);
     base.unsent += left;
     publish(&q, &sender, &base);

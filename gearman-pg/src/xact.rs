@@ -114,13 +114,29 @@ pub fn init() {
     }
 }
 
+/// Whether this backend holds nothing for any transaction: no jobs held,
+/// committed or handed off, no outbox NOTIFY due (false when that cannot
+/// be read now). No PostgreSQL call, never panics: the callbacks below
+/// return at once then, without entering the error-handling guard, so a
+/// transaction that queues no job pays next to nothing for the preload.
+fn idle() -> bool {
+    XACT.try_with(|x| {
+        x.try_borrow().is_ok_and(|x| {
+            x.held.is_empty()
+                && x.committed.is_empty()
+                && x.handoff.is_none()
+                && x.notified.is_empty()
+        })
+    })
+    .unwrap_or(false)
+}
+
 /// Called by PostgreSQL for each resource owner and phase at the end of a
 /// (sub)transaction. After the locks of a committed top-level transaction
 /// are released (phase `AFTER_LOCKS`, still inside COMMIT), writes its
 /// jobs; then reads the confirmations owed by earlier commits that have
 /// arrived (no wait), so that failures among them are reported on this
 /// statement.
-#[pg_guard]
 unsafe extern "C-unwind" fn release_callback(
     phase: pg_sys::ResourceReleasePhase::Type,
     is_commit: bool,
@@ -130,9 +146,15 @@ unsafe extern "C-unwind" fn release_callback(
     if phase != pg_sys::ResourceReleasePhase::RESOURCE_RELEASE_AFTER_LOCKS
         || !is_commit
         || !is_top_level
+        || (idle() && !backend::may_owe_confirmations())
     {
         return;
     }
+    after_commit();
+}
+
+#[pg_guard]
+extern "C-unwind" fn after_commit() {
     let (committed, handoff) = XACT.with(|x| {
         let mut x = x.borrow_mut();
         (std::mem::take(&mut x.committed), x.handoff.take())
@@ -169,12 +191,22 @@ pub fn held_count() -> usize {
     XACT.with(|x| x.borrow().held.len())
 }
 
-#[pg_guard]
 unsafe extern "C-unwind" fn subxact_callback(
     event: pg_sys::SubXactEvent::Type,
     my_subid: pg_sys::SubTransactionId,
     parent_subid: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
+) {
+    if !idle() {
+        subxact_end(event, my_subid, parent_subid);
+    }
+}
+
+#[pg_guard]
+extern "C-unwind" fn subxact_end(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
 ) {
     XACT.with(|x| {
         let mut x = x.borrow_mut();
@@ -196,11 +228,17 @@ unsafe extern "C-unwind" fn subxact_callback(
     });
 }
 
-#[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
+    if !idle() {
+        xact_end(event);
+    }
+}
+
+#[pg_guard]
+extern "C-unwind" fn xact_end(event: pg_sys::XactEvent::Type) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             notify_outbox();
@@ -361,11 +399,13 @@ fn hand_off(q: shmq::Queue) -> bool {
             while j < x.held.len() && x.held[j].servers() == list {
                 j += 1;
             }
-            gearman_core::handoff::encode_group(
-                &mut body,
-                list,
-                x.held[i..j].iter().map(|h| &h.job),
-            );
+            list_text(list, |text| {
+                gearman_core::handoff::encode_group_text(
+                    &mut body,
+                    text,
+                    x.held[i..j].iter().map(|h| &h.job),
+                )
+            });
             i = j;
         }
         (body, x.held.len() as u64)
@@ -430,6 +470,21 @@ fn hand_off(q: shmq::Queue) -> bool {
         }
     }
     true
+}
+
+/// Calls `f` with `list`'s text, kept from the last call while the list is
+/// the same (nearly always: one formatting per list, not per commit).
+fn list_text<R>(list: &ServerList, f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static LAST: RefCell<Option<(ServerList, String)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.as_ref().is_none_or(|(l, _)| l != list) {
+            *last = Some((list.clone(), list.to_string()));
+        }
+        f(&last.as_ref().expect("set above").1)
+    })
 }
 
 /// A list with held jobs has no usable server: the transaction fails

@@ -11,6 +11,7 @@ use crate::job::Job;
 use crate::proto::PacketType;
 use crate::routing::Routing;
 use crate::servers::{ServerAddr, ServerList};
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -226,10 +227,12 @@ impl Client {
     /// # Errors
     /// Only an invalid job (nothing is written then); the other errors
     /// are in [`DeferredWrite::error`].
-    pub fn submit_background_deferred_on_tracked(
+    /// The jobs may be borrowed (`&[&Job]`): nothing is copied but what is
+    /// written.
+    pub fn submit_background_deferred_on_tracked<J: Borrow<Job>>(
         &mut self,
         list: &ServerList,
-        jobs: &[Job],
+        jobs: &[J],
     ) -> Result<DeferredWrite> {
         let routing = Routing::new(list.clone());
         let (_, error, written) = self.deferred_submit(Some(&routing), jobs)?;
@@ -279,13 +282,13 @@ impl Client {
     /// number, its first error and, per job, whether it was written
     /// (counted by `deferred_written`, and so in a later report); `Err`
     /// only for an invalid job.
-    fn deferred_submit(
+    fn deferred_submit<J: Borrow<Job>>(
         &mut self,
         on: Option<&Routing>,
-        jobs: &[Job],
+        jobs: &[J],
     ) -> Result<(u64, Option<Error>, Vec<bool>)> {
         for job in jobs {
-            job.validate()?;
+            job.borrow().validate()?;
         }
         let deadline = self.deadline_in(self.opts.io_timeout);
         self.ledger.calls += 1;
@@ -313,10 +316,10 @@ impl Client {
     /// Writes `jobs[i]` for each `i` of `which` (scheduled ones last),
     /// setting `written[i]` for each job written, and flushes every
     /// connection written to; returns the errors met.
-    fn deferred_pass(
+    fn deferred_pass<J: Borrow<Job>>(
         &mut self,
         on: Option<&Routing>,
-        jobs: &[Job],
+        jobs: &[J],
         which: &[usize],
         call: u64,
         deadline: Instant,
@@ -336,10 +339,10 @@ impl Client {
         // then costs only them the wait for an answer that never comes.
         let ordered = which
             .iter()
-            .filter(|&&i| jobs[i].epoch.is_none())
-            .chain(which.iter().filter(|&&i| jobs[i].epoch.is_some()));
+            .filter(|&&i| jobs[i].borrow().epoch.is_none())
+            .chain(which.iter().filter(|&&i| jobs[i].borrow().epoch.is_some()));
         for &index in ordered {
-            let job = &jobs[index];
+            let job = jobs[index].borrow();
             let list = routing.lookup(&job.function);
             let tag = Tag { call, index };
             if let Err(e) = self.defer_one(list, job, tag, &mut touched, deadline, written) {
@@ -392,16 +395,18 @@ impl Client {
         encode_submit(job, true, conn.queue())?;
         self.deferred_written += 1;
         written[tag.index] = true;
-        self.deferred
-            .entry(addr.clone())
-            .or_default()
-            .push_back(Deferred {
-                function: job.function.clone(),
-                unique: job.unique_bytes().to_vec(),
-                kind,
-                due: Instant::now() + self.opts.io_timeout,
-                tag,
-            });
+        let d = Deferred {
+            function: job.function.clone(),
+            unique: job.unique_bytes().to_vec(),
+            kind,
+            due: Instant::now() + self.opts.io_timeout,
+            tag,
+        };
+        // (No copy of the address per job once its queue exists.)
+        match self.deferred.get_mut(&addr) {
+            Some(q) => q.push_back(d),
+            None => self.deferred.entry(addr.clone()).or_default().push_back(d),
+        }
         if probe {
             if let Err(e) = self.drain_deferred(&addr, true, 0, deadline) {
                 if self.deferred.get(&addr).is_some_and(|q| !q.is_empty()) {

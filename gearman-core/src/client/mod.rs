@@ -33,7 +33,7 @@ use crate::error::{Result, Retry};
 use crate::job::{Event, Job, JobHandle};
 use crate::proto::{Packet, PacketType, DEFAULT_MAX_PACKET};
 use crate::routing::Routing;
-use crate::servers::{Router, ServerAddr, ServerList};
+use crate::servers::{AddrMap, Router, ServerAddr, ServerList};
 use deferred::{Deferred, Ledger};
 use engine::Outcome;
 use std::collections::{HashMap, VecDeque};
@@ -171,11 +171,11 @@ pub struct Client {
     /// Shared so that a call takes it without copying the lists.
     routing: Arc<Routing>,
     opts: Options,
-    conns: HashMap<ServerAddr, Connection>,
+    conns: AddrMap<Connection>,
     router: Router,
     stats: ClientStats,
     /// Deferred background submissions awaiting JOB_CREATED, per server.
-    deferred: HashMap<ServerAddr, VecDeque<Deferred>>,
+    deferred: AddrMap<VecDeque<Deferred>>,
     ledger: Ledger,
     /// Jobs written by [`Client::submit_background_deferred`] since the
     /// client was made.
@@ -234,10 +234,10 @@ impl Client {
         Client {
             routing: Arc::new(routing),
             opts,
-            conns: HashMap::new(),
+            conns: AddrMap::default(),
             router: Router::default(),
             stats: ClientStats::default(),
-            deferred: HashMap::new(),
+            deferred: AddrMap::default(),
             ledger: Ledger::default(),
             deferred_written: 0,
             handles: HandleMemory::default(),

@@ -6,8 +6,10 @@
 //! (`SET @ret = CONCAT(...)`) and a table without trigger. Not a test.
 //!
 //! Run: `scripts/bench mysql-dispatch` or `cargo bench -p gearman-mysql
-//! --bench dispatch -- [--sessions N] [--inserts N] [--rounds N]`
-//! (`--inserts`: per session and round). Prints one line per figure:
+//! --bench dispatch -- [--sessions N] [--inserts N] [--rounds N]
+//! [--linger-ms N]`
+//! (`--inserts`: per session and round; `--linger-ms`: `dispatch_linger_ms`
+//! in the library's configuration, default unset). Prints one line per figure:
 //! statements/s of each table (the phases alternate for `--rounds`
 //! rounds, so drift hits them alike), the ratio of the dispatching
 //! trigger's rate to the `CONCAT` trigger's, gearmand's CPU time per job
@@ -79,6 +81,8 @@ fn main() {
     let sessions = arg(&args, "--sessions", 8);
     let inserts = arg(&args, "--inserts", 1000);
     let rounds = arg(&args, "--rounds", 2);
+    // 0: the library's default (`dispatch_linger_ms` not set).
+    let linger = arg(&args, "--linger-ms", 0);
     let g = Gearmand::start_with(&["--hashtable-buckets", "1000003"]);
     let conf_dir = tempfile::Builder::new()
         .prefix("bench-dispatch-conf-")
@@ -91,8 +95,13 @@ fn main() {
         std::fs::write(
             &conf,
             format!(
-                "servers = \"{}\"\nbackground_dispatch = \"pipelined\"\n",
-                g.addr()
+                "servers = \"{}\"\nbackground_dispatch = \"pipelined\"\n{}",
+                g.addr(),
+                if linger > 0 {
+                    format!("dispatch_linger_ms = {linger}\n")
+                } else {
+                    String::new()
+                }
             ),
         )
         .unwrap();
@@ -120,11 +129,17 @@ fn main() {
     let pid = g.pid().expect("gearmand pid");
     println!(
         "bench-dispatch: MariaDB {} / gearmand {} (hashtable-buckets 1000003), {sessions} sessions x \
-         {inserts} single-row INSERTs (autocommit) x {rounds} rounds per table, one run",
+         {inserts} single-row INSERTs (autocommit) x {rounds} rounds per table, one run, \
+         dispatch_linger_ms {}",
         c.query_first::<String, _>("SELECT VERSION()")
             .unwrap()
             .unwrap_or_default(),
-        g.addr()
+        g.addr(),
+        if linger > 0 {
+            linger.to_string()
+        } else {
+            "unset (the default)".into()
+        }
     );
     let mut per = [Duration::ZERO; 3];
     let mut cpu = 0.0;

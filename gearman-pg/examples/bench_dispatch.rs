@@ -32,7 +32,11 @@
 //!    no-op trigger on the preloaded cluster, (e) the `commit` trigger on
 //!    the preloaded cluster (through the dispatcher) and (e') the same with
 //!    `SET gearman.use_dispatcher = off` (each backend writes its own jobs,
-//!    as without the preload); `--rounds` rounds, phases alternating. Per
+//!    as without the preload), (f) on the preloaded cluster a trigger that
+//!    does `PERFORM concat('bench_fn', NEW.payload)`: the same PL/pgSQL
+//!    call of a function of the same arguments, without dispatching (what
+//!    the MariaDB benchmark's `SET @ret = CONCAT(...)` trigger is there);
+//!    `--rounds` rounds, phases alternating. Per
 //!    phase: INSERTs/s, ratio to (b) (for (e) and (e') also to (b')),
 //!    gearmand CPU per job (utime + stime of the gearmand process from
 //!    `/proc/<pid>/stat` from the phase's start until gearmand queued its
@@ -41,7 +45,8 @@
 //!    of the dispatcher (`postgres-dispatcher-<pid>`) seen (the admin
 //!    `workers` list, polled every 50 ms from another thread), the
 //!    dispatcher process's CPU per job (utime + stime, as gearmand's; for
-//!    (e) and (e'), whose sessions may or may not use it), and jobs
+//!    (e) and (e'), whose sessions may or may not use it), the sessions'
+//!    backends' CPU per INSERT (`/proc/<pid>/schedstat`), and jobs
 //!    delivered vs committed; then the preloaded cluster's dispatcher
 //!    counters (`gman_dispatch_status()`).
 //! 2. One session, `--single` INSERTs per phase and round: µs per INSERT
@@ -92,7 +97,12 @@ const SCHEMA: &str = "
     CREATE FUNCTION bench_job() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN PERFORM gman_do_background('bench_fn', NEW.payload); RETURN NULL; END $$;
     CREATE TRIGGER bench_job AFTER INSERT ON bench_trig
-        FOR EACH ROW EXECUTE FUNCTION bench_job();";
+        FOR EACH ROW EXECUTE FUNCTION bench_job();
+    CREATE TABLE bench_concat (payload text);
+    CREATE FUNCTION bench_concat() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM concat('bench_fn', NEW.payload); RETURN NULL; END $$;
+    CREATE TRIGGER bench_concat AFTER INSERT ON bench_concat
+        FOR EACH ROW EXECUTE FUNCTION bench_concat();";
 
 /// gearmand, its admin connection for `status`, and both clusters.
 struct Rig {
@@ -207,12 +217,15 @@ fn run_sessions(
     sessions: usize,
     rows: usize,
     tag: &str,
-) -> Duration {
+) -> (Duration, f64) {
     let barrier = Arc::new(Barrier::new(sessions + 1));
+    let mut backends = Vec::new();
     let threads: Vec<_> = (0..sessions)
         .map(|k| {
             let mut db = rig.connect(cluster);
             db.batch_execute(set).unwrap();
+            let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+            backends.push(pid as u32);
             let stmt = db
                 .prepare(&format!("INSERT INTO {table} (payload) VALUES ($1)"))
                 .unwrap();
@@ -223,15 +236,31 @@ fn run_sessions(
                 for i in 0..rows {
                     db.execute(&stmt, &[&format!("{tag}{i}")]).unwrap();
                 }
+                // Kept open until its CPU is read.
+                db
             })
         })
         .collect();
+    let on_cpu = |pids: &[u32]| pids.iter().map(|&p| on_cpu_ns(p)).sum::<u64>();
+    let c0 = on_cpu(&backends);
     barrier.wait();
     let t = Instant::now();
-    for th in threads {
-        th.join().unwrap();
-    }
-    t.elapsed()
+    let dbs: Vec<_> = threads.into_iter().map(|th| th.join().unwrap()).collect();
+    let wall = t.elapsed();
+    let cpu = (on_cpu(&backends) - c0) as f64 / 1e9;
+    drop(dbs);
+    (wall, cpu)
+}
+
+/// Time a process has spent on a CPU, in ns (`/proc/<pid>/schedstat`:
+/// nanosecond resolution, where `/proc/<pid>/stat` counts 10 ms ticks).
+fn on_cpu_ns(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .expect("schedstat")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("schedstat's first field")
 }
 
 /// One INSERT phase: which cluster, table and session settings.
@@ -255,6 +284,8 @@ struct Measured {
     cpu: f64,
     /// CPU seconds of the preloaded cluster's dispatcher process.
     dispatcher_cpu: f64,
+    /// CPU seconds of the sessions' backends.
+    backend_cpu: f64,
     rows: u64,
     /// Largest (backend, dispatcher) gearmand connection counts.
     max_conns: (usize, usize),
@@ -277,7 +308,7 @@ fn measure(
     let c0 = cpu_seconds(rig.pid);
     let d0 = rig.dispatcher_pid.map_or(0.0, try_cpu_seconds);
     watch.take();
-    m.wall += run_sessions(
+    let (wall, backend_cpu) = run_sessions(
         rig,
         phase.cluster,
         phase.table,
@@ -286,6 +317,8 @@ fn measure(
         rows,
         tag,
     );
+    m.wall += wall;
+    m.backend_cpu += backend_cpu;
     let q = if phase.dispatches() {
         rig.wait_queued(FUNCTION, q0 + expected, Duration::from_millis(5))
     } else {
@@ -456,6 +489,12 @@ fn main() {
             table: "bench_trig",
             set: "SET gearman.dispatch = 'commit'; SET gearman.use_dispatcher = off",
         },
+        Phase {
+            label: "(f) PERFORM concat(), preloaded",
+            cluster: 1,
+            table: "bench_concat",
+            set: COMMIT,
+        },
     ];
     println!(
         "\n1. {sessions} concurrent sessions x {rows} single-row INSERTs (autocommit) x {rounds} \
@@ -471,18 +510,19 @@ fn main() {
     let rate = |m: &Measured| m.rows as f64 / m.wall.as_secs_f64();
     let (rb, rb2) = (rate(&got[1]), rate(&got[4]));
     println!(
-        "   {:<31} {:>11} {:>9} {:>14} {:>14} {:>13} {:>19}",
+        "   {:<31} {:>11} {:>9} {:>12} {:>14} {:>14} {:>13} {:>19}",
         "phase",
         "INSERTs/s",
         "vs (b)",
+        "backend CPU",
         "gearmand CPU",
         "dispatcher CPU",
         "gearmand conns",
         "jobs delivered"
     );
     println!(
-        "   {:<31} {:>11} {:>9} {:>14} {:>14} {:>13} {:>19}",
-        "", "", "", "per job", "per job", "backends+disp", "/ committed"
+        "   {:<31} {:>11} {:>9} {:>12} {:>14} {:>14} {:>13} {:>19}",
+        "", "", "", "per INSERT", "per job", "per job", "backends+disp", "/ committed"
     );
     for (p, m) in phases.iter().zip(&got) {
         let disp = if p.cluster == 1 && p.dispatches() && rig.dispatcher_pid.is_some() {
@@ -511,10 +551,11 @@ fn main() {
             )
         };
         println!(
-            "   {:<31} {:>11.0} {:>9.2} {:>14} {:>14} {:>13} {:>19}",
+            "   {:<31} {:>11.0} {:>9.2} {:>12} {:>14} {:>14} {:>13} {:>19}",
             p.label,
             rate(m),
             rate(m) / rb,
+            format!("{:.1} µs", m.backend_cpu * 1e6 / m.rows as f64),
             cpu,
             disp,
             format!("{} + {}", m.max_conns.0, m.max_conns.1),
@@ -525,6 +566,18 @@ fn main() {
         "   on the preloaded cluster, vs (b'): (e) {:.2}, (e') {:.2}",
         rate(&got[5]) / rb2,
         rate(&got[6]) / rb2
+    );
+    println!(
+        "   (e) vs (f), the trigger that PERFORMs a function of the same arguments without \
+         dispatching: {:.2}; (f) vs (b'): {:.2}",
+        rate(&got[5]) / rate(&got[7]),
+        rate(&got[7]) / rb2
+    );
+    let per_row = |m: &Measured| m.backend_cpu / m.rows as f64;
+    println!(
+        "   backends' own CPU per INSERT, (b') over (e): {:.2} (the rate ratio (e) would reach \
+         if gearmand and the dispatcher used no CPU of the database's)",
+        per_row(&got[4]) / per_row(&got[5])
     );
     println!("   cluster 2: {}", dispatch_status(&mut db[1]));
 

@@ -215,13 +215,21 @@ impl Job {
 /// system call per thread instead of one per key (a database trigger makes
 /// a key per row).
 pub fn new_unique_key() -> String {
+    new_unique_key_in(std::process::id())
+}
+
+/// [`new_unique_key`] for a caller that knows its process id without a
+/// system call (`getpid` is one per key otherwise): e.g. PostgreSQL's
+/// `MyProcPid`, set in each backend after the fork. `pid` must be the
+/// calling process's id: a parent's id in a forked child would make the
+/// child repeat the parent's keys.
+pub fn new_unique_key_in(pid: u32) -> String {
     use std::cell::Cell;
     use std::hash::{Hash, Hasher};
     thread_local! {
         /// (process id, seed, counter).
         static GEN: Cell<Option<(u32, u128, u64)>> = const { Cell::new(None) };
     }
-    let pid = std::process::id();
     let (seed, n) = GEN.with(|g| {
         let (seed, n) = match g.get() {
             Some((p, seed, n)) if p == pid => (seed, n + 1),

@@ -58,8 +58,8 @@ pub use conn::{Connection, Interrupt};
 pub use dispatcher::{Dispatcher, DispatcherOptions, DispatcherStats};
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use job::{
-    first_known, new_unique_key, validate_function_name, Event, Job, JobHandle, JobStatus, Known,
-    Priority, UniqueStatus, MAX_FUNCTION, MAX_UNIQUE,
+    first_known, new_unique_key, new_unique_key_in, validate_function_name, Event, Job, JobHandle,
+    JobStatus, Known, Priority, UniqueStatus, MAX_FUNCTION, MAX_UNIQUE,
 };
 pub use routing::Routing;
 pub use servers::{Router, ServerAddr, ServerList, DEFAULT_PORT};

@@ -26,6 +26,31 @@ fn a_running_server_is_reachable_and_its_connection_is_reused() {
 }
 
 #[test]
+fn close_connection_closes_that_server_only() {
+    let a = Gearmand::start();
+    let b = Gearmand::start();
+    let mut c = common::client(&format!("{},{}", a.addr(), b.addr()));
+    c.submit_background(&Job::new("cc_a", "x").with_unique("k1"))
+        .unwrap();
+    let list_b = gearman_core::ServerList::parse(&b.addr()).unwrap();
+    assert_eq!(c.ensure_connected_on(&list_b).unwrap(), addr(&b));
+    let first = if c.has_connection(&addr(&a)) {
+        addr(&a)
+    } else {
+        addr(&b)
+    };
+    assert_eq!(c.open_connections(), if first == addr(&b) { 1 } else { 2 });
+    c.close_connection(&addr(&b));
+    assert!(!c.has_connection(&addr(&b)));
+    assert_eq!(c.has_connection(&addr(&a)), first == addr(&a));
+    // Closing a server with no connection does nothing.
+    c.close_connection(&addr(&b));
+    // The next use connects again.
+    assert_eq!(c.ensure_connected_on(&list_b).unwrap(), addr(&b));
+    assert!(c.has_connection(&addr(&b)));
+}
+
+#[test]
 fn a_dead_server_is_skipped_for_the_next_one() {
     let mut dead = Gearmand::start();
     let alive = Gearmand::start();

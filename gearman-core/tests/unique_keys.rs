@@ -3,7 +3,7 @@
 //! postmaster: a generator state copied by fork must not repeat the
 //! parent's keys).
 
-use gearman_core::new_unique_key;
+use gearman_core::{new_unique_key, new_unique_key_in};
 use std::collections::HashSet;
 
 #[test]
@@ -28,6 +28,17 @@ fn keys_are_uuid_v4_and_distinct_across_threads() {
 
 #[test]
 fn a_forked_child_does_not_repeat_its_parents_keys() {
+    child_and_parent_keys_differ(new_unique_key);
+}
+
+#[test]
+fn with_the_process_id_given_a_forked_child_does_not_repeat_its_parents_keys() {
+    // As a PostgreSQL backend calls it, with MyProcPid.
+    // SAFETY: getpid(2) has no preconditions.
+    child_and_parent_keys_differ(|| new_unique_key_in(unsafe { libc::getpid() } as u32));
+}
+
+fn child_and_parent_keys_differ(new_unique_key: fn() -> String) {
     // The parent's generator is initialised before the fork.
     let _ = new_unique_key();
     let mut fds = [0; 2];

@@ -98,7 +98,9 @@ pub(crate) fn background(
         (Dispatch::Immediate, u) => u,
         (_, Some(u)) => Some(u),
         (_, None) => {
-            unique_owned = gearman_core::new_unique_key();
+            // SAFETY: plain read of this backend's process id (set after
+            // the fork): no getpid system call per key.
+            unique_owned = gearman_core::new_unique_key_in(unsafe { pg_sys::MyProcPid } as u32);
             Some(unique_owned.as_str())
         }
     };

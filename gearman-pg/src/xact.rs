@@ -362,11 +362,18 @@ fn hand_off(q: shmq::Queue) -> bool {
                 if list.iter().all(|a| down.contains(&a.to_string())) {
                     // The dispatcher may not have noticed a recovery yet (it
                     // retries within its connect back-off): this backend
-                    // checks itself, as without the preload, then closes its
-                    // connections (the dispatcher writes the jobs).
+                    // checks itself, as without the preload, then closes the
+                    // connection the check opened (the dispatcher writes the
+                    // jobs; this backend's other connections stay).
                     let r = backend::with_client(None, true, |c| {
+                        let had: Vec<bool> = list.iter().map(|a| c.has_connection(a)).collect();
                         let r = c.ensure_connected_on(&list);
-                        c.disconnect();
+                        if let Ok(a) = &r {
+                            let opened = list.iter().zip(&had).any(|(x, h)| x == a && !h);
+                            if opened {
+                                c.close_connection(a);
+                            }
+                        }
                         r
                     });
                     if let Err(e) = r {

@@ -10,7 +10,7 @@ mod support;
 
 use gearman_core::admin::Admin;
 use gearman_core::ServerAddr;
-use gearman_testkit::Postgres;
+use gearman_testkit::{Gearmand, Postgres};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::{describe, Env, Session};
@@ -281,6 +281,15 @@ fn gearmand_down_queued_jobs_go_once_back_and_commits_fail_while_known_down() {
     });
     assert_eq!(st["servers_down"].as_deref(), Some(env.addr().as_str()));
     assert_eq!(num(&st, "cluster_queued"), 1, "{st:?}");
+    // This backend's own connection to another job server (immediate
+    // dispatch there).
+    let other = Gearmand::start();
+    s.exec(&format!("SET gearman.servers = '{}'", other.addr()));
+    s.exec("SET gearman.dispatch = 'immediate'");
+    s.exec("SELECT gman_do_background('disp_other', 'x')");
+    s.exec("RESET gearman.dispatch");
+    s.exec("RESET gearman.servers");
+    assert_eq!(connections(&other.addr()), (0, 1));
     // Now commits with jobs for that list fail per gearman.on_error.
     let e = s.exec_err("SELECT gman_do_background('disp_d', 'refused-at-commit')");
     assert_eq!(e.code, "08001", "{e:?}");
@@ -288,6 +297,10 @@ fn gearmand_down_queued_jobs_go_once_back_and_commits_fail_while_known_down() {
         e.message.contains("no job server reachable") && e.message.contains("rolled back"),
         "{e:?}"
     );
+    // The check closed no connection it did not open (gearmand lists a
+    // closed connection for a moment: give it time to drop one).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(connections(&other.addr()), (0, 1));
     s.exec("SET gearman.on_error = warning");
     s.exec("SELECT gman_do_background('disp_d', 'dropped-with-warning')");
     let n = s.take_notices();

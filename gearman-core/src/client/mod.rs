@@ -321,6 +321,20 @@ impl Client {
         self.conns.len()
     }
 
+    /// Closes the connection to `addr`, if one is open, and no other. Jobs
+    /// written on it whose confirmations have not been read are reported
+    /// as of unknown fate (see [`Client::take_deferred_report`]).
+    pub fn close_connection(&mut self, addr: &ServerAddr) {
+        if self.deferred.get(addr).is_some_and(|q| !q.is_empty()) {
+            self.expire_deferred(
+                addr,
+                "not confirmed before the client closed the connection: unknown whether the \
+                 job was queued (it may have been)",
+            );
+        }
+        self.conns.remove(addr);
+    }
+
     /// Closes every connection.
     pub fn disconnect(&mut self) {
         let _ = self.collect_deferred(true);
@@ -507,7 +521,7 @@ impl Client {
 
     /// Whether a connection to `addr` is open (as far as known without
     /// I/O).
-    pub(crate) fn has_connection(&self, addr: &ServerAddr) -> bool {
+    pub fn has_connection(&self, addr: &ServerAddr) -> bool {
         self.conns.get(addr).is_some_and(|c| !c.is_closed())
     }
 

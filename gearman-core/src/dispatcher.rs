@@ -352,6 +352,10 @@ struct Shared {
     max_bytes: usize,
     batch: usize,
     io_timeout: Duration,
+    /// Set by [`Dispatcher::stop_taking`]: jobs not written when the
+    /// sender stops go to `kept` (under its lock) instead of `unsent`.
+    keep: AtomicBool,
+    kept: Mutex<Vec<(Option<ServerList>, Job)>>,
 }
 
 fn reach_code(r: Reachability) -> u8 {
@@ -575,6 +579,8 @@ impl Dispatcher {
             max_bytes: opts.max_bytes.max(1),
             batch: opts.batch.max(1),
             io_timeout: opts.client.io_timeout,
+            keep: AtomicBool::new(false),
+            kept: Mutex::new(Vec::new()),
         });
         shared.set_servers(&routing);
         let s = shared.clone();
@@ -858,6 +864,22 @@ impl Dispatcher {
         }
     }
 
+    /// As [`Dispatcher::stop`], but the jobs not written by `deadline`
+    /// (queued, or waiting for a list none of whose servers could be used)
+    /// are returned, oldest first, instead of counted as unsent: e.g. to
+    /// hand them to a new dispatcher. Each comes with the list it was to go
+    /// to (`None`: the routing table's list for its function). Jobs
+    /// written but not confirmed by then still count as of unknown fate.
+    /// If the thread did not end in time (see [`Dispatcher::stop`]), what
+    /// it still holds when it does is counted as unsent.
+    pub fn stop_taking(&self, deadline: Instant) -> Vec<(Option<ServerList>, Job)> {
+        self.shared.keep.store(true, Ordering::Release);
+        self.stop(deadline);
+        let mut kept = self.shared.kept.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.keep.store(false, Ordering::Release);
+        std::mem::take(&mut *kept)
+    }
+
     /// Whether the sender thread has ended.
     pub fn is_stopped(&self) -> bool {
         self.shared.done.load(Ordering::Acquire)
@@ -928,11 +950,24 @@ fn sh_pending(sh: &Shared) -> u64 {
 
 fn count_unsent(sh: &Shared, q: &mut Queue) {
     let n = q.depth() as u64;
-    q.jobs.clear();
-    q.parked.clear();
+    let parked = std::mem::take(&mut q.parked);
+    let jobs = std::mem::take(&mut q.jobs);
     q.parked_jobs = 0;
     q.bytes = 0;
-    sh.counters.unsent.fetch_add(n, Ordering::AcqRel);
+    let mut kept = sh.kept.lock().unwrap_or_else(|e| e.into_inner());
+    if sh.keep.load(Ordering::Acquire) {
+        // Oldest first: a parked list's jobs came before its queued ones.
+        for p in parked {
+            kept.extend(p.jobs.into_iter().map(|j| (Some(p.list.clone()), j.job)));
+        }
+        kept.extend(
+            jobs.into_iter()
+                .map(|j| (j.list.map(|l| (*l).clone()), j.job)),
+        );
+    } else {
+        sh.counters.unsent.fetch_add(n, Ordering::AcqRel);
+    }
+    drop(kept);
     sh.publish_queue(q);
 }
 
@@ -1070,8 +1105,13 @@ fn run(sh: &Shared, routing: &mut Routing, opts: &DispatcherOptions, slot: &mut 
         let retry_at = Instant::now() + opts.retry_interval;
         for (list, jobs) in parked {
             if q.stopping.is_some_and(|d| Instant::now() >= d) {
-                let n = jobs.len() as u64;
-                sh.counters.unsent.fetch_add(n, Ordering::AcqRel);
+                let mut kept = sh.kept.lock().unwrap_or_else(|e| e.into_inner());
+                if sh.keep.load(Ordering::Acquire) {
+                    kept.extend(jobs.into_iter().map(|j| (Some(list.clone()), j.job)));
+                } else {
+                    let n = jobs.len() as u64;
+                    sh.counters.unsent.fetch_add(n, Ordering::AcqRel);
+                }
                 continue;
             }
             q.parked_jobs += jobs.len();

@@ -745,3 +745,31 @@ fn the_ledger_names_the_jobs_it_did_not_write() {
     assert_eq!(*e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert_eq!(c.deferred_written(), 2);
 }
+
+#[test]
+fn stop_taking_returns_the_jobs_not_written_instead_of_counting_them_unsent() {
+    let dead = dead_addr();
+    let d = start(&dead, opts());
+    let list = ServerList::parse(&dead).unwrap();
+    d.submit_to(&list, vec![Job::new("f", "1"), Job::new("f", "2")], soon(5))
+        .unwrap();
+    d.submit(vec![Job::new("g", "3")], soon(5)).unwrap();
+    // Let the sender try (and park them) before it stops.
+    wait_reach(&d, &dead, Reachability::Down, 10);
+    let left = d.stop_taking(Instant::now() + Duration::from_millis(300));
+    assert!(d.is_stopped());
+    let got: Vec<(Option<String>, &[u8])> = left
+        .iter()
+        .map(|(l, j)| (l.as_ref().map(ToString::to_string), &j.workload[..]))
+        .collect();
+    let l = Some(list.to_string());
+    assert_eq!(
+        got,
+        [(l.clone(), &b"1"[..]), (l.clone(), b"2"), (l, b"3")],
+        "oldest first, with their list"
+    );
+    let s = d.stats();
+    assert_eq!((s.sent, s.unsent, s.queued), (0, 0, 0), "{s:?}");
+    // A second stop gives nothing more.
+    assert!(d.stop_taking(Instant::now()).is_empty());
+}

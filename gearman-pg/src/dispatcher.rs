@@ -21,8 +21,9 @@
 //! counts what is left as unsent and exits.
 //!
 //! Settings it uses (from the server's configuration, re-read on reload;
-//! the connection settings apply to new connections after a reload that
-//! changes them): `gearman.servers` (servers shown before any job names
+//! a reload that changes the connection settings starts a new sender,
+//! which connects anew and gets the jobs the old one could not write
+//! within `gearman.commit_send_timeout`, e.g. while gearmand is down): `gearman.servers` (servers shown before any job names
 //! them), `gearman.connect_timeout`, `gearman.commit_send_timeout` (bound on
 //! each write and each confirmation, and on the flush at shutdown),
 //! `gearman.tls_ca_file`, `gearman.tls_cert_file`, `gearman.tls_key_file`,
@@ -124,9 +125,7 @@ fn start_sender(settings: Settings, reports: &Arc<Mutex<Reports>>, capacity: u64
             None
         }
     };
-    let default = ServerList::parse(&settings.servers)
-        .or_else(|_| ServerList::parse(gucs::DEFAULT_SERVERS))
-        .expect("the built-in server list parses");
+    let default = default_list(&settings.servers);
     let r = reports.clone();
     let opts = DispatcherOptions {
         client: Options {
@@ -183,6 +182,13 @@ fn start_sender(settings: Settings, reports: &Arc<Mutex<Reports>>, capacity: u64
         Ok(d) => Sender { d, settings },
         Err(e) => error!("gearman dispatcher: {e}"),
     }
+}
+
+/// `gearman.servers` as a list (the built-in default if it does not parse).
+fn default_list(servers: &str) -> ServerList {
+    ServerList::parse(servers)
+        .or_else(|_| ServerList::parse(gucs::DEFAULT_SERVERS))
+        .expect("the built-in server list parses")
 }
 
 /// Publishes the sender's counters (plus `base`) and reachability.
@@ -376,13 +382,37 @@ pub extern "C-unwind" fn gearman_dispatcher_main(_arg: pg_sys::Datum) {
                 }
                 sender.settings.servers = now.servers;
             } else if now != sender.settings {
-                // Connection settings changed: a new sender; the old one
-                // writes what it holds within io_timeout (what it cannot
-                // write then is counted unsent).
+                // Connection settings changed: a new sender. The old one
+                // writes what it can within io_timeout; the new one gets
+                // what it could not (e.g. while gearmand is down), ahead of
+                // the records not yet submitted.
                 let old = std::mem::replace(&mut sender, start_sender(now, &reports, q.capacity()));
-                old.d.stop(Instant::now() + old.settings.io_timeout);
+                let left = old.d.stop_taking(Instant::now() + old.settings.io_timeout);
                 absorb(&mut base, &old);
-                log!("gearman dispatcher: settings reloaded");
+                let carried = left.len();
+                // (Every job came with its list: submit_to.)
+                let default = default_list(&sender.settings.servers);
+                let mut groups: Vec<(ServerList, Vec<Job>, usize)> = Vec::new();
+                for (list, job) in left {
+                    let list = list.unwrap_or_else(|| default.clone());
+                    let bytes = job_bytes(&job);
+                    match groups.last_mut() {
+                        Some((l, v, b))
+                            if *l == list && v.len() < MERGE_JOBS && *b + bytes <= MERGE_BYTES =>
+                        {
+                            v.push(job);
+                            *b += bytes;
+                        }
+                        _ => groups.push((list, vec![job], bytes)),
+                    }
+                }
+                for g in groups.into_iter().rev() {
+                    backlog.push_front(g);
+                }
+                log!(
+                    "gearman dispatcher: settings reloaded; {carried} job(s) not yet written \
+                     carried over"
+                );
             }
         }
         let (dropped, taken) = feed(&q, &sender, &mut backlog, Duration::ZERO);

@@ -423,3 +423,47 @@ fn without_a_dispatcher_process_sessions_send_their_own_jobs() {
     assert_eq!(num(&st, "handed_off"), 0, "{st:?}");
     assert_eq!(num(&st, "cluster_handed_off"), 0, "{st:?}");
 }
+
+#[test]
+fn a_reload_that_changes_connection_settings_carries_the_unwritten_jobs_over() {
+    // (Not gearman.connect_timeout: a setting given at start outranks
+    // ALTER SYSTEM.)
+    let mut env = Env::start_with(&[PRELOAD, "gearman.commit_send_timeout=1s"]);
+    dispatcher_pid(&env.pg);
+    let mut s = env.connect();
+    env.gearmand.kill();
+    // One transaction, handed off before the dispatcher finds gearmand down.
+    s.exec(
+        "BEGIN; SELECT gman_do_background('disp_r', 'r0'); \
+         SELECT gman_do_background('disp_r', 'r1'); \
+         SELECT gman_do_background('disp_r', 'r2'); COMMIT",
+    );
+    until(20, "3 jobs waiting in the dispatcher", || {
+        (num(&status(&mut s), "cluster_queued") == 3).then_some(())
+    });
+    // A new connect timeout: the dispatcher replaces its sender.
+    s.exec("ALTER SYSTEM SET gearman.connect_timeout = '600ms'");
+    s.exec("SELECT pg_reload_conf()");
+    until(20, "the reload in the server log", || {
+        env.pg.log().contains("settings reloaded").then_some(())
+    });
+    assert!(
+        env.pg
+            .log()
+            .contains("3 job(s) not yet written carried over"),
+        "{}",
+        env.pg.log()
+    );
+    env.gearmand.restart();
+    let w = env.worker(&["disp_r"]);
+    for k in ["r0", "r1", "r2"] {
+        w.wait_for_workload(k);
+    }
+    assert_eq!(w.workloads(), ["r0", "r1", "r2"]);
+    let st = until(20, "every job confirmed", || {
+        let st = status(&mut s);
+        (num(&st, "cluster_confirmed") == 3).then_some(st)
+    });
+    assert_eq!(num(&st, "cluster_unsent"), 0, "{st:?}");
+    assert_eq!(num(&st, "cluster_lost"), 0, "{st:?}");
+}

@@ -2,91 +2,13 @@
 //! raw-socket loop (the ceiling). Run: `cargo bench -p gearman-core --bench throughput`
 //! (or `scripts/bench`). Prints jobs per second; asserts nothing.
 
-use gearman_core::proto::{decode, encode, Decoded, Magic, PacketType, DEFAULT_MAX_PACKET};
 use gearman_core::worker::Worker;
 use gearman_core::{Client, Job, Options, ServerList};
-use gearman_testkit::Gearmand;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use gearman_testkit::{raw, Gearmand};
 use std::time::{Duration, Instant};
 
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
-}
-
-/// Reads `n` packets, returning when all arrived.
-fn read_packets(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) {
-    let mut got = 0;
-    let mut chunk = vec![0u8; 1 << 16];
-    while got < n {
-        while let Decoded::Packet(p, used) = decode(buf, DEFAULT_MAX_PACKET).unwrap() {
-            assert_eq!(p.kind, PacketType::JobCreated);
-            buf.drain(..used);
-            got += 1;
-            if got == n {
-                return;
-            }
-        }
-        let r = s.read(&mut chunk).unwrap();
-        assert!(r > 0, "server closed");
-        buf.extend_from_slice(&chunk[..r]);
-    }
-}
-
-fn raw_serial(addr: &str, n: usize) -> Duration {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_nodelay(true).unwrap();
-    let packets: Vec<Vec<u8>> = (0..n)
-        .map(|i| {
-            let mut p = Vec::new();
-            let w = format!("p{i}");
-            encode(
-                Magic::Req,
-                PacketType::SubmitJobBg,
-                &[b"raw_serial", b"", w.as_bytes()],
-                &mut p,
-            )
-            .unwrap();
-            p
-        })
-        .collect();
-    let mut buf = Vec::new();
-    let t = Instant::now();
-    for p in &packets {
-        s.write_all(p).unwrap();
-        read_packets(&mut s, &mut buf, 1);
-    }
-    t.elapsed()
-}
-
-fn raw_pipelined(addr: &str, n: usize, batch: usize) -> Duration {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_nodelay(true).unwrap();
-    let batches: Vec<Vec<u8>> = (0..n)
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(|c| {
-            let mut out = Vec::new();
-            for i in c {
-                let w = format!("p{i}");
-                encode(
-                    Magic::Req,
-                    PacketType::SubmitJobBg,
-                    &[b"raw_pipe", b"", w.as_bytes()],
-                    &mut out,
-                )
-                .unwrap();
-            }
-            out
-        })
-        .collect();
-    let mut buf = Vec::new();
-    let t = Instant::now();
-    for (k, b) in batches.iter().enumerate() {
-        s.write_all(b).unwrap();
-        read_packets(&mut s, &mut buf, batch.min(n - k * batch));
-    }
-    t.elapsed()
 }
 
 fn main() {
@@ -112,13 +34,13 @@ fn main() {
         c.submit_background(j).unwrap();
     }
 
-    let raw_s = raw_serial(&addr, n);
+    let raw_s = raw::serial_background(&addr, "raw_serial", n);
     let t = Instant::now();
     for j in &jobs {
         c.submit_background(j).unwrap();
     }
     let ours_s = t.elapsed();
-    let raw_p = raw_pipelined(&addr, n, 1000);
+    let raw_p = raw::pipelined_background(&addr, "raw_pipe", n, 1000);
     let t = Instant::now();
     let r = c.submit_background_all(&jobs);
     let ours_p = t.elapsed();

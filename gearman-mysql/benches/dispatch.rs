@@ -16,30 +16,15 @@
 //! (utime + stime from `/proc/<pid>/stat` over the dispatching phases), the
 //! gearmand connections of the sender, and whether every job arrived.
 
+mod common;
+
+use common::{arg, udf_library};
 use gearman_core::admin::Admin;
 use gearman_core::ServerAddr;
 use gearman_testkit::{cpu_seconds, Gearmand, MariaDb, MariaDbOptions};
 use mysql::prelude::Queryable;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn udf_library() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let lib = exe
-        .parent()
-        .expect("deps dir")
-        .join("libgearman_mysql_udf.so");
-    assert!(lib.is_file(), "{} missing", lib.display());
-    lib
-}
 
 /// `sessions` threads, each `inserts` single-row INSERTs into `table`;
 /// returns the wall time.

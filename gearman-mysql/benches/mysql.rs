@@ -16,30 +16,15 @@
 //!   `Client::submit_background_deferred` over the jobs + `collect_deferred(true)`,
 //!   the same SELECT, and the single-row INSERTs without and with the trigger.
 
+mod common;
+
+use common::{arg, udf_library};
 use gearman_core::worker::{Worker, WorkerOptions};
 use gearman_core::{Client, Job, Options, ServerList};
 use gearman_testkit::{Gearmand, MariaDb, MariaDbOptions};
 use mysql::prelude::Queryable;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn udf_library() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let lib = exe
-        .parent()
-        .expect("deps dir")
-        .join("libgearman_mysql_udf.so");
-    assert!(lib.is_file(), "{} missing", lib.display());
-    lib
-}
 
 /// A private MariaDB whose UDF configuration file is `name` in `dir`.
 fn start_db(dir: &tempfile::TempDir, name: &str, servers: &str, extra: &str) -> MariaDb {

@@ -17,30 +17,15 @@
 //! - MariaDB foreground: `SELECT COUNT(gman_do('echo', seq))` with one
 //!   in-process echo worker on the gearmand's plaintext port.
 
+mod common;
+
+use common::{arg, udf_library};
 use gearman_core::worker::{Worker, WorkerOptions};
 use gearman_core::{Client, Job, Options, ServerList, TlsConfig};
 use gearman_testkit::{Gearmand, MariaDb, MariaDbOptions, Stunnel, TlsCerts, TlsService};
 use mysql::prelude::Queryable;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn udf_library() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let lib = exe
-        .parent()
-        .expect("deps dir")
-        .join("libgearman_mysql_udf.so");
-    assert!(lib.is_file(), "{} missing", lib.display());
-    lib
-}
 
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()

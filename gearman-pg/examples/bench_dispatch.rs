@@ -72,11 +72,8 @@ mod common;
 
 use common::{arg, create_extension, load_average, server_version, start_echo_workers};
 use gearman_core::admin::Admin;
-use gearman_core::proto::{decode, encode, Decoded, Magic, PacketType, DEFAULT_MAX_PACKET};
 use gearman_core::{Client, Job, Options, ServerAddr, ServerList};
-use gearman_testkit::{cpu_seconds, Gearmand, Postgres};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use gearman_testkit::{cpu_seconds, raw, Gearmand, Postgres};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -642,7 +639,7 @@ fn main() {
     println!(
         "\n3. bulk: {bulk} jobs in one statement, commit dispatch, vs the raw pipelined ceiling"
     );
-    let raw = raw_pipelined(&rig.g.addr(), bulk, 1000);
+    let raw = raw::pipelined_background(&rig.g.addr(), "bench_raw", bulk, 1000);
     let mut core = Client::new(
         ServerList::parse(&rig.g.addr()).unwrap(),
         Options::default(),
@@ -782,56 +779,4 @@ fn dispatch_status(db: &mut postgres::Client) -> String {
     )
     .map(|r| r.get(0))
     .unwrap_or_else(|e| format!("gman_dispatch_status(): {e}"))
-}
-
-/// Reads `n` JOB_CREATED packets.
-fn read_packets(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) {
-    let mut got = 0;
-    let mut chunk = vec![0u8; 1 << 16];
-    while got < n {
-        while let Decoded::Packet(p, used) = decode(buf, DEFAULT_MAX_PACKET).unwrap() {
-            assert_eq!(p.kind, PacketType::JobCreated);
-            buf.drain(..used);
-            got += 1;
-            if got == n {
-                return;
-            }
-        }
-        let r = s.read(&mut chunk).unwrap();
-        assert!(r > 0, "gearmand closed the connection");
-        buf.extend_from_slice(&chunk[..r]);
-    }
-}
-
-/// `n` background submissions on one raw connection, `batch` per write,
-/// each batch's JOB_CREATED replies read before the next write (as
-/// gearman-core's `benches/throughput.rs`); the time until the last reply.
-fn raw_pipelined(addr: &str, n: usize, batch: usize) -> Duration {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_nodelay(true).unwrap();
-    let batches: Vec<Vec<u8>> = (0..n)
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(|c| {
-            let mut out = Vec::new();
-            for i in c {
-                let w = format!("p{i}");
-                encode(
-                    Magic::Req,
-                    PacketType::SubmitJobBg,
-                    &[b"bench_raw", b"", w.as_bytes()],
-                    &mut out,
-                )
-                .unwrap();
-            }
-            out
-        })
-        .collect();
-    let mut buf = Vec::new();
-    let t = Instant::now();
-    for (k, b) in batches.iter().enumerate() {
-        s.write_all(b).unwrap();
-        read_packets(&mut s, &mut buf, batch.min(n - k * batch));
-    }
-    t.elapsed()
 }

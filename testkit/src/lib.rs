@@ -19,6 +19,7 @@ mod overlap;
 mod peers;
 mod postgres;
 mod process;
+pub mod raw;
 mod tls;
 
 pub use gearmand::{Gearmand, C_GEARMAND};

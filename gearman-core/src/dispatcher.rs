@@ -660,7 +660,7 @@ impl Dispatcher {
         let mut bytes = 0usize;
         for j in jobs.iter() {
             j.validate()?;
-            bytes += job_bytes(j);
+            bytes += j.byte_len();
         }
         if jobs.is_empty() {
             return Ok(());
@@ -705,7 +705,7 @@ impl Dispatcher {
         let at = Instant::now();
         let n = jobs.len() as u64;
         for job in jobs.drain(..) {
-            let b = job_bytes(&job);
+            let b = job.byte_len();
             q.bytes += b;
             q.jobs.push_back(Queued {
                 job,
@@ -893,10 +893,6 @@ impl Drop for Dispatcher {
             self.stop(Instant::now() + self.shared.io_timeout);
         }
     }
-}
-
-fn job_bytes(j: &Job) -> usize {
-    j.function.len() + j.workload.len() + j.unique_bytes().len()
 }
 
 /// The sender thread: runs [`run`] under `catch_unwind`, restarting it

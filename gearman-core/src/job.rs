@@ -197,6 +197,12 @@ impl Job {
         self.unique.as_deref().unwrap_or(&[])
     }
 
+    /// Bytes of the function name, unique key and workload: what a
+    /// [`crate::Dispatcher`]'s queue counts against its byte limit.
+    pub fn byte_len(&self) -> usize {
+        self.function.len() + self.workload.len() + self.unique_bytes().len()
+    }
+
     /// The function name as (lossy) text, for messages.
     pub fn function_name(&self) -> String {
         String::from_utf8_lossy(&self.function).into_owned()

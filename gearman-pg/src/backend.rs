@@ -343,8 +343,6 @@ pub fn send_committed(
     }
 }
 
-/// Takes the confirmations of jobs sent after earlier commits that have
-/// arrived, without waiting, and reports failures among them (one WARNING).
 /// Whether this backend's connections may owe confirmations (true when
 /// that cannot be read now). No I/O, no PostgreSQL call, never panics: for
 /// the fast path of the end-of-transaction callbacks.
@@ -358,6 +356,8 @@ pub fn may_owe_confirmations() -> bool {
         .unwrap_or(true)
 }
 
+/// Takes the confirmations of jobs sent after earlier commits that have
+/// arrived, without waiting, and reports failures among them (one WARNING).
 /// Does nothing (no I/O) when none is owed. Called at the end of every
 /// transaction, so that a later statement reports them even if it calls
 /// no `gman_*` function.

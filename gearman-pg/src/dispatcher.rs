@@ -23,9 +23,10 @@
 //! Settings it uses (from the server's configuration, re-read on reload;
 //! a reload that changes the connection settings starts a new sender,
 //! which connects anew and gets the jobs the old one could not write
-//! within `gearman.commit_send_timeout`, e.g. while gearmand is down): `gearman.servers` (servers shown before any job names
-//! them), `gearman.connect_timeout`, `gearman.commit_send_timeout` (bound on
-//! each write and each confirmation, and on the flush at shutdown),
+//! within `gearman.commit_send_timeout`, e.g. while gearmand is down):
+//! `gearman.servers` (servers shown before any job names them),
+//! `gearman.connect_timeout`, `gearman.commit_send_timeout` (bound on each
+//! write and each confirmation, and on the flush at shutdown),
 //! `gearman.tls_ca_file`, `gearman.tls_cert_file`, `gearman.tls_key_file`,
 //! `gearman.dispatch_linger` (while records keep coming, it takes them at
 //! most that often, so each write carries many commits' jobs).
@@ -259,8 +260,20 @@ const MERGE_JOBS: usize = 4096;
 /// submission: within the sender's smallest queue (1 MB).
 const MERGE_BYTES: usize = 256 << 10;
 
-fn job_bytes(j: &Job) -> usize {
-    j.function.len() + j.workload.len() + j.unique.as_ref().map_or(0, Vec::len)
+/// Appends `jobs` of `list` to the last entry of `backlog` when that is
+/// for the same list and stays within [`MERGE_JOBS`] and [`MERGE_BYTES`];
+/// else as a new entry.
+fn push_merged(backlog: &mut Backlog, list: &ServerList, mut jobs: Vec<Job>) {
+    let bytes: usize = jobs.iter().map(Job::byte_len).sum();
+    match backlog.back_mut() {
+        Some((l, v, b))
+            if l == list && v.len() + jobs.len() <= MERGE_JOBS && *b + bytes <= MERGE_BYTES =>
+        {
+            v.append(&mut jobs);
+            *b += bytes;
+        }
+        _ => backlog.push_back((list.clone(), jobs, bytes)),
+    }
 }
 
 /// Moves records from shared memory into the sender: first what is left of
@@ -304,7 +317,7 @@ fn feed(q: &shmq::Queue, s: &Sender, backlog: &mut Backlog, wait: Duration) -> (
                     continue;
                 }
             };
-            for (text, mut js) in groups {
+            for (text, js) in groups {
                 if last.as_ref().is_none_or(|(t, _)| t != text) {
                     match handoff::parse_list(text) {
                         Ok(l) => last = Some((text.to_string(), l)),
@@ -315,19 +328,7 @@ fn feed(q: &shmq::Queue, s: &Sender, backlog: &mut Backlog, wait: Duration) -> (
                         }
                     }
                 }
-                let list = &last.as_ref().expect("parsed above").1;
-                let bytes: usize = js.iter().map(job_bytes).sum();
-                match backlog.back_mut() {
-                    Some((l, v, b))
-                        if l == list
-                            && v.len() + js.len() <= MERGE_JOBS
-                            && *b + bytes <= MERGE_BYTES =>
-                    {
-                        v.append(&mut js);
-                        *b += bytes;
-                    }
-                    _ => backlog.push_back((list.clone(), js, bytes)),
-                }
+                push_merged(backlog, &last.as_ref().expect("parsed above").1, js);
             }
         }
     }
@@ -392,23 +393,12 @@ pub extern "C-unwind" fn gearman_dispatcher_main(_arg: pg_sys::Datum) {
                 let carried = left.len();
                 // (Every job came with its list: submit_to.)
                 let default = default_list(&sender.settings.servers);
-                let mut groups: Vec<(ServerList, Vec<Job>, usize)> = Vec::new();
+                let mut ahead = Backlog::new();
                 for (list, job) in left {
-                    let list = list.unwrap_or_else(|| default.clone());
-                    let bytes = job_bytes(&job);
-                    match groups.last_mut() {
-                        Some((l, v, b))
-                            if *l == list && v.len() < MERGE_JOBS && *b + bytes <= MERGE_BYTES =>
-                        {
-                            v.push(job);
-                            *b += bytes;
-                        }
-                        _ => groups.push((list, vec![job], bytes)),
-                    }
+                    push_merged(&mut ahead, list.as_ref().unwrap_or(&default), vec![job]);
                 }
-                for g in groups.into_iter().rev() {
-                    backlog.push_front(g);
-                }
+                ahead.append(&mut backlog);
+                backlog = ahead;
                 log!(
                     "gearman dispatcher: settings reloaded; {carried} job(s) not yet written \
                      carried over"
